@@ -1,0 +1,164 @@
+"""The conformance adapter protocol, spoken for anpx_core (standard library only).
+
+One JSON object per line in, one per line out, bytes as lowercase hex::
+
+    {"op":"encode_frame","frame":F}                  -> {"wire":"<hex>"}
+    {"op":"decode_frames","wire":"<hex>"}            -> {"frames":[F,...]}
+    {"op":"encode_message","message":M,"max_frame_size":n} -> {"wire":["<hex>",...]}
+    {"op":"decode_message","wire":["<hex>",...]}     -> {"message":M}
+
+A ProtocolError answers ``{"error": "<code>"}``; a request the adapter cannot
+understand answers ``{"error": "bad_request", "detail": "..."}``.
+Run it as ``python -m anpx_core.adapter``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+from .errors import ProtocolError
+from .frames import FrameDecoder, encode_frame
+from .messages import (
+    DEFAULT_SEND_FRAME_SIZE,
+    ErrorMessage,
+    Message,
+    Request,
+    Response,
+    decode_message,
+    encode_message,
+)
+
+
+class BadRequest(Exception):
+    """The adapter request itself is malformed (not an ANPX error)."""
+
+
+def _int(obj: dict, key: str, lo: int, hi: int) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BadRequest(f"{key!r} must be an integer from {lo} to {hi}")
+    return value
+
+
+def _hex(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise BadRequest(f"{what} must be a hex string")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise BadRequest(f"{what} is not valid hex") from None
+
+
+def _headers(value: Any) -> list[tuple[str, str]]:
+    if not isinstance(value, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(i, str) for i in p) for p in value
+    ):
+        raise BadRequest("headers must be [[name, value], ...]")
+    return [(name, val) for name, val in value]
+
+
+def message_from_json(m: Any) -> Message:
+    if not isinstance(m, dict):
+        raise BadRequest("message must be an object")
+    kind = m.get("type")
+    if kind == "request":
+        return Request(
+            str(m["request_id"]), str(m["method"]), str(m["target"]),
+            _headers(m.get("headers", [])), _hex(m.get("body", ""), "body"),
+        )  # fmt: skip
+    if kind == "response":
+        return Response(
+            str(m["request_id"]), _int(m, "status", 100, 999), str(m.get("reason", "")),
+            _headers(m.get("headers", [])), _hex(m.get("body", ""), "body"),
+        )  # fmt: skip
+    if kind == "error":
+        rid = m.get("request_id")
+        return ErrorMessage(None if rid is None else str(rid), str(m.get("text", "")))
+    raise BadRequest(f"unknown message type {kind!r}")
+
+
+def message_to_json(msg: Message) -> dict:
+    if isinstance(msg, Request):
+        return {
+            "type": "request", "request_id": msg.request_id, "method": msg.method,
+            "target": msg.target, "headers": [list(h) for h in msg.headers], "body": msg.body.hex(),
+        }  # fmt: skip
+    if isinstance(msg, Response):
+        return {
+            "type": "response", "request_id": msg.request_id, "status": msg.status,
+            "reason": msg.reason, "headers": [list(h) for h in msg.headers], "body": msg.body.hex(),
+        }  # fmt: skip
+    return {"type": "error", "request_id": msg.request_id, "text": msg.text}
+
+
+def handle(request: Any) -> dict:
+    """Answer one adapter request (already parsed from JSON)."""
+    try:
+        if not isinstance(request, dict):
+            raise BadRequest("request must be a JSON object")
+        op = request.get("op")
+        if op == "encode_frame":
+            frame = request.get("frame")
+            if not isinstance(frame, dict) or not isinstance(frame.get("tlvs"), list):
+                raise BadRequest("frame must be {type, flags, tlvs}")
+            tlvs = []
+            for item in frame["tlvs"]:
+                if not isinstance(item, list) or len(item) != 2:
+                    raise BadRequest("each TLV must be [tag, hex]")
+                tag = item[0]
+                if isinstance(tag, bool) or not isinstance(tag, int) or not 0 <= tag <= 255:
+                    raise BadRequest("a TLV tag must be an integer from 0 to 255")
+                tlvs.append((tag, _hex(item[1], "TLV value")))
+            wire = encode_frame(_int(frame, "type", 0, 255), _int(frame, "flags", 0, 255), tlvs)
+            return {"wire": wire.hex()}
+        if op == "decode_frames":
+            decoder = FrameDecoder()
+            frames = decoder.feed(_hex(request.get("wire"), "wire"))
+            decoder.close()
+            return {
+                "frames": [
+                    {"type": f.type, "flags": f.flags, "tlvs": [[t, v.hex()] for t, v in f.tlvs]}
+                    for f in frames
+                ]
+            }
+        if op == "encode_message":
+            size = request.get("max_frame_size", DEFAULT_SEND_FRAME_SIZE)
+            if isinstance(size, bool) or not isinstance(size, int) or size < 24:
+                raise BadRequest("max_frame_size must be an integer of at least 24")
+            wire = encode_message(message_from_json(request.get("message")), size)
+            return {"wire": [w.hex() for w in wire]}
+        if op == "decode_message":
+            wire = request.get("wire")
+            if not isinstance(wire, list):
+                raise BadRequest("wire must be a list of hex strings")
+            msg = decode_message([_hex(w, "wire entry") for w in wire])
+            return {"message": message_to_json(msg)}
+        raise BadRequest(f"unknown op {op!r}")
+    except ProtocolError as exc:
+        return {"error": exc.code, "detail": exc.message}
+    except (BadRequest, KeyError) as exc:
+        return {"error": "bad_request", "detail": str(exc)}
+
+
+def serve(stdin: TextIO, stdout: TextIO) -> None:
+    for line in stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except ValueError as exc:
+            answer = {"error": "bad_request", "detail": f"not JSON: {exc}"}
+        else:
+            answer = handle(request)
+        stdout.write(json.dumps(answer) + "\n")
+        stdout.flush()
+
+
+def main() -> None:
+    serve(sys.stdin, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

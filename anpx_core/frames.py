@@ -1,0 +1,199 @@
+"""ANPX v1 frames: a 24-byte header and a TLV body (standard library only).
+
+Header layout (big-endian)::
+
+    0-3   magic b"ANPX"        12-15 HeaderCRC = CRC-32 of bytes 0-11
+    4     version 0x01         16-19 BodyCRC   = CRC-32 of this frame's TLV body
+    5     type                 20-23 reserved, zero
+    6     flags (bit 0 chunked)
+    7     reserved, zero
+    8-11  TotalLen = 24 + len(body)
+
+TLV: tag u8, length u32, value.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from zlib import crc32
+
+from .errors import ProtocolError
+
+MAGIC = b"ANPX"
+VERSION = 1
+HEADER_SIZE = 24
+TLV_HEADER_SIZE = 5
+
+TYPE_REQUEST = 0x01
+TYPE_RESPONSE = 0x02
+TYPE_ERROR = 0xFF
+FRAME_TYPES = frozenset({TYPE_REQUEST, TYPE_RESPONSE, TYPE_ERROR})
+
+FLAG_CHUNKED = 0x01
+
+TAG_REQUEST_ID = 0x01
+TAG_HTTP_META = 0x02
+TAG_HTTP_BODY = 0x03
+TAG_RESP_META = 0x04
+TAG_CHUNK_IDX = 0x0A
+TAG_CHUNK_TOT = 0x0B
+TAG_FINAL_CHUNK = 0x0C
+
+#: Default largest frame accepted, header included. v1 peers may send whole
+#: bodies in one frame, so the receive default is generous; what we send is
+#: bounded separately by the encoder's ``max_frame_size``.
+DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
+
+_PREFIX = struct.Struct(">4sBBBBI")  # bytes 0-11
+_CRCS = struct.Struct(">III")  # bytes 12-23
+_TLV = struct.Struct(">BI")
+_U32 = struct.Struct(">I")
+
+
+@dataclass(slots=True)
+class Frame:
+    """One decoded frame: its type, flags and TLVs in wire order."""
+
+    type: int
+    flags: int = 0
+    tlvs: list[tuple[int, bytes]] = field(default_factory=list)
+
+    @property
+    def chunked(self) -> bool:
+        return bool(self.flags & FLAG_CHUNKED)
+
+
+def tlv_header(tag: int, length: int) -> bytes:
+    return _TLV.pack(tag, length)
+
+
+def u32(value: int) -> bytes:
+    return _U32.pack(value)
+
+
+def encode_frame(frame_type: int, flags: int, tlvs: list[tuple[int, bytes]]) -> bytes:
+    """Serialize one frame. Values may be bytes, bytearray or memoryview."""
+    parts: list[bytes] = [b""]  # slot for the header
+    body_len = 0
+    body_crc = 0
+    pack = _TLV.pack
+    for tag, value in tlvs:
+        head = pack(tag, len(value))
+        body_crc = crc32(value, crc32(head, body_crc))
+        parts.append(head)
+        parts.append(value)
+        body_len += TLV_HEADER_SIZE + len(value)
+    prefix = _PREFIX.pack(MAGIC, VERSION, frame_type, flags, 0, HEADER_SIZE + body_len)
+    parts[0] = prefix + _CRCS.pack(crc32(prefix), body_crc, 0)
+    return b"".join(parts)
+
+
+def _check_header(header: bytes | memoryview, max_frame_size: int) -> tuple[int, int, int, int]:
+    """Validate a 24-byte header; return (type, flags, total_len, body_crc)."""
+    magic, version, ftype, flags, _reserved, total = _PREFIX.unpack_from(header)
+    if magic != MAGIC:
+        raise ProtocolError("bad_magic", f"expected b'ANPX', got {bytes(magic)!r}")
+    if version != VERSION:
+        raise ProtocolError("bad_version", f"version {version} is not supported (only 1)")
+    header_crc, body_crc, _zero = _CRCS.unpack_from(header, 12)
+    if crc32(header[:12]) != header_crc:
+        raise ProtocolError("bad_header_crc", "header CRC-32 mismatch")
+    if total < HEADER_SIZE:
+        raise ProtocolError("bad_length", f"TotalLen {total} is below the 24-byte header")
+    if total > max_frame_size:
+        raise ProtocolError("too_large", f"frame of {total} bytes exceeds {max_frame_size}")
+    if ftype not in FRAME_TYPES:
+        raise ProtocolError("bad_type", f"unknown frame type 0x{ftype:02x}")
+    if flags & ~FLAG_CHUNKED:
+        raise ProtocolError("bad_flags", f"reserved flag bits set in 0x{flags:02x}")
+    return ftype, flags, total, body_crc
+
+
+def _parse_body(body: memoryview, ftype: int, flags: int, body_crc: int) -> Frame:
+    if crc32(body) != body_crc:
+        raise ProtocolError("bad_body_crc", "body CRC-32 mismatch")
+    tlvs: list[tuple[int, bytes]] = []
+    pos = 0
+    end = len(body)
+    unpack = _TLV.unpack_from
+    while pos < end:
+        if end - pos < TLV_HEADER_SIZE:
+            raise ProtocolError("bad_tlv", f"{end - pos} stray bytes after the last TLV")
+        tag, length = unpack(body, pos)
+        pos += TLV_HEADER_SIZE
+        if length > end - pos:
+            raise ProtocolError(
+                "bad_tlv", f"TLV 0x{tag:02x} claims {length} bytes, {end - pos} remain"
+            )
+        tlvs.append((tag, body[pos : pos + length].tobytes()))
+        pos += length
+    return Frame(ftype, flags, tlvs)
+
+
+def decode_frame(data: bytes | bytearray | memoryview, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> Frame:
+    """Decode exactly one frame, e.g. one binary WebSocket message."""
+    view = memoryview(data)
+    if len(view) < HEADER_SIZE:
+        raise ProtocolError("truncated", f"{len(view)} bytes is shorter than a frame header")
+    ftype, flags, total, body_crc = _check_header(view[:HEADER_SIZE], max_frame_size)
+    if total != len(view):
+        if total > len(view):
+            raise ProtocolError("truncated", f"TotalLen {total}, only {len(view)} bytes")
+        raise ProtocolError("bad_length", f"TotalLen {total}, message holds {len(view)} bytes")
+    return _parse_body(view[HEADER_SIZE:], ftype, flags, body_crc)
+
+
+class FrameDecoder:
+    """Incremental decoder for a byte stream of concatenated frames.
+
+    ``feed`` accepts any split of the stream and returns the frames it
+    completed; a partial frame stays buffered (never more than one frame,
+    bounded by ``max_frame_size``). Call ``close`` at end of stream: it raises
+    ``truncated`` if a partial frame is left. After an error the decoder is
+    unusable: the stream has lost framing and cannot be resynchronised.
+    """
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        if max_frame_size < HEADER_SIZE:
+            raise ValueError(f"max_frame_size must be at least {HEADER_SIZE}")
+        self.max_frame_size = max_frame_size
+        self._buf = bytearray()
+        self._header: tuple[int, int, int, int] | None = None
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame not yet complete."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        if self._error is not None:
+            raise self._error
+        self._buf += data
+        frames: list[Frame] = []
+        buf = self._buf
+        try:
+            while True:
+                if self._header is None:
+                    if len(buf) < HEADER_SIZE:
+                        break
+                    self._header = _check_header(bytes(buf[:HEADER_SIZE]), self.max_frame_size)
+                ftype, flags, total, body_crc = self._header
+                if len(buf) < total:
+                    break
+                with memoryview(buf) as view:
+                    frames.append(_parse_body(view[HEADER_SIZE:total], ftype, flags, body_crc))
+                del buf[:total]
+                self._header = None
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+        return frames
+
+    def close(self) -> None:
+        """Declare end of stream; raise ``truncated`` if a frame was cut short."""
+        if self._error is None and self._buf:
+            self._error = ProtocolError("truncated", f"stream ended with {len(self._buf)} bytes of a frame")
+        if self._error is not None:
+            raise self._error

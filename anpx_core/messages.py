@@ -1,0 +1,518 @@
+"""HTTP messages <-> ANPX frames, as streaming state machines (standard library only).
+
+:class:`MessageEncoder` turns one message into frames as its body arrives;
+:class:`MessageDecoder` turns the frames of many interleaved messages into
+events (head, body parts, end, error) as soon as each frame arrives. Neither
+ever needs a whole body in memory. :func:`encode_message` and
+:func:`decode_message` are whole-message helpers on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import frames as F
+from .errors import ProtocolError
+from .meta import (
+    Headers,
+    RequestHead,
+    ResponseHead,
+    decode_request_meta,
+    decode_response_meta,
+    encode_request_meta,
+    encode_response_meta,
+)
+
+#: Default size of the frames we send, header included (the seed's chunk_size).
+DEFAULT_SEND_FRAME_SIZE = 64 * 1024
+DEFAULT_MAX_META_SIZE = 1024 * 1024
+DEFAULT_MAX_PARTIAL_MESSAGES = 10_000
+#: Body a v1 peer may send before the resp_meta it puts in its last chunk.
+DEFAULT_MAX_HEADLESS_BODY = 32 * 1024 * 1024
+MAX_REQUEST_ID_BYTES = 128
+
+_CHUNK_TLV = F.TLV_HEADER_SIZE + 4  # chunk_idx / chunk_tot
+_FINAL_TLV = F.TLV_HEADER_SIZE + 1
+_FINAL_VALUE = b"\x01"
+
+
+# --- whole messages ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Request:
+    request_id: str
+    method: str
+    target: str
+    headers: Headers = field(default_factory=list)
+    body: bytes = b""
+
+
+@dataclass(slots=True)
+class Response:
+    request_id: str
+    status: int
+    reason: str = ""
+    headers: Headers = field(default_factory=list)
+    body: bytes = b""
+
+
+@dataclass(slots=True)
+class ErrorMessage:
+    request_id: str | None
+    text: str
+
+
+Message = Request | Response | ErrorMessage
+
+
+# --- decoder events ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class HeadReceived:
+    request_id: str
+    head: RequestHead | ResponseHead
+
+
+@dataclass(slots=True)
+class BodyReceived:
+    request_id: str
+    data: bytes
+
+
+@dataclass(slots=True)
+class MessageComplete:
+    request_id: str
+
+
+@dataclass(slots=True)
+class ErrorReceived:
+    request_id: str | None
+    text: str
+
+
+Event = HeadReceived | BodyReceived | MessageComplete | ErrorReceived
+
+
+@dataclass(slots=True)
+class Limits:
+    """Receive-side limits of the codec; each exceeded one is ``too_large``."""
+
+    max_frame_size: int = F.DEFAULT_MAX_FRAME_SIZE
+    max_meta_size: int = DEFAULT_MAX_META_SIZE
+    max_partial_messages: int = DEFAULT_MAX_PARTIAL_MESSAGES
+    max_headless_body: int = DEFAULT_MAX_HEADLESS_BODY
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+
+def encode_error(text: str, request_id: str | None = None) -> bytes:
+    tlvs: list[tuple[int, bytes]] = []
+    if request_id is not None:
+        tlvs.append((F.TAG_REQUEST_ID, request_id.encode()))
+    tlvs.append((F.TAG_HTTP_BODY, text.encode()))
+    return F.encode_frame(F.TYPE_ERROR, 0, tlvs)
+
+
+class MessageEncoder:
+    """Frames of one request or response, emitted as body parts arrive.
+
+    Call :meth:`data` for each body part, :meth:`flush` to push out what is
+    held now (so a streamed response is not delayed), and :meth:`end` once.
+    A message that ends before anything was emitted and fits in one frame is
+    sent unchunked, byte-identical to the v1 reference; otherwise chunk 0
+    carries the meta (status and headers go out before the body ends),
+    chunk_tot is sent only when given, and final_chunk marks the last frame.
+    No frame exceeds ``max_frame_size`` bytes, header included.
+    """
+
+    def __init__(
+        self,
+        head: RequestHead | ResponseHead,
+        request_id: str,
+        max_frame_size: int = DEFAULT_SEND_FRAME_SIZE,
+        *,
+        chunk_total: int | None = None,
+    ) -> None:
+        if isinstance(head, RequestHead):
+            self._type, self._meta_tag = F.TYPE_REQUEST, F.TAG_HTTP_META
+            self._meta = encode_request_meta(head)
+        else:
+            self._type, self._meta_tag = F.TYPE_RESPONSE, F.TAG_RESP_META
+            self._meta = encode_response_meta(head)
+        self._rid = request_id.encode()
+        self._max = max_frame_size
+        self._total = chunk_total
+        self._idx = 0  # next chunk index; 0 means nothing emitted yet
+        self._pending: bytes | memoryview = b""
+        self.ended = False
+        base = F.HEADER_SIZE + F.TLV_HEADER_SIZE + len(self._rid) + _CHUNK_TLV
+        if chunk_total is not None:
+            base += _CHUNK_TLV
+        self._base = base
+        head_min = base + F.TLV_HEADER_SIZE + len(self._meta)
+        if head_min > max_frame_size:
+            raise ProtocolError(
+                "too_large",
+                f"message head needs {head_min} bytes, frames are limited to {max_frame_size}",
+                request_id,
+            )
+        if max_frame_size - base - F.TLV_HEADER_SIZE - _FINAL_TLV < 1:
+            raise ProtocolError(
+                "too_large", f"max_frame_size {max_frame_size} leaves no room for body bytes", request_id
+            )
+
+    @property
+    def frames_sent(self) -> int:
+        return self._idx
+
+    def _body_room(self, idx: int, final: bool) -> int:
+        """Body bytes that fit in chunk ``idx``."""
+        room = self._max - self._base - F.TLV_HEADER_SIZE
+        if idx == 0:
+            room -= F.TLV_HEADER_SIZE + len(self._meta)
+        if final:
+            room -= _FINAL_TLV
+        return room
+
+    def _chunk(self, body: bytes | memoryview, final: bool) -> bytes:
+        tlvs: list[tuple[int, bytes | memoryview]] = [
+            (F.TAG_REQUEST_ID, self._rid),
+            (F.TAG_CHUNK_IDX, F.u32(self._idx)),
+        ]
+        if self._total is not None:
+            tlvs.append((F.TAG_CHUNK_TOT, F.u32(self._total)))
+        if self._idx == 0:
+            tlvs.append((self._meta_tag, self._meta))
+        if body:
+            tlvs.append((F.TAG_HTTP_BODY, body))
+        if final:
+            tlvs.append((F.TAG_FINAL_CHUNK, _FINAL_VALUE))
+        self._idx += 1
+        return F.encode_frame(self._type, F.FLAG_CHUNKED, tlvs)  # type: ignore[arg-type]
+
+    def _emit_full(self, out: list[bytes]) -> None:
+        """Emit every frame the pending body fills, keeping the remainder."""
+        view = memoryview(self._pending)
+        pos = 0
+        while True:
+            room = max(self._body_room(self._idx, final=False), 0)
+            if len(view) - pos <= room:
+                break
+            out.append(self._chunk(view[pos : pos + room], final=False))
+            pos += room
+        self._pending = view[pos:] if pos else self._pending
+
+    def data(self, chunk: bytes) -> list[bytes]:
+        if self.ended:
+            raise RuntimeError("data() after end()")
+        if not chunk:
+            return []
+        self._pending = bytes(self._pending) + chunk if self._pending else chunk
+        out: list[bytes] = []
+        self._emit_full(out)
+        return out
+
+    def flush(self) -> list[bytes]:
+        """Emit held body now as a non-final chunk (chunk 0 even with no body)."""
+        if self.ended or (self._idx and not self._pending):
+            return []
+        out = [self._chunk(self._pending, final=False)]
+        self._pending = b""
+        return out
+
+    def end(self, chunk: bytes = b"") -> list[bytes]:
+        out = self.data(chunk) if chunk else []
+        self.ended = True
+        pending = self._pending
+        self._pending = b""
+        if self._idx == 0 and self._total is None:
+            single = (
+                F.HEADER_SIZE
+                + 2 * F.TLV_HEADER_SIZE
+                + len(self._rid)
+                + len(self._meta)
+                + (F.TLV_HEADER_SIZE + len(pending) if pending else 0)
+            )
+            if single <= self._max:
+                tlvs: list[tuple[int, bytes | memoryview]] = [
+                    (F.TAG_REQUEST_ID, self._rid),
+                    (self._meta_tag, self._meta),
+                ]
+                if pending:
+                    tlvs.append((F.TAG_HTTP_BODY, pending))
+                out.append(F.encode_frame(self._type, 0, tlvs))  # type: ignore[arg-type]
+                return out
+        view = memoryview(pending)
+        pos = 0
+        while len(view) - pos > self._body_room(self._idx, final=True):
+            room = max(self._body_room(self._idx, final=False), 0)
+            room = min(room, len(view) - pos)
+            out.append(self._chunk(view[pos : pos + room], final=False))
+            pos += room
+        out.append(self._chunk(view[pos:], final=True))
+        return out
+
+
+def _count_chunks(meta_len: int, rid_len: int, body_len: int, max_frame_size: int) -> int:
+    """How many chunks MessageEncoder.end() makes for a known body with chunk_tot sent."""
+    base = F.HEADER_SIZE + F.TLV_HEADER_SIZE + rid_len + 2 * _CHUNK_TLV + F.TLV_HEADER_SIZE
+    idx, left = 0, body_len
+    while True:
+        room = max_frame_size - base - (F.TLV_HEADER_SIZE + meta_len if idx == 0 else 0)
+        if left <= room - _FINAL_TLV:
+            return idx + 1
+        taken = min(max(room, 0), left)
+        left -= taken
+        idx += 1
+
+
+def encode_message(message: Message, max_frame_size: int = DEFAULT_SEND_FRAME_SIZE) -> list[bytes]:
+    """All frames of a whole message: one unchunked frame when it fits, else chunks with chunk_tot."""
+    if isinstance(message, ErrorMessage):
+        frame = encode_error(message.text, message.request_id)
+        if len(frame) > max_frame_size:
+            raise ProtocolError("too_large", f"error frame of {len(frame)} bytes exceeds {max_frame_size}")
+        return [frame]
+    head: RequestHead | ResponseHead
+    if isinstance(message, Request):
+        head = RequestHead(message.method, message.target, list(message.headers))
+    else:
+        head = ResponseHead(message.status, message.reason, list(message.headers))
+    encoder = MessageEncoder(head, message.request_id, max_frame_size)
+    single = encoder.end(message.body)
+    if len(single) == 1 and not single[0][6] & F.FLAG_CHUNKED:
+        return single
+    meta_len = len(encoder._meta)
+    rid_len = len(encoder._rid)
+    total = _count_chunks(meta_len, rid_len, len(message.body), max_frame_size)
+    encoder = MessageEncoder(head, message.request_id, max_frame_size, chunk_total=total)
+    frames = encoder.end(message.body)
+    assert len(frames) == total, (len(frames), total)
+    return frames
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+_KNOWN_TAGS = frozenset(
+    {
+        F.TAG_REQUEST_ID,
+        F.TAG_HTTP_META,
+        F.TAG_HTTP_BODY,
+        F.TAG_RESP_META,
+        F.TAG_CHUNK_IDX,
+        F.TAG_CHUNK_TOT,
+        F.TAG_FINAL_CHUNK,
+    }
+)
+
+
+def _fields(frame: F.Frame) -> dict[int, bytes]:
+    """Known TLVs by tag; unknown tags (extensions included) are skipped."""
+    found: dict[int, bytes] = {}
+    for tag, value in frame.tlvs:
+        if tag in _KNOWN_TAGS:
+            if tag in found:
+                raise ProtocolError("bad_tlv", f"TLV 0x{tag:02x} appears twice in one frame")
+            found[tag] = value
+    return found
+
+
+def _request_id(fields: dict[int, bytes], required: bool) -> str | None:
+    raw = fields.get(F.TAG_REQUEST_ID)
+    if raw is None:
+        if required:
+            raise ProtocolError("missing_field", "frame has no request_id TLV")
+        return None
+    if not raw or len(raw) > MAX_REQUEST_ID_BYTES:
+        raise ProtocolError("bad_tlv", f"request_id must be 1 to {MAX_REQUEST_ID_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("bad_tlv", "request_id is not UTF-8") from None
+
+
+def _u32(fields: dict[int, bytes], tag: int, name: str, rid: str) -> int | None:
+    raw = fields.get(tag)
+    if raw is None:
+        return None
+    if len(raw) != 4:
+        raise ProtocolError("bad_tlv", f"{name} must be 4 bytes, got {len(raw)}", rid)
+    return int.from_bytes(raw, "big")
+
+
+@dataclass(slots=True)
+class _Partial:
+    frame_type: int
+    next_idx: int = 0
+    total: int | None = None
+    head_sent: bool = False
+    held: list[bytes] = field(default_factory=list)
+    held_bytes: int = 0
+
+
+class MessageDecoder:
+    """Frames of many interleaved messages -> events, per frame, in arrival order.
+
+    Accepts our layout and the reference's (resp_meta in the last chunk:
+    body parts before the head are held, up to ``max_headless_body``).
+    """
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._partials: dict[str, _Partial] = {}
+
+    @property
+    def partial_messages(self) -> int:
+        return len(self._partials)
+
+    def receive_bytes(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Decode one frame (one binary WebSocket message) and receive it."""
+        return self.receive(F.decode_frame(data, self.limits.max_frame_size))
+
+    def forget(self, request_id: str) -> None:
+        """Drop a partial message (its stream was cancelled)."""
+        self._partials.pop(request_id, None)
+
+    def receive(self, frame: F.Frame) -> list[Event]:
+        fields = _fields(frame)
+        if frame.type == F.TYPE_ERROR:
+            rid = _request_id(fields, required=False)
+            if frame.chunked:
+                raise ProtocolError("bad_chunk", "an error frame cannot be chunked", rid)
+            if rid is not None:
+                self._partials.pop(rid, None)
+            text = fields.get(F.TAG_HTTP_BODY, b"").decode("utf-8", "replace")
+            return [ErrorReceived(rid, text)]
+        rid = _request_id(fields, required=True)
+        assert rid is not None
+        meta_tag = F.TAG_HTTP_META if frame.type == F.TYPE_REQUEST else F.TAG_RESP_META
+        wrong_meta = F.TAG_RESP_META if frame.type == F.TYPE_REQUEST else F.TAG_HTTP_META
+        if wrong_meta in fields:
+            raise ProtocolError("bad_tlv", "meta TLV does not match the frame type", rid)
+        if frame.chunked:
+            return self._chunk(frame.type, rid, fields, meta_tag)
+        if rid in self._partials:
+            raise ProtocolError("bad_chunk", "unchunked frame for a message still in progress", rid)
+        if fields.keys() & {F.TAG_CHUNK_IDX, F.TAG_CHUNK_TOT, F.TAG_FINAL_CHUNK}:
+            raise ProtocolError("bad_chunk", "chunk TLVs in a frame without the chunked flag", rid)
+        raw_meta = fields.get(meta_tag)
+        if raw_meta is None:
+            raise ProtocolError("missing_field", "frame has no meta TLV", rid)
+        events: list[Event] = [HeadReceived(rid, self._head(frame.type, raw_meta, rid))]
+        body = fields.get(F.TAG_HTTP_BODY)
+        if body:
+            events.append(BodyReceived(rid, body))
+        events.append(MessageComplete(rid))
+        return events
+
+    def _head(self, frame_type: int, raw: bytes, rid: str) -> RequestHead | ResponseHead:
+        try:
+            if frame_type == F.TYPE_REQUEST:
+                return decode_request_meta(raw, self.limits.max_meta_size)
+            return decode_response_meta(raw, self.limits.max_meta_size)
+        except ProtocolError as exc:
+            exc.request_id = rid
+            raise
+
+    def _chunk(self, frame_type: int, rid: str, fields: dict[int, bytes], meta_tag: int) -> list[Event]:
+        idx = _u32(fields, F.TAG_CHUNK_IDX, "chunk_idx", rid)
+        if idx is None:
+            raise ProtocolError("missing_field", "chunked frame has no chunk_idx", rid)
+        total = _u32(fields, F.TAG_CHUNK_TOT, "chunk_tot", rid)
+        final_raw = fields.get(F.TAG_FINAL_CHUNK)
+        if final_raw is not None and final_raw != _FINAL_VALUE:
+            raise ProtocolError("bad_tlv", "final_chunk must be the single byte 0x01", rid)
+        part = self._partials.get(rid)
+        if part is None:
+            if idx != 0:
+                raise ProtocolError("bad_chunk", f"message starts at chunk {idx}, not 0", rid)
+            if len(self._partials) >= self.limits.max_partial_messages:
+                raise ProtocolError(
+                    "too_large",
+                    f"more than {self.limits.max_partial_messages} chunked messages in progress",
+                    rid,
+                )
+            part = _Partial(frame_type)
+        elif part.frame_type != frame_type:
+            raise ProtocolError("bad_chunk", "chunks of one message change frame type", rid)
+        elif idx != part.next_idx:
+            raise ProtocolError("bad_chunk", f"chunk {idx} arrived, expected {part.next_idx}", rid)
+        if total is not None:
+            if part.total is not None and total != part.total:
+                raise ProtocolError("bad_chunk", f"chunk_tot changed from {part.total} to {total}", rid)
+            if idx >= total:
+                raise ProtocolError("bad_chunk", f"chunk {idx} is beyond chunk_tot {total}", rid)
+            part.total = total
+        last = final_raw is not None or (part.total is not None and idx + 1 == part.total)
+        if final_raw is not None and part.total is not None and idx + 1 != part.total:
+            raise ProtocolError("bad_chunk", f"final_chunk on chunk {idx} of {part.total}", rid)
+        events: list[Event] = []
+        raw_meta = fields.get(meta_tag)
+        if raw_meta is not None:
+            if part.head_sent:
+                raise ProtocolError("bad_chunk", "meta sent twice in one message", rid)
+            events.append(HeadReceived(rid, self._head(frame_type, raw_meta, rid)))
+            part.head_sent = True
+            events.extend(BodyReceived(rid, held) for held in part.held)
+            part.held, part.held_bytes = [], 0
+        body = fields.get(F.TAG_HTTP_BODY)
+        if body:
+            if part.head_sent:
+                events.append(BodyReceived(rid, body))
+            else:
+                part.held_bytes += len(body)
+                if part.held_bytes > self.limits.max_headless_body:
+                    raise ProtocolError(
+                        "too_large",
+                        f"over {self.limits.max_headless_body} body bytes before the meta",
+                        rid,
+                    )
+                part.held.append(body)
+        if last:
+            if not part.head_sent:
+                self._partials.pop(rid, None)
+                raise ProtocolError("missing_field", "chunked message ended without meta", rid)
+            self._partials.pop(rid, None)
+            events.append(MessageComplete(rid))
+        else:
+            part.next_idx = idx + 1
+            self._partials[rid] = part
+        return events
+
+
+def decode_message(wire: list[bytes], limits: Limits | None = None) -> Message:
+    """Collect exactly one whole message from its frames."""
+    decoder = MessageDecoder(limits)
+    rid: str | None = None
+    head: RequestHead | ResponseHead | None = None
+    body: list[bytes] = []
+    result: Message | None = None
+    for data in wire:
+        if result is not None:
+            raise ProtocolError("bad_chunk", "frames follow a complete message", rid)
+        for event in decoder.receive_bytes(data):
+            if isinstance(event, ErrorReceived):
+                if rid is not None and event.request_id != rid:
+                    raise ProtocolError("bad_chunk", "frames of two messages", event.request_id)
+                result = ErrorMessage(event.request_id, event.text)
+                continue
+            if rid is None:
+                rid = event.request_id
+            elif event.request_id != rid:
+                raise ProtocolError("bad_chunk", "frames of two messages", event.request_id)
+            if isinstance(event, HeadReceived):
+                head = event.head
+            elif isinstance(event, BodyReceived):
+                body.append(event.data)
+            else:
+                assert head is not None
+                if isinstance(head, RequestHead):
+                    result = Request(rid, head.method, head.target, head.headers, b"".join(body))
+                else:
+                    result = Response(rid, head.status, head.reason, head.headers, b"".join(body))
+    if result is None:
+        raise ProtocolError("truncated", "the frames end before the message does", rid)
+    return result
