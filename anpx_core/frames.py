@@ -131,7 +131,9 @@ def _parse_body(body: memoryview, ftype: int, flags: int, body_crc: int) -> Fram
     return Frame(ftype, flags, tlvs)
 
 
-def decode_frame(data: bytes | bytearray | memoryview, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> Frame:
+def decode_frame(
+    data: bytes | bytearray | memoryview, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+) -> Frame:
     """Decode exactly one frame, e.g. one binary WebSocket message."""
     view = memoryview(data)
     if len(view) < HEADER_SIZE:
@@ -194,6 +196,8 @@ class FrameDecoder:
     def close(self) -> None:
         """Declare end of stream; raise ``truncated`` if a frame was cut short."""
         if self._error is None and self._buf:
-            self._error = ProtocolError("truncated", f"stream ended with {len(self._buf)} bytes of a frame")
+            self._error = ProtocolError(
+                "truncated", f"stream ended with {len(self._buf)} bytes of a frame"
+            )
         if self._error is not None:
             raise self._error

@@ -161,7 +161,9 @@ class MessageEncoder:
             )
         if max_frame_size - base - F.TLV_HEADER_SIZE - _FINAL_TLV < 1:
             raise ProtocolError(
-                "too_large", f"max_frame_size {max_frame_size} leaves no room for body bytes", request_id
+                "too_large",
+                f"max_frame_size {max_frame_size} leaves no room for body bytes",
+                request_id,
             )
 
     @property
@@ -274,7 +276,9 @@ def encode_message(message: Message, max_frame_size: int = DEFAULT_SEND_FRAME_SI
     if isinstance(message, ErrorMessage):
         frame = encode_error(message.text, message.request_id)
         if len(frame) > max_frame_size:
-            raise ProtocolError("too_large", f"error frame of {len(frame)} bytes exceeds {max_frame_size}")
+            raise ProtocolError(
+                "too_large", f"error frame of {len(frame)} bytes exceeds {max_frame_size}"
+            )
         return [frame]
     head: RequestHead | ResponseHead
     if isinstance(message, Request):
@@ -417,7 +421,9 @@ class MessageDecoder:
             exc.request_id = rid
             raise
 
-    def _chunk(self, frame_type: int, rid: str, fields: dict[int, bytes], meta_tag: int) -> list[Event]:
+    def _chunk(
+        self, frame_type: int, rid: str, fields: dict[int, bytes], meta_tag: int
+    ) -> list[Event]:
         idx = _u32(fields, F.TAG_CHUNK_IDX, "chunk_idx", rid)
         if idx is None:
             raise ProtocolError("missing_field", "chunked frame has no chunk_idx", rid)
@@ -442,7 +448,9 @@ class MessageDecoder:
             raise ProtocolError("bad_chunk", f"chunk {idx} arrived, expected {part.next_idx}", rid)
         if total is not None:
             if part.total is not None and total != part.total:
-                raise ProtocolError("bad_chunk", f"chunk_tot changed from {part.total} to {total}", rid)
+                raise ProtocolError(
+                    "bad_chunk", f"chunk_tot changed from {part.total} to {total}", rid
+                )
             if idx >= total:
                 raise ProtocolError("bad_chunk", f"chunk {idx} is beyond chunk_tot {total}", rid)
             part.total = total
