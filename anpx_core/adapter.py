@@ -138,7 +138,7 @@ def handle(request: Any) -> dict:
         raise BadRequest(f"unknown op {op!r}")
     except ProtocolError as exc:
         return {"error": exc.code, "detail": exc.message}
-    except (BadRequest, KeyError) as exc:
+    except (BadRequest, KeyError, UnicodeEncodeError) as exc:  # e.g. a lone surrogate in a str
         return {"error": "bad_request", "detail": str(exc)}
 
 

@@ -153,6 +153,10 @@ class MessageEncoder:
             base += _CHUNK_TLV
         self._base = base
         head_min = base + F.TLV_HEADER_SIZE + len(self._meta)
+        self._chunk_head_fits = head_min <= max_frame_size
+        self._single_min = F.HEADER_SIZE + 2 * F.TLV_HEADER_SIZE + len(self._rid) + len(self._meta)
+        if chunk_total is None:  # an unchunked frame needs no chunk_idx: the head may fit only so
+            head_min = self._single_min
         if head_min > max_frame_size:
             raise ProtocolError(
                 "too_large",
@@ -179,7 +183,16 @@ class MessageEncoder:
             room -= _FINAL_TLV
         return room
 
+    def _unchunkable(self) -> ProtocolError:
+        return ProtocolError(
+            "too_large",
+            f"in {self._max}-byte frames this head fits only unchunked, and the body does not",
+            self._rid.decode(),
+        )
+
     def _chunk(self, body: bytes | memoryview, final: bool) -> bytes:
+        if self._idx == 0 and not self._chunk_head_fits:
+            raise self._unchunkable()
         tlvs: list[tuple[int, bytes | memoryview]] = [
             (F.TAG_REQUEST_ID, self._rid),
             (F.TAG_CHUNK_IDX, F.u32(self._idx)),
@@ -197,6 +210,10 @@ class MessageEncoder:
 
     def _emit_full(self, out: list[bytes]) -> None:
         """Emit every frame the pending body fills, keeping the remainder."""
+        if not self._chunk_head_fits:  # hold the body for end()'s one unchunked frame
+            if self._single_min + F.TLV_HEADER_SIZE + len(self._pending) > self._max:
+                raise self._unchunkable()
+            return
         view = memoryview(self._pending)
         pos = 0
         while True:
@@ -226,7 +243,12 @@ class MessageEncoder:
         return out
 
     def end(self, chunk: bytes = b"") -> list[bytes]:
-        out = self.data(chunk) if chunk else []
+        if self.ended:
+            raise RuntimeError("end() called twice")
+        # Held, not emitted via data(): the whole message may still fit one unchunked frame.
+        if chunk:
+            self._pending = bytes(self._pending) + chunk if self._pending else chunk
+        out: list[bytes] = []
         self.ended = True
         pending = self._pending
         self._pending = b""

@@ -17,6 +17,7 @@ Header values are the field bytes read as ISO-8859-1, so any byte survives.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
@@ -27,6 +28,14 @@ Headers = list[tuple[str, str]]
 #: Characters left unescaped when a v1 path is turned back into a target
 #: (RFC 3986 pchar plus "/"); unreserved characters are always kept.
 PATH_SAFE = "/!$&'()*+,;=:@"
+
+# Fast paths: targets made only of characters that unquote/quote/parse_qsl/urlencode
+# all leave alone map to the v1 fields (and back) without calling urllib, which
+# dominates the cost of a small frame. Anything else takes the urllib path.
+_UNRESERVED = r"A-Za-z0-9_.~\-"
+_PLAIN_PATH = re.compile(f"[{_UNRESERVED}/!$&'()*+,;=:@]*").fullmatch
+_PLAIN_PAIR = f"[{_UNRESERVED}]*=[{_UNRESERVED}]*"
+_PLAIN_QUERY = re.compile(f"{_PLAIN_PAIR}(?:&{_PLAIN_PAIR})*").fullmatch
 
 KEY_TARGET = "anpx_target"
 KEY_HEADERS = "anpx_headers"
@@ -54,10 +63,35 @@ def split_target(target: str) -> tuple[str, dict[str, str]]:
 
 def join_target(path: str, query: dict[str, str | list[str]]) -> str:
     """Rebuild a request-target from v1 fields (the inverse of split_target where one exists)."""
+    if not query:
+        if _PLAIN_PATH(path):
+            return path
+    elif _PLAIN_PATH(path):
+        try:
+            qs = "&".join(map("=".join, query.items()))  # type: ignore[arg-type]
+        except TypeError:  # a list value (repeated key): urlencode's doseq
+            qs = ""
+        # One "=" per pair and one "&" between pairs means no key or value held either,
+        # and the pattern admits nothing else urlencode would escape.
+        if _PLAIN_QUERY(qs) and qs.count("&") == len(query) - 1:
+            return path + "?" + qs
     target = quote(path, safe=PATH_SAFE)
     if query:
         target += "?" + urlencode(query, doseq=True)
     return target
+
+
+def v1_view(target: str) -> tuple[str, dict[str, str], bool]:
+    """split_target(target) and whether join_target gives ``target`` back."""
+    raw_path, sep, raw_query = target.partition("?")
+    if _PLAIN_PATH(raw_path) and (not sep or _PLAIN_QUERY(raw_query)):
+        if not sep:
+            return raw_path, {}, True
+        pairs = raw_query.split("&")
+        query = dict([pair.split("=", 1) for pair in pairs])
+        return raw_path, query, len(query) == len(pairs)  # a repeated key is lost
+    path, query = split_target(target)
+    return path, query, join_target(path, query) == target
 
 
 def _headers_dict(headers: Headers) -> tuple[dict[str, str], bool]:
@@ -76,7 +110,7 @@ def _headers_dict(headers: Headers) -> tuple[dict[str, str], bool]:
 
 
 def encode_request_meta(head: RequestHead) -> bytes:
-    path, query = split_target(head.target)
+    path, query, target_lossless = v1_view(head.target)
     headers, lossless = _headers_dict(head.headers)
     meta: dict[str, object] = {
         "method": head.method,
@@ -84,7 +118,7 @@ def encode_request_meta(head: RequestHead) -> bytes:
         "headers": headers,
         "query": query,
     }
-    if join_target(path, query) != head.target:
+    if not target_lossless:
         meta[KEY_TARGET] = head.target
     if not lossless:
         meta[KEY_HEADERS] = [[name.lower(), value] for name, value in head.headers]
@@ -99,12 +133,27 @@ def encode_response_meta(head: ResponseHead) -> bytes:
     return json.dumps(meta).encode("ascii")
 
 
+_raw_decode = json.JSONDecoder().raw_decode  # what json.loads uses, minus its wrapping
+
+
+def _loads(raw: bytes) -> object:
+    """json.loads(raw), with a shortcut for the usual UTF-8 text starting with "{"."""
+    # json.loads sniffs UTF-16/32 from NUL bytes and allows whitespace around the value;
+    # anything but a plain "{...}" takes its path so the accepted language is the same.
+    if raw[:1] == b"{" and raw[1:2] != b"\x00":
+        text = raw.decode("utf-8", "surrogatepass")  # the codec json.loads picks here
+        obj, end = _raw_decode(text)
+        if end == len(text):
+            return obj
+    return json.loads(raw)
+
+
 def _load(raw: bytes, what: str, max_size: int) -> dict:
     if len(raw) > max_size:
         raise ProtocolError("too_large", f"{what} of {len(raw)} bytes exceeds {max_size}")
     try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+        obj = _loads(raw)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise ProtocolError("bad_meta", f"{what} is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_meta", f"{what} is not a JSON object")
@@ -150,7 +199,12 @@ def decode_request_meta(raw: bytes, max_size: int) -> RequestHead:
             for v in query.values()
         ):
             raise ProtocolError("bad_meta", "http_meta 'query' must map names to strings")
-        target = join_target(path, query)
+        try:
+            target = join_target(path, query)
+        except UnicodeEncodeError:  # JSON can carry lone surrogates, which UTF-8 cannot
+            raise ProtocolError(
+                "bad_meta", "http_meta path or query is not valid Unicode"
+            ) from None
     if not target:
         raise ProtocolError("bad_meta", "http_meta gives an empty request-target")
     return RequestHead(method, target, _headers(obj, "http_meta"))

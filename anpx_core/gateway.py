@@ -1,0 +1,563 @@
+"""The gateway, as one sans-IO state machine over all of its connections.
+
+A driver accepts sockets and pumps bytes; everything else happens here:
+which receiver serves a request, what a client sees when a receiver is slow,
+gone or misbehaving, when to stop reading whom.
+
+Driver contract (the receiver core offers the same one):
+
+* ``cid = open_client(...)`` / ``open_tunnel(...)`` / ``open_admin(...)`` for each accepted socket;
+* ``receive(cid, data, now)`` for bytes read (``b""`` at EOF), ``lost(cid, now)`` on a socket error;
+* ``take_output(cid) -> (data, close)``: write ``data``, then call ``written(cid, now)``;
+  once ``data`` is empty and ``close`` is true, close the socket and call ``closed(cid)``;
+* read from a socket only while ``can_read(cid)``;
+* after each call, fire the wake-ups named by ``pop_wakeups()`` (connection ids);
+* call ``tick(now)`` every ``TICK_INTERVAL`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+from . import messages as M
+from .auth import NoAuth, ServerAuth
+from .http1 import (
+    ClientGone,
+    FrontLimits,
+    HttpFront,
+    RequestData,
+    RequestEnded,
+    RequestFailed,
+    RequestStarted,
+)
+from .meta import RequestHead, ResponseHead
+from .stats import Stats
+from .tunnel import (
+    DEFAULT_HIGH_WATER,
+    DEFAULT_STREAM_WINDOW,
+    PeerDraining,
+    StreamData,
+    StreamEnd,
+    StreamHead,
+    StreamReset,
+    StreamWritable,
+    TunnelBroken,
+    TunnelSession,
+    offer_extensions,
+    parse_extensions,
+)
+from .websocket import (
+    BinaryReceived,
+    Closed,
+    ControlReceived,
+    HandshakeRequested,
+    WsLimits,
+    WsServer,
+)
+
+log = logging.getLogger("anpx.gateway")
+access_log = logging.getLogger("anpx.access")
+
+TICK_INTERVAL = 0.1
+
+
+@dataclass(slots=True)
+class GatewaySettings:
+    """Every limit of the gateway core; the config layer fills it from the file and options."""
+
+    timeout: float = 30.0  # seconds from request head to response head, then 504
+    max_streams_per_receiver: int = 100  # concurrent requests on one tunnel, beyond: 503
+    max_connections: int = 1000  # concurrent client connections, beyond: 503 and close
+    front: FrontLimits = field(default_factory=FrontLimits)
+    ws: WsLimits = field(default_factory=WsLimits)
+    stream_window: int | None = DEFAULT_STREAM_WINDOW  # None: do not offer flow control
+    send_frame_size: int = M.DEFAULT_SEND_FRAME_SIZE
+    codec: M.Limits = field(default_factory=M.Limits)
+    high_water: int = DEFAULT_HIGH_WATER
+    auth: ServerAuth = field(default_factory=NoAuth)
+
+
+@dataclass(slots=True, eq=False)
+class _Client:
+    cid: int
+    front: HttpFront
+    peer: str
+    rid: str | None = None
+    tunnel: _Tunnel | None = None
+    head: RequestHead | None = None
+    started: float = 0.0
+    deadline: float | None = None  # response head due by then
+    response_started: bool = False
+    status: int = 0
+    body_out: int = 0
+    backlog: int = 0  # response body handed to the front, not yet written by the driver
+    taken: int = 0
+    over_limit: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Tunnel:
+    cid: int
+    ws: WsServer
+    peer: str
+    identity: str = ""
+    session: TunnelSession | None = None
+    streams: dict[str, _Client] = field(default_factory=dict)
+    written_mark: int = 0  # session.bytes_out the driver has written
+    taken_mark: int = 0
+    congested: set[int] = field(default_factory=set)  # v1: clients with a full backlog
+    paused: set[int] = field(default_factory=set)  # clients waiting for our backlog to drain
+    connected_at: float = 0.0
+
+    @property
+    def backlog(self) -> int:
+        return 0 if self.session is None else self.session.bytes_out - self.written_mark
+
+
+@dataclass(slots=True, eq=False)
+class _Admin:
+    cid: int
+    front: HttpFront
+
+
+class GatewayCore:
+    def __init__(self, settings: GatewaySettings | None = None) -> None:
+        self.settings = settings or GatewaySettings()
+        self.stats = Stats()
+        self._conns: dict[int, _Client | _Tunnel | _Admin] = {}
+        self._tunnels: list[_Tunnel] = []
+        self._next_id = 1
+        self._wakeups: set[int] = set()
+        self._clients = 0
+        self.draining = False
+
+    # --- driver contract -----------------------------------------------------------------
+
+    def _new_id(self) -> int:
+        cid = self._next_id
+        self._next_id += 1
+        return cid
+
+    def open_client(
+        self,
+        now: float,
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
+        scheme: str = "http",
+    ) -> int:
+        cid = self._new_id()
+        front = HttpFront(self.settings.front, now, client=client, server=server, scheme=scheme)
+        conn = _Client(cid, front, client[0] if client else "-")
+        self._conns[cid] = conn
+        self._clients += 1
+        # Over the limit, the connection's first request is answered 503 and it closes:
+        # a clear answer costs less than a client retrying a silently dropped socket.
+        conn.over_limit = self._clients > self.settings.max_connections
+        return cid
+
+    def open_tunnel(self, now: float, peer: tuple[str, int] | None) -> int:
+        cid = self._new_id()
+        self._conns[cid] = _Tunnel(cid, WsServer(self.settings.ws, now), _addr(peer), connected_at=now)
+        return cid
+
+    def open_admin(self, now: float, client: tuple[str, int] | None, server: tuple[str, int] | None) -> int:
+        cid = self._new_id()
+        self._conns[cid] = _Admin(cid, HttpFront(self.settings.front, now, client=client, server=server))
+        return cid
+
+    def receive(self, cid: int, data: bytes, now: float) -> None:
+        conn = self._conns.get(cid)
+        if conn is None:
+            return
+        self._wakeups.add(cid)
+        if isinstance(conn, _Client):
+            for event in conn.front.receive_data(data, now):
+                self._client_event(conn, event, now)
+            if conn.rid is not None and conn.tunnel is not None and conn.tunnel.session is not None:
+                conn.tunnel.session.flush(conn.rid)
+                self._wakeups.add(conn.tunnel.cid)
+        elif isinstance(conn, _Tunnel):
+            for event in conn.ws.receive_data(data, now):
+                self._tunnel_event(conn, event, now)
+            if conn.session is not None:
+                conn.session.flush_credits()
+        else:
+            for event in conn.front.receive_data(data, now):
+                self._admin_event(conn, event, now)
+
+    def lost(self, cid: int, now: float) -> None:
+        """The socket failed: same as EOF for every protocol here."""
+        self.receive(cid, b"", now)
+
+    def take_output(self, cid: int) -> tuple[bytes, bool]:
+        conn = self._conns.get(cid)
+        if conn is None:
+            return b"", True
+        if isinstance(conn, _Tunnel):
+            data = conn.ws.data_to_send()
+            if conn.session is not None:
+                conn.taken_mark = conn.session.bytes_out
+            return data, conn.ws.closed
+        data = conn.front.data_to_send()
+        if isinstance(conn, _Client):
+            conn.taken = conn.backlog
+        return data, conn.front.closed
+
+    def written(self, cid: int, now: float) -> None:
+        conn = self._conns.get(cid)
+        if isinstance(conn, _Tunnel):
+            conn.written_mark = conn.taken_mark
+            if conn.paused and conn.backlog < self.settings.high_water:
+                self._wakeups.update(conn.paused)
+                conn.paused.clear()
+        elif isinstance(conn, _Client) and conn.taken:
+            conn.backlog -= conn.taken
+            delivered, conn.taken = conn.taken, 0
+            tunnel = conn.tunnel
+            if tunnel is not None and tunnel.session is not None and conn.rid is not None:
+                tunnel.session.consumed(conn.rid, delivered)
+                tunnel.session.flush_credits()
+                self._wakeups.add(tunnel.cid)
+            self._update_congestion(conn)
+
+    def can_read(self, cid: int) -> bool:
+        conn = self._conns.get(cid)
+        if isinstance(conn, _Tunnel):
+            return not conn.ws.closed and not conn.congested
+        if conn is None or not conn.front.wants_read:
+            return False
+        if isinstance(conn, _Client) and conn.rid is not None and conn.tunnel is not None:
+            tunnel = conn.tunnel
+            if tunnel.session is None:
+                return True
+            if not tunnel.session.writable(conn.rid) or tunnel.backlog >= self.settings.high_water:
+                tunnel.paused.add(cid)
+                return False
+        return True
+
+    def closed(self, cid: int) -> None:
+        """The driver closed the socket: forget the connection."""
+        conn = self._conns.pop(cid, None)
+        if isinstance(conn, _Client):
+            self._clients -= 1
+            self._abandon_client(conn, "client connection closed")
+        elif isinstance(conn, _Tunnel):
+            self._tunnel_gone(conn, "receiver disconnected")
+
+    def pop_wakeups(self) -> set[int]:
+        woken, self._wakeups = self._wakeups, set()
+        return woken
+
+    def tick(self, now: float) -> None:
+        for conn in list(self._conns.values()):
+            if isinstance(conn, _Tunnel):
+                for event in conn.ws.tick(now):
+                    self._tunnel_event(conn, event, now)
+                continue
+            events = conn.front.tick(now)
+            if events:
+                self._wakeups.add(conn.cid)
+            if isinstance(conn, _Admin):
+                continue
+            for event in events:
+                self._client_event(conn, event, now)
+            if conn.deadline is not None and now >= conn.deadline:
+                self._timeout(conn)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def begin_drain(self) -> None:
+        """Stop taking new requests; in-flight ones go on (SIGTERM)."""
+        self.draining = True
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(t.streams) for t in self._tunnels)
+
+    def close_tunnels(self, code: int = 1001, reason: str = "gateway shutting down") -> None:
+        for tunnel in self._tunnels:
+            tunnel.ws.close(code, reason)
+            self._wakeups.add(tunnel.cid)
+
+    @property
+    def receivers(self) -> list[dict]:
+        return [
+            {"id": t.identity, "peer": t.peer, "streams": len(t.streams), "flow": t.session.flow}
+            for t in self._tunnels
+            if t.session is not None
+        ]
+
+    # --- clients ---------------------------------------------------------------------------
+
+    def _client_event(self, conn: _Client, event: object, now: float) -> None:
+        if isinstance(event, RequestStarted):
+            self._start_request(conn, event, now)
+        elif isinstance(event, RequestData):
+            if conn.rid is not None and conn.tunnel is not None and conn.tunnel.session is not None:
+                conn.tunnel.session.send(conn.rid, event.data)
+                self.stats.bytes_in += len(event.data)
+        elif isinstance(event, RequestEnded):
+            if conn.rid is not None and conn.tunnel is not None and conn.tunnel.session is not None:
+                conn.tunnel.session.end(conn.rid)
+                self._wakeups.add(conn.tunnel.cid)
+        elif isinstance(event, RequestFailed):
+            self._finish(conn, event.status, cancel=f"client request failed: {event.reason}")
+        elif isinstance(event, ClientGone):
+            self._abandon_client(conn, "client went away")
+
+    def _pick_tunnel(self) -> _Tunnel | None:
+        """Fewest streams first; a receiver at its limit or draining is skipped."""
+        best: _Tunnel | None = None
+        limit = self.settings.max_streams_per_receiver
+        for tunnel in self._tunnels:
+            session = tunnel.session
+            if session is None or session.peer_draining or tunnel.ws.state != "open":
+                continue
+            if len(tunnel.streams) >= limit:
+                continue
+            if best is None or len(tunnel.streams) < len(best.streams):
+                best = tunnel
+        return best
+
+    def _start_request(self, conn: _Client, event: RequestStarted, now: float) -> None:
+        conn.head = event.head
+        conn.started = now
+        conn.response_started = False
+        conn.status = 0
+        conn.body_out = 0
+        self.stats.requests += 1
+        if conn.over_limit:
+            self.stats.rejected_connections += 1
+            self._reply(conn, 503, "too many connections", [("retry-after", "1"), ("connection", "close")])
+            return
+        if self.draining:
+            self._reply(conn, 503, "gateway is shutting down", [("retry-after", "5"), ("connection", "close")])
+            return
+        tunnel = self._pick_tunnel()
+        if tunnel is None:
+            if any(t.session is not None for t in self._tunnels):
+                self._reply(conn, 503, "all receivers are busy", [("retry-after", "1")])
+            else:
+                self._reply(conn, 503, "no receiver connected", [("retry-after", "5")])
+            return
+        assert tunnel.session is not None
+        rid = str(uuid.uuid4())
+        conn.rid, conn.tunnel = rid, tunnel
+        tunnel.streams[rid] = conn
+        conn.deadline = now + self.settings.timeout if self.settings.timeout > 0 else None
+        try:
+            tunnel.session.start(rid, event.head)
+        except M.ProtocolError:
+            tunnel.streams.pop(rid, None)
+            conn.rid = conn.tunnel = None
+            self._reply(conn, 431, "request head too large for the tunnel")
+            return
+        if event.expect_continue:
+            conn.front.send_continue()
+        self._wakeups.add(tunnel.cid)
+
+    def _reply(self, conn: _Client, status: int, text: str, headers: list[tuple[str, str]] = ()) -> None:
+        """Answer the current request from the gateway itself."""
+        conn.front.send_error(status, text, list(headers))
+        conn.status = status
+        self._log_access(conn, status)
+        self._wakeups.add(conn.cid)
+
+    def _finish(self, conn: _Client, status: int, *, cancel: str | None = None, error: str | None = None) -> None:
+        """End the client's current exchange; cancel the stream if it is still open."""
+        tunnel, rid = conn.tunnel, conn.rid
+        if tunnel is not None and rid is not None:
+            tunnel.streams.pop(rid, None)
+            tunnel.congested.discard(conn.cid)
+            if cancel is not None and tunnel.session is not None:
+                tunnel.session.cancel(rid, cancel)
+                self._wakeups.add(tunnel.cid)
+        conn.rid = conn.tunnel = None
+        conn.deadline = None
+        conn.backlog = conn.taken = 0
+        if error is not None:
+            conn.front.send_error(status, error)
+            conn.status = status
+        if conn.head is not None:
+            self._log_access(conn, conn.status or status)
+        self._wakeups.add(conn.cid)
+
+    def _abandon_client(self, conn: _Client, why: str) -> None:
+        if conn.rid is not None:
+            self.stats.client_aborts += 1
+            self._finish(conn, 499, cancel=why)
+
+    def _timeout(self, conn: _Client) -> None:
+        self.stats.timeouts += 1
+        self._finish(conn, 504, cancel="gateway timeout", error="receiver did not answer in time")
+
+    def _update_congestion(self, conn: _Client) -> None:
+        tunnel = conn.tunnel
+        if tunnel is None or tunnel.session is None or tunnel.session.flow:
+            return
+        if conn.backlog >= self.settings.high_water:
+            tunnel.congested.add(conn.cid)
+        elif conn.cid in tunnel.congested:
+            tunnel.congested.discard(conn.cid)
+            self._wakeups.add(tunnel.cid)
+
+    def _log_access(self, conn: _Client, status: int) -> None:
+        head = conn.head
+        if head is None:
+            return
+        self.stats.record(status, conn.body_out)
+        access_log.info(
+            "%s %s %s %s %d %dB",
+            conn.rid or "-",
+            conn.peer,
+            head.method,
+            head.target,
+            status,
+            conn.body_out,
+        )
+        conn.head = None
+
+    # --- tunnels -----------------------------------------------------------------------------
+
+    def _tunnel_event(self, tunnel: _Tunnel, event: object, now: float) -> None:
+        self._wakeups.add(tunnel.cid)
+        if isinstance(event, BinaryReceived):
+            if tunnel.session is None:
+                return
+            for sev in tunnel.session.receive_binary(event.data):
+                self._stream_event(tunnel, sev)
+        elif isinstance(event, ControlReceived):
+            if tunnel.session is None:
+                return
+            for sev in tunnel.session.receive_control(event.message):
+                self._stream_event(tunnel, sev)
+        elif isinstance(event, HandshakeRequested):
+            self._handshake(tunnel, event, now)
+        elif isinstance(event, Closed):
+            self._tunnel_gone(tunnel, f"receiver disconnected ({event.code})")
+
+    def _handshake(self, tunnel: _Tunnel, event: HandshakeRequested, now: float) -> None:
+        verdict = self.settings.auth.check_request(event.host, event.path, event.headers, tunnel.peer, now)
+        if not verdict.ok:
+            self.stats.auth_failures += 1
+            log.warning("tunnel handshake from %s refused: %s", tunnel.peer, verdict.reason or verdict.status)
+            tunnel.ws.reject(verdict.status, "", verdict.headers)
+            return
+        peer_window = parse_extensions(event.headers)
+        local_window = self.settings.stream_window if peer_window is not None else None
+        tunnel.ws.accept(verdict.headers + offer_extensions(local_window))
+        tunnel.identity = verdict.identity
+        tunnel.session = TunnelSession(
+            tunnel.ws,
+            accepts=ResponseHead,
+            local_window=local_window,
+            peer_window=peer_window,
+            send_frame_size=self.settings.send_frame_size,
+            limits=self.settings.codec,
+        )
+        self._tunnels.append(tunnel)
+        self.stats.tunnels_opened += 1
+        log.info(
+            "receiver %s connected from %s (%s)",
+            tunnel.identity,
+            tunnel.peer,
+            "flow control" if tunnel.session.flow else "v1 peer",
+        )
+
+    def _stream_event(self, tunnel: _Tunnel, event: object) -> None:
+        if isinstance(event, TunnelBroken):
+            log.warning("receiver %s sent unframeable data: %s", tunnel.identity, event.reason)
+            tunnel.ws.close(1002, "bad ANPX frame")
+            self._tunnel_gone(tunnel, "receiver sent a malformed frame")
+            return
+        if isinstance(event, PeerDraining):
+            log.info("receiver %s is draining", tunnel.identity)
+            return
+        rid = getattr(event, "request_id", None)
+        conn = tunnel.streams.get(rid) if rid is not None else None
+        if conn is None:
+            return
+        if isinstance(event, StreamWritable):
+            self._wakeups.add(conn.cid)
+        elif isinstance(event, StreamHead):
+            assert isinstance(event.head, ResponseHead)
+            conn.deadline = None
+            conn.response_started = True
+            conn.status = event.head.status
+            conn.front.send_response(event.head)
+            self._wakeups.add(conn.cid)
+        elif isinstance(event, StreamData):
+            conn.front.send_data(event.data)
+            conn.body_out += len(event.data)
+            conn.backlog += len(event.data)
+            self.stats.bytes_out += len(event.data)
+            self._update_congestion(conn)
+            self._wakeups.add(conn.cid)
+        elif isinstance(event, StreamEnd):
+            conn.front.end_response()
+            tunnel.streams.pop(conn.rid, None)
+            if tunnel.session is not None and tunnel.session.has_stream(conn.rid):
+                # the response is complete but the upload is not: stop it
+                tunnel.session.cancel(conn.rid, "response complete")
+            tunnel.congested.discard(conn.cid)
+            self._log_access(conn, conn.status)
+            conn.rid = conn.tunnel = None
+            conn.backlog = conn.taken = 0
+            self._wakeups.add(conn.cid)
+        elif isinstance(event, StreamReset):
+            self.stats.resets += 1
+            if conn.response_started:
+                self._finish(conn, conn.status, error="")  # aborts the connection mid-body
+            else:
+                self._finish(conn, 502, error=f"receiver failed the request: {event.reason}")
+
+    def _tunnel_gone(self, tunnel: _Tunnel, why: str) -> None:
+        if tunnel in self._tunnels:
+            self._tunnels.remove(tunnel)
+            log.info("receiver %s gone: %s", tunnel.identity or tunnel.peer, why)
+        if tunnel.session is not None:
+            tunnel.session.abandon()
+        for conn in list(tunnel.streams.values()):
+            self.stats.resets += 1
+            if conn.response_started:
+                self._finish(conn, conn.status, error="")
+            else:
+                self._finish(conn, 502, error=why)
+        tunnel.streams.clear()
+        self._wakeups.update(tunnel.paused)
+        tunnel.paused.clear()
+        self._wakeups.add(tunnel.cid)
+
+    # --- admin -------------------------------------------------------------------------------
+
+    def _admin_event(self, conn: _Admin, event: object, now: float) -> None:
+        if not isinstance(event, RequestStarted):
+            return
+        path = event.head.target.partition("?")[0]
+        if path == "/health":
+            ready = bool(self._tunnels)
+            body = self.stats.health_json(ready=ready, receivers=len(self._tunnels))
+            status = 200 if ready else 503
+        elif path == "/stats":
+            body = self.stats.stats_json(receivers=self.receivers, in_flight=self.in_flight)
+            status = 200
+        else:
+            conn.front.send_error(404, "unknown admin path; try /health or /stats")
+            return
+        conn.front.send_response(
+            ResponseHead(
+                status,
+                "OK" if status == 200 else "Service Unavailable",
+                [("content-type", "application/json"), ("content-length", str(len(body)))],
+            )
+        )
+        conn.front.send_data(body)
+        conn.front.end_response()
+
+
+def _addr(addr: tuple[str, int] | None) -> str:
+    if not addr:
+        return "-"
+    return f"{addr[0]}:{addr[1]}"

@@ -1,0 +1,388 @@
+"""Streams multiplexed over one tunnel: ANPX messages, stream states and flow control.
+
+A :class:`TunnelSession` sits on one open WebSocket (gateway or receiver side).
+Each HTTP exchange is a stream named by its request_id. The session turns
+outgoing heads and body parts into frames, incoming frames into
+:class:`StreamEvent` s for known streams, and enforces bounded buffering:
+
+* With a peer that negotiated the ``flow`` extension (handshake header
+  ``ANPX-Extensions: flow=<window>``), every stream has a credit window: body
+  bytes sent minus credit granted by the peer never exceeds the peer's window,
+  and we grant credit only as our own consumer (client socket, app) takes the
+  bytes. One slow stream never stalls the others.
+* With a v1 peer there is no per-stream flow control; the session reports the
+  connection's output backlog and the engine pauses whole connections.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from . import messages as M
+from .errors import ProtocolError
+from .meta import RequestHead, ResponseHead
+
+EXTENSIONS_HEADER = "anpx-extensions"
+CONTROL_CREDIT = "anpx.credit"
+CONTROL_DRAIN = "anpx.drain"
+
+DEFAULT_STREAM_WINDOW = 256 * 1024
+#: Output backlog (bytes not yet taken by the driver) above which a
+#: connection counts as full and producers are paused.
+DEFAULT_HIGH_WATER = 1024 * 1024
+#: Recently ended streams whose late frames are dropped quietly.
+_RECENTLY_CLOSED = 4096
+
+
+def offer_extensions(window: int | None) -> list[tuple[str, str]]:
+    """Handshake header announcing our flow-control window (None: v1 behaviour)."""
+    return [] if window is None else [(EXTENSIONS_HEADER, f"flow={window}")]
+
+
+def parse_extensions(headers: list[tuple[str, str]]) -> int | None:
+    """The peer's flow window from its handshake headers, or None for a v1 peer."""
+    for name, value in headers:
+        if name.lower() != EXTENSIONS_HEADER:
+            continue
+        for item in value.split(","):
+            key, _, arg = item.strip().partition("=")
+            if key.strip() == "flow" and arg.strip().isdigit():
+                window = int(arg)
+                if window > 0:
+                    return window
+    return None
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StreamHead:
+    request_id: str
+    head: RequestHead | ResponseHead
+
+
+@dataclass(slots=True)
+class StreamData:
+    request_id: str
+    data: bytes
+
+
+@dataclass(slots=True)
+class StreamEnd:
+    request_id: str
+
+
+@dataclass(slots=True)
+class StreamReset:
+    """The peer cancelled or failed the stream (an ERROR frame), or it broke a rule."""
+
+    request_id: str
+    reason: str
+    by_peer: bool = True
+
+
+@dataclass(slots=True)
+class StreamWritable:
+    """Credit arrived or the backlog drained: the producer of this stream may resume."""
+
+    request_id: str
+
+
+@dataclass(slots=True)
+class PeerDraining:
+    """The peer asked for no new streams (it is shutting down)."""
+
+
+@dataclass(slots=True)
+class TunnelBroken:
+    """The peer sent bytes that cannot be framed; the tunnel must close (code 1002)."""
+
+    reason: str
+
+
+StreamEvent = StreamHead | StreamData | StreamEnd | StreamReset | StreamWritable | PeerDraining | TunnelBroken
+
+
+# --- per-stream state ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Stream:
+    encoder: M.MessageEncoder | None = None
+    send_credit: int = 0  # flow mode: body bytes we may still send
+    blocked: list[bytes] = field(default_factory=list)  # body waiting for credit
+    blocked_bytes: int = 0
+    end_pending: bool = False  # end() called while body was still blocked
+    sent_end: bool = False
+    received_end: bool = False
+    recv_outstanding: int = 0  # flow mode: peer may still send this much
+    recv_unacked: int = 0  # consumed by us, credit not yet granted
+    want_writable: bool = False
+
+
+class TunnelSession:
+    """Stream multiplexer over one WebSocket.
+
+    ``ws`` is the open :class:`~anpx_core.websocket.WsServer` or ``WsClient``
+    (anything with ``send_binary`` / ``send_control``); ``local_window`` is the
+    window we announced (None: we did not offer flow control) and
+    ``peer_window`` the one the peer announced. Flow control is on only when
+    both are set.
+    """
+
+    def __init__(
+        self,
+        ws,
+        *,
+        accepts: type[RequestHead] | type[ResponseHead],
+        local_window: int | None,
+        peer_window: int | None,
+        send_frame_size: int = M.DEFAULT_SEND_FRAME_SIZE,
+        limits: M.Limits | None = None,
+    ) -> None:
+        self.ws = ws
+        self._accepts = accepts
+        self.flow = local_window is not None and peer_window is not None
+        self.local_window = local_window or 0
+        self.peer_window = peer_window or 0
+        self.send_frame_size = send_frame_size
+        self._decoder = M.MessageDecoder(limits)
+        self._streams: dict[str, _Stream] = {}
+        self._closed: OrderedDict[str, None] = OrderedDict()
+        self._credit_due: dict[str, int] = {}
+        self.peer_draining = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # --- bookkeeping ---------------------------------------------------------------------
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    def has_stream(self, request_id: str) -> bool:
+        return request_id in self._streams
+
+    def _new_stream(self, request_id: str) -> _Stream:
+        stream = _Stream(send_credit=self.peer_window, recv_outstanding=self.local_window)
+        self._streams[request_id] = stream
+        return stream
+
+    def _finish(self, request_id: str) -> None:
+        self._streams.pop(request_id, None)
+        self._credit_due.pop(request_id, None)
+        self._decoder.forget(request_id)
+        self._closed[request_id] = None
+        if len(self._closed) > _RECENTLY_CLOSED:
+            self._closed.popitem(last=False)
+
+    def _maybe_finish(self, request_id: str, stream: _Stream) -> None:
+        if stream.sent_end and stream.received_end:
+            self._finish(request_id)
+
+    # --- sending -------------------------------------------------------------------------
+
+    def start(self, request_id: str, head: RequestHead | ResponseHead) -> None:
+        """Begin our message on a stream (the gateway opens streams this way)."""
+        stream = self._streams.get(request_id)
+        if stream is None:
+            stream = self._new_stream(request_id)
+        if stream.encoder is not None:
+            raise RuntimeError(f"stream {request_id} already has a message head")
+        stream.encoder = M.MessageEncoder(head, request_id, self.send_frame_size)
+
+    def _emit(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            self.bytes_out += len(frame)
+            self.ws.send_binary(frame)
+
+    def send(self, request_id: str, data: bytes) -> None:
+        """Queue body bytes; in flow mode bytes beyond the credit wait for it."""
+        stream = self._streams.get(request_id)
+        if stream is None or stream.encoder is None or stream.sent_end or not data:
+            return
+        if not self.flow:
+            self._emit(stream.encoder.data(data))
+            return
+        if stream.blocked:
+            stream.blocked.append(data)
+            stream.blocked_bytes += len(data)
+            return
+        allowed = min(len(data), stream.send_credit)
+        if allowed:
+            stream.send_credit -= allowed
+            self._emit(stream.encoder.data(data[:allowed] if allowed < len(data) else data))
+        if allowed < len(data):
+            rest = data[allowed:]
+            stream.blocked.append(rest)
+            stream.blocked_bytes += len(rest)
+
+    def end(self, request_id: str) -> None:
+        """Finish our message (the last frame goes out once blocked body is sent)."""
+        stream = self._streams.get(request_id)
+        if stream is None or stream.encoder is None or stream.sent_end:
+            return
+        if stream.blocked:
+            stream.end_pending = True
+            return
+        self._emit(stream.encoder.end())
+        stream.sent_end = True
+        self._maybe_finish(request_id, stream)
+
+    def flush(self, request_id: str) -> None:
+        """Send held body now rather than waiting to fill a frame (streaming)."""
+        stream = self._streams.get(request_id)
+        if stream is not None and stream.encoder is not None and not stream.sent_end:
+            self._emit(stream.encoder.flush())
+
+    def writable(self, request_id: str) -> bool:
+        """May the producer of this stream hand us more body now?"""
+        stream = self._streams.get(request_id)
+        if stream is None:
+            return True  # gone: sends are dropped, never block the producer
+        if self.flow:
+            ok = not stream.blocked and stream.send_credit > 0
+        else:
+            ok = True  # v1: the engine applies connection-level backpressure
+        if not ok:
+            stream.want_writable = True
+        return ok
+
+    def cancel(self, request_id: str, reason: str) -> None:
+        """Abort a stream and tell the peer with an ERROR frame."""
+        if request_id in self._streams:
+            self._finish(request_id)
+            self.ws.send_binary(M.encode_error(reason, request_id))
+
+    # --- receiving -----------------------------------------------------------------------
+
+    def receive_binary(self, data: bytes) -> list[StreamEvent]:
+        self.bytes_in += len(data)
+        try:
+            decoded = self._decoder.receive_bytes(data)
+        except ProtocolError as exc:
+            if exc.request_id is None:
+                return [TunnelBroken(str(exc))]
+            return self._reset(exc.request_id, f"bad frame from peer: {exc}")
+        events: list[StreamEvent] = []
+        for event in decoded:
+            rid = event.request_id
+            if isinstance(event, M.ErrorReceived):
+                if rid is not None and rid in self._streams:
+                    self._finish(rid)
+                    events.append(StreamReset(rid, event.text or "reset by peer"))
+                continue
+            assert rid is not None
+            if rid in self._closed:
+                continue  # late frames of a stream we ended or cancelled
+            stream = self._streams.get(rid)
+            if isinstance(event, M.HeadReceived):
+                if not isinstance(event.head, self._accepts):
+                    events.extend(self._reset(rid, "unexpected message type on this tunnel"))
+                    continue
+                if stream is None:
+                    if self._accepts is ResponseHead:
+                        # a response for a stream we never opened
+                        self._decoder.forget(rid)
+                        continue
+                    stream = self._new_stream(rid)
+                events.append(StreamHead(rid, event.head))
+            elif stream is None:
+                continue
+            elif isinstance(event, M.BodyReceived):
+                if self.flow:
+                    stream.recv_outstanding -= len(event.data)
+                    if stream.recv_outstanding < 0:
+                        events.extend(self._reset(rid, "peer exceeded its flow-control window"))
+                        continue
+                events.append(StreamData(rid, event.data))
+            else:
+                stream.received_end = True
+                events.append(StreamEnd(rid))
+                self._maybe_finish(rid, stream)
+        return events
+
+    def _reset(self, request_id: str, reason: str) -> list[StreamEvent]:
+        known = request_id in self._streams
+        self._finish(request_id)
+        self.ws.send_binary(M.encode_error(reason, request_id))
+        return [StreamReset(request_id, reason, by_peer=False)] if known else []
+
+    def receive_control(self, message: dict) -> list[StreamEvent]:
+        kind = message.get("type")
+        if kind == CONTROL_CREDIT and self.flow:
+            return self._credit(message.get("credits"))
+        if kind == CONTROL_DRAIN:
+            self.peer_draining = True
+            return [PeerDraining()]
+        return []
+
+    def _credit(self, credits: object) -> list[StreamEvent]:
+        if not isinstance(credits, list):
+            return []
+        events: list[StreamEvent] = []
+        for item in credits:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], int)):
+                continue
+            rid, amount = item
+            stream = self._streams.get(rid) if isinstance(rid, str) else None
+            if stream is None or amount <= 0:
+                continue
+            stream.send_credit += amount
+            self._release_blocked(rid, stream)
+            if stream.want_writable and not stream.blocked and stream.send_credit > 0:
+                stream.want_writable = False
+                events.append(StreamWritable(rid))
+        return events
+
+    def _release_blocked(self, request_id: str, stream: _Stream) -> None:
+        assert stream.encoder is not None or not stream.blocked
+        while stream.blocked and stream.send_credit > 0:
+            part = stream.blocked[0]
+            take = min(len(part), stream.send_credit)
+            if take == len(part):
+                stream.blocked.pop(0)
+            else:
+                stream.blocked[0] = part[take:]
+                part = part[:take]
+            stream.blocked_bytes -= take
+            stream.send_credit -= take
+            self._emit(stream.encoder.data(part))  # type: ignore[union-attr]
+        if not stream.blocked:
+            if stream.end_pending:
+                stream.end_pending = False
+                self.end(request_id)
+            else:
+                self.flush(request_id)
+
+    def consumed(self, request_id: str, nbytes: int) -> None:
+        """Our consumer took ``nbytes`` of this stream's body: the peer may send more."""
+        if not self.flow or nbytes <= 0:
+            return
+        stream = self._streams.get(request_id)
+        if stream is None or stream.received_end:
+            return
+        stream.recv_unacked += nbytes
+        if stream.recv_unacked >= self.local_window // 4:
+            self._credit_due[request_id] = self._credit_due.get(request_id, 0) + stream.recv_unacked
+            stream.recv_outstanding += stream.recv_unacked
+            stream.recv_unacked = 0
+
+    def flush_credits(self) -> None:
+        """Send the credit granted since the last call as one control message."""
+        if self._credit_due:
+            credits = [[rid, n] for rid, n in self._credit_due.items()]
+            self._credit_due.clear()
+            self.ws.send_control({"type": CONTROL_CREDIT, "credits": credits})
+
+    def send_drain(self) -> None:
+        self.ws.send_control({"type": CONTROL_DRAIN})
+
+    def abandon(self) -> list[str]:
+        """The tunnel is gone: forget every stream, return their request_ids."""
+        ids = list(self._streams)
+        for rid in ids:
+            self._finish(rid)
+        return ids

@@ -1,0 +1,1602 @@
+#!/usr/bin/env python3
+"""Generate conformance/vectors/*.json from first principles.
+
+Standard library only and deliberately independent of anpx_core: every frame
+is assembled here with struct, zlib.crc32 and json.dumps, and every meta JSON
+is written out by hand, so the vectors check a codec instead of echoing one.
+The worked example is asserted against the 203 bytes quoted from the reference.
+
+    python conformance/make_vectors.py            # rewrite conformance/vectors/
+    python conformance/make_vectors.py --out DIR  # write elsewhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+REQ, RESP, ERR = 0x01, 0x02, 0xFF
+T_RID, T_META, T_BODY, T_RESP_META = 0x01, 0x02, 0x03, 0x04
+T_IDX, T_TOT, T_FINAL = 0x0A, 0x0B, 0x0C
+FINAL = b"\x01"
+
+RID = "550e8400-e29b-41d4-a716-446655440000"
+RID2 = "6fa459ea-ee8a-4ca4-894e-db77e160355e"
+RIDB = RID.encode()
+MAX = 65536  # max_frame_size of the encode vectors that stay in one frame
+
+# The spec's worked example as the reference encoder writes it (issue 2).
+WORKED_EXAMPLE_HEX = (
+    "414e505801010000000000cb42d87a2d5faf0dcd00000000010000002435353065383430302d653239622d343164342d"
+    "613731362d34343636353534343030303002000000727b226d6574686f64223a2022504f5354222c202270617468223a"
+    "20222f6170692f76312f72756e222c202268656164657273223a207b22636f6e74656e742d74797065223a2022617070"
+    "6c69636174696f6e2f6a736f6e227d2c20227175657279223a207b2271223a202274657374227d7d030000000e7b2266"
+    "6f6f223a2022626172227d"
+)
+
+Tlvs = list[tuple[int, bytes]]
+
+
+# --- wire bytes -----------------------------------------------------------------------------
+
+
+def u32(n: int) -> bytes:
+    return struct.pack(">I", n)
+
+
+def tlv(tag: int, value: bytes) -> bytes:
+    return struct.pack(">BI", tag, len(value)) + value
+
+
+def frame(
+    ftype: int,
+    tlvs: Iterable[tuple[int, bytes]] = (),
+    flags: int = 0,
+    *,
+    body: bytes | None = None,
+    magic: bytes = b"ANPX",
+    version: int = 1,
+    reserved: int = 0,
+    total: int | None = None,
+    header_crc: int | None = None,
+    body_crc: int | None = None,
+    tail: bytes = bytes(4),
+) -> bytes:
+    """One frame; keyword overrides build malformed ones (CRCs follow the overrides)."""
+    if body is None:
+        body = b"".join(tlv(tag, value) for tag, value in tlvs)
+    if total is None:
+        total = 24 + len(body)
+    prefix = magic + bytes([version, ftype, flags, reserved]) + u32(total)
+    hcrc = zlib.crc32(prefix) if header_crc is None else header_crc
+    bcrc = zlib.crc32(body) if body_crc is None else body_crc
+    return prefix + u32(hcrc) + u32(bcrc) + tail + body
+
+
+def req_meta(
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    query: dict[str, str] | None = None,
+    *,
+    target: str | None = None,
+    header_pairs: list[tuple[str, str]] | None = None,
+) -> bytes:
+    """http_meta as the reference writes it, plus our extension keys when given."""
+    meta: dict[str, Any] = {
+        "method": method,
+        "path": path,
+        "headers": headers or {},
+        "query": query or {},
+    }
+    if target is not None:
+        meta["anpx_target"] = target
+    if header_pairs is not None:
+        meta["anpx_headers"] = [list(p) for p in header_pairs]
+    return json.dumps(meta).encode("ascii")
+
+
+def resp_meta(
+    status: int,
+    reason: str,
+    headers: dict[str, str] | None = None,
+    *,
+    header_pairs: list[tuple[str, str]] | None = None,
+) -> bytes:
+    meta: dict[str, Any] = {"status": status, "reason": reason, "headers": headers or {}}
+    if header_pairs is not None:
+        meta["anpx_headers"] = [list(p) for p in header_pairs]
+    return json.dumps(meta).encode("ascii")
+
+
+def single(ftype: int, meta: bytes, body: bytes = b"", rid: bytes = RIDB) -> bytes:
+    """Reference single-frame layout: request_id, meta, http_body (absent when empty)."""
+    meta_tag = T_META if ftype == REQ else T_RESP_META
+    tlvs = [(T_RID, rid), (meta_tag, meta)]
+    if body:
+        tlvs.append((T_BODY, body))
+    return frame(ftype, tlvs)
+
+
+def err_frame(text: str, rid: str | None = RID) -> bytes:
+    tlvs = [] if rid is None else [(T_RID, rid.encode())]
+    return frame(ERR, [*tlvs, (T_BODY, text.encode("utf-8"))])
+
+
+def chunk_frames(ftype: int, meta: bytes, parts: list[bytes], total: bool = True) -> list[bytes]:
+    """Our layout: request_id, chunk_idx, [chunk_tot], meta in chunk 0, body, final_chunk."""
+    meta_tag = T_META if ftype == REQ else T_RESP_META
+    out = []
+    for i, part in enumerate(parts):
+        tlvs = [(T_RID, RIDB), (T_IDX, u32(i))]
+        if total:
+            tlvs.append((T_TOT, u32(len(parts))))
+        if i == 0:
+            tlvs.append((meta_tag, meta))
+        if part:
+            tlvs.append((T_BODY, part))
+        if i == len(parts) - 1:
+            tlvs.append((T_FINAL, FINAL))
+        out.append(frame(ftype, tlvs, 1))
+    return out
+
+
+def greedy_parts(meta: bytes, body: bytes, max_size: int) -> list[bytes]:
+    """Body split of a whole message sent chunked: every frame is filled to max_size.
+
+    Chunk 0 also holds the meta; a chunk is the last one once the rest of the
+    body plus the 6-byte final_chunk TLV fits; otherwise it takes as much body
+    as fits (none when not even the 5-byte http_body TLV header does).
+    """
+    fixed = 24 + 5 + len(RIDB) + 9 + 9  # header, request_id, chunk_idx, chunk_tot
+    parts: list[bytes] = []
+    pos = 0
+    while True:
+        over = fixed + (5 + len(meta) if not parts else 0)
+        rest = len(body) - pos
+        if over + (5 + rest if rest else 0) + 6 <= max_size:
+            parts.append(body[pos:])
+            return parts
+        take = max(0, min(rest, max_size - over - 5))
+        parts.append(body[pos : pos + take])
+        pos += take
+        assert len(parts) < 10_000
+
+
+def single_size(meta: bytes, body: bytes) -> int:
+    return 24 + 5 + len(RIDB) + 5 + len(meta) + (5 + len(body) if body else 0)
+
+
+# --- adapter JSON ---------------------------------------------------------------------------
+
+
+def request(
+    target: str,
+    method: str = "GET",
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    rid: str = RID,
+) -> dict:
+    return {
+        "type": "request",
+        "request_id": rid,
+        "method": method,
+        "target": target,
+        "headers": [list(h) for h in headers],
+        "body": body.hex(),
+    }
+
+
+def response(
+    status: int,
+    reason: str,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    rid: str = RID,
+) -> dict:
+    return {
+        "type": "response",
+        "request_id": rid,
+        "status": status,
+        "reason": reason,
+        "headers": [list(h) for h in headers],
+        "body": body.hex(),
+    }
+
+
+def error(text: str, rid: str | None = RID) -> dict:
+    return {"type": "error", "request_id": rid, "text": text}
+
+
+def frame_json(ftype: int, flags: int, tlvs: Tlvs) -> dict:
+    return {"type": ftype, "flags": flags, "tlvs": [[tag, value.hex()] for tag, value in tlvs]}
+
+
+class VectorFile:
+    def __init__(self, filename: str, description: str) -> None:
+        self.filename = filename
+        self.description = description
+        self.vectors: list[dict] = []
+
+    def add(self, name: str, description: str, request: dict, expect: dict) -> None:
+        self.vectors.append(
+            {"name": name, "description": description, "request": request, "expect": expect}
+        )
+
+    def encode_frame(self, name: str, desc: str, ftype: int, flags: int, tlvs: Tlvs) -> None:
+        req = {"op": "encode_frame", "frame": frame_json(ftype, flags, tlvs)}
+        self.add(name, desc, req, {"wire": frame(ftype, tlvs, flags).hex()})
+
+    def decode_frames(
+        self,
+        name: str,
+        desc: str,
+        wire: bytes,
+        frames: list[tuple[int, int, Tlvs]] | None = None,
+        error: str | None = None,
+    ) -> None:
+        req = {"op": "decode_frames", "wire": wire.hex()}
+        if error is not None:
+            self.add(name, desc, req, {"error": error})
+        else:
+            assert frames is not None
+            self.add(name, desc, req, {"frames": [frame_json(*f) for f in frames]})
+
+    def encode_message(
+        self,
+        name: str,
+        desc: str,
+        message: dict,
+        wire: list[bytes] | None = None,
+        max_frame_size: int = MAX,
+        error: str | None = None,
+    ) -> None:
+        req = {"op": "encode_message", "message": message, "max_frame_size": max_frame_size}
+        if error is not None:
+            self.add(name, desc, req, {"error": error})
+        else:
+            assert wire is not None and all(len(w) <= max_frame_size for w in wire)
+            self.add(name, desc, req, {"wire": [w.hex() for w in wire]})
+
+    def decode_message(
+        self,
+        name: str,
+        desc: str,
+        wire: list[bytes],
+        message: dict | None = None,
+        error: str | None = None,
+    ) -> None:
+        req = {"op": "decode_message", "wire": [w.hex() for w in wire]}
+        if error is not None:
+            self.add(name, desc, req, {"error": error})
+        else:
+            assert message is not None
+            self.add(name, desc, req, {"message": message})
+
+    def both(
+        self, name: str, desc: str, message: dict, wire: list[bytes], max_frame_size: int = MAX
+    ) -> None:
+        """The message encodes to exactly these frames, and they decode back to it."""
+        self.encode_message(f"{name}_encode", desc, message, wire, max_frame_size)
+        self.decode_message(f"{name}_decode", desc, wire, message)
+
+
+# --- the worked example ---------------------------------------------------------------------
+
+WORKED_META = req_meta("POST", "/api/v1/run", {"content-type": "application/json"}, {"q": "test"})
+WORKED_BODY = b'{"foo": "bar"}'
+WORKED_TLVS: Tlvs = [(T_RID, RIDB), (T_META, WORKED_META), (T_BODY, WORKED_BODY)]
+WORKED = frame(REQ, WORKED_TLVS)
+WORKED_MSG = request(
+    "/api/v1/run?q=test", "POST", [("content-type", "application/json")], WORKED_BODY
+)
+assert WORKED.hex() == WORKED_EXAMPLE_HEX and len(WORKED) == 203, "worked example drifted"
+
+BINARY = bytes(range(256))
+
+
+# --- frames.json ----------------------------------------------------------------------------
+
+
+def frames_file() -> VectorFile:
+    f = VectorFile(
+        "frames.json",
+        "Single frames and byte streams: every header field and the TLV layer "
+        "(encode_frame, decode_frames).",
+    )
+    f.encode_frame(
+        "frame_encode_header_only",
+        "A frame with no TLVs is just the 24-byte header: TotalLen 24 and BodyCRC 0 (CRC-32 of nothing).",
+        REQ,
+        0,
+        [],
+    )
+    f.encode_frame(
+        "frame_encode_type_request",
+        "Type byte 5 is 0x01 for an HTTP request; magic, version 1, TotalLen and both CRCs follow the header layout.",
+        REQ,
+        0,
+        [(T_RID, RIDB)],
+    )
+    f.encode_frame(
+        "frame_encode_type_response",
+        "Type byte 5 is 0x02 for an HTTP response.",
+        RESP,
+        0,
+        [(T_RID, RIDB)],
+    )
+    f.encode_frame(
+        "frame_encode_type_error",
+        "Type byte 5 is 0xFF for an error frame.",
+        ERR,
+        0,
+        [(T_RID, RIDB), (T_BODY, b"upstream timed out")],
+    )
+    f.encode_frame(
+        "frame_encode_chunked_flag",
+        "Flag bit 0 (byte 6 = 0x01) marks a chunked frame and is covered by HeaderCRC.",
+        RESP,
+        1,
+        [(T_RID, RIDB), (T_IDX, u32(0)), (T_BODY, b"part")],
+    )
+    f.encode_frame(
+        "frame_encode_tlvs_in_given_order",
+        "TLVs are written in the given order as tag, u32 big-endian length, value; unknown and extension tags too.",
+        REQ,
+        0,
+        [(0xF0, b"ext"), (T_RID, RIDB), (0x20, b""), (0xFF, bytes(range(8)))],
+    )
+    f.encode_frame(
+        "frame_encode_empty_tlv_value",
+        "A zero-length TLV value is written as its 5-byte tag and length only.",
+        RESP,
+        0,
+        [(T_BODY, b"")],
+    )
+    f.encode_frame(
+        "frame_encode_long_tlv_length",
+        "TLV lengths are u32 big-endian: a 300-byte value has length 00 00 01 2c.",
+        RESP,
+        0,
+        [(T_BODY, bytes(i % 7 for i in range(300)))],
+    )
+    f.encode_frame(
+        "frame_encode_worked_example",
+        "The spec's worked example TLVs encode to the reference's 203 bytes.",
+        REQ,
+        0,
+        WORKED_TLVS,
+    )
+    f.decode_frames(
+        "frame_decode_worked_example",
+        "The reference's 203-byte worked example decodes to its three TLVs.",
+        WORKED,
+        [(REQ, 0, WORKED_TLVS)],
+    )
+    f.decode_frames(
+        "frame_decode_header_only",
+        "A 24-byte frame with no TLVs decodes to an empty TLV list.",
+        frame(RESP),
+        [(RESP, 0, [])],
+    )
+    f.decode_frames(
+        "frame_decode_empty_stream",
+        "An empty byte stream holds zero frames.",
+        b"",
+        [],
+    )
+    three = [
+        (REQ, 0, [(T_RID, RIDB)]),
+        (RESP, 1, [(T_RID, RIDB), (T_IDX, u32(0))]),
+        (ERR, 0, [(T_BODY, b"boom")]),
+    ]
+    f.decode_frames(
+        "frame_decode_every_type_concatenated",
+        "Concatenated frames of type 0x01, 0x02 and 0xFF decode in order, with their flags.",
+        b"".join(frame(t, tl, fl) for t, fl, tl in three),
+        three,
+    )
+    ext = [(0x00, b"zero"), (0x20, b""), (0xF0, b"\x01\x02"), (0xFF, b"last"), (0xF0, b"again")]
+    f.decode_frames(
+        "frame_decode_unknown_tags_listed",
+        "The frame layer reports unknown and extension TLVs (0x00, 0x20, 0xF0-0xFF) as they are, repeats included.",
+        frame(REQ, ext),
+        [(REQ, 0, ext)],
+    )
+    f.decode_frames(
+        "frame_decode_binary_value",
+        "TLV values are opaque bytes: all 256 byte values survive.",
+        frame(RESP, [(T_BODY, BINARY)]),
+        [(RESP, 0, [(T_BODY, BINARY)])],
+    )
+    f.decode_frames(
+        "frame_decode_reserved_bytes_ignored",
+        "Byte 7 and bytes 20-23 are reserved: a receiver ignores their values.",
+        frame(RESP, [(T_RID, RIDB)], reserved=0x5A, tail=b"\xde\xad\xbe\xef"),
+        [(RESP, 0, [(T_RID, RIDB)])],
+    )
+    spec = spec_three_chunks()
+    f.decode_frames(
+        "frame_decode_three_chunk_stream",
+        "The spec's three-chunk response as one stream: BodyCRC covers each frame's own TLV body.",
+        b"".join(spec),
+        [(RESP, 1, tl) for tl in SPEC_CHUNK_TLVS],
+    )
+    return f
+
+
+# --- requests.json / responses.json ----------------------------------------------------------
+
+
+def requests_file() -> VectorFile:
+    f = VectorFile(
+        "requests.json",
+        "Whole requests in one frame, in the reference layout (encode_message, decode_message).",
+    )
+    f.both(
+        "request_worked_example",
+        "The spec's worked example is byte for byte the reference's 203-byte frame.",
+        WORKED_MSG,
+        [WORKED],
+    )
+    f.both(
+        "request_get_empty_body",
+        "An empty body sends no http_body TLV; query and headers are empty objects.",
+        request("/health"),
+        [single(REQ, req_meta("GET", "/health"))],
+    )
+    f.decode_message(
+        "request_decode_empty_body_tlv",
+        "A zero-length http_body TLV is an empty body.",
+        [frame(REQ, [(T_RID, RIDB), (T_META, req_meta("GET", "/x")), (T_BODY, b"")])],
+        request("/x"),
+    )
+    hdrs = [("host", "example.com"), ("accept", "*/*"), ("x-trace", "abc")]
+    f.both(
+        "request_headers_in_order",
+        "Distinct header names go into the v1 headers object in order, and come back in that order.",
+        request("/items", "GET", hdrs),
+        [single(REQ, req_meta("GET", "/items", dict(hdrs)))],
+    )
+    f.both(
+        "request_binary_body",
+        "A body holding every byte value 0x00-0xFF is carried verbatim.",
+        request("/upload", "PUT", [("content-type", "application/octet-stream")], BINARY),
+        [
+            single(
+                REQ,
+                req_meta("PUT", "/upload", {"content-type": "application/octet-stream"}),
+                BINARY,
+            )
+        ],
+    )
+    f.both(
+        "request_query_order_kept",
+        "Query keys keep their order in the v1 query object without needing an extension key.",
+        request("/s?b=2&a=1&c="),
+        [single(REQ, req_meta("GET", "/s", query={"b": "2", "a": "1", "c": ""}))],
+    )
+    f.both(
+        "request_percent_encoded_utf8_path",
+        "A percent-encoded UTF-8 path goes as the decoded, ASCII-escaped path and rebuilds exactly.",
+        request("/caf%C3%A9/%E6%97%A5"),
+        [single(REQ, req_meta("GET", "/caf\u00e9/\u65e5"))],
+    )
+    f.both(
+        "request_percent_encoded_space_and_plus",
+        "%20 in the path and + in the query decode to spaces in v1 fields and rebuild exactly.",
+        request("/a%20b?q=x+y"),
+        [single(REQ, req_meta("GET", "/a b", query={"q": "x y"}))],
+    )
+    f.both(
+        "request_encoded_query_value",
+        "An encoded '&' and UTF-8 in a query value are decoded in the v1 query and rebuild exactly.",
+        request("/s?a=x%26y&n=%C3%A9"),
+        [single(REQ, req_meta("GET", "/s", query={"a": "x&y", "n": "\u00e9"}))],
+    )
+    f.both(
+        "request_non_ascii_header_value",
+        "A header value with Latin-1 characters is JSON-escaped and comes back unchanged.",
+        request("/me", "GET", [("x-user", "Jos\u00e9 M\u00fcller")]),
+        [single(REQ, req_meta("GET", "/me", {"x-user": "Jos\u00e9 M\u00fcller"}))],
+    )
+    f.both(
+        "request_custom_method",
+        "Any method token is carried as is.",
+        request("/dav/file", "PROPFIND", [("depth", "1")]),
+        [single(REQ, req_meta("PROPFIND", "/dav/file", {"depth": "1"}))],
+    )
+    f.both(
+        "request_other_request_id",
+        "The request_id TLV carries the message's own id.",
+        request("/", "DELETE", rid=RID2),
+        [single(REQ, req_meta("DELETE", "/"), rid=RID2.encode())],
+    )
+    f.decode_message(
+        "request_decode_spec_compact_json",
+        "http_meta written compactly (as in the spec's table) decodes like the reference's spacing.",
+        [
+            frame(
+                REQ,
+                [
+                    (T_RID, RIDB),
+                    (
+                        T_META,
+                        b'{"method":"POST","path":"/api/v1/run",'
+                        b'"headers":{"content-type":"application/json"},"query":{"q":"test"}}',
+                    ),
+                    (T_BODY, WORKED_BODY),
+                ],
+            )
+        ],
+        WORKED_MSG,
+    )
+    f.decode_message(
+        "request_decode_v1_path_needs_escaping",
+        "A v1 path with a space and non-ASCII text and a query value with a space rebuild as an escaped target.",
+        [single(REQ, req_meta("GET", "/my docs/\u00e9t\u00e9", query={"q": "a b"}))],
+        request("/my%20docs/%C3%A9t%C3%A9?q=a+b"),
+    )
+    f.decode_message(
+        "request_decode_uppercase_header_names",
+        "Header names from a v1 peer are lower-cased.",
+        [single(REQ, req_meta("GET", "/", {"Content-Type": "text/plain", "X-A": "1"}))],
+        request("/", "GET", [("content-type", "text/plain"), ("x-a", "1")]),
+    )
+    f.decode_message(
+        "request_decode_meta_key_order_free",
+        "http_meta keys may come in any order and unknown JSON keys are ignored.",
+        [
+            single(
+                REQ,
+                json.dumps(
+                    {"query": {}, "x_future": [1], "headers": {"a": "b"}, "path": "/p", "method": "GET"}
+                ).encode(),
+            )
+        ],
+        request("/p", "GET", [("a", "b")]),
+    )
+    f.decode_message(
+        "request_decode_optional_headers_query",
+        "http_meta without headers and query means none.",
+        [single(REQ, b'{"method": "GET", "path": "/bare"}')],
+        request("/bare"),
+    )
+    return f
+
+
+def responses_file() -> VectorFile:
+    f = VectorFile(
+        "responses.json",
+        "Whole responses and error frames in one frame (encode_message, decode_message).",
+    )
+    hdrs = [("content-type", "application/json"), ("content-length", "11")]
+    f.both(
+        "response_ok_with_body",
+        "request_id, resp_meta {status, reason, headers}, http_body, in that order.",
+        response(200, "OK", hdrs, b'{"ok": true}'),
+        [single(RESP, resp_meta(200, "OK", dict(hdrs)), b'{"ok": true}')],
+    )
+    f.both(
+        "response_no_content",
+        "A 204 with an empty body sends no http_body TLV.",
+        response(204, "No Content"),
+        [single(RESP, resp_meta(204, "No Content"))],
+    )
+    f.both(
+        "response_not_found",
+        "A 404 status and reason phrase survive.",
+        response(404, "Not Found", [("content-type", "text/plain")], b"nope"),
+        [single(RESP, resp_meta(404, "Not Found", {"content-type": "text/plain"}), b"nope")],
+    )
+    f.both(
+        "response_empty_reason",
+        "An empty reason phrase is sent as an empty string.",
+        response(599, ""),
+        [single(RESP, resp_meta(599, ""))],
+    )
+    f.both(
+        "response_binary_body",
+        "A body holding every byte value is carried verbatim.",
+        response(200, "OK", [("content-type", "image/png")], BINARY),
+        [single(RESP, resp_meta(200, "OK", {"content-type": "image/png"}), BINARY)],
+    )
+    f.both(
+        "response_non_ascii_header_value",
+        "A header value with Latin-1 characters is JSON-escaped and comes back unchanged.",
+        response(200, "OK", [("content-disposition", "attachment; filename=\u00e9t\u00e9.txt")]),
+        [
+            single(
+                RESP,
+                resp_meta(200, "OK", {"content-disposition": "attachment; filename=\u00e9t\u00e9.txt"}),
+            )
+        ],
+    )
+    f.decode_message(
+        "response_decode_spec_minimal_meta",
+        "resp_meta as in the spec ({status, reason} only, compact) means no headers.",
+        [single(RESP, b'{"status":200,"reason":"OK"}', b"hi")],
+        response(200, "OK", [], b"hi"),
+    )
+    f.decode_message(
+        "response_decode_missing_reason",
+        "resp_meta without a reason decodes with an empty reason.",
+        [single(RESP, b'{"status": 503}')],
+        response(503, ""),
+    )
+    f.both(
+        "error_with_request_id",
+        "An error frame (type 0xFF) is request_id then http_body holding the UTF-8 text.",
+        error("upstream unavailable"),
+        [err_frame("upstream unavailable")],
+    )
+    f.both(
+        "error_without_request_id",
+        "An error not tied to a request has only the http_body TLV.",
+        error("bad frame", None),
+        [err_frame("bad frame", None)],
+    )
+    f.both(
+        "error_non_ascii_text",
+        "Error text is UTF-8 encoded.",
+        error("\u00e9chec \u2014 \u65e5\u672c"),
+        [err_frame("\u00e9chec \u2014 \u65e5\u672c")],
+    )
+    f.both(
+        "error_empty_text",
+        "An empty error text is an empty http_body TLV.",
+        error(""),
+        [err_frame("")],
+    )
+    f.decode_message(
+        "error_decode_without_body",
+        "An error frame with no http_body has empty text.",
+        [frame(ERR, [(T_RID, RIDB)])],
+        error(""),
+    )
+    return f
+
+
+# --- chunking.json --------------------------------------------------------------------------
+
+SPEC_PARTS = [b"Hello, ", b"chunked ", b"world!"]
+SPEC_CHUNK_TLVS: list[Tlvs] = [
+    [(T_RID, RIDB), (T_IDX, u32(0)), (T_BODY, SPEC_PARTS[0])],
+    [(T_RID, RIDB), (T_IDX, u32(1)), (T_BODY, SPEC_PARTS[1])],
+    [
+        (T_RID, RIDB),
+        (T_IDX, u32(2)),
+        (T_BODY, SPEC_PARTS[2]),
+        (T_FINAL, FINAL),
+        (T_RESP_META, b'{"status":200,"reason":"OK"}'),
+    ],
+]
+
+
+def spec_three_chunks() -> list[bytes]:
+    return [frame(RESP, tl, 1) for tl in SPEC_CHUNK_TLVS]
+
+
+def chunking_file() -> VectorFile:
+    f = VectorFile(
+        "chunking.json",
+        "Chunked messages: the spec's example, the reference layouts, our streaming layout "
+        "and how whole messages are split.",
+    )
+    f.decode_message(
+        "chunked_spec_three_chunk_response",
+        "The spec's section 6 response: no chunk_tot, resp_meta after final_chunk in the last of three chunks.",
+        spec_three_chunks(),
+        response(200, "OK", [], b"".join(SPEC_PARTS)),
+    )
+
+    # Reference chunked response: request_id, chunk_idx, chunk_tot; the last chunk adds
+    # resp_meta and final_chunk before its body part.
+    meta = resp_meta(200, "OK", {"content-type": "text/plain"})
+    parts = [b"a" * 40, b"b" * 40, b"c" * 13]
+    ref_resp = []
+    for i, part in enumerate(parts):
+        tlvs = [(T_RID, RIDB), (T_IDX, u32(i)), (T_TOT, u32(3))]
+        if i == 2:
+            tlvs += [(T_RESP_META, meta), (T_FINAL, FINAL)]
+        ref_resp.append(frame(RESP, [*tlvs, (T_BODY, part)], 1))
+    f.decode_message(
+        "chunked_reference_response",
+        "The reference's chunked response: resp_meta and final_chunk in the last chunk, before its body part.",
+        ref_resp,
+        response(200, "OK", [("content-type", "text/plain")], b"".join(parts)),
+    )
+    last_empty = [
+        frame(RESP, [(T_RID, RIDB), (T_IDX, u32(0)), (T_TOT, u32(2)), (T_BODY, b"x" * 50)], 1),
+        frame(
+            RESP,
+            [(T_RID, RIDB), (T_IDX, u32(1)), (T_TOT, u32(2)), (T_RESP_META, meta), (T_FINAL, FINAL)],
+            1,
+        ),
+    ]
+    f.decode_message(
+        "chunked_reference_response_empty_last",
+        "A reference chunked response whose last chunk carries only resp_meta and final_chunk.",
+        last_empty,
+        response(200, "OK", [("content-type", "text/plain")], b"x" * 50),
+    )
+
+    # Reference chunked request: http_meta only in chunk 0, final_chunk last.
+    rmeta = req_meta("POST", "/upload", {"content-type": "application/octet-stream"})
+    rparts = [BINARY[:100], BINARY[100:200], BINARY[200:]]
+    ref_req = []
+    for i, part in enumerate(rparts):
+        tlvs = [(T_RID, RIDB), (T_IDX, u32(i)), (T_TOT, u32(3))]
+        if i == 0:
+            tlvs.append((T_META, rmeta))
+        tlvs.append((T_BODY, part))
+        if i == 2:
+            tlvs.append((T_FINAL, FINAL))
+        ref_req.append(frame(REQ, tlvs, 1))
+    upload = request("/upload", "POST", [("content-type", "application/octet-stream")], BINARY)
+    f.decode_message(
+        "chunked_reference_request",
+        "The reference's chunked request: request_id, chunk_idx, chunk_tot, http_meta in chunk 0, body, final_chunk last.",
+        ref_req,
+        upload,
+    )
+
+    # What we send for a whole message: the reference request order, frames filled greedily.
+    size = 256
+    body = bytes((i * 7) % 256 for i in range(600))
+    big = request("/upload", "POST", [("content-type", "application/octet-stream")], body)
+    split = greedy_parts(rmeta, body, size)
+    wire = chunk_frames(REQ, rmeta, split)
+    assert len(wire) >= 3 and all(len(w) == size for w in wire[:-1])
+    f.both(
+        "chunked_request_split",
+        "A request too big for one frame is chunked in the reference order with chunk_tot; every frame but the last is exactly max_frame_size.",
+        big,
+        wire,
+        size,
+    )
+    rsp_meta = resp_meta(200, "OK", {"content-type": "application/octet-stream"})
+    rsp = response(200, "OK", [("content-type", "application/octet-stream")], body)
+    split = greedy_parts(rsp_meta, body, size)
+    wire = chunk_frames(RESP, rsp_meta, split)
+    assert len(wire) >= 3 and all(len(w) == size for w in wire[:-1])
+    f.both(
+        "chunked_response_meta_first",
+        "A response we chunk puts resp_meta in chunk 0 (status and headers first), then body parts, chunk_tot in every frame, final_chunk last.",
+        rsp,
+        wire,
+        size,
+    )
+
+    # The single-frame / chunked boundary.
+    bmeta = req_meta("POST", "/b", {"content-type": "text/plain"})
+    bbody = b"z" * 100
+    bmsg = request("/b", "POST", [("content-type", "text/plain")], bbody)
+    exact = single_size(bmeta, bbody)
+    f.encode_message(
+        "chunked_boundary_exact_fit_single",
+        "A message whose single frame is exactly max_frame_size bytes is sent unchunked.",
+        bmsg,
+        [single(REQ, bmeta, bbody)],
+        exact,
+    )
+    split = greedy_parts(bmeta, bbody, exact - 1)
+    assert len(split) == 2
+    f.encode_message(
+        "chunked_boundary_one_byte_over",
+        "One byte less of max_frame_size and the same message goes chunked.",
+        bmsg,
+        chunk_frames(REQ, bmeta, split),
+        exact - 1,
+    )
+
+    # Chunk 0 holds only the head when the head exactly fills a frame.
+    head_only = 24 + 5 + len(RIDB) + 18 + 5 + len(bmeta)
+    split = greedy_parts(bmeta, bbody, head_only)
+    assert split[0] == b"" and len(split) >= 2
+    f.encode_message(
+        "chunked_head_fills_chunk_zero",
+        "When the head exactly fills max_frame_size, chunk 0 carries no body part.",
+        bmsg,
+        chunk_frames(REQ, bmeta, split),
+        head_only,
+    )
+
+    # The rest of the body fits a chunk, but not with final_chunk: the last chunk is empty.
+    size = 200
+    fixed = 24 + 5 + len(RIDB) + 18
+    room0 = size - fixed - 5 - len(bmeta) - 5
+    room = size - fixed - 5
+    ebody = b"e" * (room0 + room - 2)
+    split = greedy_parts(bmeta, ebody, size)
+    assert len(split) == 3 and split[2] == b"", [len(p) for p in split]
+    f.both(
+        "chunked_empty_final_chunk",
+        "When the last body part leaves no room for final_chunk, a last chunk with no body carries it.",
+        request("/b", "POST", [("content-type", "text/plain")], ebody),
+        chunk_frames(REQ, bmeta, split),
+        size,
+    )
+
+    # Our streaming layout: resp_meta in chunk 0, no chunk_tot, final_chunk on the last.
+    smeta = resp_meta(200, "OK", {"content-type": "text/event-stream"})
+    events = [b"data: one\n\n", b"data: two\n\n", b"data: three\n\n"]
+    sse = response(200, "OK", [("content-type", "text/event-stream")], b"".join(events))
+    f.decode_message(
+        "chunked_streaming_response",
+        "Our streaming layout: resp_meta in chunk 0, no chunk_tot, final_chunk on the last chunk.",
+        chunk_frames(RESP, smeta, events, total=False),
+        sse,
+    )
+    f.decode_message(
+        "chunked_streaming_head_then_empty_final",
+        "A streamed response flushed head-first: chunk 0 has only resp_meta, the last only final_chunk.",
+        chunk_frames(RESP, smeta, [b"", *events, b""], total=False),
+        sse,
+    )
+    f.decode_message(
+        "chunked_streaming_request",
+        "A streamed request upload: http_meta in chunk 0, no chunk_tot, final_chunk on the last.",
+        chunk_frames(REQ, rmeta, rparts, total=False),
+        upload,
+    )
+    f.decode_message(
+        "chunked_single_chunk",
+        "A chunked message may be one chunk with chunk_idx 0 and final_chunk.",
+        chunk_frames(RESP, smeta, [b"only"], total=False),
+        response(200, "OK", [("content-type", "text/event-stream")], b"only"),
+    )
+    by_total = [
+        frame(RESP, [(T_RID, RIDB), (T_IDX, u32(0)), (T_TOT, u32(2)), (T_RESP_META, smeta)], 1),
+        frame(RESP, [(T_RID, RIDB), (T_IDX, u32(1)), (T_TOT, u32(2)), (T_BODY, b"tail")], 1),
+    ]
+    f.decode_message(
+        "chunked_complete_by_chunk_tot",
+        "A chunked message is complete once chunk_tot chunks have arrived, even without final_chunk.",
+        by_total,
+        response(200, "OK", [("content-type", "text/event-stream")], b"tail"),
+    )
+    f.decode_message(
+        "chunked_chunk_tot_only_on_first",
+        "chunk_tot may be given in some chunks only; final_chunk then ends the message.",
+        [
+            frame(RESP, [(T_RID, RIDB), (T_IDX, u32(0)), (T_TOT, u32(2)), (T_RESP_META, smeta)], 1),
+            frame(RESP, [(T_RID, RIDB), (T_IDX, u32(1)), (T_BODY, b"end"), (T_FINAL, FINAL)], 1),
+        ],
+        response(200, "OK", [("content-type", "text/event-stream")], b"end"),
+    )
+    return f
+
+
+# --- extensions.json ------------------------------------------------------------------------
+
+
+def extensions_file() -> VectorFile:
+    f = VectorFile(
+        "extensions.json",
+        "What v1 fields cannot say (anpx_target, anpx_headers) and unknown TLV tags, which are skipped.",
+    )
+    cookies = [("set-cookie", "a=1; Path=/"), ("content-type", "text/html"), ("set-cookie", "b=2")]
+    f.both(
+        "ext_response_duplicate_headers",
+        "Two Set-Cookie fields stay two: v1 headers get the comma-joined value, anpx_headers the exact list.",
+        response(200, "OK", cookies),
+        [
+            single(
+                RESP,
+                resp_meta(
+                    200,
+                    "OK",
+                    {"set-cookie": "a=1; Path=/, b=2", "content-type": "text/html"},
+                    header_pairs=cookies,
+                ),
+            )
+        ],
+    )
+    accepts = [("accept", "text/html"), ("x-a", "1"), ("accept", "application/json")]
+    f.both(
+        "ext_request_duplicate_headers",
+        "Repeated request header fields are kept in order in anpx_headers.",
+        request("/", "GET", accepts),
+        [
+            single(
+                REQ,
+                req_meta(
+                    "GET",
+                    "/",
+                    {"accept": "text/html, application/json", "x-a": "1"},
+                    header_pairs=accepts,
+                ),
+            )
+        ],
+    )
+    f.both(
+        "ext_repeated_query_keys",
+        "Repeated query keys: v1 query keeps the last value, anpx_target keeps the exact target.",
+        request("/search?tag=a&tag=b&q=x"),
+        [
+            single(
+                REQ,
+                req_meta(
+                    "GET", "/search", query={"tag": "b", "q": "x"}, target="/search?tag=a&tag=b&q=x"
+                ),
+            )
+        ],
+    )
+    f.both(
+        "ext_encoded_slash",
+        "An encoded slash (%2F) differs from '/' once decoded, so anpx_target carries it.",
+        request("/files/a%2Fb.txt"),
+        [single(REQ, req_meta("GET", "/files/a/b.txt", target="/files/a%2Fb.txt"))],
+    )
+    f.both(
+        "ext_lowercase_percent_encoding",
+        "Lower-case percent-escapes would come back upper-case from v1 fields, so anpx_target keeps them.",
+        request("/caf%c3%a9"),
+        [single(REQ, req_meta("GET", "/caf\u00e9", target="/caf%c3%a9"))],
+    )
+    f.both(
+        "ext_raw_non_ascii_target",
+        "A target with raw non-ASCII characters is kept as is in anpx_target.",
+        request("/\u00e9t\u00e9"),
+        [single(REQ, req_meta("GET", "/\u00e9t\u00e9", target="/\u00e9t\u00e9"))],
+    )
+    f.both(
+        "ext_query_key_without_value",
+        "A query key without '=' becomes an empty value in v1, so anpx_target keeps the exact form.",
+        request("/p?flag&x=1"),
+        [single(REQ, req_meta("GET", "/p", query={"flag": "", "x": "1"}, target="/p?flag&x=1"))],
+    )
+    f.both(
+        "ext_empty_query",
+        "A bare '?' is lost in v1 fields, so anpx_target keeps it.",
+        request("/p?"),
+        [single(REQ, req_meta("GET", "/p", target="/p?"))],
+    )
+    f.both(
+        "ext_space_as_percent20_in_query",
+        "A query space written %20 would come back as '+', so anpx_target keeps it.",
+        request("/s?q=a%20b"),
+        [single(REQ, req_meta("GET", "/s", query={"q": "a b"}, target="/s?q=a%20b"))],
+    )
+    both_hdrs = [("cookie", "a=1"), ("cookie", "b=2")]
+    f.both(
+        "ext_target_and_headers_together",
+        "anpx_target and anpx_headers appear together, in that order, after the v1 keys.",
+        request("/a%2Fb?k=1&k=2", "POST", both_hdrs, b"x"),
+        [
+            single(
+                REQ,
+                req_meta(
+                    "POST",
+                    "/a/b",
+                    {"cookie": "a=1, b=2"},
+                    {"k": "2"},
+                    target="/a%2Fb?k=1&k=2",
+                    header_pairs=both_hdrs,
+                ),
+                b"x",
+            )
+        ],
+    )
+    f.decode_message(
+        "ext_decode_target_wins",
+        "When anpx_target is present it is the target, whatever path and query say.",
+        [single(REQ, req_meta("GET", "/ignored", query={"z": "9"}, target="/real%2Fone?z=9&z=8"))],
+        request("/real%2Fone?z=9&z=8"),
+    )
+    f.decode_message(
+        "ext_decode_headers_win",
+        "When anpx_headers is present it is the header list, whatever headers says.",
+        [
+            single(
+                RESP,
+                resp_meta(200, "OK", {"x": "merged"}, header_pairs=[("x", "1"), ("x", "2")]),
+            )
+        ],
+        response(200, "OK", [("x", "1"), ("x", "2")]),
+    )
+
+    # Unknown tags are skipped by the message layer.
+    f.decode_message(
+        "unknown_tags_skipped_single",
+        "Unknown tags (0x00, 0x05, 0x20) between the known ones are skipped.",
+        [
+            frame(
+                REQ,
+                [
+                    (0x00, b""),
+                    (T_RID, RIDB),
+                    (0x05, b"future"),
+                    (T_META, WORKED_META),
+                    (0x20, b"\xff" * 3),
+                    (T_BODY, WORKED_BODY),
+                ],
+            )
+        ],
+        WORKED_MSG,
+    )
+    f.decode_message(
+        "unknown_tags_extension_range",
+        "Extension tags 0xF0-0xFF are skipped, even when repeated.",
+        [
+            frame(
+                RESP,
+                [
+                    (0xF0, b"trace=1"),
+                    (T_RID, RIDB),
+                    (T_RESP_META, resp_meta(200, "OK")),
+                    (0xFF, b""),
+                    (0xF0, b"again"),
+                    (T_BODY, b"ok"),
+                    (0xFE, BINARY),
+                ],
+            )
+        ],
+        response(200, "OK", [], b"ok"),
+    )
+    f.decode_message(
+        "unknown_tags_in_chunks",
+        "Unknown tags in chunked frames are skipped too.",
+        [
+            frame(
+                RESP,
+                [(T_RID, RIDB), (0xF1, b"x"), (T_IDX, u32(0)), (T_RESP_META, resp_meta(201, "Created"))],
+                1,
+            ),
+            frame(RESP, [(T_RID, RIDB), (T_IDX, u32(1)), (T_BODY, b"b"), (0x0D, b""), (T_FINAL, FINAL)], 1),
+        ],
+        response(201, "Created", [], b"b"),
+    )
+    f.decode_message(
+        "unknown_tags_in_error",
+        "Unknown tags in an error frame are skipped.",
+        [frame(ERR, [(0xF0, b"code=7"), (T_RID, RIDB), (T_BODY, b"failed")])],
+        error("failed"),
+    )
+    return f
+
+
+# --- invalid.json ---------------------------------------------------------------------------
+
+
+def invalid_file() -> VectorFile:
+    f = VectorFile(
+        "invalid.json",
+        "Malformed input: each vector has one defect and expects its ProtocolError code.",
+    )
+    body = WORKED[24:]
+    good_meta = resp_meta(200, "OK")
+
+    # truncated
+    f.decode_frames(
+        "truncated_header",
+        "A stream that ends inside the 24-byte header is truncated.",
+        WORKED[:23],
+        error="truncated",
+    )
+    f.decode_frames(
+        "truncated_body",
+        "A stream that ends before TotalLen bytes is truncated.",
+        WORKED[:-1],
+        error="truncated",
+    )
+    f.decode_frames(
+        "truncated_second_frame",
+        "A complete frame followed by part of another is truncated.",
+        WORKED + WORKED[:30],
+        error="truncated",
+    )
+    f.decode_message(
+        "truncated_wire_entry",
+        "A frame cut short inside a decode_message entry is truncated.",
+        [WORKED[:100]],
+        error="truncated",
+    )
+    f.decode_message(
+        "truncated_no_frames",
+        "No frames at all is not a message.",
+        [],
+        error="truncated",
+    )
+    f.decode_message(
+        "truncated_missing_last_chunk",
+        "Chunks that stop before final_chunk (or chunk_tot) leave the message incomplete.",
+        spec_three_chunks()[:2],
+        error="truncated",
+    )
+
+    # bad_magic / bad_version / bad_type / bad_flags (CRCs recomputed: one defect each)
+    f.decode_frames(
+        "bad_magic_anpy",
+        "Bytes 0-3 must be 'ANPX'.",
+        frame(REQ, body=body, magic=b"ANPY"),
+        error="bad_magic",
+    )
+    f.decode_frames(
+        "bad_magic_lowercase",
+        "The magic is case-sensitive.",
+        frame(REQ, body=body, magic=b"anpx"),
+        error="bad_magic",
+    )
+    f.decode_frames(
+        "bad_magic_zeros",
+        "24 zero bytes are not a frame.",
+        bytes(24),
+        error="bad_magic",
+    )
+    f.decode_frames(
+        "bad_version_2",
+        "Byte 4 must be version 0x01.",
+        frame(REQ, body=body, version=2),
+        error="bad_version",
+    )
+    f.decode_frames(
+        "bad_version_0",
+        "Version 0x00 is not supported either.",
+        frame(REQ, body=body, version=0),
+        error="bad_version",
+    )
+    f.decode_frames(
+        "bad_type_3",
+        "Byte 5 must be 0x01, 0x02 or 0xFF.",
+        frame(0x03, body=body),
+        error="bad_type",
+    )
+    f.decode_frames(
+        "bad_type_0",
+        "Type 0x00 is not a frame type.",
+        frame(0x00, body=body),
+        error="bad_type",
+    )
+    f.decode_frames(
+        "bad_flags_bit1",
+        "Flag bits other than bit 0 must be zero.",
+        frame(REQ, body=body, flags=0x02),
+        error="bad_flags",
+    )
+    f.decode_frames(
+        "bad_flags_high_bit_with_chunked",
+        "A reserved flag bit is an error even alongside the chunked bit.",
+        frame(REQ, body=body, flags=0x81),
+        error="bad_flags",
+    )
+
+    # bad_header_crc
+    good_crc = struct.unpack(">I", WORKED[12:16])[0]
+    f.decode_frames(
+        "bad_header_crc_flipped",
+        "HeaderCRC must equal CRC-32 of bytes 0-11.",
+        frame(REQ, body=body, header_crc=good_crc ^ 1),
+        error="bad_header_crc",
+    )
+    f.decode_frames(
+        "bad_header_crc_covers_type",
+        "Changing the type byte without updating HeaderCRC is detected.",
+        WORKED[:5] + b"\x02" + WORKED[6:],
+        error="bad_header_crc",
+    )
+    f.decode_frames(
+        "bad_header_crc_covers_flags",
+        "Changing the flags byte without updating HeaderCRC is detected.",
+        WORKED[:6] + b"\x01" + WORKED[7:],
+        error="bad_header_crc",
+    )
+
+    # bad_body_crc
+    f.decode_frames(
+        "bad_body_crc_flipped_body_byte",
+        "A flipped byte in the TLV body fails BodyCRC.",
+        WORKED[:-2] + b"X" + WORKED[-1:],
+        error="bad_body_crc",
+    )
+    f.decode_frames(
+        "bad_body_crc_zero",
+        "BodyCRC 0 is only right for an empty body.",
+        frame(REQ, body=body, body_crc=0),
+        error="bad_body_crc",
+    )
+    whole = b"".join(SPEC_PARTS)
+    f.decode_message(
+        "bad_body_crc_reassembled",
+        "BodyCRC covers each frame's own TLV body, not the reassembled body the spec prose describes.",
+        [frame(RESP, tl, 1, body_crc=zlib.crc32(whole)) for tl in SPEC_CHUNK_TLVS],
+        error="bad_body_crc",
+    )
+
+    # bad_length
+    f.decode_frames(
+        "bad_length_below_header",
+        "TotalLen 23 is shorter than the header itself.",
+        frame(REQ, body=b"", total=23),
+        error="bad_length",
+    )
+    f.decode_frames(
+        "bad_length_zero",
+        "TotalLen 0 is invalid.",
+        frame(REQ, body=b"", total=0),
+        error="bad_length",
+    )
+    f.decode_message(
+        "bad_length_trailing_bytes",
+        "A decode_message entry is exactly one frame: bytes after TotalLen are an error.",
+        [WORKED + b"\x00"],
+        error="bad_length",
+    )
+    f.decode_message(
+        "bad_length_two_frames_in_entry",
+        "Two frames in one decode_message entry disagree with the first TotalLen.",
+        [WORKED + WORKED],
+        error="bad_length",
+    )
+
+    # bad_tlv
+    f.decode_frames(
+        "bad_tlv_value_past_end",
+        "A TLV whose length runs past the frame body is an error.",
+        frame(REQ, body=struct.pack(">BI", T_BODY, 100) + b"abcd"),
+        error="bad_tlv",
+    )
+    f.decode_frames(
+        "bad_tlv_stray_bytes",
+        "Fewer than 5 bytes left after the last TLV cannot be a TLV header.",
+        frame(REQ, body=tlv(T_RID, RIDB) + b"\x03\x00\x00"),
+        error="bad_tlv",
+    )
+    f.decode_message(
+        "bad_tlv_duplicate_request_id",
+        "A known tag may appear only once per frame.",
+        [frame(REQ, [(T_RID, RIDB), (T_RID, RIDB), (T_META, WORKED_META)])],
+        error="bad_tlv",
+    )
+    f.decode_message(
+        "bad_tlv_duplicate_body",
+        "Two http_body TLVs in one frame are an error.",
+        [frame(REQ, [(T_RID, RIDB), (T_META, WORKED_META), (T_BODY, b"a"), (T_BODY, b"b")])],
+        error="bad_tlv",
+    )
+    f.decode_message(
+        "bad_tlv_empty_request_id",
+        "request_id must not be empty.",
+        [frame(REQ, [(T_RID, b""), (T_META, WORKED_META)])],
+        error="bad_tlv",
+    )
+    f.decode_message(
+        "bad_tlv_request_id_not_utf8",
+        "request_id must be UTF-8.",
+        [frame(REQ, [(T_RID, b"\xff\xfe"), (T_META, WORKED_META)])],
+        error="bad_tlv",
+    )
+    f.decode_message(
+        "bad_tlv_chunk_idx_short",
+        "chunk_idx must be a 4-byte u32.",
+        [frame(RESP, [(T_RID, RIDB), (T_IDX, b"\x00\x00"), (T_RESP_META, good_meta), (T_FINAL, FINAL)], 1)],
+        error="bad_tlv",
+    )
+    f.decode_message(
+        "bad_tlv_chunk_tot_long",
+        "chunk_tot must be a 4-byte u32.",
+        [
+            frame(
+                RESP,
+                [(T_RID, RIDB), (T_IDX, u32(0)), (T_TOT, b"\x00" * 4 + b"\x01"), (T_RESP_META, good_meta)],
+                1,
+            )
+        ],
+        error="bad_tlv",
+    )
+    f.decode_message(
+        "bad_tlv_final_chunk_zero",
+        "final_chunk must be the single byte 0x01.",
+        [frame(RESP, [(T_RID, RIDB), (T_IDX, u32(0)), (T_RESP_META, good_meta), (T_FINAL, b"\x00")], 1)],
+        error="bad_tlv",
+    )
+    f.decode_message(
+        "bad_tlv_final_chunk_two_bytes",
+        "final_chunk longer than one byte is an error.",
+        [frame(RESP, [(T_RID, RIDB), (T_IDX, u32(0)), (T_RESP_META, good_meta), (T_FINAL, b"\x01\x01")], 1)],
+        error="bad_tlv",
+    )
+    f.decode_message(
+        "bad_tlv_resp_meta_in_request",
+        "A request frame must not carry resp_meta.",
+        [frame(REQ, [(T_RID, RIDB), (T_META, WORKED_META), (T_RESP_META, good_meta)])],
+        error="bad_tlv",
+    )
+    f.decode_message(
+        "bad_tlv_http_meta_in_response",
+        "A response frame must not carry http_meta.",
+        [frame(RESP, [(T_RID, RIDB), (T_RESP_META, good_meta), (T_META, WORKED_META)])],
+        error="bad_tlv",
+    )
+
+    # too_large
+    f.decode_frames(
+        "too_large_total_len",
+        "A TotalLen of 4 GiB exceeds any frame-size limit and is refused from the header alone.",
+        frame(REQ, body=b"", total=0xFFFFFFFF),
+        error="too_large",
+    )
+    f.encode_message(
+        "too_large_head",
+        "A head that cannot fit in one frame of max_frame_size cannot be sent.",
+        WORKED_MSG,
+        max_frame_size=100,
+        error="too_large",
+    )
+    f.encode_message(
+        "too_large_error_frame",
+        "An error frame is never chunked, so one longer than max_frame_size cannot be sent.",
+        error("x" * 200),
+        max_frame_size=100,
+        error="too_large",
+    )
+    # The head fits a single frame but not a chunk (chunk_idx and chunk_tot need 18 more bytes).
+    hmeta = req_meta("GET", "/h")
+    head_single = single_size(hmeta, b"")
+    f.encode_message(
+        "too_large_head_fits_only_unchunked",
+        "A head that fits only in an unchunked frame cannot be sent with a body that does not fit too.",
+        request("/h", "GET", body=b"0123456789"),
+        max_frame_size=head_single + 5,
+        error="too_large",
+    )
+    f.encode_message(
+        "head_fits_only_unchunked_without_body",
+        "The same head with no body is sent unchunked in a frame of exactly max_frame_size bytes.",
+        request("/h"),
+        [single(REQ, hmeta)],
+        head_single,
+    )
+
+    # bad_chunk
+    sp = spec_three_chunks()
+    f.decode_message(
+        "bad_chunk_starts_at_one",
+        "A chunked message must start at chunk_idx 0.",
+        sp[1:],
+        error="bad_chunk",
+    )
+    f.decode_message(
+        "bad_chunk_gap",
+        "Chunk indexes must follow each other: 0 then 2 is an error.",
+        [sp[0], sp[2]],
+        error="bad_chunk",
+    )
+    f.decode_message(
+        "bad_chunk_repeated",
+        "The same chunk_idx twice is an error.",
+        [sp[0], sp[0], sp[1], sp[2]],
+        error="bad_chunk",
+    )
+
+    def rchunk(i: int, extra: Tlvs, ftype: int = RESP, flags: int = 1) -> bytes:
+        return frame(ftype, [(T_RID, RIDB), (T_IDX, u32(i)), *extra], flags)
+
+    f.decode_message(
+        "bad_chunk_total_changes",
+        "chunk_tot must be the same in every chunk that carries it.",
+        [
+            rchunk(0, [(T_TOT, u32(3)), (T_RESP_META, good_meta)]),
+            rchunk(1, [(T_TOT, u32(4))]),
+        ],
+        error="bad_chunk",
+    )
+    f.decode_message(
+        "bad_chunk_index_beyond_total",
+        "chunk_idx must be below chunk_tot.",
+        [rchunk(0, [(T_TOT, u32(0)), (T_RESP_META, good_meta)])],
+        error="bad_chunk",
+    )
+    f.decode_message(
+        "bad_chunk_final_before_total",
+        "final_chunk on chunk 0 of a 3-chunk message is inconsistent.",
+        [rchunk(0, [(T_TOT, u32(3)), (T_RESP_META, good_meta), (T_FINAL, FINAL)])],
+        error="bad_chunk",
+    )
+    f.decode_message(
+        "bad_chunk_error_frame_chunked",
+        "Error frames are never chunked.",
+        [frame(ERR, [(T_RID, RIDB), (T_IDX, u32(0)), (T_BODY, b"x"), (T_FINAL, FINAL)], 1)],
+        error="bad_chunk",
+    )
+    f.decode_message(
+        "bad_chunk_tlvs_without_flag",
+        "chunk_idx in a frame without the chunked flag is inconsistent.",
+        [frame(RESP, [(T_RID, RIDB), (T_IDX, u32(0)), (T_RESP_META, good_meta)])],
+        error="bad_chunk",
+    )
+    f.decode_message(
+        "bad_chunk_unchunked_frame_mid_message",
+        "An unchunked frame for a message whose chunks are still arriving is an error.",
+        [rchunk(0, [(T_RESP_META, good_meta)]), single(RESP, good_meta)],
+        error="bad_chunk",
+    )
+    f.decode_message(
+        "bad_chunk_type_changes",
+        "All chunks of one message have the same frame type.",
+        [rchunk(0, [(T_RESP_META, good_meta)]), rchunk(1, [(T_FINAL, FINAL)], ftype=REQ)],
+        error="bad_chunk",
+    )
+    f.decode_message(
+        "bad_chunk_meta_twice",
+        "resp_meta may be sent once per message.",
+        [rchunk(0, [(T_RESP_META, good_meta)]), rchunk(1, [(T_RESP_META, good_meta), (T_FINAL, FINAL)])],
+        error="bad_chunk",
+    )
+    f.decode_message(
+        "bad_chunk_frames_after_end",
+        "decode_message takes exactly one message: frames after it are an error.",
+        [single(RESP, good_meta), single(RESP, good_meta, rid=RID2.encode())],
+        error="bad_chunk",
+    )
+    f.decode_message(
+        "bad_chunk_two_request_ids",
+        "Chunks of another request_id are not part of the message.",
+        [
+            rchunk(0, [(T_RESP_META, good_meta)]),
+            frame(RESP, [(T_RID, RID2.encode()), (T_IDX, u32(1)), (T_FINAL, FINAL)], 1),
+        ],
+        error="bad_chunk",
+    )
+
+    # bad_meta
+    def rq(meta: bytes) -> list[bytes]:
+        return [single(REQ, meta)]
+
+    def rs(meta: bytes) -> list[bytes]:
+        return [single(RESP, meta)]
+
+    f.decode_message("bad_meta_not_json", "http_meta must be JSON.", rq(b"{method: GET}"), error="bad_meta")
+    f.decode_message(
+        "bad_meta_not_utf8", "http_meta must be UTF-8.", rq(b'{"method": "G\xffT"}'), error="bad_meta"
+    )
+    f.decode_message("bad_meta_array", "http_meta must be a JSON object.", rq(b"[]"), error="bad_meta")
+    f.decode_message(
+        "bad_meta_missing_method",
+        "http_meta needs a method.",
+        rq(b'{"path": "/", "headers": {}, "query": {}}'),
+        error="bad_meta",
+    )
+    f.decode_message(
+        "bad_meta_empty_method",
+        "The method must not be empty.",
+        rq(req_meta("", "/")),
+        error="bad_meta",
+    )
+    f.decode_message(
+        "bad_meta_missing_path",
+        "Without anpx_target, http_meta needs a path.",
+        rq(b'{"method": "GET", "headers": {}, "query": {}}'),
+        error="bad_meta",
+    )
+    f.decode_message(
+        "bad_meta_empty_target",
+        "An empty path and no query give no request-target.",
+        rq(req_meta("GET", "")),
+        error="bad_meta",
+    )
+    f.decode_message(
+        "bad_meta_headers_not_object",
+        "headers must be an object.",
+        rq(b'{"method": "GET", "path": "/", "headers": [["a", "b"]], "query": {}}'),
+        error="bad_meta",
+    )
+    f.decode_message(
+        "bad_meta_header_value_number",
+        "Header values must be strings.",
+        rq(b'{"method": "GET", "path": "/", "headers": {"content-length": 5}, "query": {}}'),
+        error="bad_meta",
+    )
+    f.decode_message(
+        "bad_meta_query_value_number",
+        "Query values must be strings.",
+        rq(b'{"method": "GET", "path": "/", "headers": {}, "query": {"a": 1}}'),
+        error="bad_meta",
+    )
+    f.decode_message(
+        "bad_meta_target_not_string",
+        "anpx_target must be a string.",
+        rq(b'{"method": "GET", "path": "/", "headers": {}, "query": {}, "anpx_target": 7}'),
+        error="bad_meta",
+    )
+    f.decode_message(
+        "bad_meta_anpx_headers_malformed",
+        "anpx_headers must be a list of [name, value] string pairs.",
+        rs(b'{"status": 200, "reason": "OK", "headers": {}, "anpx_headers": [["a"]]}'),
+        error="bad_meta",
+    )
+    f.decode_message(
+        "bad_meta_status_string",
+        "status must be an integer.",
+        rs(b'{"status": "200", "reason": "OK", "headers": {}}'),
+        error="bad_meta",
+    )
+    f.decode_message(
+        "bad_meta_status_out_of_range",
+        "status must be from 100 to 999.",
+        rs(b'{"status": 99, "reason": "OK", "headers": {}}'),
+        error="bad_meta",
+    )
+    f.decode_message(
+        "bad_meta_status_missing",
+        "resp_meta needs a status.",
+        rs(b'{"reason": "OK", "headers": {}}'),
+        error="bad_meta",
+    )
+    f.decode_message(
+        "bad_meta_reason_not_string",
+        "reason must be a string.",
+        rs(b'{"status": 200, "reason": 1, "headers": {}}'),
+        error="bad_meta",
+    )
+
+    # missing_field
+    f.decode_message(
+        "missing_request_id",
+        "A request frame needs a request_id.",
+        [frame(REQ, [(T_META, WORKED_META), (T_BODY, WORKED_BODY)])],
+        error="missing_field",
+    )
+    f.decode_message(
+        "missing_request_id_in_chunk",
+        "Every chunk needs a request_id.",
+        [frame(RESP, [(T_IDX, u32(0)), (T_RESP_META, good_meta), (T_FINAL, FINAL)], 1)],
+        error="missing_field",
+    )
+    f.decode_message(
+        "missing_http_meta",
+        "An unchunked request needs http_meta.",
+        [frame(REQ, [(T_RID, RIDB), (T_BODY, b"x")])],
+        error="missing_field",
+    )
+    f.decode_message(
+        "missing_resp_meta",
+        "An unchunked response needs resp_meta.",
+        [frame(RESP, [(T_RID, RIDB), (T_BODY, b"x")])],
+        error="missing_field",
+    )
+    f.decode_message(
+        "missing_chunk_idx",
+        "A chunked frame needs chunk_idx.",
+        [frame(RESP, [(T_RID, RIDB), (T_RESP_META, good_meta), (T_FINAL, FINAL)], 1)],
+        error="missing_field",
+    )
+    f.decode_message(
+        "missing_meta_in_chunked_message",
+        "A chunked message that ends without ever sending its meta is an error.",
+        [rchunk(0, [(T_BODY, b"a")]), rchunk(1, [(T_BODY, b"b"), (T_FINAL, FINAL)])],
+        error="missing_field",
+    )
+    return f
+
+
+FILES = (frames_file, requests_file, responses_file, chunking_file, extensions_file, invalid_file)
+
+
+def render(vf: VectorFile) -> str:
+    return json.dumps({"description": vf.description, "vectors": vf.vectors}, indent=1) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    default = Path(__file__).resolve().parent / "vectors"
+    parser.add_argument("--out", type=Path, default=default, help="output directory")
+    args = parser.parse_args()
+    files = [build() for build in FILES]
+    names = [v["name"] for vf in files for v in vf.vectors]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    assert not dupes, f"duplicate vector names: {dupes}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    for vf in files:
+        (args.out / vf.filename).write_text(render(vf), encoding="utf-8")
+    print(f"wrote {len(names)} vectors in {len(files)} files to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
