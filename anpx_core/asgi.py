@@ -44,7 +44,7 @@ class AsgiError(Exception):
     misused the call (fed more request body than ``max_buffered``)."""
 
 
-class ClientDisconnected(OSError):  # noqa: N818 - the name the ASGI ecosystem uses
+class ClientDisconnected(OSError):
     """``send()`` after the stream went away (ASGI HTTP spec 2.4: an ``OSError`` subclass)."""
 
 
@@ -338,7 +338,8 @@ class LifespanCycle:
 
     @property
     def shutdown_done(self) -> bool:
-        return self.status not in ("idle", "starting", "stopping")
+        """Nothing left to wait for: shut down, or there was never anything to shut down."""
+        return self.status not in ("idle", "starting", "started", "stopping")
 
     def receive(self) -> dict[str, Any] | None:
         return self._pending.popleft() if self._pending else None

@@ -103,6 +103,7 @@ class ForwardConnection:
         self._requests = 0
         self._active = False  # a request's response is still expected
         self._heard = False  # any byte of the current response arrived
+        self._got_head = False
         self._eof = False
         self._failed = False
 
@@ -128,7 +129,7 @@ class ForwardConnection:
         method = _encode(head.method)
         self._requests += 1
         self._active = True
-        self._heard = False
+        self._heard = self._got_head = False
         if names & {b"content-length", b"transfer-encoding"}:
             self._send_head(method, target, headers)
         else:
@@ -168,6 +169,7 @@ class ForwardConnection:
         try:
             self._out += self._conn.send(event) or b""
         except h11.LocalProtocolError as exc:
+            self._failed = True  # h11 is in its ERROR state: the driver must close
             raise ForwardError(f"cannot forward this request: {exc}") from None
 
     def data_to_send(self) -> bytes:
@@ -204,6 +206,7 @@ class ForwardConnection:
                 events.append(self._fail("upstream switched protocols, which is not relayed"))
                 break
             if isinstance(event, h11.Response):
+                self._got_head = True
                 events.append(UpstreamResponse(self._head(event)))
             elif isinstance(event, h11.Data):
                 events.append(UpstreamData(bytes(event.data)))
@@ -217,17 +220,18 @@ class ForwardConnection:
 
     @staticmethod
     def _head(event: h11.Response) -> ResponseHead:
-        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers]
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers
+        ]
         return ResponseHead(
             event.status_code, event.reason.decode("latin-1"), strip_hop_by_hop(headers)
         )
 
     def _fail_on(self, exc: h11.RemoteProtocolError) -> UpstreamFailed:
-        if self._eof and self._conn.their_state is not h11.SEND_BODY:
-            return self._fail("upstream closed the connection before responding")
-        if self._eof:
-            return self._fail(f"upstream closed the connection mid-response ({exc})")
-        return self._fail(f"malformed response from upstream: {exc}")
+        if not self._eof:
+            return self._fail(f"malformed response from upstream: {exc}")
+        when = "mid-response" if self._got_head else "before responding"
+        return self._fail(f"upstream closed the connection {when} ({exc})")
 
     def _fail(self, reason: str) -> UpstreamFailed:
         stale = self._eof and not self._heard and self._requests > 1
@@ -240,7 +244,8 @@ class ForwardConnection:
         """The last exchange is complete and both sides keep the connection alive."""
         conn = self._conn
         return (
-            not (self._failed or self._eof or self._active or self._held)
+            not (self._failed or self._eof or self._active)
+            and self._held is None
             and conn.our_state is h11.DONE
             and conn.their_state is h11.DONE
             and not conn.trailing_data[0]

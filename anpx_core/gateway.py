@@ -9,7 +9,7 @@ Driver contract (the receiver core offers the same one):
 * ``cid = open_client(...)`` / ``open_tunnel(...)`` / ``open_admin(...)`` for each accepted socket;
 * ``receive(cid, data, now)`` for bytes read (``b""`` at EOF), ``lost(cid, now)`` on a socket error;
 * ``take_output(cid) -> (data, close)``: write ``data``, then call ``written(cid, now)``;
-  once ``data`` is empty and ``close`` is true, close the socket and call ``closed(cid)``;
+  once ``data`` is empty and ``close`` is true, close the socket and call ``closed(cid, now)``;
 * read from a socket only while ``can_read(cid)``;
 * after each call, fire the wake-ups named by ``pop_wakeups()`` (connection ids);
 * call ``tick(now)`` every ``TICK_INTERVAL`` seconds.
@@ -237,7 +237,7 @@ class GatewayCore:
                 return False
         return True
 
-    def closed(self, cid: int) -> None:
+    def closed(self, cid: int, now: float) -> None:
         """The driver closed the socket: forget the connection."""
         conn = self._conns.pop(cid, None)
         if isinstance(conn, _Client):

@@ -555,7 +555,13 @@ def requests_file() -> VectorFile:
             single(
                 REQ,
                 json.dumps(
-                    {"query": {}, "x_future": [1], "headers": {"a": "b"}, "path": "/p", "method": "GET"}
+                    {
+                        "query": {},
+                        "x_future": [1],
+                        "headers": {"a": "b"},
+                        "path": "/p",
+                        "method": "GET",
+                    }
                 ).encode(),
             )
         ],
@@ -613,7 +619,9 @@ def responses_file() -> VectorFile:
         [
             single(
                 RESP,
-                resp_meta(200, "OK", {"content-disposition": "attachment; filename=\u00e9t\u00e9.txt"}),
+                resp_meta(
+                    200, "OK", {"content-disposition": "attachment; filename=\u00e9t\u00e9.txt"}
+                ),
             )
         ],
     )
@@ -715,7 +723,13 @@ def chunking_file() -> VectorFile:
         frame(RESP, [(T_RID, RIDB), (T_IDX, u32(0)), (T_TOT, u32(2)), (T_BODY, b"x" * 50)], 1),
         frame(
             RESP,
-            [(T_RID, RIDB), (T_IDX, u32(1)), (T_TOT, u32(2)), (T_RESP_META, meta), (T_FINAL, FINAL)],
+            [
+                (T_RID, RIDB),
+                (T_IDX, u32(1)),
+                (T_TOT, u32(2)),
+                (T_RESP_META, meta),
+                (T_FINAL, FINAL),
+            ],
             1,
         ),
     ]
@@ -1046,10 +1060,19 @@ def extensions_file() -> VectorFile:
         [
             frame(
                 RESP,
-                [(T_RID, RIDB), (0xF1, b"x"), (T_IDX, u32(0)), (T_RESP_META, resp_meta(201, "Created"))],
+                [
+                    (T_RID, RIDB),
+                    (0xF1, b"x"),
+                    (T_IDX, u32(0)),
+                    (T_RESP_META, resp_meta(201, "Created")),
+                ],
                 1,
             ),
-            frame(RESP, [(T_RID, RIDB), (T_IDX, u32(1)), (T_BODY, b"b"), (0x0D, b""), (T_FINAL, FINAL)], 1),
+            frame(
+                RESP,
+                [(T_RID, RIDB), (T_IDX, u32(1)), (T_BODY, b"b"), (0x0D, b""), (T_FINAL, FINAL)],
+                1,
+            ),
         ],
         response(201, "Created", [], b"b"),
     )
@@ -1275,7 +1298,13 @@ def invalid_file() -> VectorFile:
     f.decode_message(
         "bad_tlv_chunk_idx_short",
         "chunk_idx must be a 4-byte u32.",
-        [frame(RESP, [(T_RID, RIDB), (T_IDX, b"\x00\x00"), (T_RESP_META, good_meta), (T_FINAL, FINAL)], 1)],
+        [
+            frame(
+                RESP,
+                [(T_RID, RIDB), (T_IDX, b"\x00\x00"), (T_RESP_META, good_meta), (T_FINAL, FINAL)],
+                1,
+            )
+        ],
         error="bad_tlv",
     )
     f.decode_message(
@@ -1284,7 +1313,12 @@ def invalid_file() -> VectorFile:
         [
             frame(
                 RESP,
-                [(T_RID, RIDB), (T_IDX, u32(0)), (T_TOT, b"\x00" * 4 + b"\x01"), (T_RESP_META, good_meta)],
+                [
+                    (T_RID, RIDB),
+                    (T_IDX, u32(0)),
+                    (T_TOT, b"\x00" * 4 + b"\x01"),
+                    (T_RESP_META, good_meta),
+                ],
                 1,
             )
         ],
@@ -1293,13 +1327,25 @@ def invalid_file() -> VectorFile:
     f.decode_message(
         "bad_tlv_final_chunk_zero",
         "final_chunk must be the single byte 0x01.",
-        [frame(RESP, [(T_RID, RIDB), (T_IDX, u32(0)), (T_RESP_META, good_meta), (T_FINAL, b"\x00")], 1)],
+        [
+            frame(
+                RESP,
+                [(T_RID, RIDB), (T_IDX, u32(0)), (T_RESP_META, good_meta), (T_FINAL, b"\x00")],
+                1,
+            )
+        ],
         error="bad_tlv",
     )
     f.decode_message(
         "bad_tlv_final_chunk_two_bytes",
         "final_chunk longer than one byte is an error.",
-        [frame(RESP, [(T_RID, RIDB), (T_IDX, u32(0)), (T_RESP_META, good_meta), (T_FINAL, b"\x01\x01")], 1)],
+        [
+            frame(
+                RESP,
+                [(T_RID, RIDB), (T_IDX, u32(0)), (T_RESP_META, good_meta), (T_FINAL, b"\x01\x01")],
+                1,
+            )
+        ],
         error="bad_tlv",
     )
     f.decode_message(
@@ -1426,7 +1472,10 @@ def invalid_file() -> VectorFile:
     f.decode_message(
         "bad_chunk_meta_twice",
         "resp_meta may be sent once per message.",
-        [rchunk(0, [(T_RESP_META, good_meta)]), rchunk(1, [(T_RESP_META, good_meta), (T_FINAL, FINAL)])],
+        [
+            rchunk(0, [(T_RESP_META, good_meta)]),
+            rchunk(1, [(T_RESP_META, good_meta), (T_FINAL, FINAL)]),
+        ],
         error="bad_chunk",
     )
     f.decode_message(
@@ -1452,11 +1501,18 @@ def invalid_file() -> VectorFile:
     def rs(meta: bytes) -> list[bytes]:
         return [single(RESP, meta)]
 
-    f.decode_message("bad_meta_not_json", "http_meta must be JSON.", rq(b"{method: GET}"), error="bad_meta")
     f.decode_message(
-        "bad_meta_not_utf8", "http_meta must be UTF-8.", rq(b'{"method": "G\xffT"}'), error="bad_meta"
+        "bad_meta_not_json", "http_meta must be JSON.", rq(b"{method: GET}"), error="bad_meta"
     )
-    f.decode_message("bad_meta_array", "http_meta must be a JSON object.", rq(b"[]"), error="bad_meta")
+    f.decode_message(
+        "bad_meta_not_utf8",
+        "http_meta must be UTF-8.",
+        rq(b'{"method": "G\xffT"}'),
+        error="bad_meta",
+    )
+    f.decode_message(
+        "bad_meta_array", "http_meta must be a JSON object.", rq(b"[]"), error="bad_meta"
+    )
     f.decode_message(
         "bad_meta_missing_method",
         "http_meta needs a method.",

@@ -1,0 +1,543 @@
+"""The gateway's public HTTP/1.1 server side: one :class:`HttpFront` per client connection.
+
+Sans-IO on h11: the driver feeds received bytes to :meth:`HttpFront.receive_data`,
+sends what :meth:`HttpFront.data_to_send` returns, and calls :meth:`HttpFront.tick`
+when :meth:`HttpFront.next_deadline` is due. Time is always an argument.
+
+Reading. The front finds the end of each request head itself and hands h11 exactly
+that head, so the head size limit is exact (h11 alone lets a head of any size through
+when it arrives in one piece) and bytes after the current request (pipelining) stay
+in the front's buffer until their turn. Bodies are passed to h11 as they arrive and
+surface as :class:`RequestData` at once, never buffered whole. Each request/response
+cycle gets a fresh ``h11.Connection``: it starts clean even when h11 had read past a
+chunked body.
+
+Pipelining. The next request is surfaced only after :meth:`HttpFront.end_response`.
+``end_response`` cannot return events, so if the next request is already buffered,
+:meth:`HttpFront.next_deadline` becomes due at once and the following ``tick(now)``
+(or ``receive_data``) surfaces it. That tick also stamps the time the response ended,
+from which the header and keep-alive deadlines of the next request count.
+
+Errors. Every error the front detects closes the connection after a short text/plain
+response (or, once a response has started, by aborting: the client sees a truncated
+response), and is reported as :class:`RequestFailed`. The engine's own errors go
+through :meth:`HttpFront.send_error`, which keeps the connection alive when the request
+was read completely.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import h11
+
+from .meta import Headers, RequestHead, ResponseHead
+
+__all__ = [
+    "HOP_BY_HOP",
+    "ClientGone",
+    "FrontEvent",
+    "FrontLimits",
+    "HttpFront",
+    "RequestData",
+    "RequestEnded",
+    "RequestFailed",
+    "RequestStarted",
+    "strip_hop_by_hop",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class FrontLimits:
+    #: Request line + header fields + the blank line after them; more -> 431.
+    max_header_bytes: int = 64 * 1024
+    #: Request body; a larger Content-Length is refused before any body is read -> 413.
+    max_body_bytes: int = 100 * 1024 * 1024
+    #: From connection open / end of the previous response to a complete head -> 408.
+    header_timeout: float = 10.0
+    #: Silence between requests on a kept-alive connection -> closed without a word.
+    keepalive_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStarted:
+    """A request head; ``head.headers`` is what goes to the receiver (see module doc)."""
+
+    head: RequestHead
+    expect_continue: bool  # the client waits for send_continue() before sending the body
+    content_length: int | None  # None for a chunked body; 0 when there is no body
+
+
+@dataclass(frozen=True, slots=True)
+class RequestData:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEnded:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed:
+    """The front refused the request and already queued its error response (or aborted).
+
+    The engine cancels the current request's stream, if there is one: this is also
+    emitted for requests that never got a RequestStarted (malformed or oversized heads,
+    a Content-Length over the limit, a header timeout), for the engine's logs.
+    """
+
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientGone:
+    """EOF while a request or its response was unfinished; the front is closed."""
+
+
+FrontEvent = RequestStarted | RequestData | RequestEnded | RequestFailed | ClientGone
+
+#: Header fields that describe one connection, never forwarded (RFC 9110 section 7.6.1).
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
+)
+# Listing these in Connection does not remove them: dropping a request's Content-Length
+# would leave the receiver's side without the framing of a body that is still coming.
+_NEVER_LISTED = frozenset({"content-length", "host"})
+
+
+def strip_hop_by_hop(headers: Headers) -> Headers:
+    """``headers`` without hop-by-hop fields, those named in Connection, and Proxy-*."""
+    listed = {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == "connection"
+        for token in value.split(",")
+    } - _NEVER_LISTED
+    kept = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname in listed or lname.startswith("proxy-"):
+            continue
+        kept.append((name, value))
+    return kept
+
+
+# The end of a head, as h11 finds it (bare LF line ends are accepted too).
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+# A request-line starts with a method, a token; anything else (a TLS ClientHello: 0x16)
+# is refused at once instead of waiting for a blank line that never comes.
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_FORWARDED = frozenset({"x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"})
+
+# Where the request side of the current cycle is.
+_HEAD = "head"  # waiting for a request head
+_BODY = "body"  # RequestStarted is out, the body is being read
+_WAIT = "wait"  # RequestEnded is out, the response is not finished yet
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+class HttpFront:
+    def __init__(
+        self,
+        limits: FrontLimits,
+        now: float,
+        *,
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
+        scheme: str = "http",
+    ) -> None:
+        self._limits = limits
+        self._client = client
+        self._server = server
+        self._scheme = scheme
+        self._conn = self._new_conn()
+        self._inbuf = bytearray()  # received, not yet given to h11
+        self._out = bytearray()
+        self._now = now  # the latest time we were given
+        self._phase = _HEAD
+        # When the wait for the next head began; None right after end_response, until
+        # the next tick/receive_data tells the time.
+        self._idle_since: float | None = now
+        self._first = True  # no request answered yet on this connection
+        self._seen = False  # some byte of the coming head has arrived
+        self._scan = 0  # how far _inbuf was searched for the end of the head
+        self._active = False  # a RequestStarted is out and its response is not ended
+        self._response_started = False
+        self._suppress_body = False  # HEAD, 204, 304: the engine's body data is dropped
+        self._head_request = False
+        self._cl_left: int | None = None  # body bytes still due (None: chunked)
+        self._body_bytes = 0
+        self._paused = False
+        self._closed = False
+
+    def _new_conn(self) -> h11.Connection:
+        # The front hands h11 whole heads only; the bound still covers chunk-size lines
+        # and trailers, the other things h11 buffers whole.
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.max_header_bytes)
+
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Close the socket once data_to_send() is empty."""
+        return self._closed
+
+    @property
+    def wants_read(self) -> bool:
+        if self._closed or self._paused:
+            return False
+        if self._phase == _WAIT or (self._phase == _HEAD and self._idle_since is None):
+            # Read (to notice EOF) unless a pipelined request is already held back.
+            return not self._inbuf
+        return True
+
+    def pause_reading(self) -> None:
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        self._paused = False
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    # -- input ------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[FrontEvent]:
+        """Bytes from the client; ``b""`` is EOF (or a reset)."""
+        self._now = now
+        events: list[FrontEvent] = []
+        if self._closed:
+            return events
+        if not data:
+            if self._active:
+                events.append(ClientGone())
+            self._closed = True
+            return events
+        if self._phase == _HEAD:
+            self._seen = True
+            if self._idle_since is None:
+                self._idle_since = now
+        self._inbuf += data
+        self._pump(events)
+        self._check_timeouts(now, events)
+        return events
+
+    def next_deadline(self) -> float | None:
+        if self._closed or self._phase != _HEAD:
+            return None
+        if self._idle_since is None:
+            return self._now  # due now: stamp the end of the response, surface what waits
+        if self._seen or self._first:
+            return self._idle_since + self._limits.header_timeout
+        return self._idle_since + self._limits.keepalive_timeout
+
+    def tick(self, now: float) -> list[FrontEvent]:
+        self._now = now
+        events: list[FrontEvent] = []
+        if self._closed:
+            return events
+        if self._phase == _HEAD and self._idle_since is None:
+            self._idle_since = now
+            self._pump(events)
+        self._check_timeouts(now, events)
+        return events
+
+    def _check_timeouts(self, now: float, events: list[FrontEvent]) -> None:
+        if self._closed or self._phase != _HEAD or self._idle_since is None:
+            return
+        if self._seen:
+            if now >= self._idle_since + self._limits.header_timeout:
+                self._fail(408, "request head not complete in time", events)
+        elif now >= self._idle_since + (
+            self._limits.header_timeout if self._first else self._limits.keepalive_timeout
+        ):
+            self._closed = True  # idle: nothing to answer
+
+    def _pump(self, events: list[FrontEvent]) -> None:
+        while not self._closed:
+            if self._phase == _HEAD:
+                if self._idle_since is None or not self._read_head(events):
+                    return
+            elif self._phase == _BODY:
+                if not self._read_body(events):
+                    return
+            else:
+                return
+
+    def _read_head(self, events: list[FrontEvent]) -> bool:
+        buf = self._inbuf
+        # RFC 9112 section 2.2: ignore empty lines before a request-line.
+        start = 0
+        while True:
+            if buf.startswith(b"\r\n", start):
+                start += 2
+            elif buf.startswith(b"\n", start):
+                start += 1
+            else:
+                break
+        if start:
+            del buf[:start]
+            self._scan = 0
+        if not buf or buf == b"\r":
+            return False
+        if buf[0] not in _TCHAR:
+            self._fail(400, "malformed request line", events)
+            return False
+        limit = self._limits.max_header_bytes
+        match = _BLANK_LINE.search(buf, max(0, self._scan - 2))
+        if match is None:
+            self._scan = len(buf)
+            if len(buf) >= limit:  # the head, still incomplete, cannot fit any more
+                self._fail(431, f"request head over {limit} bytes", events)
+            return False
+        end = match.end()
+        if end > limit:
+            self._fail(431, f"request head over {limit} bytes", events)
+            return False
+        self._conn.receive_data(bytes(buf[:end]))
+        del buf[:end]
+        self._scan = 0
+        try:
+            event = self._conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            self._fail(exc.error_status_hint, f"malformed request head: {exc}", events)
+            return False
+        if type(event) is not h11.Request:  # cannot happen with a whole head; be safe
+            self._fail(400, "malformed request head", events)
+            return False
+        return self._start_request(event, events)
+
+    def _start_request(self, request: h11.Request, events: list[FrontEvent]) -> bool:
+        method = request.method.decode("ascii")
+        self._head_request = method == "HEAD"
+        raw = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers]
+        chunked = any(name == "transfer-encoding" for name, _ in raw)
+        length_values = [value for name, value in raw if name == "content-length"]
+        if method == "CONNECT":
+            self._fail(501, "CONNECT is not supported", events)
+            return False
+        if chunked and length_values:
+            # RFC 9112 section 6.1: both framings at once is a request-smuggling vector.
+            self._fail(400, "both Transfer-Encoding and Content-Length", events)
+            return False
+        # h11 already checked the Content-Length values agree and are digits.
+        length = None if chunked else int(length_values[0]) if length_values else 0
+        if length is not None and length > self._limits.max_body_bytes:
+            self._fail(413, f"Content-Length {length} over {self._limits.max_body_bytes}", events)
+            return False
+        self._phase = _BODY
+        self._active = True
+        self._response_started = False
+        self._suppress_body = self._head_request
+        self._cl_left = length
+        self._body_bytes = 0
+        expect = self._conn.client_is_waiting_for_100_continue and length != 0
+        head = RequestHead(method, request.target.decode("latin-1"), self._forward_headers(raw))
+        events.append(RequestStarted(head, expect, length))
+        return True
+
+    def _forward_headers(self, raw: Headers) -> Headers:
+        headers: Headers = []
+        xff: list[str] = []
+        host = None
+        for name, value in strip_hop_by_hop(raw):
+            if name == "x-forwarded-for":
+                xff.append(value)
+            elif name in _FORWARDED or name == "expect":
+                continue  # we set these; Expect: 100-continue is answered here
+            else:
+                if name == "host" and host is None:
+                    host = value
+                headers.append((name, value))
+        if self._client is not None:
+            xff.append(self._client[0])
+        if xff:
+            headers.append(("x-forwarded-for", ", ".join(xff)))
+        headers.append(("x-forwarded-proto", self._scheme))
+        if host is not None:
+            headers.append(("x-forwarded-host", host))
+        if self._server is not None:
+            headers.append(("x-forwarded-port", str(self._server[1])))
+        return headers
+
+    def _read_body(self, events: list[FrontEvent]) -> bool:
+        try:
+            event = self._conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            self._fail(exc.error_status_hint, f"malformed request body: {exc}", events)
+            return False
+        if event is h11.NEED_DATA:
+            buf = self._inbuf
+            # With a Content-Length, give h11 no byte past the body: the rest is the
+            # next request, and it stays here until its turn.
+            n = len(buf) if self._cl_left is None else min(len(buf), self._cl_left)
+            if not n:
+                return False
+            self._conn.receive_data(bytes(buf[:n]))
+            del buf[:n]
+            return True
+        if type(event) is h11.Data:
+            self._body_bytes += len(event.data)
+            if self._body_bytes > self._limits.max_body_bytes:
+                self._fail(413, f"request body over {self._limits.max_body_bytes} bytes", events)
+                return False
+            if self._cl_left is not None:
+                self._cl_left -= len(event.data)
+            events.append(RequestData(bytes(event.data)))
+            return True
+        if type(event) is h11.EndOfMessage:
+            self._phase = _WAIT
+            if self._cl_left is None:
+                # h11 may have read past the chunked body into the next request.
+                leftover = self._conn.trailing_data[0]
+                if leftover:
+                    self._inbuf[:0] = leftover
+            events.append(RequestEnded())
+            return False
+        return False
+
+    def _fail(self, status: int, reason: str, events: list[FrontEvent]) -> None:
+        events.append(RequestFailed(status, reason))
+        if not self._response_started:
+            self._queue_error(status, _phrase(status) or "Error", [], close=True)
+        self._closed = True
+
+    # -- output -----------------------------------------------------------------------
+
+    def _send(self, event: h11.Event) -> bool:
+        try:
+            data = self._conn.send(event)
+        except h11.LocalProtocolError:
+            # E.g. more or less body than the receiver's Content-Length promised: the
+            # response cannot be completed correctly, so abort it.
+            self._closed = True
+            return False
+        if data:
+            self._out += data
+        return True
+
+    def _require_request(self) -> None:
+        if not self._active:
+            raise RuntimeError("no request is waiting for a response")
+
+    def send_response(self, head: ResponseHead) -> None:
+        """Start the response; hop-by-hop headers are stripped, h11 frames the body."""
+        if self._closed:
+            return
+        self._require_request()
+        if self._response_started:
+            raise RuntimeError("response already started")
+        status = head.status
+        headers = strip_hop_by_hop(head.headers)
+        if status == 204:  # RFC 9110 section 8.6: never a Content-Length on a 204
+            headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+        if self._phase == _BODY:
+            # The rest of the request body will not be read: the connection ends here.
+            headers.append(("connection", "close"))
+        try:
+            if not 200 <= status <= 999:
+                raise ValueError(status)
+            response = h11.Response(
+                status_code=status,
+                reason=(head.reason or _phrase(status)).encode("latin-1"),
+                headers=[(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
+            )
+        except (h11.LocalProtocolError, UnicodeEncodeError, ValueError):
+            self._queue_error(502, "Bad Gateway: invalid response head", [], close=True)
+            self._closed = True
+            return
+        self._emit_head(response)
+
+    def _emit_head(self, response: h11.Response) -> None:
+        self._response_started = True
+        status = response.status_code
+        self._suppress_body = self._head_request or status in (204, 304)
+        self._send(response)
+
+    def _queue_error(self, status: int, text: str, headers: Headers, *, close: bool) -> None:
+        body = (text.rstrip("\n") + "\n").encode("utf-8")
+        fields = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            *((n.encode("latin-1"), v.encode("latin-1")) for n, v in headers),
+        ]
+        if close:
+            fields.append((b"connection", b"close"))
+        response = h11.Response(status_code=status, reason=_phrase(status).encode(), headers=fields)
+        self._emit_head(response)
+        if not self._suppress_body:
+            self._send(h11.Data(data=body))
+        self._send(h11.EndOfMessage())
+
+    def send_data(self, data: bytes) -> None:
+        """A piece of the response body (dropped for HEAD, 204 and 304)."""
+        if self._closed or not data:
+            return
+        self._require_request()
+        if not self._response_started:
+            raise RuntimeError("send_response() first")
+        if not self._suppress_body:
+            self._send(h11.Data(data=data))
+
+    def end_response(self) -> None:
+        if self._closed:
+            return
+        self._require_request()
+        if not self._response_started:
+            raise RuntimeError("send_response() first")
+        if self._send(h11.EndOfMessage()):
+            self._finish_cycle()
+
+    def _finish_cycle(self) -> None:
+        """The response is complete: close, or get ready for the next request."""
+        if self._closed:
+            return
+        self._active = False
+        conn = self._conn
+        if (
+            self._phase != _WAIT
+            or conn.our_state is not h11.DONE
+            or conn.their_state is not h11.DONE
+        ):
+            self._closed = True  # Connection: close, HTTP/1.0, or an unread request body
+            return
+        self._conn = self._new_conn()
+        self._phase = _HEAD
+        self._response_started = self._suppress_body = self._head_request = False
+        self._idle_since = None  # stamped by the next tick / receive_data
+        self._first = False
+        self._seen = bool(self._inbuf)
+        self._scan = 0
+
+    def send_error(self, status: int, text: str, headers: Headers = ()) -> None:
+        """A complete short text/plain response, or an abort once a response started.
+
+        The connection stays open if the request was read completely.
+        """
+        if self._closed:
+            return
+        self._require_request()
+        if self._response_started:
+            self._closed = True  # the client sees a truncated response
+            return
+        self._queue_error(status, text, strip_hop_by_hop(list(headers)), close=self._phase == _BODY)
+        self._finish_cycle()
+
+    def send_continue(self) -> None:
+        """Send 100 Continue if the client waits for it; otherwise do nothing."""
+        if self._closed or self._response_started or not self._active:
+            return
+        if self._conn.client_is_waiting_for_100_continue:
+            self._send(h11.InformationalResponse(status_code=100, reason=b"Continue", headers=[]))

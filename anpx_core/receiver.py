@@ -1,0 +1,642 @@
+"""The receiver, as one sans-IO state machine: tunnels to gateways, calls into the app.
+
+Same driver contract as :mod:`anpx_core.gateway` (``receive``, ``take_output``,
+``written``, ``can_read``, ``closed``, ``pop_wakeups``, ``tick``), plus:
+
+* ``pop_connects()``: outgoing connections to open (to a gateway, or to the
+  local HTTP service in forward mode); answer each with ``connected(cid, now)``
+  or ``connect_failed(cid, now, reason)``.
+* ASGI mode: ``pop_app_calls()`` gives ``(call_id, scope)`` pairs; run the app
+  for each with ``receive``/``send`` built on ``asgi_receive(call_id)`` (None:
+  wait for the wake-up ``call_id``) and ``asgi_send(call_id, message)`` (then
+  wait while ``not asgi_writable(call_id)``), and report the end with
+  ``app_finished(call_id, exc)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from . import messages as M
+from .asgi import (
+    AsgiError,
+    AsgiHttpCall,
+    ResponseAborted,
+    ResponseBody,
+    ResponsePart,
+    ResponseStart,
+    build_scope,
+)
+from .auth import ClientAuth, NoAuth
+from .forward import (
+    ForwardConnection,
+    UpstreamData,
+    UpstreamEnded,
+    UpstreamFailed,
+    UpstreamResponse,
+)
+from .meta import RequestHead, ResponseHead
+from .tunnel import (
+    DEFAULT_STREAM_WINDOW,
+    StreamData,
+    StreamEnd,
+    StreamHead,
+    StreamReset,
+    StreamWritable,
+    TunnelBroken,
+    TunnelSession,
+    offer_extensions,
+    parse_extensions,
+)
+from .websocket import (
+    BinaryReceived,
+    Closed,
+    ControlReceived,
+    HandshakeAccepted,
+    HandshakeRejected,
+    WsClient,
+    WsLimits,
+)
+
+log = logging.getLogger("anpx.receiver")
+access_log = logging.getLogger("anpx.access")
+
+TICK_INTERVAL = 0.1
+MAX_RECONNECT_DELAY = 60.0
+
+
+@dataclass(slots=True)
+class GatewayAddress:
+    host: str
+    port: int
+    path: str
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> GatewayAddress:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"gateway_url must be ws://host[:port]/path or wss://..., got {url!r}")
+        tls = parts.scheme == "wss"
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        return cls(parts.hostname, parts.port or (443 if tls else 80), path, tls)
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.tls else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+@dataclass(slots=True)
+class ReceiverSettings:
+    gateway_urls: list[str] = field(default_factory=lambda: ["ws://127.0.0.1:8765/"])
+    client_id: str = ""
+    forward: tuple[str, int] | None = None  # local HTTP service; None: in-process ASGI app
+    reconnect_enabled: bool = True
+    reconnect_delay: float = 1.0  # first retry; doubles up to MAX_RECONNECT_DELAY, with jitter
+    max_reconnect_attempts: int = 0  # 0 = forever
+    ws: WsLimits = field(default_factory=WsLimits)
+    stream_window: int | None = DEFAULT_STREAM_WINDOW
+    send_frame_size: int = M.DEFAULT_SEND_FRAME_SIZE
+    codec: M.Limits = field(default_factory=M.Limits)
+    max_buffered_body: int = DEFAULT_STREAM_WINDOW  # request body held for an app not reading
+    auth: ClientAuth = field(default_factory=NoAuth)
+    root_path: str = ""
+
+
+@dataclass(slots=True)
+class ConnectRequest:
+    cid: int
+    host: str
+    port: int
+    tls: bool
+    purpose: str  # "gateway" or "upstream"
+
+
+@dataclass(slots=True, eq=False)
+class _Link:
+    """One gateway we keep a tunnel to."""
+
+    address: GatewayAddress
+    cid: int | None = None
+    ws: WsClient | None = None
+    session: TunnelSession | None = None
+    attempts: int = 0  # failures since the last successful handshake
+    retry_at: float | None = 0.0  # when to connect next; None: connected or given up
+    state: str = "idle"  # idle | connecting | handshake | open
+    calls: dict[str, _Call] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class _Call:
+    """One request being served: by the in-process app or by an upstream connection."""
+
+    cid: int
+    rid: str
+    link: _Link
+    head: RequestHead
+    started: float
+    asgi: AsgiHttpCall | None = None
+    upstream: _Upstream | None = None
+    response_started: bool = False
+    status: int = 0
+    body_out: int = 0
+    done: bool = False  # our response is complete or the stream is gone
+    head_flush_due: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Upstream:
+    cid: int
+    conn: ForwardConnection
+    call: _Call | None = None
+    connected: bool = False
+    taken: int = 0  # request body bytes the driver is writing
+    pending_body: int = 0  # request body bytes handed to conn, not yet taken
+    closing: bool = False
+
+
+class ReceiverCore:
+    def __init__(
+        self, settings: ReceiverSettings | None = None, *, rng: Callable[[], float] = random.random
+    ) -> None:
+        self.settings = settings or ReceiverSettings()
+        self._rng = rng
+        self._links = [_Link(GatewayAddress.parse(u)) for u in self.settings.gateway_urls]
+        self._conns: dict[int, _Link | _Upstream] = {}
+        self._calls: dict[int, _Call] = {}
+        self._idle_upstreams: list[_Upstream] = []
+        self._connects: list[ConnectRequest] = []
+        self._app_calls: list[tuple[int, dict]] = []
+        self._wakeups: set[int] = set()
+        self._next_id = 1
+        self.stopping = False
+        self.given_up = False
+        self.last_error = ""
+        self.requests = 0
+        self.lifespan_state: dict | None = None  # the app's lifespan state, copied into each scope
+
+    def _new_id(self) -> int:
+        cid = self._next_id
+        self._next_id += 1
+        return cid
+
+    # --- driver contract -----------------------------------------------------------------
+
+    def pop_connects(self) -> list[ConnectRequest]:
+        out, self._connects = self._connects, []
+        return out
+
+    def pop_app_calls(self) -> list[tuple[int, dict]]:
+        out, self._app_calls = self._app_calls, []
+        return out
+
+    def pop_wakeups(self) -> set[int]:
+        out, self._wakeups = self._wakeups, set()
+        return out
+
+    @property
+    def connected_links(self) -> int:
+        return sum(1 for link in self._links if link.state == "open")
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._calls)
+
+    def tick(self, now: float) -> None:
+        for link in self._links:
+            if link.ws is not None:
+                for event in link.ws.tick(now):
+                    self._link_event(link, event, now)
+                self._wakeups.add(link.cid)  # type: ignore[arg-type]
+            elif link.state == "idle" and link.retry_at is not None and now >= link.retry_at:
+                if not self.stopping:
+                    self._dial(link)
+        for call in list(self._calls.values()):
+            if call.head_flush_due and call.link.session is not None:
+                call.head_flush_due = False
+                call.link.session.flush(call.rid)
+                self._wakeups.add(call.link.cid)  # type: ignore[arg-type]
+
+    def connected(self, cid: int, now: float) -> None:
+        conn = self._conns.get(cid)
+        if isinstance(conn, _Link):
+            link = conn
+            link.state = "handshake"
+            addr = link.address
+            headers = list(self.settings.auth.request_headers(addr.host_header, addr.path, now))
+            headers += offer_extensions(self.settings.stream_window)
+            if self.settings.client_id:
+                headers.append(("anpx-client-id", self.settings.client_id))
+            link.ws = WsClient(addr.host_header, addr.path, self.settings.ws, now, headers=headers)
+        elif isinstance(conn, _Upstream):
+            conn.connected = True
+        self._wakeups.add(cid)
+
+    def connect_failed(self, cid: int, now: float, reason: str) -> None:
+        conn = self._conns.pop(cid, None)
+        if isinstance(conn, _Link):
+            self._link_down(conn, now, f"cannot connect to {conn.address.host}:{conn.address.port}: {reason}")
+        elif isinstance(conn, _Upstream) and conn.call is not None:
+            self._upstream_failed(conn, f"local service unreachable: {reason}")
+
+    def receive(self, cid: int, data: bytes, now: float) -> None:
+        conn = self._conns.get(cid)
+        if conn is None:
+            return
+        self._wakeups.add(cid)
+        if isinstance(conn, _Link):
+            if conn.ws is None:
+                return
+            for event in conn.ws.receive_data(data, now):
+                self._link_event(conn, event, now)
+            if conn.session is not None:
+                conn.session.flush_credits()
+        else:
+            for event in conn.conn.receive_data(data):
+                self._upstream_event(conn, event, now)
+
+    def lost(self, cid: int, now: float) -> None:
+        self.receive(cid, b"", now)
+
+    def take_output(self, cid: int) -> tuple[bytes, bool]:
+        conn = self._conns.get(cid)
+        if conn is None:
+            return b"", True
+        if isinstance(conn, _Link):
+            if conn.ws is None:
+                return b"", False
+            return conn.ws.data_to_send(), conn.ws.closed
+        data = conn.conn.data_to_send() if conn.connected else b""
+        conn.taken += conn.pending_body
+        conn.pending_body = 0
+        return data, conn.closing
+
+    def written(self, cid: int, now: float) -> None:
+        conn = self._conns.get(cid)
+        if isinstance(conn, _Upstream) and conn.taken:
+            call = conn.call
+            if call is not None and call.link.session is not None:
+                call.link.session.consumed(call.rid, conn.taken)
+                call.link.session.flush_credits()
+                self._wakeups.add(call.link.cid)  # type: ignore[arg-type]
+            conn.taken = 0
+
+    def can_read(self, cid: int) -> bool:
+        conn = self._conns.get(cid)
+        if isinstance(conn, _Link):
+            return conn.ws is not None and not conn.ws.closed
+        if isinstance(conn, _Upstream):
+            call = conn.call
+            if call is None or call.link.session is None:
+                return not conn.closing
+            return call.link.session.writable(call.rid)
+        return False
+
+    def closed(self, cid: int, now: float) -> None:
+        conn = self._conns.pop(cid, None)
+        if isinstance(conn, _Link):
+            self._link_down(conn, now, conn.ws and "tunnel closed" or "connection closed")
+        elif isinstance(conn, _Upstream):
+            if conn in self._idle_upstreams:
+                self._idle_upstreams.remove(conn)
+            if conn.call is not None and not conn.call.done:
+                self._upstream_failed(conn, "local service closed the connection")
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Begin connecting to every gateway."""
+        for link in self._links:
+            if link.state == "idle":
+                self._dial(link)
+
+    def begin_drain(self) -> None:
+        """Tell the gateways to send no new requests; in-flight ones finish."""
+        self.stopping = True
+        for link in self._links:
+            if link.session is not None:
+                link.session.send_drain()
+                self._wakeups.add(link.cid)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Close every tunnel (after draining)."""
+        self.stopping = True
+        for link in self._links:
+            if link.ws is not None:
+                link.ws.close(1001, "receiver shutting down")
+                self._wakeups.add(link.cid)  # type: ignore[arg-type]
+            link.retry_at = None
+        for up in list(self._idle_upstreams):
+            up.closing = True
+            self._wakeups.add(up.cid)
+
+    # --- gateway links -------------------------------------------------------------------
+
+    def _dial(self, link: _Link) -> None:
+        cid = self._new_id()
+        link.cid, link.state, link.retry_at = cid, "connecting", None
+        self._conns[cid] = link
+        addr = link.address
+        self._connects.append(ConnectRequest(cid, addr.host, addr.port, addr.tls, "gateway"))
+
+    def _link_down(self, link: _Link, now: float, why: str) -> None:
+        was_open = link.state == "open"
+        self._conns.pop(link.cid, None)  # type: ignore[arg-type]
+        link.state, link.ws, link.cid = "idle", None, None
+        if link.session is not None:
+            link.session.abandon()
+            link.session = None
+        for call in list(link.calls.values()):
+            self._call_gone(call, "tunnel lost")
+        link.calls.clear()
+        if was_open:
+            log.warning("tunnel to %s lost: %s", link.address.host_header, why)
+            link.attempts = 0
+        else:
+            self.last_error = why
+        link.attempts += 1
+        limit = self.settings.max_reconnect_attempts
+        if self.stopping:
+            link.retry_at = None
+        elif not self.settings.reconnect_enabled or (limit and link.attempts > limit):
+            link.retry_at = None
+            self.given_up = all(lk.retry_at is None and lk.state == "idle" for lk in self._links)
+            log.error("giving up on %s after %d attempts: %s", link.address.host_header, link.attempts, why)
+        else:
+            base = self.settings.reconnect_delay * 2 ** min(link.attempts - 1, 16)
+            delay = min(base, MAX_RECONNECT_DELAY) * (0.5 + self._rng())  # jitter: x0.5 .. x1.5
+            link.retry_at = now + delay
+            log.info("reconnecting to %s in %.1fs (attempt %d): %s", link.address.host_header, delay, link.attempts, why)
+
+    def _link_event(self, link: _Link, event: object, now: float) -> None:
+        if isinstance(event, BinaryReceived):
+            if link.session is not None:
+                for sev in link.session.receive_binary(event.data):
+                    self._stream_event(link, sev, now)
+        elif isinstance(event, ControlReceived):
+            if link.session is not None:
+                for sev in link.session.receive_control(event.message):
+                    self._stream_event(link, sev, now)
+        elif isinstance(event, HandshakeAccepted):
+            problem = self.settings.auth.check_response(event.headers)
+            if problem is not None:
+                log.error("refusing gateway %s: %s", link.address.host_header, problem)
+                self.last_error = problem
+                link.ws.close(1008, "gateway failed authentication")  # type: ignore[union-attr]
+                return
+            peer_window = parse_extensions(event.headers)
+            local_window = self.settings.stream_window if peer_window is not None else None
+            link.session = TunnelSession(
+                link.ws,
+                accepts=RequestHead,
+                local_window=local_window,
+                peer_window=peer_window,
+                send_frame_size=self.settings.send_frame_size,
+                limits=self.settings.codec,
+            )
+            link.state = "open"
+            link.attempts = 0
+            log.info("tunnel to %s open (%s)", link.address.host_header, "flow control" if link.session.flow else "v1 gateway")
+        elif isinstance(event, HandshakeRejected):
+            why = f"gateway refused the tunnel: HTTP {event.status}"
+            log.error("%s", why)
+            self.last_error = why
+        elif isinstance(event, Closed):
+            self._link_down(link, now, f"closed ({event.code} {event.reason})".strip())
+
+    def _stream_event(self, link: _Link, event: object, now: float) -> None:
+        if isinstance(event, TunnelBroken):
+            log.warning("gateway sent unframeable data: %s", event.reason)
+            link.ws.close(1002, "bad ANPX frame")  # type: ignore[union-attr]
+            return
+        rid = getattr(event, "request_id", None)
+        if isinstance(event, StreamHead):
+            assert isinstance(event.head, RequestHead) and rid is not None
+            self._open_call(link, rid, event.head, now)
+            return
+        call = link.calls.get(rid) if rid is not None else None
+        if call is None:
+            return
+        if isinstance(event, StreamData):
+            if call.asgi is not None:
+                try:
+                    call.asgi.body_received(event.data)
+                except AsgiError:
+                    self._cancel(call, "request body over the receiver's buffer")
+                    return
+                self._wakeups.add(call.cid)
+            elif call.upstream is not None:
+                call.upstream.conn.send_body(event.data)
+                call.upstream.pending_body += len(event.data)
+                self._wakeups.add(call.upstream.cid)
+        elif isinstance(event, StreamEnd):
+            if call.asgi is not None:
+                call.asgi.body_ended()
+                self._wakeups.add(call.cid)
+            elif call.upstream is not None:
+                call.upstream.conn.end_body()
+                self._wakeups.add(call.upstream.cid)
+        elif isinstance(event, StreamReset):
+            self._call_gone(call, event.reason)
+        elif isinstance(event, StreamWritable):
+            self._wakeups.add(call.cid)
+            if call.upstream is not None:
+                self._wakeups.add(call.upstream.cid)
+
+    # --- calls -----------------------------------------------------------------------------
+
+    def _open_call(self, link: _Link, rid: str, head: RequestHead, now: float) -> None:
+        self.requests += 1
+        call = _Call(self._new_id(), rid, link, head, now)
+        link.calls[rid] = call
+        self._calls[call.cid] = call
+        if self.settings.forward is None:
+            scope = build_scope(
+                head,
+                client=_client_from(head),
+                server=_server_from(head),
+                scheme=_header(head, "x-forwarded-proto") or "http",
+                root_path=self.settings.root_path,
+                state=self.lifespan_state,
+            )
+            call.asgi = AsgiHttpCall(scope, self.settings.max_buffered_body)
+            self._app_calls.append((call.cid, scope))
+            return
+        up = self._idle_upstreams.pop() if self._idle_upstreams else None
+        if up is None:
+            host, port = self.settings.forward
+            up = _Upstream(self._new_id(), ForwardConnection(host, port))
+            self._conns[up.cid] = up
+            self._connects.append(ConnectRequest(up.cid, host, port, False, "upstream"))
+        up.call, call.upstream = call, up
+        up.conn.start_request(head)
+        self._wakeups.add(up.cid)
+
+    def _respond(self, call: _Call, parts: list[ResponsePart]) -> None:
+        session = call.link.session
+        if session is None or call.done:
+            return
+        for part in parts:
+            if isinstance(part, ResponseStart):
+                call.response_started = True
+                call.status = part.head.status
+                session.start(call.rid, part.head)
+                call.head_flush_due = True  # sent with the first body, or at the next tick
+            elif isinstance(part, ResponseBody):
+                call.head_flush_due = False
+                call.body_out += len(part.data)
+                session.send(call.rid, part.data)
+                if part.more:
+                    session.flush(call.rid)
+                else:
+                    session.end(call.rid)
+                    self._complete(call)
+            elif isinstance(part, ResponseAborted):
+                self._cancel(call, part.reason)
+        self._wakeups.add(call.link.cid)  # type: ignore[arg-type]
+
+    def _complete(self, call: _Call) -> None:
+        call.done = True
+        access_log.info(
+            "%s %s %s %d %dB", call.rid, call.head.method, call.head.target, call.status, call.body_out
+        )
+
+    def _cancel(self, call: _Call, reason: str) -> None:
+        if call.link.session is not None and not call.done:
+            call.link.session.cancel(call.rid, reason)
+            self._wakeups.add(call.link.cid)  # type: ignore[arg-type]
+        self._call_gone(call, reason)
+
+    def _call_gone(self, call: _Call, reason: str) -> None:
+        """The stream is over from the tunnel's point of view."""
+        call.done = True
+        call.link.calls.pop(call.rid, None)
+        if call.asgi is not None:
+            call.asgi.disconnected()
+            self._wakeups.add(call.cid)  # the app learns at its next receive/send
+        else:
+            self._calls.pop(call.cid, None)
+        up = call.upstream
+        if up is not None:
+            up.call = None
+            call.upstream = None
+            up.closing = True  # mid-exchange: the connection cannot be reused
+            self._wakeups.add(up.cid)
+
+    # --- ASGI ------------------------------------------------------------------------------
+
+    def asgi_receive(self, call_id: int) -> dict | None:
+        call = self._calls.get(call_id)
+        if call is None or call.asgi is None:
+            return {"type": "http.disconnect"}
+        before = call.asgi.consumed
+        message = call.asgi.receive()
+        taken = call.asgi.consumed - before
+        if taken and not call.done and call.link.session is not None:
+            call.link.session.consumed(call.rid, taken)
+            call.link.session.flush_credits()
+            self._wakeups.add(call.link.cid)  # type: ignore[arg-type]
+        return message
+
+    def asgi_send(self, call_id: int, message: dict) -> None:
+        """Hand one app message to the tunnel; raises AsgiError / ClientDisconnected into the app."""
+        call = self._calls[call_id]
+        assert call.asgi is not None
+        parts = call.asgi.send(message)
+        self._respond(call, parts)
+
+    def asgi_writable(self, call_id: int) -> bool:
+        call = self._calls.get(call_id)
+        if call is None or call.done or call.link.session is None:
+            return True
+        return call.link.session.writable(call.rid)
+
+    def app_finished(self, call_id: int, exc: BaseException | None) -> None:
+        call = self._calls.pop(call_id, None)
+        if call is None or call.asgi is None:
+            return
+        if exc is not None:
+            log.error("app failed on %s %s", call.head.method, call.head.target, exc_info=exc)
+        self._respond(call, call.asgi.app_returned(exc))
+        if not call.done:
+            self._cancel(call, "app returned without completing the response")
+        call.link.calls.pop(call.rid, None)
+
+    # --- forward mode --------------------------------------------------------------------
+
+    def _upstream_event(self, up: _Upstream, event: object, now: float) -> None:
+        call = up.call
+        if isinstance(event, UpstreamFailed):
+            self._upstream_failed(up, event.reason)
+            return
+        if call is None:
+            up.closing = True
+            return
+        if isinstance(event, UpstreamResponse):
+            self._respond(call, [ResponseStart(event.head)])
+        elif isinstance(event, UpstreamData):
+            self._respond(call, [ResponseBody(event.data, True)])
+        elif isinstance(event, UpstreamEnded):
+            self._respond(call, [ResponseBody(b"", False)])
+            self._calls.pop(call.cid, None)
+            call.link.calls.pop(call.rid, None)
+            up.call, call.upstream = None, None
+            if up.conn.reusable and not self.stopping:
+                self._idle_upstreams.append(up)
+            else:
+                up.closing = True
+            self._wakeups.add(up.cid)
+
+    def _upstream_failed(self, up: _Upstream, reason: str) -> None:
+        up.closing = True
+        self._wakeups.add(up.cid)
+        call = up.call
+        up.call = None
+        if call is None:
+            return
+        call.upstream = None
+        log.warning("forwarding %s %s failed: %s", call.head.method, call.head.target, reason)
+        if call.response_started:
+            self._cancel(call, reason)
+        else:
+            body = f"Bad Gateway: {reason}".encode()
+            head = ResponseHead(
+                502,
+                "Bad Gateway",
+                [("content-type", "text/plain; charset=utf-8"), ("content-length", str(len(body)))],
+            )
+            self._respond(call, [ResponseStart(head), ResponseBody(body, False)])
+            call.link.calls.pop(call.rid, None)
+        self._calls.pop(call.cid, None)
+
+
+def _header(head: RequestHead, name: str) -> str | None:
+    for key, value in head.headers:
+        if key == name:
+            return value
+    return None
+
+
+def _client_from(head: RequestHead) -> tuple[str, int] | None:
+    """The client as our gateway saw it: the last X-Forwarded-For hop (the one it added)."""
+    xff = _header(head, "x-forwarded-for")
+    if not xff:
+        return None
+    return (xff.rsplit(",", 1)[-1].strip(), 0)
+
+
+def _server_from(head: RequestHead) -> tuple[str, int | None] | None:
+    host = _header(head, "x-forwarded-host") or _header(head, "host")
+    if not host:
+        return None
+    port = _header(head, "x-forwarded-port")
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return (name, int(port) if port and port.isdigit() else None)

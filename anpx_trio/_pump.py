@@ -1,0 +1,115 @@
+"""Moving bytes between trio streams and a sans-IO core (gateway or receiver).
+
+The core decides everything; this module only reads while the core allows it,
+writes what the core has queued, and wakes tasks the core names.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+import trio
+
+log = logging.getLogger("anpx.trio")
+
+_READ_SIZE = 64 * 1024
+STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
+
+
+class Wakers:
+    """Wake-ups by key: a task waits on a key, the core names keys whose state changed.
+
+    trio never switches tasks between a check and ``await wait()``, so a wake-up
+    cannot be lost between the two.
+    """
+
+    def __init__(self) -> None:
+        self._events: dict[int, trio.Event] = {}
+
+    async def wait(self, key: int) -> None:
+        event = self._events.get(key)
+        if event is None:
+            event = self._events[key] = trio.Event()
+        await event.wait()
+
+    def fire(self, keys: set[int]) -> None:
+        for key in keys:
+            event = self._events.pop(key, None)
+            if event is not None:
+                event.set()
+
+
+class Pump:
+    """Shared by the gateway and receiver drivers: one core, its wake-ups, its clock."""
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self.wakers = Wakers()
+
+    @staticmethod
+    def now() -> float:
+        return trio.current_time()
+
+    def sync(self) -> None:
+        """Propagate what the last core call changed; drivers extend this."""
+        self.wakers.fire(self.core.pop_wakeups())
+
+    async def serve(self, cid: int, stream: trio.abc.Stream) -> None:
+        """Pump one connection until the core closes it or the peer goes away."""
+        core = self.core
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reader, cid, stream)
+                await self._writer(cid, stream)
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(1):
+                    try:
+                        await stream.aclose()
+                    except STREAM_ERRORS:
+                        pass
+                core.closed(cid, self.now())
+                self.sync()
+
+    async def _reader(self, cid: int, stream: trio.abc.Stream) -> None:
+        core = self.core
+        while True:
+            while not core.can_read(cid):
+                await self.wakers.wait(cid)
+            try:
+                data = await stream.receive_some(_READ_SIZE)
+            except STREAM_ERRORS:
+                core.lost(cid, self.now())
+                self.sync()
+                return
+            core.receive(cid, bytes(data), self.now())
+            self.sync()
+            if not data:
+                return
+
+    async def _writer(self, cid: int, stream: trio.abc.Stream) -> None:
+        core = self.core
+        while True:
+            data, close = core.take_output(cid)
+            if data:
+                try:
+                    await stream.send_all(data)
+                except STREAM_ERRORS:
+                    core.lost(cid, self.now())
+                    self.sync()
+                    return
+                core.written(cid, self.now())
+                self.sync()
+                continue
+            if close:
+                return
+            await self.wakers.wait(cid)
+
+    async def ticker(self, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            self.core.tick(self.now())
+            self.sync()

@@ -1,0 +1,156 @@
+"""The gateway on trio: listeners, TLS and a pump around :class:`anpx_core.gateway.GatewayCore`."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+
+import trio
+
+from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
+
+from ._pump import STREAM_ERRORS, Pump
+
+log = logging.getLogger("anpx.gateway")
+
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class Listen:
+    host: str
+    port: int
+    tls: ssl.SSLContext | None = None
+
+
+@dataclass(slots=True)
+class BoundPorts:
+    http: int
+    tunnel: int
+    admin: int | None
+
+
+class GatewayServer:
+    """Run with ``await server.run()`` or ``await nursery.start(server.run)``.
+
+    ``nursery.start`` returns the :class:`BoundPorts` once every listener is
+    bound (port 0 picks a free port). :meth:`shutdown` drains: no new requests,
+    in-flight ones finish within ``grace`` seconds, tunnels close with 1001.
+    """
+
+    def __init__(
+        self,
+        settings: GatewaySettings | None = None,
+        *,
+        http: Listen | None = None,
+        tunnel: Listen | None = None,
+        admin: Listen | None = None,
+    ) -> None:
+        self.core = GatewayCore(settings)
+        self.pump = Pump(self.core)
+        self.http = http or Listen("127.0.0.1", 8080)
+        self.tunnel = tunnel or Listen("127.0.0.1", 8765)
+        self.admin = admin
+        self.ports: BoundPorts | None = None
+        self._listeners: trio.CancelScope | None = None
+        self._stopped = trio.Event()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.pump.ticker, TICK_INTERVAL)
+            self._listeners = trio.CancelScope()
+            bound: dict[str, int | None] = {"admin": None}
+            listeners = []
+            for name, spec in (("http", self.http), ("tunnel", self.tunnel), ("admin", self.admin)):
+                if spec is None:
+                    continue
+                socks = await trio.open_tcp_listeners(spec.port, host=spec.host)
+                bound[name] = socks[0].socket.getsockname()[1]
+                listeners.append((name, spec, socks))
+            self.ports = BoundPorts(bound["http"], bound["tunnel"], bound["admin"])  # type: ignore[arg-type]
+            scheme = "https" if self.http.tls else "http"
+            log.info(
+                "gateway listening: %s://%s:%d/ (tunnel %s://%s:%d)",
+                scheme,
+                self.http.host,
+                self.ports.http,
+                "wss" if self.tunnel.tls else "ws",
+                self.tunnel.host,
+                self.ports.tunnel,
+            )
+            nursery.start_soon(self._accept_all, nursery, listeners)
+            task_status.started(self.ports)
+            await self._stopped.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _accept_all(self, nursery: trio.Nursery, listeners: list) -> None:
+        """Accept on every listener until shutdown() cancels ``self._listeners``."""
+        assert self._listeners is not None
+        with self._listeners:
+            async with trio.open_nursery() as accepts:
+                for kind, spec, socks in listeners:
+                    for sock in socks:
+                        accepts.start_soon(self._accept, nursery, kind, spec, sock)
+        for _kind, _spec, socks in listeners:
+            for sock in socks:
+                await sock.aclose()
+
+    async def _accept(self, nursery: trio.Nursery, kind: str, spec: Listen, listener) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                log.warning("accept failed on the %s listener: %s", kind, exc)
+                await trio.sleep(0.1)
+                continue
+            nursery.start_soon(self._connection, kind, spec, stream)
+
+    async def _connection(self, kind: str, spec: Listen, stream: trio.SocketStream) -> None:
+        sock = stream.socket
+        try:
+            peer = sock.getpeername()[:2]
+            local = sock.getsockname()[:2]
+        except OSError:
+            await stream.aclose()
+            return
+        conn: trio.abc.Stream = stream
+        if spec.tls is not None:
+            tls_stream = trio.SSLStream(stream, spec.tls, server_side=True)
+            with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT) as scope:
+                try:
+                    await tls_stream.do_handshake()
+                except STREAM_ERRORS as exc:
+                    log.info("TLS handshake with %s:%s failed: %s", peer[0], peer[1], exc)
+                    await stream.aclose()
+                    return
+            if scope.cancelled_caught:
+                log.info("TLS handshake with %s:%s timed out", peer[0], peer[1])
+                await stream.aclose()
+                return
+            conn = tls_stream
+        now = self.pump.now()
+        if kind == "http":
+            cid = self.core.open_client(now, peer, local, "https" if spec.tls else "http")
+        elif kind == "tunnel":
+            cid = self.core.open_tunnel(now, peer)
+        else:
+            cid = self.core.open_admin(now, peer, local)
+        self.pump.sync()
+        await self.pump.serve(cid, conn)
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Drain and stop: the SIGTERM path."""
+        log.info("draining: %d requests in flight, grace %.0fs", self.core.in_flight, grace)
+        self.core.begin_drain()
+        if self._listeners is not None:
+            self._listeners.cancel()
+        with trio.move_on_after(grace):
+            while self.core.in_flight:
+                await trio.sleep(0.05)
+        self.core.close_tunnels()
+        self.pump.sync()
+        with trio.move_on_after(1.0):
+            while self.core.receivers:
+                await trio.sleep(0.02)
+        self._stopped.set()

@@ -1,0 +1,196 @@
+"""The receiver on trio: tunnels to the gateway, the ASGI app or forwarding, reconnects."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+import trio
+
+from anpx_core.asgi import LifespanCycle
+from anpx_core.receiver import TICK_INTERVAL, ConnectRequest, ReceiverCore, ReceiverSettings
+
+from ._pump import STREAM_ERRORS, Pump
+
+log = logging.getLogger("anpx.receiver")
+
+CONNECT_TIMEOUT = 10.0
+
+
+class StartupError(Exception):
+    """The receiver cannot start serving (lifespan failed, gave up connecting)."""
+
+
+class _ReceiverPump(Pump):
+    def __init__(self, core: ReceiverCore, owner: ReceiverClient) -> None:
+        super().__init__(core)
+        self.owner = owner
+
+    def sync(self) -> None:
+        super().sync()
+        self.owner._dispatch()
+
+
+class ReceiverClient:
+    """Serve ``app`` (ASGI) or a local HTTP service through the gateway.
+
+    ``await ReceiverClient(settings, app).run()``; cancel it to stop abruptly, or call
+    :meth:`shutdown` to drain first. ``tls`` verifies wss:// gateways (a default
+    context verifying certificate and host name is used when omitted).
+    """
+
+    def __init__(
+        self,
+        settings: ReceiverSettings | None = None,
+        app: Any = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.settings = settings or ReceiverSettings()
+        if app is None and self.settings.forward is None:
+            raise ValueError("give an ASGI app or settings.forward = (host, port)")
+        self.app = app
+        self.tls = tls
+        self.core = ReceiverCore(self.settings)
+        self.pump = _ReceiverPump(self.core, self)
+        self._nursery: trio.Nursery | None = None
+        self._stopped = trio.Event()
+        self.ready = trio.Event()  # set once a tunnel is open
+
+    def _dispatch(self) -> None:
+        nursery = self._nursery
+        if nursery is None:
+            return
+        for request in self.core.pop_connects():
+            nursery.start_soon(self._connect, request)
+        for call_id, scope in self.core.pop_app_calls():
+            nursery.start_soon(self._run_call, call_id, scope)
+        if self.core.connected_links and not self.ready.is_set():
+            self.ready.set()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            lifespan = None
+            if self.app is not None:
+                lifespan = LifespanCycle()
+                nursery.start_soon(self._run_lifespan, lifespan)
+                lifespan.startup()
+                self.pump.wakers.fire({-1})
+                while not lifespan.startup_done:
+                    await self.pump.wakers.wait(-2)
+                if lifespan.status == "failed":
+                    raise StartupError(f"app startup failed: {lifespan.message}")
+                self.core.lifespan_state = lifespan.state
+            self._nursery = nursery
+            nursery.start_soon(self.pump.ticker, TICK_INTERVAL)
+            self.core.start(self.pump.now())
+            self.pump.sync()
+            task_status.started(self)
+            with trio.CancelScope() as watch:
+                nursery.start_soon(self._watch_give_up, watch)
+                await self._stopped.wait()
+            if lifespan is not None:
+                lifespan.shutdown()
+                self.pump.wakers.fire({-1})
+                with trio.move_on_after(5):
+                    while not lifespan.shutdown_done:
+                        await self.pump.wakers.wait(-2)
+            nursery.cancel_scope.cancel()
+        if self.core.given_up:
+            raise StartupError(f"gave up connecting to the gateway: {self.core.last_error}")
+
+    async def _watch_give_up(self, scope: trio.CancelScope) -> None:
+        while not self.core.given_up:
+            await trio.sleep(TICK_INTERVAL)
+        self._stopped.set()
+
+    async def _run_lifespan(self, cycle: LifespanCycle) -> None:
+        # wake key -1: a lifespan message is queued; -2: the lifespan status changed
+        async def receive() -> dict:
+            while True:
+                message = cycle.receive()
+                if message is not None:
+                    return message
+                await self.pump.wakers.wait(-1)
+
+        async def send(message: dict) -> None:
+            cycle.send(message)
+            self.pump.wakers.fire({-2})
+
+        exc: BaseException | None = None
+        try:
+            await self.app(cycle.scope, receive, send)
+        except Exception as err:
+            exc = err
+        cycle.app_returned(exc)
+        self.pump.wakers.fire({-2})
+        if cycle.status == "error":
+            log.error("app lifespan task failed: %s", cycle.message)
+
+    async def _connect(self, request: ConnectRequest) -> None:
+        now = self.pump.now
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                if request.tls:
+                    context = self.tls or ssl.create_default_context()
+                    stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
+                        request.host, request.port, ssl_context=context, https_compatible=False
+                    )
+                    await stream.do_handshake()  # type: ignore[attr-defined]
+                else:
+                    stream = await trio.open_tcp_stream(request.host, request.port)
+        except (trio.TooSlowError, *STREAM_ERRORS) as exc:
+            self.core.connect_failed(request.cid, now(), _describe(exc))
+            self.pump.sync()
+            return
+        self.core.connected(request.cid, now())
+        self.pump.sync()
+        await self.pump.serve(request.cid, stream)
+
+    async def _run_call(self, call_id: int, scope: dict) -> None:
+        core, pump = self.core, self.pump
+
+        async def receive() -> dict:
+            while True:
+                message = core.asgi_receive(call_id)
+                pump.sync()
+                if message is not None:
+                    return message
+                await pump.wakers.wait(call_id)
+
+        async def send(message: dict) -> None:
+            core.asgi_send(call_id, message)
+            pump.sync()
+            while not core.asgi_writable(call_id):
+                await pump.wakers.wait(call_id)
+
+        exc: BaseException | None = None
+        try:
+            await self.app(scope, receive, send)
+        except Exception as err:
+            exc = err
+        core.app_finished(call_id, exc)
+        pump.sync()
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Ask the gateways for no new requests, let in-flight ones finish, close."""
+        self.core.begin_drain()
+        self.pump.sync()
+        with trio.move_on_after(grace):
+            while self.core.in_flight:
+                await trio.sleep(0.05)
+        self.core.close()
+        self.pump.sync()
+        with trio.move_on_after(1.0):
+            while self.core.connected_links:
+                await trio.sleep(0.02)
+        self._stopped.set()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verification failed: {exc.verify_message}"
+    return str(exc) or type(exc).__name__
