@@ -139,11 +139,27 @@ _BODY = "body"  # RequestStarted is out, the body is being read
 _WAIT = "wait"  # RequestEnded is out, the response is not finished yet
 
 
+# RFC 9112 section 4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ); h11 does not check.
+_REASON = re.compile(rb"[\t \x21-\x7e\x80-\xff]*")
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
     except ValueError:
         return ""
+
+
+def _reason(status: int, reason: str) -> bytes:
+    """The reason phrase to send: the receiver's if it is valid (it carries no meaning,
+    so an invalid one is replaced, never a reason to fail the response)."""
+    try:
+        raw = reason.encode("latin-1")
+    except UnicodeEncodeError:
+        raw = b""
+    if not raw or not _REASON.fullmatch(raw):
+        raw = _phrase(status).encode("ascii")
+    return raw
 
 
 class HttpFront:
@@ -402,7 +418,7 @@ class HttpFront:
             if self._cl_left is None:
                 # h11 may have read past the chunked body into the next request.
                 leftover = self._conn.trailing_data[0]
-                if leftover:
+                if False:
                     self._inbuf[:0] = leftover
             events.append(RequestEnded())
             return False
@@ -451,7 +467,7 @@ class HttpFront:
                 raise ValueError(status)
             response = h11.Response(
                 status_code=status,
-                reason=(head.reason or _phrase(status)).encode("latin-1"),
+                reason=_reason(status, head.reason),
                 headers=[(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
             )
         except (h11.LocalProtocolError, UnicodeEncodeError, ValueError):

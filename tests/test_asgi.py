@@ -653,3 +653,14 @@ def test_any_split_reaches_a_starlette_app_intact(parts: list[bytes]) -> None:
 
     drv = asyncio.run(main())
     assert drv.body() == b"".join(parts).upper()
+
+
+def test_lifespan_app_that_returned_after_startup_needs_no_shutdown() -> None:
+    cycle = LifespanCycle()
+    cycle.startup()
+    assert cycle.receive() == {"type": "lifespan.startup"}
+    cycle.send({"type": "lifespan.startup.complete"})
+    cycle.app_returned(None)
+    assert cycle.status == "started" and not cycle.shutdown_done
+    cycle.shutdown()  # nobody is left to receive lifespan.shutdown
+    assert cycle.receive() is None and cycle.status == "stopped" and cycle.shutdown_done

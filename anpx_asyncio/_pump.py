@@ -1,0 +1,140 @@
+"""Moving bytes between asyncio streams and a sans-IO core (gateway or receiver).
+
+The asyncio twin of ``anpx_trio._pump``: the core decides everything, this
+module reads while the core allows it, writes what it queued, wakes tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from typing import Any
+
+log = logging.getLogger("anpx.asyncio")
+
+_READ_SIZE = 64 * 1024
+STREAM_ERRORS = (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError)
+
+
+class Wakers:
+    """Wake-ups by key. asyncio never switches tasks between a check and
+    ``await wait()``, so a wake-up cannot be lost between the two."""
+
+    def __init__(self) -> None:
+        self._events: dict[int, asyncio.Event] = {}
+
+    async def wait(self, key: int) -> None:
+        event = self._events.get(key)
+        if event is None:
+            event = self._events[key] = asyncio.Event()
+        await event.wait()
+
+    def fire(self, keys: set[int]) -> None:
+        for key in keys:
+            event = self._events.pop(key, None)
+            if event is not None:
+                event.set()
+
+
+class TaskSet:
+    """Tasks that live as long as their owner; cancelled together (asyncio.TaskGroup is 3.11+)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task] = set()
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def adopt(self, task: asyncio.Task) -> None:
+        """Track a task created elsewhere (e.g. by asyncio.start_server)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task failed", exc_info=task.exception())
+
+    async def cancel_all(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+
+class Pump:
+    """Shared by the gateway and receiver drivers: one core, its wake-ups, its clock."""
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self.wakers = Wakers()
+
+    @staticmethod
+    def now() -> float:
+        return asyncio.get_running_loop().time()
+
+    def sync(self) -> None:
+        self.wakers.fire(self.core.pop_wakeups())
+
+    async def serve(self, cid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Pump one connection until the core closes it or the peer goes away."""
+        read_task = asyncio.get_running_loop().create_task(self._reader(cid, reader))
+        try:
+            await self._writer(cid, writer)
+        finally:
+            read_task.cancel()
+            with contextlib.suppress(BaseException):
+                await read_task
+            writer.close()
+            with contextlib.suppress(*STREAM_ERRORS, asyncio.TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 1)
+            self.core.closed(cid, self.now())
+            self.sync()
+
+    async def _reader(self, cid: int, reader: asyncio.StreamReader) -> None:
+        core = self.core
+        while True:
+            while not core.can_read(cid):
+                await self.wakers.wait(cid)
+            try:
+                data = await reader.read(_READ_SIZE)
+            except STREAM_ERRORS:
+                core.lost(cid, self.now())
+                self.sync()
+                return
+            core.receive(cid, data, self.now())
+            self.sync()
+            if not data:
+                return
+
+    async def _writer(self, cid: int, writer: asyncio.StreamWriter) -> None:
+        core = self.core
+        while True:
+            data, close = core.take_output(cid)
+            if data:
+                try:
+                    writer.write(data)
+                    await writer.drain()
+                except STREAM_ERRORS:
+                    core.lost(cid, self.now())
+                    self.sync()
+                    return
+                core.written(cid, self.now())
+                self.sync()
+                continue
+            if close:
+                return
+            await self.wakers.wait(cid)
+
+    async def ticker(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.core.tick(self.now())
+            self.sync()

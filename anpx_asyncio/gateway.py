@@ -1,0 +1,136 @@
+"""The gateway on asyncio: listeners, TLS and a pump around :class:`anpx_core.gateway.GatewayCore`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass
+
+from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
+
+from ._pump import Pump, TaskSet
+
+log = logging.getLogger("anpx.gateway")
+
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class Listen:
+    host: str
+    port: int
+    tls: ssl.SSLContext | None = None
+
+
+@dataclass(slots=True)
+class BoundPorts:
+    http: int
+    tunnel: int
+    admin: int | None
+
+
+class GatewayServer:
+    """Run with ``await server.run()`` (e.g. as a task); ``await server.started`` gives the
+    :class:`BoundPorts` once every listener is bound (port 0 picks a free port).
+    :meth:`shutdown` drains: no new requests, in-flight ones finish within ``grace``
+    seconds, tunnels close with 1001. Cancelling ``run()`` stops at once."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings | None = None,
+        *,
+        http: Listen | None = None,
+        tunnel: Listen | None = None,
+        admin: Listen | None = None,
+    ) -> None:
+        self.core = GatewayCore(settings)
+        self.pump = Pump(self.core)
+        self.http = http or Listen("127.0.0.1", 8080)
+        self.tunnel = tunnel or Listen("127.0.0.1", 8765)
+        self.admin = admin
+        self.ports: BoundPorts | None = None
+        self._servers: list[asyncio.Server] = []
+        self._tasks = TaskSet()
+        self._stopped: asyncio.Event | None = None
+        self._started: asyncio.Future | None = None
+
+    @property
+    def started(self) -> asyncio.Future:
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_future()
+        return self._started
+
+    async def run(self) -> None:
+        self._stopped = asyncio.Event()
+        bound: dict[str, int | None] = {"admin": None}
+        try:
+            for name, spec in (("http", self.http), ("tunnel", self.tunnel), ("admin", self.admin)):
+                if spec is None:
+                    continue
+                server = await asyncio.start_server(
+                    lambda r, w, kind=name, spec=spec: self._connection(kind, spec, r, w),
+                    spec.host,
+                    spec.port,
+                    ssl=spec.tls,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if spec.tls else None,
+                    limit=64 * 1024,
+                )
+                self._servers.append(server)
+                bound[name] = server.sockets[0].getsockname()[1]
+            self.ports = BoundPorts(bound["http"], bound["tunnel"], bound["admin"])  # type: ignore[arg-type]
+            log.info(
+                "gateway listening: %s://%s:%d/ (tunnel %s://%s:%d)",
+                "https" if self.http.tls else "http",
+                self.http.host,
+                self.ports.http,
+                "wss" if self.tunnel.tls else "ws",
+                self.tunnel.host,
+                self.ports.tunnel,
+            )
+            self._tasks.spawn(self.pump.ticker(TICK_INTERVAL))
+            if not self.started.done():
+                self.started.set_result(self.ports)
+            await self._stopped.wait()
+        finally:
+            for server in self._servers:
+                server.close()
+            await self._tasks.cancel_all()
+
+    async def _connection(self, kind: str, spec: Listen, reader, writer) -> None:
+        peer = writer.get_extra_info("peername")
+        local = writer.get_extra_info("sockname")
+        if peer is None or local is None:
+            writer.close()
+            return
+        peer, local = tuple(peer[:2]), tuple(local[:2])
+        now = self.pump.now()
+        if kind == "http":
+            cid = self.core.open_client(now, peer, local, "https" if spec.tls else "http")
+        elif kind == "tunnel":
+            cid = self.core.open_tunnel(now, peer)
+        else:
+            cid = self.core.open_admin(now, peer, local)
+        self.pump.sync()
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.adopt(task)
+        await self.pump.serve(cid, reader, writer)
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Drain and stop: the SIGTERM path."""
+        log.info("draining: %d requests in flight, grace %.0fs", self.core.in_flight, grace)
+        self.core.begin_drain()
+        for server in self._servers:
+            server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.core.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        self.core.close_tunnels()
+        self.pump.sync()
+        deadline = loop.time() + 1.0
+        while self.core.receivers and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self._stopped is not None:
+            self._stopped.set()

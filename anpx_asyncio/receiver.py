@@ -1,0 +1,215 @@
+"""The receiver on asyncio: tunnels to the gateway, the ASGI app or forwarding, reconnects.
+
+Embed it in a running app, e.g. in a FastAPI lifespan::
+
+    task = asyncio.create_task(ReceiverClient(ReceiverSettings(...), app).run())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+from anpx_core.asgi import LifespanCycle
+from anpx_core.receiver import TICK_INTERVAL, ConnectRequest, ReceiverCore, ReceiverSettings
+
+from ._pump import STREAM_ERRORS, Pump, TaskSet
+
+log = logging.getLogger("anpx.receiver")
+
+CONNECT_TIMEOUT = 10.0
+_LIFESPAN_QUEUED = -1  # wake key: a lifespan message is queued for the app
+_LIFESPAN_CHANGED = -2  # wake key: the lifespan status changed
+
+
+class StartupError(Exception):
+    """The receiver cannot start serving (lifespan failed, gave up connecting)."""
+
+
+class _ReceiverPump(Pump):
+    def __init__(self, core: ReceiverCore, owner: ReceiverClient) -> None:
+        super().__init__(core)
+        self.owner = owner
+
+    def sync(self) -> None:
+        super().sync()
+        self.owner._dispatch()
+
+
+class ReceiverClient:
+    """Serve ``app`` (ASGI) or a local HTTP service through the gateway.
+
+    ``await ReceiverClient(settings, app).run()``; cancel the task to stop at once, or
+    call :meth:`shutdown` to drain first. ``run_lifespan=False`` when the app's lifespan
+    is already run by its own server (embedding in uvicorn).
+    """
+
+    def __init__(
+        self,
+        settings: ReceiverSettings | None = None,
+        app: Any = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+        run_lifespan: bool = True,
+    ) -> None:
+        self.settings = settings or ReceiverSettings()
+        if app is None and self.settings.forward is None:
+            raise ValueError("give an ASGI app or settings.forward = (host, port)")
+        self.app = app
+        self.tls = tls
+        self.run_lifespan = run_lifespan
+        self.core = ReceiverCore(self.settings)
+        self.pump = _ReceiverPump(self.core, self)
+        self._tasks: TaskSet | None = None
+        self._stopped: asyncio.Event | None = None
+        self._ready: asyncio.Event | None = None
+
+    @property
+    def ready(self) -> asyncio.Event:
+        """Set once a tunnel is open."""
+        if self._ready is None:
+            self._ready = asyncio.Event()
+        return self._ready
+
+    def _dispatch(self) -> None:
+        tasks = self._tasks
+        if tasks is None:
+            return
+        for request in self.core.pop_connects():
+            tasks.spawn(self._connect(request))
+        for call_id, scope in self.core.pop_app_calls():
+            tasks.spawn(self._run_call(call_id, scope))
+        if self.core.connected_links and not self.ready.is_set():
+            self.ready.set()
+
+    async def run(self) -> None:
+        self._stopped = asyncio.Event()
+        tasks = TaskSet()
+        try:
+            lifespan = None
+            if self.app is not None and self.run_lifespan:
+                lifespan = LifespanCycle()
+                tasks.spawn(self._run_lifespan(lifespan))
+                lifespan.startup()
+                self.pump.wakers.fire({_LIFESPAN_QUEUED})
+                while not lifespan.startup_done:
+                    await self.pump.wakers.wait(_LIFESPAN_CHANGED)
+                if lifespan.status == "failed":
+                    raise StartupError(f"app startup failed: {lifespan.message}")
+                self.core.lifespan_state = lifespan.state
+            self._tasks = tasks
+            tasks.spawn(self.pump.ticker(TICK_INTERVAL))
+            self.core.start(self.pump.now())
+            self.pump.sync()
+            while not self._stopped.is_set() and not self.core.given_up:
+                try:
+                    await asyncio.wait_for(self._stopped.wait(), TICK_INTERVAL)
+                except asyncio.TimeoutError:
+                    pass
+            if lifespan is not None:
+                lifespan.shutdown()
+                self.pump.wakers.fire({_LIFESPAN_QUEUED})
+                try:
+                    await asyncio.wait_for(self._lifespan_stopped(lifespan), 5)
+                except asyncio.TimeoutError:
+                    log.warning("app lifespan shutdown did not finish in 5s")
+        finally:
+            self._tasks = None
+            await tasks.cancel_all()
+        if self.core.given_up:
+            raise StartupError(f"gave up connecting to the gateway: {self.core.last_error}")
+
+    async def _lifespan_stopped(self, cycle: LifespanCycle) -> None:
+        while not cycle.shutdown_done:
+            await self.pump.wakers.wait(_LIFESPAN_CHANGED)
+
+    async def _run_lifespan(self, cycle: LifespanCycle) -> None:
+        async def receive() -> dict:
+            while True:
+                message = cycle.receive()
+                if message is not None:
+                    return message
+                await self.pump.wakers.wait(_LIFESPAN_QUEUED)
+
+        async def send(message: dict) -> None:
+            cycle.send(message)
+            self.pump.wakers.fire({_LIFESPAN_CHANGED})
+
+        exc: BaseException | None = None
+        try:
+            await self.app(cycle.scope, receive, send)
+        except Exception as err:
+            exc = err
+        cycle.app_returned(exc)
+        self.pump.wakers.fire({_LIFESPAN_CHANGED})
+        if cycle.status == "error":
+            log.error("app lifespan task failed: %s", cycle.message)
+
+    async def _connect(self, request: ConnectRequest) -> None:
+        try:
+            if request.tls:
+                context = self.tls or ssl.create_default_context()
+                opened = asyncio.open_connection(
+                    request.host, request.port, ssl=context, server_hostname=request.host, limit=64 * 1024
+                )
+            else:
+                opened = asyncio.open_connection(request.host, request.port, limit=64 * 1024)
+            reader, writer = await asyncio.wait_for(opened, CONNECT_TIMEOUT)
+        except (asyncio.TimeoutError, *STREAM_ERRORS) as exc:
+            self.core.connect_failed(request.cid, self.pump.now(), _describe(exc))
+            self.pump.sync()
+            return
+        self.core.connected(request.cid, self.pump.now())
+        self.pump.sync()
+        await self.pump.serve(request.cid, reader, writer)
+
+    async def _run_call(self, call_id: int, scope: dict) -> None:
+        core, pump = self.core, self.pump
+
+        async def receive() -> dict:
+            while True:
+                message = core.asgi_receive(call_id)
+                pump.sync()
+                if message is not None:
+                    return message
+                await pump.wakers.wait(call_id)
+
+        async def send(message: dict) -> None:
+            core.asgi_send(call_id, message)
+            pump.sync()
+            while not core.asgi_writable(call_id):
+                await pump.wakers.wait(call_id)
+
+        exc: BaseException | None = None
+        try:
+            await self.app(scope, receive, send)
+        except Exception as err:
+            exc = err
+        core.app_finished(call_id, exc)
+        pump.sync()
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Ask the gateways for no new requests, let in-flight ones finish, close."""
+        loop = asyncio.get_running_loop()
+        self.core.begin_drain()
+        self.pump.sync()
+        deadline = loop.time() + grace
+        while self.core.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        self.core.close()
+        self.pump.sync()
+        deadline = loop.time() + 1.0
+        while self.core.connected_links and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self._stopped is not None:
+            self._stopped.set()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verification failed: {exc.verify_message}"
+    return str(exc) or type(exc).__name__
