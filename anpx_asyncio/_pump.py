@@ -83,7 +83,9 @@ class Pump:
     def sync(self) -> None:
         self.wakers.fire(self.core.pop_wakeups())
 
-    async def serve(self, cid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(
+        self, cid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         """Pump one connection until the core closes it or the peer goes away."""
         read_task = asyncio.get_running_loop().create_task(self._reader(cid, reader))
         try:

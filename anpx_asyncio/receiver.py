@@ -8,6 +8,7 @@ Embed it in a running app, e.g. in a FastAPI lifespan::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from typing import Any
@@ -104,10 +105,8 @@ class ReceiverClient:
             self.core.start(self.pump.now())
             self.pump.sync()
             while not self._stopped.is_set() and not self.core.given_up:
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), TICK_INTERVAL)
-                except asyncio.TimeoutError:
-                    pass
             if lifespan is not None:
                 lifespan.shutdown()
                 self.pump.wakers.fire({_LIFESPAN_QUEUED})
@@ -152,7 +151,11 @@ class ReceiverClient:
             if request.tls:
                 context = self.tls or ssl.create_default_context()
                 opened = asyncio.open_connection(
-                    request.host, request.port, ssl=context, server_hostname=request.host, limit=64 * 1024
+                    request.host,
+                    request.port,
+                    ssl=context,
+                    server_hostname=request.host,
+                    limit=64 * 1024,
                 )
             else:
                 opened = asyncio.open_connection(request.host, request.port, limit=64 * 1024)

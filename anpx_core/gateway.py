@@ -159,12 +159,18 @@ class GatewayCore:
 
     def open_tunnel(self, now: float, peer: tuple[str, int] | None) -> int:
         cid = self._new_id()
-        self._conns[cid] = _Tunnel(cid, WsServer(self.settings.ws, now), _addr(peer), connected_at=now)
+        self._conns[cid] = _Tunnel(
+            cid, WsServer(self.settings.ws, now), _addr(peer), connected_at=now
+        )
         return cid
 
-    def open_admin(self, now: float, client: tuple[str, int] | None, server: tuple[str, int] | None) -> int:
+    def open_admin(
+        self, now: float, client: tuple[str, int] | None, server: tuple[str, int] | None
+    ) -> int:
         cid = self._new_id()
-        self._conns[cid] = _Admin(cid, HttpFront(self.settings.front, now, client=client, server=server))
+        self._conns[cid] = _Admin(
+            cid, HttpFront(self.settings.front, now, client=client, server=server)
+        )
         return cid
 
     def receive(self, cid: int, data: bytes, now: float) -> None:
@@ -330,10 +336,17 @@ class GatewayCore:
         self.stats.requests += 1
         if conn.over_limit:
             self.stats.rejected_connections += 1
-            self._reply(conn, 503, "too many connections", [("retry-after", "1"), ("connection", "close")])
+            self._reply(
+                conn, 503, "too many connections", [("retry-after", "1"), ("connection", "close")]
+            )
             return
         if self.draining:
-            self._reply(conn, 503, "gateway is shutting down", [("retry-after", "5"), ("connection", "close")])
+            self._reply(
+                conn,
+                503,
+                "gateway is shutting down",
+                [("retry-after", "5"), ("connection", "close")],
+            )
             return
         tunnel = self._pick_tunnel()
         if tunnel is None:
@@ -358,14 +371,18 @@ class GatewayCore:
             conn.front.send_continue()
         self._wakeups.add(tunnel.cid)
 
-    def _reply(self, conn: _Client, status: int, text: str, headers: list[tuple[str, str]] = ()) -> None:
+    def _reply(
+        self, conn: _Client, status: int, text: str, headers: list[tuple[str, str]] = ()
+    ) -> None:
         """Answer the current request from the gateway itself."""
         conn.front.send_error(status, text, list(headers))
         conn.status = status
         self._log_access(conn, status)
         self._wakeups.add(conn.cid)
 
-    def _finish(self, conn: _Client, status: int, *, cancel: str | None = None, error: str | None = None) -> None:
+    def _finish(
+        self, conn: _Client, status: int, *, cancel: str | None = None, error: str | None = None
+    ) -> None:
         """End the client's current exchange; cancel the stream if it is still open."""
         tunnel, rid = conn.tunnel, conn.rid
         if tunnel is not None and rid is not None:
@@ -439,10 +456,16 @@ class GatewayCore:
             self._tunnel_gone(tunnel, f"receiver disconnected ({event.code})")
 
     def _handshake(self, tunnel: _Tunnel, event: HandshakeRequested, now: float) -> None:
-        verdict = self.settings.auth.check_request(event.host, event.path, event.headers, tunnel.peer, now)
+        verdict = self.settings.auth.check_request(
+            event.host, event.path, event.headers, tunnel.peer, now
+        )
         if not verdict.ok:
             self.stats.auth_failures += 1
-            log.warning("tunnel handshake from %s refused: %s", tunnel.peer, verdict.reason or verdict.status)
+            log.warning(
+                "tunnel handshake from %s refused: %s",
+                tunnel.peer,
+                verdict.reason or verdict.status,
+            )
             tunnel.ws.reject(verdict.status, "", verdict.headers)
             return
         peer_window = parse_extensions(event.headers)

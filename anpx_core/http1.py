@@ -18,6 +18,20 @@ Pipelining. The next request is surfaced only after :meth:`HttpFront.end_respons
 (or ``receive_data``) surfaces it. That tick also stamps the time the response ended,
 from which the header and keep-alive deadlines of the next request count.
 
+Headers. Names are lower case, values the field bytes read as latin-1. Going in, the
+hop-by-hop fields (Connection and the names it lists -- except Content-Length and Host,
+which carry the message's framing and authority --, Keep-Alive, Transfer-Encoding, TE,
+Trailer, Upgrade, Proxy-*) and Expect (100-continue is answered here) are removed;
+X-Forwarded-For gets the client's address appended to any earlier values, and
+X-Forwarded-Proto, -Host (the Host field) and -Port (the server's port) replace whatever
+the client sent. Going out, the same hop-by-hop fields are removed and h11 frames the
+body: the app's Content-Length if it gave one, else chunked (close-delimited for HTTP/1.0).
+
+Timeouts. A complete request head must arrive within ``header_timeout`` of the
+connection opening or the previous response ending, or the client gets a 408 (slowloris).
+A connection on which nothing of a next request arrived is closed silently after
+``keepalive_timeout`` (``header_timeout`` on a fresh connection).
+
 Errors. Every error the front detects closes the connection after a short text/plain
 response (or, once a response has started, by aborting: the client sees a truncated
 response), and is reported as :class:`RequestFailed`. The engine's own errors go
@@ -28,6 +42,7 @@ was read completely.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -163,6 +178,8 @@ def _reason(status: int, reason: str) -> bytes:
 
 
 class HttpFront:
+    """One client connection, one request/response cycle at a time (see module doc)."""
+
     def __init__(
         self,
         limits: FrontLimits,
@@ -418,7 +435,7 @@ class HttpFront:
             if self._cl_left is None:
                 # h11 may have read past the chunked body into the next request.
                 leftover = self._conn.trailing_data[0]
-                if False:
+                if leftover:
                     self._inbuf[:0] = leftover
             events.append(RequestEnded())
             return False
@@ -537,7 +554,7 @@ class HttpFront:
         self._seen = bool(self._inbuf)
         self._scan = 0
 
-    def send_error(self, status: int, text: str, headers: Headers = ()) -> None:
+    def send_error(self, status: int, text: str, headers: Iterable[tuple[str, str]] = ()) -> None:
         """A complete short text/plain response, or an abort once a response started.
 
         The connection stays open if the request was read completely.

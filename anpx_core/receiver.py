@@ -34,6 +34,8 @@ from .asgi import (
 from .auth import ClientAuth, NoAuth
 from .forward import (
     ForwardConnection,
+    ForwardError,
+    ForwardPool,
     UpstreamData,
     UpstreamEnded,
     UpstreamFailed,
@@ -107,6 +109,7 @@ class ReceiverSettings:
     send_frame_size: int = M.DEFAULT_SEND_FRAME_SIZE
     codec: M.Limits = field(default_factory=M.Limits)
     max_buffered_body: int = DEFAULT_STREAM_WINDOW  # request body held for an app not reading
+    max_idle_upstreams: int = 8  # forward mode: keep-alive connections kept for reuse
     auth: ClientAuth = field(default_factory=NoAuth)
     root_path: str = ""
 
@@ -150,6 +153,8 @@ class _Call:
     body_out: int = 0
     done: bool = False  # our response is complete or the stream is gone
     head_flush_due: bool = False
+    body_upstream: int = 0  # request body bytes handed to an upstream connection
+    request_ended: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -172,7 +177,7 @@ class ReceiverCore:
         self._links = [_Link(GatewayAddress.parse(u)) for u in self.settings.gateway_urls]
         self._conns: dict[int, _Link | _Upstream] = {}
         self._calls: dict[int, _Call] = {}
-        self._idle_upstreams: list[_Upstream] = []
+        self._pool = ForwardPool(self.settings.max_idle_upstreams)
         self._connects: list[ConnectRequest] = []
         self._app_calls: list[tuple[int, dict]] = []
         self._wakeups: set[int] = set()
@@ -216,9 +221,13 @@ class ReceiverCore:
                 for event in link.ws.tick(now):
                     self._link_event(link, event, now)
                 self._wakeups.add(link.cid)  # type: ignore[arg-type]
-            elif link.state == "idle" and link.retry_at is not None and now >= link.retry_at:
-                if not self.stopping:
-                    self._dial(link)
+            elif (
+                link.state == "idle"
+                and link.retry_at is not None
+                and now >= link.retry_at
+                and not self.stopping
+            ):
+                self._dial(link)
         for call in list(self._calls.values()):
             if call.head_flush_due and call.link.session is not None:
                 call.head_flush_due = False
@@ -243,7 +252,9 @@ class ReceiverCore:
     def connect_failed(self, cid: int, now: float, reason: str) -> None:
         conn = self._conns.pop(cid, None)
         if isinstance(conn, _Link):
-            self._link_down(conn, now, f"cannot connect to {conn.address.host}:{conn.address.port}: {reason}")
+            self._link_down(
+                conn, now, f"cannot connect to {conn.address.host}:{conn.address.port}: {reason}"
+            )
         elif isinstance(conn, _Upstream) and conn.call is not None:
             self._upstream_failed(conn, f"local service unreachable: {reason}")
 
@@ -303,10 +314,9 @@ class ReceiverCore:
     def closed(self, cid: int, now: float) -> None:
         conn = self._conns.pop(cid, None)
         if isinstance(conn, _Link):
-            self._link_down(conn, now, conn.ws and "tunnel closed" or "connection closed")
+            self._link_down(conn, now, (conn.ws and "tunnel closed") or "connection closed")
         elif isinstance(conn, _Upstream):
-            if conn in self._idle_upstreams:
-                self._idle_upstreams.remove(conn)
+            self._pool.discard(conn.conn)
             if conn.call is not None and not conn.call.done:
                 self._upstream_failed(conn, "local service closed the connection")
 
@@ -334,7 +344,8 @@ class ReceiverCore:
                 link.ws.close(1001, "receiver shutting down")
                 self._wakeups.add(link.cid)  # type: ignore[arg-type]
             link.retry_at = None
-        for up in list(self._idle_upstreams):
+        for idle in self._pool.close_all():
+            up = idle.handle
             up.closing = True
             self._wakeups.add(up.cid)
 
@@ -369,12 +380,23 @@ class ReceiverCore:
         elif not self.settings.reconnect_enabled or (limit and link.attempts > limit):
             link.retry_at = None
             self.given_up = all(lk.retry_at is None and lk.state == "idle" for lk in self._links)
-            log.error("giving up on %s after %d attempts: %s", link.address.host_header, link.attempts, why)
+            log.error(
+                "giving up on %s after %d attempts: %s",
+                link.address.host_header,
+                link.attempts,
+                why,
+            )
         else:
             base = self.settings.reconnect_delay * 2 ** min(link.attempts - 1, 16)
             delay = min(base, MAX_RECONNECT_DELAY) * (0.5 + self._rng())  # jitter: x0.5 .. x1.5
             link.retry_at = now + delay
-            log.info("reconnecting to %s in %.1fs (attempt %d): %s", link.address.host_header, delay, link.attempts, why)
+            log.info(
+                "reconnecting to %s in %.1fs (attempt %d): %s",
+                link.address.host_header,
+                delay,
+                link.attempts,
+                why,
+            )
 
     def _link_event(self, link: _Link, event: object, now: float) -> None:
         if isinstance(event, BinaryReceived):
@@ -404,7 +426,11 @@ class ReceiverCore:
             )
             link.state = "open"
             link.attempts = 0
-            log.info("tunnel to %s open (%s)", link.address.host_header, "flow control" if link.session.flow else "v1 gateway")
+            log.info(
+                "tunnel to %s open (%s)",
+                link.address.host_header,
+                "flow control" if link.session.flow else "v1 gateway",
+            )
         elif isinstance(event, HandshakeRejected):
             why = f"gateway refused the tunnel: HTTP {event.status}"
             log.error("%s", why)
@@ -434,16 +460,28 @@ class ReceiverCore:
                     return
                 self._wakeups.add(call.cid)
             elif call.upstream is not None:
-                call.upstream.conn.send_body(event.data)
-                call.upstream.pending_body += len(event.data)
-                self._wakeups.add(call.upstream.cid)
+                up = call.upstream
+                call.body_upstream += len(event.data)
+                try:
+                    up.conn.send_body(event.data)
+                except ForwardError as exc:
+                    self._upstream_failed(up, str(exc))
+                    return
+                up.pending_body += len(event.data)
+                self._wakeups.add(up.cid)
         elif isinstance(event, StreamEnd):
             if call.asgi is not None:
                 call.asgi.body_ended()
                 self._wakeups.add(call.cid)
             elif call.upstream is not None:
-                call.upstream.conn.end_body()
-                self._wakeups.add(call.upstream.cid)
+                call.request_ended = True
+                up = call.upstream
+                try:
+                    up.conn.end_body()
+                except ForwardError as exc:
+                    self._upstream_failed(up, str(exc))
+                    return
+                self._wakeups.add(up.cid)
         elif isinstance(event, StreamReset):
             self._call_gone(call, event.reason)
         elif isinstance(event, StreamWritable):
@@ -470,15 +508,27 @@ class ReceiverCore:
             call.asgi = AsgiHttpCall(scope, self.settings.max_buffered_body)
             self._app_calls.append((call.cid, scope))
             return
-        up = self._idle_upstreams.pop() if self._idle_upstreams else None
-        if up is None:
-            host, port = self.settings.forward
+        self._forward(call, reuse=True)
+
+    def _forward(self, call: _Call, *, reuse: bool) -> None:
+        """Send the call's request to the local service, on a pooled connection if any."""
+        pooled = self._pool.acquire() if reuse else None
+        if pooled is not None:
+            up = pooled.handle
+        else:
+            host, port = self.settings.forward  # type: ignore[misc]
             up = _Upstream(self._new_id(), ForwardConnection(host, port))
+            up.conn.handle = up
             self._conns[up.cid] = up
             self._connects.append(ConnectRequest(up.cid, host, port, False, "upstream"))
         up.call, call.upstream = call, up
-        up.conn.start_request(head)
         self._wakeups.add(up.cid)
+        try:
+            up.conn.start_request(call.head)
+            if call.request_ended:
+                up.conn.end_body()
+        except ForwardError as exc:
+            self._upstream_failed(up, f"cannot forward this request: {exc}")
 
     def _respond(self, call: _Call, parts: list[ResponsePart]) -> None:
         session = call.link.session
@@ -506,7 +556,12 @@ class ReceiverCore:
     def _complete(self, call: _Call) -> None:
         call.done = True
         access_log.info(
-            "%s %s %s %d %dB", call.rid, call.head.method, call.head.target, call.status, call.body_out
+            "%s %s %s %d %dB",
+            call.rid,
+            call.head.method,
+            call.head.target,
+            call.status,
+            call.body_out,
         )
 
     def _cancel(self, call: _Call, reason: str) -> None:
@@ -575,6 +630,17 @@ class ReceiverCore:
     def _upstream_event(self, up: _Upstream, event: object, now: float) -> None:
         call = up.call
         if isinstance(event, UpstreamFailed):
+            if (
+                event.stale
+                and call is not None
+                and not call.body_upstream
+                and not call.response_started
+            ):
+                # the service closed this idle connection: replay on a fresh one
+                up.closing, up.call, call.upstream = True, None, None
+                self._wakeups.add(up.cid)
+                self._forward(call, reuse=False)
+                return
             self._upstream_failed(up, event.reason)
             return
         if call is None:
@@ -589,9 +655,7 @@ class ReceiverCore:
             self._calls.pop(call.cid, None)
             call.link.calls.pop(call.rid, None)
             up.call, call.upstream = None, None
-            if up.conn.reusable and not self.stopping:
-                self._idle_upstreams.append(up)
-            else:
+            if self.stopping or not self._pool.release(up.conn):
                 up.closing = True
             self._wakeups.add(up.cid)
 

@@ -33,7 +33,9 @@ class Stats:
                 "receivers": receivers,
                 "in_flight": in_flight,
                 "requests": self.requests,
-                "responses_by_status": {str(k): v for k, v in sorted(self.responses_by_status.items())},
+                "responses_by_status": {
+                    str(k): v for k, v in sorted(self.responses_by_status.items())
+                },
                 "bytes_in": self.bytes_in,
                 "bytes_out": self.bytes_out,
                 "timeouts": self.timeouts,

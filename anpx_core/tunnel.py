@@ -102,7 +102,9 @@ class TunnelBroken:
     reason: str
 
 
-StreamEvent = StreamHead | StreamData | StreamEnd | StreamReset | StreamWritable | PeerDraining | TunnelBroken
+StreamEvent = (
+    StreamHead | StreamData | StreamEnd | StreamReset | StreamWritable | PeerDraining | TunnelBroken
+)
 
 
 # --- per-stream state ----------------------------------------------------------------------
@@ -242,10 +244,8 @@ class TunnelSession:
         stream = self._streams.get(request_id)
         if stream is None:
             return True  # gone: sends are dropped, never block the producer
-        if self.flow:
-            ok = not stream.blocked and stream.send_credit > 0
-        else:
-            ok = True  # v1: the engine applies connection-level backpressure
+        # v1: no per-stream limit; the engine applies connection-level backpressure
+        ok = not self.flow or (not stream.blocked and stream.send_credit > 0)
         if not ok:
             stream.want_writable = True
         return ok

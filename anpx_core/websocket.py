@@ -72,7 +72,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
-from wsproto.utilities import RemoteProtocolError
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "BinaryReceived",
@@ -324,7 +324,7 @@ class _WsConnection(ABC):
         """Send one JSON control message; it must be an object with a string "type"."""
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise ValueError("a control message is a dict with a str 'type'")
-        text = json.dumps(message, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         if self._state == "open":
             self._out.append(self._ws.send(TextMessage(data=text)))
         elif self._state == "handshake":
@@ -529,7 +529,7 @@ class WsServer(_WsConnection):
             data = self._ws.send(
                 AcceptConnection(subprotocol=subprotocol, extra_headers=_byte_headers(headers))
             )
-        except (h11.LocalProtocolError, ValueError) as exc:
+        except (LocalProtocolError, h11.LocalProtocolError, ValueError) as exc:
             raise ValueError(f"cannot accept: {exc}") from exc
         self._out.append(data)
         self._opened()

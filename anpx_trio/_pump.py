@@ -6,6 +6,7 @@ writes what the core has queued, and wakes tasks the core names.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from typing import Any
@@ -67,10 +68,8 @@ class Pump:
         finally:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(1):
-                    try:
+                    with contextlib.suppress(STREAM_ERRORS):
                         await stream.aclose()
-                    except STREAM_ERRORS:
-                        pass
                 core.closed(cid, self.now())
                 self.sync()
 

@@ -114,6 +114,27 @@ def min_frame_size(m: Message) -> int:
     return single_size(m) if not m.body else min(single_size(m), headless + 18)
 
 
+def frame_sizes(m: Message, lo: int, chunk_tot: bool = True) -> st.SearchStrategy[int]:
+    """max_frame_size values: the minimum, near it, across the chunked range, at exact fits."""
+    if isinstance(m, ErrorMessage):
+        return st.one_of(st.just(lo), st.integers(lo, lo + 1000))
+    # per chunk: header, request_id, chunk_idx, chunk_tot?, body TLV; once: meta, final_chunk
+    per_chunk = 24 + 5 + len(m.request_id.encode()) + 9 + (9 if chunk_tot else 0) + 5
+    once = 5 + meta_len(m) + 6
+
+    def exact_fit(n_delta: tuple[int, int]) -> int:
+        n, delta = n_delta  # frames of this size hold the body in exactly n chunks
+        return max(lo, -(-(len(m.body) + n * per_chunk + once) // n) + delta)
+
+    return st.one_of(
+        st.just(lo),
+        st.integers(lo, lo + 80),
+        st.integers(lo, max(lo, single_size(m) + 10)),
+        st.tuples(st.integers(1, 8), st.integers(-1, 1)).map(exact_fit),
+        st.integers(lo, 1 << 17),
+    )
+
+
 def tlvs(wire: bytes) -> dict[int, bytes]:
     return dict(decode_frame(wire).tlvs)
 
@@ -159,9 +180,7 @@ def check_streaming_layout(frames: list[bytes], meta_tag: int, with_total: bool)
 @given(MESSAGES, st.data())
 def test_encode_decode_round_trip_any_frame_size(m: Message, data: st.DataObject) -> None:
     lo = min_frame_size(m)
-    size = data.draw(
-        st.one_of(st.just(lo), st.integers(lo, lo + 80), st.integers(lo, 1 << 17)), "size"
-    )
+    size = data.draw(frame_sizes(m, lo), "size")
     frames = encode_message(m, size)
     assert all(len(wire) <= size for wire in frames)
     assert decode_message(frames) == m
@@ -184,7 +203,7 @@ def test_streaming_encoder_any_splits_and_flushes(
 ) -> None:
     # chunk 0 of the streaming layout: header, request_id, chunk_idx, meta
     lo = 24 + 5 + len(m.request_id.encode()) + 9 + 5 + meta_len(m)
-    size = data.draw(st.one_of(st.integers(lo, lo + 80), st.integers(lo, 1 << 16)), "size")
+    size = data.draw(frame_sizes(m, lo, chunk_tot=False), "size")
     cuts = sorted(data.draw(st.lists(st.integers(0, len(m.body)), max_size=8), "cuts"))
     parts = [m.body[a:b] for a, b in zip([0, *cuts], [*cuts, len(m.body)], strict=True)]
     flushes = data.draw(st.lists(st.booleans(), min_size=len(parts), max_size=len(parts)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import struct
 import threading
@@ -15,7 +17,6 @@ from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
-    BytesMessage,
     CloseConnection,
     Ping,
     Pong,
@@ -67,7 +68,9 @@ def pump(client: WsClient, server: WsServer, now: float = 0.0) -> tuple[list, li
             cev += client.receive_data(to_client, now)
 
 
-def raw_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True, rsv: int = 0) -> bytes:
+def raw_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True, rsv: int = 0
+) -> bytes:
     """An RFC 6455 frame built by hand (client frames are masked)."""
     head = bytes([(0x80 if fin else 0) | rsv | opcode])
     bit = 0x80 if mask else 0
@@ -127,7 +130,12 @@ def closes(events: list) -> list[Closed]:
 
 def test_handshake_carries_path_host_headers_and_subprotocol():
     client = WsClient(
-        "gw.example:8443", "/tunnel?x=1", LIMITS, 0.0, [("Authorization", "Bearer t")], ["anpx", "v1"]
+        "gw.example:8443",
+        "/tunnel?x=1",
+        LIMITS,
+        0.0,
+        [("Authorization", "Bearer t")],
+        ["anpx", "v1"],
     )
     assert client.state == "handshake"
     server = WsServer(LIMITS, 0.0)
@@ -159,8 +167,10 @@ def test_reject_reaches_the_client_with_status_headers_and_body():
     server.reject(401, "no entry", [("www-authenticate", "Bearer")])
     assert server.closed
     events = client.receive_data(server.data_to_send(), 0.0)
-    assert events[0] == HandshakeRejected(401, events[0].headers, b"no entry")
-    assert ("www-authenticate", "Bearer") in events[0].headers
+    rejected = events[0]
+    assert isinstance(rejected, HandshakeRejected)
+    assert (rejected.status, rejected.body) == (401, b"no entry")
+    assert ("www-authenticate", "Bearer") in rejected.headers
     assert events[1:] == [Closed(1006, "handshake rejected with HTTP 401", False)]
     assert client.closed
     assert closes(server.tick(1.0)) == [Closed(1008, "handshake rejected with HTTP 401", False)]
@@ -193,7 +203,9 @@ def _upgrade(**override: str | None) -> bytes:
     }
     method = override.pop("method", None) or "GET"
     headers.update(override)
-    lines = [f"{method} /tunnel HTTP/1.1"] + [f"{k}: {v}" for k, v in headers.items() if v is not None]
+    lines = [f"{method} /tunnel HTTP/1.1"] + [
+        f"{k}: {v}" for k, v in headers.items() if v is not None
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -233,7 +245,9 @@ def test_the_handshake_size_limit_applies_before_the_head_is_complete():
 
 
 def test_a_liberal_server_accepts_bare_newlines_leading_blank_lines_and_odd_casing():
-    request = _upgrade(Upgrade="WebSocket", Connection="keep-alive, Upgrade").replace(b"\r\n", b"\n")
+    request = _upgrade(Upgrade="WebSocket", Connection="keep-alive, Upgrade").replace(
+        b"\r\n", b"\n"
+    )
     server = WsServer(LIMITS, 0.0)
     events = server.receive_data(b"\r\n" + request, 0.0)
     assert isinstance(events[0], HandshakeRequested)
@@ -275,8 +289,7 @@ def test_handshake_timeout_on_both_sides():
 def test_frames_sent_with_the_handshake_are_delivered_after_accept():
     early = raw_frame(2, b"early bird")
     server = WsServer(LIMITS, 0.0)
-    peer = RawPeer(server, extra=early)
-    assert peer.ws is not None
+    RawPeer(server, extra=early)
     assert server.tick(0.0) == [BinaryReceived(b"early bird")]
 
 
@@ -340,7 +353,7 @@ def test_fragmented_messages_are_reassembled_with_control_frames_between():
         + raw_frame(9, b"p1")  # a ping may sit between fragments
         + raw_frame(0, b"def", fin=False)
         + raw_frame(0, b"g")
-        + raw_frame(1, '{"type": "x", "v": "'.encode() + "é".encode()[:1], fin=False)
+        + raw_frame(1, b'{"type": "x", "v": "' + "é".encode()[:1], fin=False)
         + raw_frame(0, "é".encode()[1:] + b'"}')
     )
     events = server.receive_data(wire, 0.0)
@@ -355,7 +368,11 @@ def test_every_byte_split_gives_the_same_events():
     events = []
     for i in range(len(wire)):
         events += server.receive_data(wire[i : i + 1], 0.0)
-    assert events == [BinaryReceived(b"x" * 300), ControlReceived({"type": "t"}), BinaryReceived(b"")]
+    assert events == [
+        BinaryReceived(b"x" * 300),
+        ControlReceived({"type": "t"}),
+        BinaryReceived(b""),
+    ]
 
 
 def test_size_limit_exact_is_accepted_and_one_more_byte_closes_1009():
@@ -399,6 +416,12 @@ def test_the_limit_fires_before_an_oversized_message_completes():
     assert server.receive_data(b"", 0.0) == [] and server.closed
 
 
+def test_deeply_nested_json_closes_1003_without_escaping():
+    server = WsServer(WsLimits(max_message_size=1 << 20), 0.0)
+    RawPeer(server)
+    assert [e.code for e in server.receive_data(raw_frame(1, b"[" * 200_000), 0.0)] == [1003]
+
+
 def test_json_ping_is_answered_with_the_same_timestamp_and_not_surfaced():
     server = WsServer(LIMITS, 0.0)
     peer = RawPeer(server)
@@ -418,7 +441,7 @@ def test_json_ping_is_answered_with_the_same_timestamp_and_not_surfaced():
         (b'"ping"', 1003),
         (b'{"no": "type"}', 1003),
         (b'{"type": 5}', 1003),
-        (b"[" * 100000, 1003),
+        (b"[" * 999, 1003),
         (b'{"type": "x", "v": "\xff"}', 1007),
         (b"\xed\xa0\x80", 1007),  # an encoded surrogate is not UTF-8
     ],
@@ -563,20 +586,20 @@ def test_messages_that_cross_our_close_are_still_delivered():
 
 
 def test_close_timeout_and_eof_while_closing():
-    client, server = open_pair(now=10.0)
+    _, server = open_pair(now=10.0)
     server.close(1001, "shutdown")
     assert server.next_deadline() == 15.0
     assert server.tick(14.9) == []
     assert server.tick(15.0) == [Closed(1001, "shutdown", False)]
     assert server.closed
 
-    client, server = open_pair()
+    _, server = open_pair()
     server.close(1001, "shutdown")
     assert server.receive_data(b"", 1.0) == [Closed(1001, "shutdown", False)]
 
 
 def test_eof_without_close_gives_1006_exactly_once():
-    client, server = open_pair()
+    _, server = open_pair()
     assert server.receive_data(b"", 1.0) == [
         Closed(1006, "connection closed without a Close frame", False)
     ]
@@ -598,7 +621,9 @@ def test_a_peer_close_without_status_is_reported_as_1005():
 messages = st.lists(
     st.one_of(
         st.binary(max_size=1200),
-        st.fixed_dictionaries({"type": st.sampled_from(["a", "ping", "pong"])}, optional={"v": st.text()}),
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["a", "ping", "pong"])}, optional={"v": st.text(max_size=40)}
+        ),
     ),
     max_size=8,
 )
@@ -608,7 +633,7 @@ def _feed_server(wire: bytes, cuts: list[int]) -> list:
     server = WsServer(LIMITS, 0.0)
     events: list = []
     edges = sorted({c % (len(wire) + 1) for c in cuts} | {0, len(wire)})
-    for a, b in zip(edges, edges[1:], strict=False):
+    for a, b in itertools.pairwise(edges):
         for ev in server.receive_data(wire[a:b], 0.0):
             events.append(ev)
             if isinstance(ev, HandshakeRequested):
@@ -621,12 +646,7 @@ def _feed_server(wire: bytes, cuts: list[int]) -> list:
 @FAST
 @given(messages, st.lists(st.integers(min_value=0), max_size=30))
 def test_any_split_of_a_client_stream_gives_the_same_server_events(msgs, cuts):
-    client = WsClient("h", "/t", LIMITS, 0.0)
-    server = WsServer(LIMITS, 0.0)
-    server.receive_data(client.data_to_send(), 0.0)
-    server.accept()
-    client.receive_data(server.data_to_send(), 0.0)
-    # Re-run the handshake bytes into fresh servers: rebuild the whole client-side stream.
+    # One client stream (handshake, messages, Close), fed to fresh servers whole and in pieces.
     fresh = WsClient("h", "/t", LIMITS, 0.0)
     head = fresh.data_to_send()
     replay = WsServer(LIMITS, 0.0)
@@ -645,7 +665,9 @@ def test_any_split_of_a_client_stream_gives_the_same_server_events(msgs, cuts):
         for e in expected
         if not (isinstance(e, ControlReceived) and e.message["type"] in ("ping", "pong"))
     ]
-    oversized = next((i for i, m in enumerate(msgs) if isinstance(m, bytes) and len(m) > 1000), None)
+    oversized = next(
+        (i for i, m in enumerate(msgs) if isinstance(m, bytes) and len(m) > 1000), None
+    )
     delivered = [e for e in whole if isinstance(e, BinaryReceived | ControlReceived)]
     if oversized is None:
         assert delivered == expected
@@ -666,7 +688,7 @@ def test_garbage_never_escapes_the_server(prefix, garbage, cuts):
     server = WsServer(LIMITS, 0.0)
     events: list = []
     edges = sorted({c % (len(wire) + 1) for c in cuts} | {0, len(wire)})
-    for a, b in zip(edges, edges[1:], strict=False):
+    for a, b in itertools.pairwise(edges):
         for ev in server.receive_data(wire[a:b], 0.0):
             events.append(ev)
             if isinstance(ev, HandshakeRequested):
@@ -678,7 +700,7 @@ def test_garbage_never_escapes_the_server(prefix, garbage, cuts):
     assert server.closed
     out = server.data_to_send()
     if not any(isinstance(e, HandshakeRequested) for e in events):
-        assert out == b"" or out.startswith((b"HTTP/1.1 4"))
+        assert out == b"" or out.startswith(b"HTTP/1.1 4")
 
 
 @FAST
@@ -742,7 +764,7 @@ async def _serve_ours(nursery: trio.Nursery, limits: WsLimits, results: list) ->
     async def handler(stream: trio.SocketStream) -> None:
         results.append(await _drive(stream, WsServer(limits, trio.current_time()), _echo))
 
-    listeners = await nursery.start(trio.serve_tcp, handler, 0, host="127.0.0.1")
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
     return listeners[0].socket.getsockname()[1]
 
 
@@ -778,7 +800,7 @@ def test_our_server_with_a_trio_websocket_client():
 
     trio.run(main)
     first, second = results
-    assert closes(first) == [Closed(1000, "", True)] or closes(first)[0].code in (1000, 1005)
+    assert closes(first) == [Closed(1000, "", True)]
     assert [c.code for c in closes(second)] == [1009]
 
 
@@ -789,9 +811,10 @@ def test_our_client_with_a_trio_websocket_server():
     async def handler(request: trio_websocket.WebSocketRequest) -> None:
         ws = await request.accept(subprotocol="anpx", extra_headers=[(b"x-gw", b"1")])
         try:
-            await ws.ping(b"alive")  # our client must answer WebSocket pings
+            await ws.ping(b"alive")  # returns once our client answered with a Pong
             await ws.send_message('{"type": "ping", "timestamp": 7}')
             seen_by_server.append(json.loads(await ws.get_message()))
+            await ws.send_message('{"type": "go"}')
             while True:
                 msg = await ws.get_message()
                 seen_by_server.append(msg)
@@ -804,14 +827,20 @@ def test_our_client_with_a_trio_websocket_server():
             server = await nursery.start(
                 trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None
             )
-            port = server.port
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            client = WsClient(f"127.0.0.1:{port}", "/t", WsLimits(), trio.current_time(), subprotocols=["anpx"])
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            client = WsClient(
+                f"127.0.0.1:{server.port}",
+                "/t",
+                WsLimits(),
+                trio.current_time(),
+                subprotocols=["anpx"],
+            )
             got: list = []
 
             def on_event(ws, ev) -> None:
                 if isinstance(ev, HandshakeAccepted):
                     assert ev.subprotocol == "anpx" and ("x-gw", "1") in ev.headers
+                elif isinstance(ev, ControlReceived) and ev.message == {"type": "go"}:
                     ws.send_binary(payload)
                     ws.send_control({"type": "hello", "n": 1})
                 elif isinstance(ev, BinaryReceived | ControlReceived):
@@ -821,6 +850,8 @@ def test_our_client_with_a_trio_websocket_server():
 
             with trio.fail_after(10):
                 events = await _drive(stream, client, on_event)
+                while not seen_by_server or seen_by_server[-1] != 1000:
+                    await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
             return events + got
 
@@ -828,8 +859,12 @@ def test_our_client_with_a_trio_websocket_server():
     assert BinaryReceived(payload) in events
     assert ControlReceived({"type": "hello", "n": 1}) in events
     assert closes(events) == [Closed(1000, "done", True)]
-    assert seen_by_server[0] == {"type": "pong", "timestamp": 7}
-    assert seen_by_server[-1] == 1000
+    assert seen_by_server == [
+        {"type": "pong", "timestamp": 7},
+        payload,
+        '{"type":"hello","n":1}',
+        1000,
+    ]
 
 
 def test_our_server_with_the_websockets_library_client():
@@ -867,11 +902,13 @@ def test_our_client_with_the_websockets_library_server():
 
     received: list = []
 
-    def handler(ws) -> None:
+    def handler(ws) -> None:  # the v1 gateway's control handling, plus an echo
         for msg in ws:
             received.append(msg)
-            if isinstance(msg, str) and json.loads(msg).get("type") == "ping":
-                ws.send(json.dumps({"type": "pong", "timestamp": json.loads(msg)["timestamp"]}))
+            if isinstance(msg, str):
+                ping = json.loads(msg)
+                ws.send(json.dumps({"type": "pong", "timestamp": ping.get("timestamp")}))
+                ws.send(json.dumps({"type": "done"}))
             else:
                 ws.send(msg)
 
@@ -891,6 +928,7 @@ def test_our_client_with_the_websockets_library_server():
                 ws.send_binary(b"frame" * 20000)
             elif isinstance(ev, BinaryReceived):
                 got.append(ev)
+            elif isinstance(ev, ControlReceived) and ev.message["type"] == "done":
                 ws.close()
 
         with trio.fail_after(10):
@@ -906,3 +944,4 @@ def test_our_client_with_the_websockets_library_server():
     assert BinaryReceived(b"frame" * 20000) in events
     assert closes(events) == [Closed(1000, "", True)]
     assert received[0] == b"frame" * 20000
+    assert json.loads(received[1])["type"] == "ping"

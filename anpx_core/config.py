@@ -1,0 +1,735 @@
+"""Configuration: the ANP Proxy ``config.toml`` schema, our additions, validation.
+
+An anp-proxy ``config.toml`` loads unchanged: every key of the seed's schema is
+accepted with the seed's meaning. Keys the seed had for features anpx does not
+have (DID-WBA, the service database) are accepted and listed in
+:attr:`Config.ignored` so the driver can log them, except where ignoring one
+would weaken security (``did_wba_enabled = true`` is an error).
+
+Everything else that is wrong - an unknown key, a wrong type, an impossible
+value, contradicting keys - raises :class:`ConfigError`, whose ``str`` is one
+line naming the key with its section and what is expected. Files named by the
+config (certificates, keys) are not opened here; the driver does that.
+
+Precedence: option (``overrides``) > file > default. The reference of every
+key is ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from .gateway import GatewaySettings
+    from .receiver import ReceiverSettings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "MODES",
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "GatewayConfig",
+    "LoggingConfig",
+    "ReceiverConfig",
+    "TlsConfig",
+    "load_config",
+    "parse_config",
+    "to_gateway_settings",
+    "to_receiver_settings",
+]
+
+MODES = ("gateway", "receiver", "both")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+VERIFY_MODES = ("none", "optional", "required")
+MiB = 1024 * 1024
+#: A frame must hold its header, the request id and some body; smaller is useless.
+MIN_FRAME_SIZE = 1024
+#: Receive limit ceiling: a WebSocket message is buffered whole before decoding.
+MAX_FRAME_SIZE = 1024 * MiB
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``str()`` is one line meant for the user as is.
+
+    ``path`` is the dotted key (``"gateway.port"``) when one key is to blame;
+    ``from_option`` is true when its value came from ``overrides`` (the command
+    line), so the CLI can name the option.
+    """
+
+    prefix = "config error"
+
+    def __init__(self, message: str, *, path: str | None = None, from_option: bool = False) -> None:
+        # One line, whatever the message quotes.
+        self.message = " ".join(str(message).split())
+        self.path = path
+        self.from_option = from_option
+        super().__init__(f"{self.prefix}: {self.message}")
+
+
+# --- field declarations --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    kind: str  # bool | int | float | str | choice | size | path | urls
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself is not allowed
+    choices: tuple[str, ...] = ()
+    unit: str = ""
+    nonempty: bool = False
+    secret: bool = False  # never echo the value in an error
+    # Extra check on a well-typed value: returns None when fine, else what is expected.
+    extra: Callable[[Any], str | None] | None = None
+
+
+def _opt(default: Any, kind: str, **check: Any) -> Any:
+    return field(default=default, metadata={"check": _Check(kind, **check)})
+
+
+_SECTION = {"section": True}
+
+
+def _module_attr(value: str) -> str | None:
+    ident = r"[^\W\d]\w*"
+    dotted = rf"{ident}(?:\.{ident})*"
+    if re.fullmatch(rf"{dotted}:{dotted}", value):
+        return None
+    return 'expected "module:attribute", e.g. "myapp.main:app"'
+
+
+def _root_path(value: str) -> str | None:
+    if value == "" or (value.startswith("/") and not value.endswith("/")):
+        return None
+    return 'expected "" or a path starting with "/" and not ending with "/", e.g. "/api"'
+
+
+def _client_id(value: str) -> str | None:
+    # It travels in a handshake header: visible ASCII, inner spaces allowed.
+    if value == "" or (len(value) <= 128 and re.fullmatch(r"[!-~](?:[ -~]*[!-~])?", value)):
+        return None
+    return "expected printable ASCII without leading or trailing spaces, at most 128 characters"
+
+
+def _ws_url(value: str) -> str | None:
+    expected = "expected a ws:// or wss:// URL with a host, e.g. ws://127.0.0.1:8765"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return expected
+    if parts.scheme not in ("ws", "wss") or not parts.hostname or parts.fragment:
+        return expected
+    return None
+
+
+def _http_url(value: str) -> str | None:
+    expected = 'expected "http://host:port" (a local HTTP service), e.g. "http://127.0.0.1:8000"'
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018
+    except ValueError:
+        return expected
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        return expected
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return expected
+    return None
+
+
+def _log_format(value: str) -> str | None:
+    try:
+        logging.Formatter(value, validate=True)
+    except (ValueError, TypeError):
+        return 'expected a logging format string such as "%(asctime)s %(levelname)s %(message)s"'
+    return None
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = _opt("INFO", "choice", choices=LOG_LEVELS)
+    format: str = _opt(
+        "%(asctime)s [%(levelname)s] %(name)s: %(message)s", "str", nonempty=True, extra=_log_format
+    )
+    file: str | None = _opt(None, "path")
+    max_size: int = _opt(10 * MiB, "size")  # bytes; 0: never rotate
+    backup_count: int = _opt(5, "int", lo=0, hi=1000)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    enabled: bool = _opt(False, "bool")
+    cert_file: str | None = _opt(None, "path")
+    key_file: str | None = _opt(None, "path")
+    ca_file: str | None = _opt(None, "path")
+    # Gateway: client certificates asked of receivers on the tunnel listener.
+    # Receiver: verification of the gateway's certificate and host name.
+    verify_mode: str = _opt("required", "choice", choices=VERIFY_MODES)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    enabled: bool = _opt(False, "bool")
+    shared_secret: str | None = _opt(None, "str", nonempty=True, secret=True)
+    token_expiry: int = _opt(3600, "int", lo=1, unit="seconds")
+    max_attempts: int = _opt(3, "int", lo=1)
+
+
+def _gateway_tls() -> TlsConfig:
+    return TlsConfig(verify_mode="none")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    # the seed's keys
+    host: str = _opt("127.0.0.1", "str", nonempty=True)
+    port: int = _opt(8080, "int", lo=0, hi=65535)
+    wss_host: str = _opt("127.0.0.1", "str", nonempty=True)
+    wss_port: int = _opt(8765, "int", lo=0, hi=65535)
+    max_connections: int = _opt(1000, "int", lo=1)
+    timeout: float = _opt(30.0, "float", lo=0, lo_open=True, unit="seconds")
+    keepalive_timeout: float = _opt(5.0, "float", lo=0, lo_open=True, unit="seconds")
+    chunk_size: int = _opt(64 * 1024, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
+    ping_interval: float = _opt(30.0, "float", lo=0, unit="seconds")
+    tls: TlsConfig = field(default_factory=_gateway_tls, metadata=_SECTION)
+    auth: AuthConfig = field(default_factory=AuthConfig, metadata=_SECTION)
+    # ours
+    admin_host: str = _opt("127.0.0.1", "str", nonempty=True)
+    admin_port: int = _opt(8081, "int", lo=0, hi=65535)  # 0: no admin listener
+    max_streams_per_receiver: int = _opt(100, "int", lo=1)
+    max_header_bytes: int = _opt(64 * 1024, "int", lo=1024, hi=16 * MiB, unit="bytes")
+    max_body_bytes: int = _opt(100 * MiB, "int", lo=0, unit="bytes")
+    header_timeout: float = _opt(10.0, "float", lo=0, lo_open=True, unit="seconds")
+    stream_window: int = _opt(256 * 1024, "int", lo=0, hi=2**31 - 1, unit="bytes")
+    max_frame_size: int = _opt(16 * MiB, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
+    insecure: bool = _opt(False, "bool")
+    shutdown_grace: float = _opt(10.0, "float", lo=0, unit="seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverConfig:
+    # the seed's keys
+    gateway_url: str = _opt("ws://127.0.0.1:8765", "str", extra=_ws_url)
+    local_app_module: str | None = _opt(None, "str", extra=_module_attr)
+    local_host: str = _opt("127.0.0.1", "str", nonempty=True)
+    local_port: int | None = _opt(None, "int", lo=1, hi=65535)
+    timeout: float = _opt(30.0, "float", lo=0, lo_open=True, unit="seconds")
+    keepalive_interval: float = _opt(30.0, "float", lo=0, unit="seconds")
+    ping_interval: float = _opt(30.0, "float", lo=0, unit="seconds")
+    reconnect_enabled: bool = _opt(True, "bool")
+    reconnect_delay: float = _opt(1.0, "float", lo=0, lo_open=True, unit="seconds")
+    max_reconnect_attempts: int = _opt(0, "int", lo=0)  # 0: forever
+    chunk_size: int = _opt(64 * 1024, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
+    tls: TlsConfig = field(default_factory=TlsConfig, metadata=_SECTION)
+    auth: AuthConfig = field(default_factory=AuthConfig, metadata=_SECTION)
+    # ours
+    local_url: str | None = _opt(None, "str", extra=_http_url)
+    client_id: str = _opt("", "str", extra=_client_id)
+    gateway_urls: tuple[str, ...] = _opt((), "urls")
+    stream_window: int = _opt(256 * 1024, "int", lo=0, hi=2**31 - 1, unit="bytes")
+    max_frame_size: int = _opt(16 * MiB, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
+    app_factory: bool = _opt(False, "bool")
+    root_path: str = _opt("", "str", extra=_root_path)
+    shutdown_grace: float = _opt(10.0, "float", lo=0, unit="seconds")
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every gateway to hold a tunnel to."""
+        return self.gateway_urls or (self.gateway_url,)
+
+    @property
+    def forward(self) -> tuple[str, int] | None:
+        """The local HTTP service in forward mode, else None."""
+        if self.local_app_module is not None:
+            return None
+        if self.local_url is not None:
+            parts = urlsplit(self.local_url)
+            return (parts.hostname or "", parts.port or 80)
+        if self.local_port is not None:
+            return (self.local_host, self.local_port)
+        return None
+
+    @property
+    def backend(self) -> str:
+        """``"app"`` (local_app_module), ``"forward"`` (an HTTP service) or ``"demo"``."""
+        if self.local_app_module is not None:
+            return "app"
+        return "forward" if self.forward is not None else "demo"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    mode: str = _opt("gateway", "choice", choices=MODES)
+    debug: bool = _opt(False, "bool")
+    logging: LoggingConfig = field(default_factory=LoggingConfig, metadata=_SECTION)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig, metadata=_SECTION)
+    receiver: ReceiverConfig = field(default_factory=ReceiverConfig, metadata=_SECTION)
+    #: Seed keys accepted but without effect in anpx, e.g. "[gateway.auth] did_document_path".
+    ignored: tuple[str, ...] = field(default=(), metadata={"internal": True})
+
+
+# Seed keys of features anpx does not have: accepted, reported in Config.ignored.
+_SEED_AUTH_EXTRAS = frozenset(
+    {
+        "did_wba_enabled",
+        "did",
+        "did_document_path",
+        "private_key_path",
+        "resolver_base_url",
+        "nonce_window_seconds",
+        "allowed_dids",
+        "jwt_private_key_path",
+        "jwt_public_key_path",
+    }
+)
+_IGNORED: dict[tuple[str, ...], frozenset[str]] = {
+    ("gateway",): frozenset({"database", "enable_smart_routing", "service_cache_ttl"}),
+    ("gateway", "auth"): _SEED_AUTH_EXTRAS,
+    ("receiver", "auth"): _SEED_AUTH_EXTRAS,
+}
+
+
+# --- rendering -----------------------------------------------------------------------------
+
+
+def _key_name(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _where(section: tuple[str, ...], key: str | None = None) -> str:
+    head = "[" + ".".join(_key_name(s) for s in section) + "]" if section else ""
+    if key is None:
+        return head
+    return f"{head} {_key_name(key)}" if head else _key_name(key)
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "an empty string" if value == "" else "a string"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    return "a date/time" if hasattr(value, "isoformat") else type(value).__name__
+
+
+def _show(value: Any, secret: bool = False) -> str:
+    if secret or isinstance(value, Mapping):
+        return _type_name(value)
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except ValueError:  # a circular structure, from Python callers only
+        return _type_name(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _expected(check: _Check) -> str:
+    if check.kind == "bool":
+        return "expected true or false"
+    if check.kind == "choice":
+        return "expected one of " + ", ".join(f'"{c}"' for c in check.choices)
+    if check.kind == "size":
+        return 'expected a size in bytes: an integer >= 0 or a string like "10MB"'
+    if check.kind == "path":
+        return "expected a file path (a string)"
+    if check.kind == "urls":
+        return "expected a non-empty array of ws:// or wss:// URLs"
+    if check.kind == "str":
+        return "expected a non-empty string" if check.nonempty else "expected a string"
+    noun = "an integer" if check.kind == "int" else "a number"
+    if check.unit:
+        noun += f" of {check.unit}"
+
+    def num(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else str(x)
+
+    if check.lo is not None and check.hi is not None:
+        return f"expected {noun} from {num(check.lo)} to {num(check.hi)}"
+    if check.lo is not None:
+        return f"expected {noun} {'>' if check.lo_open else '>='} {num(check.lo)}"
+    return f"expected {noun}"
+
+
+# --- value checks --------------------------------------------------------------------------
+
+_SIZE = re.compile(r"\s*(\d+)\s*(?:([kmgt])i?)?b?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _parse_size(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str):
+        m = _SIZE.fullmatch(value)
+        if m:
+            return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()]
+    return None
+
+
+def _convert(check: _Check, value: Any) -> tuple[bool, Any]:
+    """(ok, normalised value) for one key's raw value."""
+    kind = check.kind
+    if kind == "bool":
+        return isinstance(value, bool), value
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = (
+            ok
+            and (check.lo is None or value >= check.lo)
+            and (check.hi is None or value <= check.hi)
+        )
+        return ok, value
+    if kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+        if ok and check.lo is not None:
+            ok = value > check.lo if check.lo_open else value >= check.lo
+        if ok and check.hi is not None:
+            ok = value <= check.hi
+        return ok, float(value) if ok else value
+    if kind == "choice":
+        if not isinstance(value, str):
+            return False, value
+        # Log levels are matched without regard to case, like the seed did.
+        folded = value.upper() if check.choices == LOG_LEVELS else value
+        return folded in check.choices, folded
+    if kind == "size":
+        size = _parse_size(value)
+        return size is not None, size
+    if kind == "path":
+        if not isinstance(value, str):
+            return False, value
+        return True, value or None  # "" is "not set", as a commented-out key
+    if kind == "urls":
+        ok = isinstance(value, (list, tuple)) and len(value) > 0
+        ok = ok and all(isinstance(u, str) and _ws_url(u) is None for u in value)
+        return ok, tuple(value) if ok else value
+    if kind == "str":
+        ok = isinstance(value, str) and (not check.nonempty or value != "")
+        return ok, value
+    raise AssertionError(f"unknown kind {kind}")  # pragma: no cover
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+def _fields_of(cls: type) -> dict[str, Field]:
+    return {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
+
+
+class _Parser:
+    def __init__(self, option_paths: frozenset[str]) -> None:
+        self.option_paths = option_paths
+        self.ignored: list[str] = []
+
+    def fail(self, section: tuple[str, ...], key: str | None, problem: str) -> ConfigError:
+        path = ".".join((*section, key) if key is not None else section)
+        return ConfigError(
+            f"{_where(section, key)}: {problem}", path=path, from_option=path in self.option_paths
+        )
+
+    def section(
+        self, cls: type, default: Any, data: Mapping[str, Any], path: tuple[str, ...]
+    ) -> Any:
+        known = _fields_of(cls)
+        ignorable = _IGNORED.get(path, frozenset())
+        given: dict[str, Any] = {}
+        for key, value in data.items():
+            spec = known.get(key)
+            if spec is None:
+                given_key = str(key)
+                if given_key in ignorable:
+                    if given_key == "did_wba_enabled" and value is True:
+                        raise self.fail(
+                            path,
+                            given_key,
+                            "DID-WBA authentication is not supported by anpx; "
+                            "set it to false and use shared_secret",
+                        )
+                    self.ignored.append(_where(path, given_key))
+                    continue
+                raise self._unknown(known, given_key, value, path)
+            if spec.metadata.get("section"):
+                if not isinstance(value, Mapping):
+                    sub = "[" + ".".join((*path, key)) + "]"
+                    raise self.fail(path, key, f"expected a table {sub}, got {_show(value)}")
+                given[key] = self.section(
+                    type(getattr(default, key)), getattr(default, key), value, (*path, key)
+                )
+                continue
+            check: _Check = spec.metadata["check"]
+            ok, converted = _convert(check, value)
+            if not ok:
+                raise self.fail(path, key, f"{_expected(check)}, got {_show(value, check.secret)}")
+            if check.extra is not None and converted is not None:
+                problem = check.extra(converted)
+                if problem is not None:
+                    raise self.fail(path, key, f"{problem}, got {_show(value, check.secret)}")
+            given[key] = converted
+        return replace(default, **given)
+
+    def _unknown(
+        self, known: dict[str, Field], key: str, value: Any, path: tuple[str, ...]
+    ) -> ConfigError:
+        table = isinstance(value, Mapping)
+        names = [n for n, f in known.items() if bool(f.metadata.get("section")) == table]
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+        if not table:
+            return self.fail(
+                path, key, "unknown key" + (f" (did you mean {close[0]}?)" if close else "")
+            )
+        if close:
+            hint = f" (did you mean {_where((*path, close[0]))}?)"
+        elif not path:
+            hint = " (sections are [logging], [gateway] and [receiver])"
+        else:
+            hint = ""
+        dotted = ".".join((*path, key))
+        return ConfigError(
+            f"{_where((*path, key))}: unknown section{hint}",
+            path=dotted,
+            from_option=any(p.startswith(dotted + ".") for p in self.option_paths),
+        )
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for i, name in enumerate(parents):
+        child = node.get(name)
+        if child is None:
+            child = node[name] = {}
+        elif not isinstance(child, dict):
+            where = _where(tuple(parents[:i]), name)
+            raise ConfigError(f"{where}: expected a table, got {_show(child)}", path=name)
+        node = child
+    node[leaf] = value
+
+
+def _has_path(data: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = data
+    for name in dotted.split("."):
+        if not isinstance(node, Mapping) or name not in node:
+            return False
+        node = node[name]
+    return True
+
+
+def _drop_path(data: dict[str, Any], dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node: Any = data
+    for name in parents:
+        node = node.get(name) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(leaf, None)
+
+
+# Keys that say the same thing in different ways: an option setting one of them
+# replaces whatever the file said with the others (option > file).
+_ALTERNATIVES = (
+    (
+        "receiver.local_app_module",
+        "receiver.local_url",
+        "receiver.local_port",
+        "receiver.local_host",
+    ),
+    ("receiver.gateway_url", "receiver.gateway_urls"),
+)
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def parse_config(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Config:
+    """A validated :class:`Config` from parsed TOML ``data`` and dotted-key ``overrides``.
+
+    ``overrides`` maps dotted keys (``"gateway.port"``, ``"mode"``) to values
+    and wins over ``data``. Raises :class:`ConfigError`.
+    """
+    merged = _deep_copy(data)
+    overrides = dict(overrides or {})
+    for group in _ALTERNATIVES:
+        if any(k in overrides for k in group):
+            for k in group:
+                if k not in overrides:
+                    _drop_path(merged, k)
+    for dotted, value in overrides.items():
+        _set_path(merged, dotted, value)
+    parser = _Parser(frozenset(overrides))
+    cfg: Config = parser.section(Config, Config(), merged, ())
+    explicit_url = any(_has_path(merged, k) for k in _ALTERNATIVES[1])
+    if cfg.mode == "both" and not explicit_url:
+        # The receiver of `both` talks to this very gateway.
+        cfg = replace(
+            cfg, receiver=replace(cfg.receiver, gateway_url=_local_tunnel_url(cfg.gateway))
+        )
+    cfg = replace(cfg, ignored=tuple(parser.ignored))
+    _cross_check(cfg, merged, parser)
+    return cfg
+
+
+def _local_tunnel_url(g: GatewayConfig) -> str:
+    host = g.wss_host
+    if host in _WILDCARD_HOSTS:
+        host = "::1" if host == "::" else "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'wss' if g.tls.enabled else 'ws'}://{host}:{g.wss_port}"
+
+
+def _cross_check(cfg: Config, merged: Mapping[str, Any], parser: _Parser) -> None:
+    g, r = cfg.gateway, cfg.receiver
+    fail = parser.fail
+    for side, tls in ((("gateway", "tls"), g.tls), (("receiver", "tls"), r.tls)):
+        if tls.key_file and not tls.cert_file:
+            raise fail(side, "key_file", "needs cert_file as well")
+    if g.tls.enabled and not g.tls.cert_file:
+        raise fail(("gateway", "tls"), "cert_file", "required when enabled = true")
+    for side, auth in ((("gateway", "auth"), g.auth), (("receiver", "auth"), r.auth)):
+        if auth.enabled and not auth.shared_secret:
+            raise fail(side, "shared_secret", "required when enabled = true")
+    if g.chunk_size > g.max_frame_size:
+        raise fail(
+            ("gateway",), "chunk_size", f"must not exceed max_frame_size ({g.max_frame_size})"
+        )
+    if r.chunk_size > r.max_frame_size:
+        raise fail(
+            ("receiver",), "chunk_size", f"must not exceed max_frame_size ({r.max_frame_size})"
+        )
+    listeners = [("port", g.host, g.port), ("wss_port", g.wss_host, g.wss_port)]
+    if g.admin_port:
+        listeners.append(("admin_port", g.admin_host, g.admin_port))
+    for i, (name, host, port) in enumerate(listeners):
+        for other, other_host, other_port in listeners[:i]:
+            overlap = host == other_host or host in _WILDCARD_HOSTS or other_host in _WILDCARD_HOSTS
+            if port and port == other_port and overlap:
+                raise fail(("gateway",), name, f"{port} is already taken by {other}")
+    if r.local_app_module is not None and r.local_url is not None:
+        raise fail(("receiver",), "local_url", "conflicts with local_app_module; set only one")
+    if r.local_url is not None and _has_path(merged, "receiver.local_port"):
+        raise fail(("receiver",), "local_url", "conflicts with local_port; set only one")
+    if _has_path(merged, "receiver.gateway_url") and _has_path(merged, "receiver.gateway_urls"):
+        raise fail(("receiver",), "gateway_urls", "conflicts with gateway_url; set only one")
+    for url in r.urls:
+        if r.tls.enabled and urlsplit(url).scheme != "wss":
+            key = "gateway_urls" if r.gateway_urls else "gateway_url"
+            raise fail(
+                ("receiver",),
+                key,
+                f"must be wss:// when [receiver.tls] enabled = true, got {_show(url)}",
+            )
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """Read ``path`` (TOML; None: defaults only) and apply ``overrides`` (see :func:`parse_config`)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        name = str(path)
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {name}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{name}: invalid TOML: {exc}") from exc
+    return parse_config(data, overrides)
+
+
+# --- engine settings -----------------------------------------------------------------------
+
+
+def to_gateway_settings(cfg: Config) -> GatewaySettings:
+    """The gateway core's limits from ``cfg`` (authentication is the driver's to attach)."""
+    from . import messages as M
+    from .gateway import GatewaySettings
+    from .http1 import FrontLimits
+    from .websocket import WsLimits
+
+    g = cfg.gateway
+    return GatewaySettings(
+        timeout=g.timeout,
+        max_streams_per_receiver=g.max_streams_per_receiver,
+        max_connections=g.max_connections,
+        front=FrontLimits(
+            max_header_bytes=g.max_header_bytes,
+            max_body_bytes=g.max_body_bytes,
+            header_timeout=g.header_timeout,
+            keepalive_timeout=g.keepalive_timeout,
+        ),
+        # One ANPX frame travels in one WebSocket message.
+        ws=WsLimits(max_message_size=g.max_frame_size, ping_interval=g.ping_interval),
+        stream_window=g.stream_window or None,
+        send_frame_size=g.chunk_size,
+        codec=M.Limits(max_frame_size=g.max_frame_size),
+    )
+
+
+def to_receiver_settings(cfg: Config) -> ReceiverSettings:
+    """The receiver core's settings from ``cfg`` (authentication is the driver's to attach)."""
+    from . import messages as M
+    from .receiver import ReceiverSettings
+    from .tunnel import DEFAULT_STREAM_WINDOW
+    from .websocket import WsLimits
+
+    r = cfg.receiver
+    return ReceiverSettings(
+        gateway_urls=list(r.urls),
+        client_id=r.client_id,
+        forward=r.forward,
+        reconnect_enabled=r.reconnect_enabled,
+        reconnect_delay=r.reconnect_delay,
+        max_reconnect_attempts=r.max_reconnect_attempts,
+        # The seed used `timeout` for the keepalive ping's answer and the handshake alike.
+        ws=WsLimits(
+            max_message_size=r.max_frame_size,
+            ping_interval=r.ping_interval,
+            ping_timeout=r.timeout,
+            handshake_timeout=r.timeout,
+        ),
+        stream_window=r.stream_window or None,
+        send_frame_size=r.chunk_size,
+        codec=M.Limits(max_frame_size=r.max_frame_size),
+        # With flow control the gateway may send a whole window before the app reads.
+        max_buffered_body=max(r.stream_window, DEFAULT_STREAM_WINDOW),
+        root_path=r.root_path,
+    )
+
+
+def option_default(cls: type, name: str) -> Any:
+    """The default of one key (for documentation and help texts)."""
+    spec = _fields_of(cls)[name]
+    if spec.default is not MISSING:
+        return spec.default
+    return spec.default_factory()  # type: ignore[misc]
