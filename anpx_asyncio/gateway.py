@@ -8,6 +8,7 @@ import ssl
 from dataclasses import dataclass
 
 from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
+from anpx_core.launch import bind_failure
 
 from ._pump import Pump, TaskSet
 
@@ -68,14 +69,17 @@ class GatewayServer:
             for name, spec in (("http", self.http), ("tunnel", self.tunnel), ("admin", self.admin)):
                 if spec is None:
                     continue
-                server = await asyncio.start_server(
-                    lambda r, w, kind=name, spec=spec: self._connection(kind, spec, r, w),
-                    spec.host,
-                    spec.port,
-                    ssl=spec.tls,
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if spec.tls else None,
-                    limit=64 * 1024,
-                )
+                try:
+                    server = await asyncio.start_server(
+                        lambda r, w, kind=name, spec=spec: self._connection(kind, spec, r, w),
+                        spec.host,
+                        spec.port,
+                        ssl=spec.tls,
+                        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if spec.tls else None,
+                        limit=64 * 1024,
+                    )
+                except OSError as exc:
+                    raise bind_failure(spec.host, spec.port, exc) from None
                 self._servers.append(server)
                 bound[name] = server.sockets[0].getsockname()[1]
             self.ports = BoundPorts(bound["http"], bound["tunnel"], bound["admin"])  # type: ignore[arg-type]

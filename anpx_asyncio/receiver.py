@@ -180,7 +180,7 @@ class ReceiverClient:
                 await pump.wakers.wait(call_id)
 
         async def send(message: dict) -> None:
-            core.asgi_send(call_id, message)
+            core.asgi_send(call_id, message, pump.now())
             pump.sync()
             while not core.asgi_writable(call_id):
                 await pump.wakers.wait(call_id)
@@ -190,7 +190,7 @@ class ReceiverClient:
             await self.app(scope, receive, send)
         except Exception as err:
             exc = err
-        core.app_finished(call_id, exc)
+        core.app_finished(call_id, exc, pump.now())
         pump.sync()
 
     async def shutdown(self, grace: float = 10.0) -> None:

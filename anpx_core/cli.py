@@ -89,7 +89,10 @@ OPTIONS: tuple[Option, ...] = (
         metavar="LEVEL",
     ),
     _opt(
-        "--debug", key="debug", help="debug mode (implies --log-level DEBUG)", action="store_true"
+        "--debug",
+        key="debug",
+        help="debug mode: log at DEBUG level whatever the log level says",
+        action="store_true",
     ),
 )
 
@@ -153,8 +156,6 @@ def parse_command_line(argv: Sequence[str] | None = None, prog: str = "anpx") ->
         overrides["receiver.gateway_url" if len(urls) == 1 else "receiver.gateway_urls"] = (
             urls[0] if len(urls) == 1 else urls
         )
-    if overrides.get("debug") and "logging.level" not in overrides:
-        overrides["logging.level"] = "DEBUG"
     try:
         config = load_config(args.get("config"), overrides)
     except ConfigError as exc:

@@ -58,7 +58,7 @@ from .websocket import (
 )
 
 log = logging.getLogger("anpx.gateway")
-access_log = logging.getLogger("anpx.access")
+access_log = logging.getLogger("anpx.access.gateway")
 
 TICK_INTERVAL = 0.1
 
@@ -131,6 +131,7 @@ class GatewayCore:
         self._next_id = 1
         self._wakeups: set[int] = set()
         self._clients = 0
+        self._now = 0.0  # the time of the call being handled, for access-log durations
         self.draining = False
 
     # --- driver contract -----------------------------------------------------------------
@@ -174,6 +175,7 @@ class GatewayCore:
         return cid
 
     def receive(self, cid: int, data: bytes, now: float) -> None:
+        self._now = now
         conn = self._conns.get(cid)
         if conn is None:
             return
@@ -212,6 +214,7 @@ class GatewayCore:
         return data, conn.front.closed
 
     def written(self, cid: int, now: float) -> None:
+        self._now = now
         conn = self._conns.get(cid)
         if isinstance(conn, _Tunnel):
             conn.written_mark = conn.taken_mark
@@ -245,6 +248,7 @@ class GatewayCore:
 
     def closed(self, cid: int, now: float) -> None:
         """The driver closed the socket: forget the connection."""
+        self._now = now
         conn = self._conns.pop(cid, None)
         if isinstance(conn, _Client):
             self._clients -= 1
@@ -257,6 +261,7 @@ class GatewayCore:
         return woken
 
     def tick(self, now: float) -> None:
+        self._now = now
         for conn in list(self._conns.values()):
             if isinstance(conn, _Tunnel):
                 for event in conn.ws.tick(now):
@@ -426,13 +431,14 @@ class GatewayCore:
             return
         self.stats.record(status, conn.body_out)
         access_log.info(
-            "%s %s %s %s %d %dB",
+            "%s %s %s %s %d %dB %.1fms",
             conn.rid or "-",
             conn.peer,
             head.method,
             head.target,
             status,
             conn.body_out,
+            (self._now - conn.started) * 1000,
         )
         conn.head = None
 

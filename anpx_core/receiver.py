@@ -8,9 +8,9 @@ Same driver contract as :mod:`anpx_core.gateway` (``receive``, ``take_output``,
   or ``connect_failed(cid, now, reason)``.
 * ASGI mode: ``pop_app_calls()`` gives ``(call_id, scope)`` pairs; run the app
   for each with ``receive``/``send`` built on ``asgi_receive(call_id)`` (None:
-  wait for the wake-up ``call_id``) and ``asgi_send(call_id, message)`` (then
+  wait for the wake-up ``call_id``) and ``asgi_send(call_id, message, now)`` (then
   wait while ``not asgi_writable(call_id)``), and report the end with
-  ``app_finished(call_id, exc)``.
+  ``app_finished(call_id, exc, now)``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ from .websocket import (
 )
 
 log = logging.getLogger("anpx.receiver")
-access_log = logging.getLogger("anpx.access")
+access_log = logging.getLogger("anpx.access.receiver")
 
 TICK_INTERVAL = 0.1
 MAX_RECONNECT_DELAY = 60.0
@@ -186,6 +186,7 @@ class ReceiverCore:
         self.given_up = False
         self.last_error = ""
         self.requests = 0
+        self._now = 0.0  # the time of the call being handled, for access-log durations
         self.lifespan_state: dict | None = None  # the app's lifespan state, copied into each scope
 
     def _new_id(self) -> int:
@@ -216,6 +217,7 @@ class ReceiverCore:
         return len(self._calls)
 
     def tick(self, now: float) -> None:
+        self._now = now
         for link in self._links:
             if link.ws is not None:
                 for event in link.ws.tick(now):
@@ -235,6 +237,7 @@ class ReceiverCore:
                 self._wakeups.add(call.link.cid)  # type: ignore[arg-type]
 
     def connected(self, cid: int, now: float) -> None:
+        self._now = now
         conn = self._conns.get(cid)
         if isinstance(conn, _Link):
             link = conn
@@ -259,6 +262,7 @@ class ReceiverCore:
             self._upstream_failed(conn, f"local service unreachable: {reason}")
 
     def receive(self, cid: int, data: bytes, now: float) -> None:
+        self._now = now
         conn = self._conns.get(cid)
         if conn is None:
             return
@@ -291,6 +295,7 @@ class ReceiverCore:
         return data, conn.closing
 
     def written(self, cid: int, now: float) -> None:
+        self._now = now
         conn = self._conns.get(cid)
         if isinstance(conn, _Upstream) and conn.taken:
             call = conn.call
@@ -312,6 +317,7 @@ class ReceiverCore:
         return False
 
     def closed(self, cid: int, now: float) -> None:
+        self._now = now
         conn = self._conns.pop(cid, None)
         if isinstance(conn, _Link):
             self._link_down(conn, now, (conn.ws and "tunnel closed") or "connection closed")
@@ -369,7 +375,8 @@ class ReceiverCore:
             self._call_gone(call, "tunnel lost")
         link.calls.clear()
         if was_open:
-            log.warning("tunnel to %s lost: %s", link.address.host_header, why)
+            level = logging.INFO if self.stopping else logging.WARNING
+            log.log(level, "tunnel to %s closed: %s", link.address.host_header, why)
             link.attempts = 0
         else:
             self.last_error = why
@@ -556,12 +563,13 @@ class ReceiverCore:
     def _complete(self, call: _Call) -> None:
         call.done = True
         access_log.info(
-            "%s %s %s %d %dB",
+            "%s %s %s %d %dB %.1fms",
             call.rid,
             call.head.method,
             call.head.target,
             call.status,
             call.body_out,
+            (self._now - call.started) * 1000,
         )
 
     def _cancel(self, call: _Call, reason: str) -> None:
@@ -601,8 +609,9 @@ class ReceiverCore:
             self._wakeups.add(call.link.cid)  # type: ignore[arg-type]
         return message
 
-    def asgi_send(self, call_id: int, message: dict) -> None:
+    def asgi_send(self, call_id: int, message: dict, now: float) -> None:
         """Hand one app message to the tunnel; raises AsgiError / ClientDisconnected into the app."""
+        self._now = now
         call = self._calls[call_id]
         assert call.asgi is not None
         parts = call.asgi.send(message)
@@ -614,7 +623,8 @@ class ReceiverCore:
             return True
         return call.link.session.writable(call.rid)
 
-    def app_finished(self, call_id: int, exc: BaseException | None) -> None:
+    def app_finished(self, call_id: int, exc: BaseException | None, now: float) -> None:
+        self._now = now
         call = self._calls.pop(call_id, None)
         if call is None or call.asgi is None:
             return

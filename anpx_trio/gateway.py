@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import trio
 
 from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
+from anpx_core.launch import bind_failure
 
 from ._pump import STREAM_ERRORS, Pump
 
@@ -65,7 +66,10 @@ class GatewayServer:
             for name, spec in (("http", self.http), ("tunnel", self.tunnel), ("admin", self.admin)):
                 if spec is None:
                     continue
-                socks = await trio.open_tcp_listeners(spec.port, host=spec.host)
+                try:
+                    socks = await trio.open_tcp_listeners(spec.port, host=spec.host)
+                except OSError as exc:
+                    raise bind_failure(spec.host, spec.port, exc) from None
                 bound[name] = socks[0].socket.getsockname()[1]
                 listeners.append((name, spec, socks))
             self.ports = BoundPorts(bound["http"], bound["tunnel"], bound["admin"])  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ clients (httpx, curl) and mix drivers freely, as users do across machines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -74,10 +75,8 @@ class Runner:
             waiter = asyncio.ensure_future(started)
             await asyncio.wait([run, waiter], return_when=asyncio.FIRST_COMPLETED)
         self.started.set()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await run
-        except asyncio.CancelledError:
-            pass
 
     def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
         """Run an async function of the driver object inside its loop; wait for it."""

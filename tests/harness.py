@@ -21,6 +21,7 @@ order with random delays, from one seeded RNG:
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import deque
 from collections.abc import Callable
@@ -254,7 +255,7 @@ class AppTask(Task):
             await _Suspend(self.call_id)
 
     async def _send(self, message: dict) -> None:
-        self.core.asgi_send(self.call_id, message)
+        self.core.asgi_send(self.call_id, message, self.world.now)
         self.world.sync(self.core)
         while not self.core.asgi_writable(self.call_id):
             await _Suspend(self.call_id)
@@ -279,7 +280,7 @@ class AppTask(Task):
     def _finish(self, exc: BaseException | None) -> None:
         self.done = True
         self.error = exc
-        self.core.app_finished(self.call_id, exc)
+        self.core.app_finished(self.call_id, exc, self.world.now)
         self.world.sync(self.core)
 
 
@@ -348,6 +349,7 @@ class HttpClient(Task):
         pipeline: bool = False,
         disconnect: Disconnect | None = None,
         read_pauses: list[tuple[int, int]] = (),
+        read_at: int = 0,
     ) -> None:
         self.world = world
         self.exchanges = exchanges
@@ -355,7 +357,7 @@ class HttpClient(Task):
         self.disconnect = disconnect
         self.read_pauses = sorted(read_pauses)  # (after response bytes, pause steps)
         self.reading = True
-        self.read_at = 0  # step from which reading resumes
+        self.read_at = read_at  # step from which reading resumes
         self.received = 0  # response body bytes across all exchanges
         ours, theirs = socket_pair(world.capacity())
         self.end = ours
@@ -376,13 +378,15 @@ class HttpClient(Task):
 
     # -- producing requests --
 
-    def _start_exchange(self, ex: Exchange) -> None:
+    def _start_exchange(self, ex: Exchange, index: int) -> None:
         ex.sent = True
         ex.started = self.world.now
         self.sending = ex
         if ex.raw is not None:
             self.out += ex.raw
             self.sending = None
+            if index == self.current:
+                self._replay_bodiless(ex)
             return
         headers = [("host", "app.test"), *ex.headers]
         if ex.chunked:
@@ -391,21 +395,28 @@ class HttpClient(Task):
             headers.append(("content-length", str(len(ex.body))))
         if ex.expect_continue:
             headers.append(("expect", "100-continue"))
-        self._writer = h11.Connection(h11.CLIENT)
+        self._writer = h11.Connection(h11.CLIENT)  # a fresh one per request: pipelining
         request = h11.Request(method=ex.method, target=ex.target, headers=headers)
-        self._request = request
         self.out += self._writer.send(request)
         parts = ex.parts if ex.parts is not None else self.world.split(ex.body)
         self.body_plan = deque(p for p in parts if p)
         self.waiting_continue = ex.expect_continue and bool(ex.body)
-        if not self.pipeline or self.to_send == self.current:
+        if self.pipeline:
+            if index == self.current:
+                self._replay_bodiless(ex)
+        else:
             self._replay(request)
 
     def _replay(self, event: Any) -> None:
         """Keep the parsing connection's view of our side in step with what we sent."""
-        if self.parser.our_state in (h11.MUST_CLOSE, h11.CLOSED):
+        if self.parser.our_state in (h11.MUST_CLOSE, h11.CLOSED, h11.ERROR):
             return
         self.parser.send(event)
+
+    def _replay_bodiless(self, ex: Exchange) -> None:
+        """Pipelined or raw requests: the parser only needs the method and a finished request."""
+        self.parser.send(h11.Request(method=ex.method, target="/", headers=[("host", "app.test")]))
+        self.parser.send(h11.EndOfMessage())
 
     def _produce(self) -> None:
         """Put the next piece of request bytes into ``out``."""
@@ -415,8 +426,8 @@ class HttpClient(Task):
                 return
             if not self.pipeline and self.to_send != self.current:
                 return  # wait for the previous response
-            self._start_exchange(self.exchanges[self.to_send])
             self.to_send += 1
+            self._start_exchange(self.exchanges[self.to_send - 1], self.to_send - 1)
             return
         if self.waiting_continue:
             return
@@ -428,7 +439,7 @@ class HttpClient(Task):
             event = h11.EndOfMessage()
             self.sending = None
         self.out += self._writer.send(event)
-        if not self.pipeline or self.exchanges.index(ex) == self.current:
+        if not self.pipeline:
             self._replay(event)
 
     # -- the task --
@@ -541,25 +552,19 @@ class HttpClient(Task):
             return False
         if parser.our_state is h11.DONE and parser.their_state is h11.DONE:
             parser.start_next_cycle()
-            if self.pipeline and self.current < self.to_send:
-                ex = self.exchanges[self.current]
-                self._replay(self._request_for(ex))
-                if self.sending is not ex:
-                    self._replay(h11.Data(data=ex.body)) if ex.body else None
-                    self._replay(h11.EndOfMessage())
+            if self.current < self.to_send:  # already on the wire (pipelined)
+                self._replay_bodiless(self.exchanges[self.current])
             return True
         self._close()  # the server closes after this response
         return False
-
-    def _request_for(self, ex: Exchange) -> h11.Request:
-        headers = [("host", "app.test"), *ex.headers]
-        headers.append(("content-length", str(len(ex.body))))
-        return h11.Request(method=ex.method, target=ex.target, headers=headers)
 
     def _maybe_pause(self) -> None:
         while self.read_pauses and self.received >= self.read_pauses[0][0]:
             _, steps = self.read_pauses.pop(0)
             self.read_at = self.world.steps + steps
+
+    def resume_reading(self) -> None:
+        self.read_at = 0
 
     def _connection_lost(self, why: str) -> None:
         for ex in self.exchanges[self.current :]:
@@ -574,6 +579,7 @@ class HttpClient(Task):
         for ex in self.exchanges[self.current :]:
             if ex.sent and not ex.finished:
                 ex.aborted = "connection closed by the client after an earlier response"
+                ex.ended = self.world.now
         self.end.close()
         self.closed = True
 
@@ -721,7 +727,8 @@ class World:
         self.upstream_idle_close = False
         self.app_tasks: list[AppTask] = []
         self.drops: list[float] = []  # when a tunnel was cut
-        self.no_receiver: list[float] = []  # steps' times at which the gateway had none
+        # [start, end] intervals during which the gateway had no receiver (end None: ongoing)
+        self.outages: list[list[float | None]] = []
         self.hooks: list[Callable[[World], None]] = []  # run after every step
         for core in self.receivers:
             core.start(self.now)
@@ -748,7 +755,7 @@ class World:
         cuts = sorted(self.rng.sample(range(1, len(data)), min(max_parts - 1, len(data) - 1)))
         cuts = cuts[: self.rng.randint(0, len(cuts))]
         bounds = [0, *cuts, len(data)]
-        return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+        return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
     # -- wake-ups --
 
@@ -828,12 +835,26 @@ class World:
         if self.now >= self.next_tick:
             self.tick()
             self.next_tick = self.now + TICK_INTERVAL
-        if not self.gateway.receivers:
-            self.no_receiver.append(self.now)
+        self._track_outage()
         for hook in self.hooks:
             hook(self)
         self.tasks = [t for t in self.tasks if not t.done]
         return bool(runnable)
+
+    def _track_outage(self) -> None:
+        down = not self.gateway.receivers
+        ongoing = bool(self.outages) and self.outages[-1][1] is None
+        if down and not ongoing:
+            self.outages.append([self.now, None])
+        elif not down and ongoing:
+            self.outages[-1][1] = self.now
+
+    def disturbed(self, start: float, end: float | None) -> bool:
+        """Was a tunnel cut, or no receiver connected, at some time in [start, end]?"""
+        end = self.now if end is None else end
+        if any(start <= t <= end for t in self.drops):
+            return True
+        return any(a <= end and (b is None or b >= start) for a, b in self.outages)
 
     def run(self, until: Callable[[], bool], *, max_time: float = 120.0) -> None:
         deadline = self.now + max_time
@@ -852,7 +873,9 @@ class World:
         self.run(lambda: len(self.gateway.receivers) >= tunnels, max_time=30.0)
 
     def describe(self) -> str:
-        lines = [f"now={self.now:.3f} steps={self.steps} gateway in_flight={self.gateway.in_flight}"]
+        lines = [
+            f"now={self.now:.3f} steps={self.steps} gateway in_flight={self.gateway.in_flight}"
+        ]
         for task in self.tasks:
             if isinstance(task, HttpClient):
                 states = [
@@ -892,3 +915,94 @@ class World:
                     assert session._decoder.partial_messages == 0
         for task in self.app_tasks:
             assert task.done, f"app call {task.call_id} still running"
+
+
+# --- the test app -------------------------------------------------------------------------------
+
+
+def pattern(marker: str, size: int) -> bytes:
+    """``size`` bytes that belong to ``marker`` alone."""
+    return random.Random(marker).randbytes(size)
+
+
+def make_app(world: World) -> Callable[..., Any]:
+    """An ASGI app whose behaviour each request picks with ``x-mode``:
+
+    ``echo`` (default): read the whole body, answer :func:`echo_body` in random parts, with a
+    Content-Length when ``x-cl: 1``; ``stream``: answer each body part as it arrives;
+    ``early``: answer ``tag`` without reading the body; ``big``: answer ``x-size`` bytes of
+    :func:`pattern`; ``fail-before`` / ``fail-mid``: raise before / after the response head;
+    ``hang``: never answer, wait for the disconnect.
+    """
+
+    async def nap() -> None:
+        if world.rng.random() < 0.3:
+            await pause(world.rng.randint(1, 20))
+
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:
+        assert scope["type"] == "http"
+        headers = dict(scope["headers"])
+        mode = headers.get(b"x-mode", b"echo").decode()
+        marker = headers.get(b"x-marker", b"").decode()
+        tag = f"{scope['method']} {marker}".encode()
+        start: dict[str, Any] = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"x-marker", marker.encode()), (b"content-type", b"application/x-test")],
+        }
+        await nap()
+        if mode == "fail-before":
+            raise RuntimeError("the app failed before answering")
+        if mode == "hang":
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return
+        if mode in ("early", "fail-mid"):
+            await send(start)
+            await nap()
+            await send({"type": "http.response.body", "body": tag, "more_body": mode != "early"})
+            if mode == "fail-mid":
+                raise RuntimeError("the app failed mid-response")
+            return
+        if mode == "big":
+            data = pattern(marker, int(headers[b"x-size"]))
+            await send(start)
+            for part in world.split(data, max_parts=64):
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if mode == "stream":
+            await send(start)
+            await send({"type": "http.response.body", "body": tag + b"|", "more_body": True})
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                await send(
+                    {"type": "http.response.body", "body": message["body"], "more_body": True}
+                )
+                if not message.get("more_body", False):
+                    break
+                await nap()
+            await send({"type": "http.response.body", "body": b"|" + tag, "more_body": False})
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message["body"]
+            if not message.get("more_body", False):
+                break
+            await nap()
+        answer = echo_body(marker, bytes(body), scope["method"])
+        if headers.get(b"x-cl") == b"1":
+            start["headers"].append((b"content-length", str(len(answer)).encode()))
+        await send(start)
+        parts = world.split(answer)
+        for i, part in enumerate(parts):
+            await nap()
+            last = i == len(parts) - 1
+            await send({"type": "http.response.body", "body": part, "more_body": not last})
+
+    return app

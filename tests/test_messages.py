@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import struct
 import zlib
 from urllib.parse import parse_qsl, quote, unquote, urlencode
@@ -74,7 +75,9 @@ METHODS = st.text(TOKEN.upper(), min_size=1, max_size=8)
 RIDS = st.one_of(
     st.uuids().map(str), st.text(min_size=1, max_size=32).filter(lambda s: len(s.encode()) <= 128)
 )
-BODIES = st.one_of(st.just(b""), st.binary(max_size=64), st.binary(min_size=65, max_size=2500))
+# Large bodies: uniformly sized random bytes (st.binary rarely draws long values).
+LARGE = st.builds(lambda n, seed: random.Random(seed).randbytes(n), st.integers(65, 2500), st.integers())
+BODIES = st.one_of(st.just(b""), st.binary(max_size=64), LARGE)
 
 REQUESTS = st.builds(Request, RIDS, METHODS, TARGETS, HEADERS, BODIES)
 RESPONSES = st.builds(Response, RIDS, st.integers(100, 999), LATIN1, HEADERS, BODIES)
@@ -253,6 +256,42 @@ def test_interleaved_messages_decode_independently(
     for m, wire in zip(messages, wires, strict=True):
         check_events(per_message[m.request_id], m)  # type: ignore[index]
         assert per_message[m.request_id] == events_of(MessageDecoder(), wire)  # type: ignore[index]
+
+
+def chunk_capacity(m: Request | Response, size: int, n: int, chunk_tot: bool) -> int:
+    """Body bytes that n chunks of ``size`` bytes hold: meta in chunk 0, final_chunk in the last."""
+    per_chunk = 24 + 5 + len(m.request_id.encode()) + 9 + (9 if chunk_tot else 0) + 5
+    return n * (size - per_chunk) - (5 + meta_len(m)) - 6
+
+
+@SETTINGS
+@given(HTTP_MESSAGES, st.integers(1, 6), st.integers(0, 400), st.integers(-1, 1), st.data())
+def test_chunk_count_at_exact_fit(
+    m: Request | Response, n: int, extra: int, delta: int, data: st.DataObject
+) -> None:
+    """A body that exactly fills n chunks takes n chunks; one byte more takes n + 1."""
+    streaming = data.draw(st.booleans(), "streaming")
+    # chunk 0 with room for at least one body byte
+    head_min = 24 + 5 + len(m.request_id.encode()) + 9 + (0 if streaming else 9) + 5 + meta_len(m)
+    size = head_min + 5 + 1 + extra
+    length = chunk_capacity(m, size, n, chunk_tot=not streaming) + delta
+    m = dataclasses.replace(m, body=random.Random(length).randbytes(max(length, 0)))
+    if single_size(m) <= size:
+        return  # sent unchunked
+    expected = n + (delta > 0)
+    if streaming:
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(m.body)), max_size=4), "cuts"))
+        encoder = MessageEncoder(head_of(m), m.request_id, size)
+        frames = []
+        for a, b in zip([0, *cuts], cuts, strict=False):
+            frames += encoder.data(m.body[a:b])
+        frames += encoder.end(m.body[cuts[-1] if cuts else 0 :])
+    else:
+        frames = encode_message(m, size)
+    assert len(frames) == expected
+    assert all(len(wire) <= size for wire in frames)
+    assert all(len(wire) == size for wire in frames[:-1])  # every chunk but the last is full
+    assert decode_message(frames) == m
 
 
 # --- the reference layout --------------------------------------------------------------------

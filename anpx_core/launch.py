@@ -1,0 +1,200 @@
+"""What ``gateway | receiver | both`` will run, decided once for both drivers.
+
+:func:`make_plan` turns a validated :class:`~anpx_core.config.Config` into a
+:class:`Plan`: listeners, TLS policies, core settings, the app to serve. The
+drivers only execute it (open sockets, build ``ssl.SSLContext`` from a
+:class:`TlsPolicy`, run tasks). Refusals that protect users (a public
+plaintext gateway) are made here, so both drivers refuse alike.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, replace
+
+from .config import Config, ConfigError, to_gateway_settings, to_receiver_settings
+from .gateway import GatewaySettings
+from .receiver import ReceiverSettings
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # start-up failed (port in use, bad certificate, gateway unreachable)
+
+
+class StartupFailure(Exception):
+    """Start-up cannot proceed; ``str`` is the one line the user sees."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsPolicy:
+    """Everything a driver needs to build an ``ssl.SSLContext`` (TLS 1.2 minimum, always)."""
+
+    server_side: bool
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None  # server: CA for client certificates; client: CA for the gateway
+    verify: str = (
+        "required"  # server: client certificates none|optional|required; client: none|required
+    )
+    check_hostname: bool = True  # client side only
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str
+    port: int
+    tls: TlsPolicy | None = None
+
+
+@dataclass(slots=True)
+class GatewayPlan:
+    settings: GatewaySettings
+    http: Listener
+    tunnel: Listener
+    admin: Listener | None
+    grace: float
+    insecure_warning: str | None = None
+
+
+@dataclass(slots=True)
+class ReceiverPlan:
+    settings: ReceiverSettings
+    app_spec: str | None  # "pkg.module:attr"; None with demo or forward
+    factory: bool
+    demo: bool
+    tls: TlsPolicy
+    grace: float
+
+
+@dataclass(slots=True)
+class Plan:
+    mode: str
+    gateway: GatewayPlan | None = None
+    receiver: ReceiverPlan | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def make_plan(mode: str, cfg: Config) -> Plan:
+    plan = Plan(mode)
+    plan.warnings.extend(f"config key {key} has no effect in anpx" for key in cfg.ignored)
+    if mode in ("gateway", "both"):
+        plan.gateway = _gateway_plan(cfg, plan.warnings)
+    if mode in ("receiver", "both"):
+        plan.receiver = _receiver_plan(cfg, both=mode == "both")
+    return plan
+
+
+def _gateway_plan(cfg: Config, warnings: list[str]) -> GatewayPlan:
+    g = cfg.gateway
+    tls = None
+    if g.tls.enabled:
+        tls = TlsPolicy(True, g.tls.cert_file, g.tls.key_file, g.tls.ca_file, "none")
+    tunnel_tls = tls and replace(tls, verify=g.tls.verify_mode)
+    exposed = [h for h in {g.host, g.wss_host} if not is_loopback(h)]
+    warning = None
+    if exposed and tls is None:
+        if not g.insecure:
+            raise ConfigError(
+                f"[gateway] host: refusing plaintext HTTP and ws:// on {exposed[0]}, "
+                "which other hosts can reach; enable [gateway.tls] or pass --insecure",
+                path="gateway.host",
+            )
+        warning = (
+            f"--insecure: serving plaintext on {exposed[0]}: requests and the tunnel can be read "
+            "and altered on the network"
+        )
+        warnings.append(warning)
+    settings = to_gateway_settings(cfg)
+    return GatewayPlan(
+        settings,
+        Listener(g.host, g.port, tls),
+        Listener(g.wss_host, g.wss_port, tunnel_tls),
+        Listener(g.admin_host, g.admin_port) if g.admin_port else None,
+        g.shutdown_grace,
+        warning,
+    )
+
+
+def _receiver_plan(cfg: Config, *, both: bool) -> ReceiverPlan:
+    r = cfg.receiver
+    settings = to_receiver_settings(cfg)
+    if both:
+        # `both` runs the receiver next to its own gateway: it dials that gateway's tunnel.
+        g = cfg.gateway
+        host = g.wss_host if is_loopback(g.wss_host) else "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        settings.gateway_urls = [f"{'wss' if g.tls.enabled else 'ws'}://{host}:{g.wss_port}/"]
+    verify = "none" if r.tls.verify_mode == "none" else "required"
+    tls = TlsPolicy(False, r.tls.cert_file, r.tls.key_file, r.tls.ca_file, verify, verify != "none")
+    demo = r.backend == "demo"
+    return ReceiverPlan(settings, r.local_app_module, r.app_factory, demo, tls, r.shutdown_grace)
+
+
+def check_files(plan: Plan) -> None:
+    """Fail early, with the key's name, when a certificate or key file is missing."""
+    policies: list[tuple[str, TlsPolicy | None]] = []
+    if plan.gateway is not None:
+        policies.append(("gateway.tls", plan.gateway.http.tls))
+    if plan.receiver is not None:
+        policies.append(("receiver.tls", plan.receiver.tls))
+    for section, policy in policies:
+        if policy is None:
+            continue
+        for key in ("cert_file", "key_file", "ca_file"):
+            path = getattr(policy, key)
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(
+                    f"[{section}] {key}: no such file: {path}", path=f"{section}.{key}"
+                )
+
+
+def ready_lines(plan: Plan, http_port: int, tunnel_port: int, admin_port: int | None) -> list[str]:
+    """What a user sees once the gateway is up: where to point a browser or a receiver."""
+    assert plan.gateway is not None
+    g = plan.gateway
+    scheme = "https" if g.http.tls else "http"
+    host = "127.0.0.1" if g.http.host in ("0.0.0.0", "") else g.http.host
+    lines = [f"anpx gateway ready: open {scheme}://{_hostport(host, http_port)}/"]
+    ws = "wss" if g.tunnel.tls else "ws"
+    lines.append(f"  receivers connect to {ws}://{_hostport(g.tunnel.host, tunnel_port)}/")
+    if admin_port:
+        lines.append(f"  health and stats: http://{_hostport(g.admin.host, admin_port)}/stats")  # type: ignore[union-attr]
+    return lines
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def resolve_app(plan: ReceiverPlan):
+    """The ASGI app the receiver serves: the user's, the demo, or None (forward mode)."""
+    if plan.app_spec is not None:
+        from .apploader import load_app
+
+        return load_app(plan.app_spec, factory=plan.factory)
+    if plan.demo:
+        from .demo import app
+
+        return app
+    return None
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The first leaf of an exception group (structured concurrency wraps task errors)."""
+    while isinstance(getattr(exc, "exceptions", None), (list, tuple)) and exc.exceptions:  # type: ignore[attr-defined]
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return exc
+
+
+def bind_failure(host: str, port: int, exc: OSError) -> StartupFailure:
+    reason = (exc.strerror or str(exc)).lower()
+    return StartupFailure(f"cannot listen on {_hostport(host, port)}: {reason}")

@@ -1,0 +1,100 @@
+"""``python -m anpx_trio gateway | receiver | both``: execute a core launch plan on trio."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import trio
+
+from anpx_core.cli import parse_or_exit
+from anpx_core.config import ConfigError
+from anpx_core.launch import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    Plan,
+    StartupFailure,
+    check_files,
+    first_error,
+    make_plan,
+    ready_lines,
+    resolve_app,
+)
+from anpx_core.logsetup import setup_logging
+
+from .gateway import GatewayServer, Listen
+from .receiver import ReceiverClient, StartupError
+from .tls import make_context
+
+PROG = "python -m anpx_trio"
+log = logging.getLogger("anpx")
+
+
+def main(argv: list[str] | None = None) -> int:
+    mode, cfg = parse_or_exit(argv, PROG)
+    setup_logging(cfg.logging, debug=cfg.debug)
+    try:
+        plan = make_plan(mode, cfg)
+        check_files(plan)
+        app = resolve_app(plan.receiver) if plan.receiver is not None else None
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    for warning in plan.warnings:
+        log.warning("%s", warning)
+    try:
+        trio.run(_run, plan, app)
+    except StartupFailure as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def _run(plan: Plan, app) -> None:
+    failure: list[BaseException] = []
+    async with trio.open_nursery() as nursery:
+        gateway = receiver = None
+        if plan.gateway is not None:
+            g = plan.gateway
+            gateway = GatewayServer(
+                g.settings,
+                http=Listen(g.http.host, g.http.port, make_context(g.http.tls)),
+                tunnel=Listen(g.tunnel.host, g.tunnel.port, make_context(g.tunnel.tls)),
+                admin=Listen(g.admin.host, g.admin.port) if g.admin else None,
+            )
+            try:
+                ports = await nursery.start(gateway.run)
+            except BaseException as exc:
+                err = first_error(exc)  # a nursery wraps the task's error in a group
+                if isinstance(err, StartupFailure):
+                    raise err from None
+                raise
+            for line in ready_lines(plan, ports.http, ports.tunnel, ports.admin):
+                print(line, flush=True)
+        if plan.receiver is not None:
+            r = plan.receiver
+            receiver = ReceiverClient(r.settings, app, tls=make_context(r.tls))
+            nursery.start_soon(_run_receiver, receiver, failure, nursery.cancel_scope)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("%s received: draining", signal.Signals(signum).name)
+                break
+        # Both sides drain at once: no new requests, in-flight ones finish, then the tunnel
+        # closes (a receiver that is draining does not reconnect).
+        async with trio.open_nursery() as draining:
+            if gateway is not None:
+                draining.start_soon(gateway.shutdown, plan.gateway.grace)  # type: ignore[union-attr]
+            if receiver is not None:
+                draining.start_soon(receiver.shutdown, plan.receiver.grace)  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()
+    if failure:
+        raise StartupFailure(str(failure[0]))
+
+
+async def _run_receiver(receiver: ReceiverClient, failure: list, scope: trio.CancelScope) -> None:
+    try:
+        await receiver.run()
+    except StartupError as exc:
+        failure.append(exc)
+        scope.cancel()
