@@ -1,0 +1,21 @@
+"""anpx on asyncio: ``python -m anpx_asyncio gateway | receiver | both``, or embed it::
+
+    task = asyncio.create_task(ReceiverClient(ReceiverSettings(gateway_urls=[...]), app).run())
+"""
+
+from anpx_core.config import ReceiverConfig
+from anpx_core.gateway import GatewaySettings
+from anpx_core.receiver import ReceiverSettings
+
+from .gateway import GatewayServer, Listen
+from .receiver import ReceiverClient, StartupError
+
+__all__ = [
+    "GatewayServer",
+    "GatewaySettings",
+    "Listen",
+    "ReceiverClient",
+    "ReceiverConfig",
+    "ReceiverSettings",
+    "StartupError",
+]

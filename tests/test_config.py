@@ -116,8 +116,17 @@ def test_defaults_run_safely_on_a_fresh_machine() -> None:
     assert (g.host, g.port, g.wss_host, g.wss_port) == ("127.0.0.1", 8080, "127.0.0.1", 8765)
     assert (g.admin_host, g.admin_port) == ("127.0.0.1", 8081)
     assert g.tls.enabled is False and g.auth.enabled is False and g.insecure is False
-    assert (g.timeout, g.keepalive_timeout, g.chunk_size, g.ping_interval) == (30.0, 5.0, 65536, 30.0)
-    assert (g.max_streams_per_receiver, g.max_header_bytes, g.max_body_bytes) == (100, 65536, 104857600)
+    assert (g.timeout, g.keepalive_timeout, g.chunk_size, g.ping_interval) == (
+        30.0,
+        5.0,
+        65536,
+        30.0,
+    )
+    assert (g.max_streams_per_receiver, g.max_header_bytes, g.max_body_bytes) == (
+        100,
+        65536,
+        104857600,
+    )
     assert (g.header_timeout, g.stream_window, g.max_frame_size) == (10.0, 262144, 16777216)
     assert g.shutdown_grace == 10.0
     r = cfg.receiver
@@ -377,7 +386,10 @@ CROSS = [
         {"receiver": {"chunk_size": 8192, "max_frame_size": 4096}},
         "config error: [receiver] chunk_size: must not exceed max_frame_size (4096)",
     ),
-    ({"gateway": {"wss_port": 8080}}, "config error: [gateway] wss_port: 8080 is already taken by port"),
+    (
+        {"gateway": {"wss_port": 8080}},
+        "config error: [gateway] wss_port: 8080 is already taken by port",
+    ),
     (
         {"gateway": {"admin_port": 8765}},
         "config error: [gateway] admin_port: 8765 is already taken by wss_port",
@@ -439,7 +451,9 @@ def test_precedence_option_over_file_over_default(tmp_path: Path) -> None:
 
 
 def test_option_replaces_the_files_other_way_of_saying_the_same_thing() -> None:
-    file = {"receiver": {"local_url": "http://127.0.0.1:8000", "gateway_urls": ["ws://a", "ws://b"]}}
+    file = {
+        "receiver": {"local_url": "http://127.0.0.1:8000", "gateway_urls": ["ws://a", "ws://b"]}
+    }
     cfg = parse_config(file, {"receiver.local_app_module": "m:app"})
     assert cfg.receiver.backend == "app" and cfg.receiver.local_url is None
     cfg = parse_config(
@@ -447,7 +461,8 @@ def test_option_replaces_the_files_other_way_of_saying_the_same_thing() -> None:
     )
     assert cfg.receiver.forward == ("h", 1) and cfg.receiver.local_app_module is None
     cfg = parse_config(
-        {"receiver": {"local_host": "10.1.1.1", "local_port": 5}}, {"receiver.local_url": "http://h:1"}
+        {"receiver": {"local_host": "10.1.1.1", "local_port": 5}},
+        {"receiver.local_url": "http://h:1"},
     )
     assert cfg.receiver.forward == ("h", 1)
     cfg = parse_config(file, {"receiver.gateway_url": "wss://c"})
@@ -494,7 +509,9 @@ def test_both_mode_points_the_receiver_at_its_own_gateway(gateway: dict, url: st
 
 
 def test_explicit_url_and_other_modes_are_left_alone() -> None:
-    cfg = parse_config({"mode": "both", "gateway": {"wss_port": 9000}, "receiver": {"gateway_url": "ws://x:1"}})
+    cfg = parse_config(
+        {"mode": "both", "gateway": {"wss_port": 9000}, "receiver": {"gateway_url": "ws://x:1"}}
+    )
     assert cfg.receiver.urls == ("ws://x:1",)
     cfg = parse_config({"mode": "receiver", "gateway": {"wss_port": 9000}})
     assert cfg.receiver.urls == ("ws://127.0.0.1:8765",)

@@ -1,0 +1,107 @@
+"""``python -m anpx_asyncio gateway | receiver | both``: execute a core launch plan on asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from anpx_core.cli import parse_or_exit
+from anpx_core.config import ConfigError
+from anpx_core.launch import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    Plan,
+    StartupFailure,
+    check_files,
+    make_plan,
+    ready_lines,
+    resolve_app,
+)
+from anpx_core.logsetup import setup_logging
+
+from .gateway import GatewayServer, Listen
+from .receiver import ReceiverClient, StartupError
+from .tls import make_context
+
+PROG = "python -m anpx_asyncio"
+log = logging.getLogger("anpx")
+
+
+def main(argv: list[str] | None = None) -> int:
+    mode, cfg = parse_or_exit(argv, PROG)
+    setup_logging(cfg.logging, debug=cfg.debug)
+    try:
+        plan = make_plan(mode, cfg)
+        check_files(plan)
+        app = resolve_app(plan.receiver) if plan.receiver is not None else None
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    for warning in plan.warnings:
+        log.warning("%s", warning)
+    try:
+        asyncio.run(_run(plan, app))
+    except StartupFailure as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def _run(plan: Plan, app) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, _on_signal, signum, stop)
+    gateway = receiver = None
+    tasks: list[asyncio.Task] = []
+    try:
+        if plan.gateway is not None:
+            g = plan.gateway
+            gateway = GatewayServer(
+                g.settings,
+                http=Listen(g.http.host, g.http.port, make_context(g.http.tls)),
+                tunnel=Listen(g.tunnel.host, g.tunnel.port, make_context(g.tunnel.tls)),
+                admin=Listen(g.admin.host, g.admin.port) if g.admin else None,
+            )
+            task = loop.create_task(gateway.run())
+            tasks.append(task)
+            await asyncio.wait([task, gateway.started], return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                task.result()  # raises the bind failure
+            ports = gateway.started.result()
+            for line in ready_lines(plan, ports.http, ports.tunnel, ports.admin):
+                print(line, flush=True)
+        if plan.receiver is not None:
+            r = plan.receiver
+            receiver = ReceiverClient(r.settings, app, tls=make_context(r.tls))
+            rc_task = loop.create_task(receiver.run())
+            tasks.append(rc_task)
+            rc_task.add_done_callback(lambda _t: stop.set())
+        await stop.wait()
+        if receiver is not None and rc_task.done() and rc_task.exception() is not None:
+            exc = rc_task.exception()
+            if isinstance(exc, StartupError):
+                raise StartupFailure(str(exc))
+            raise exc
+        # Both sides drain at once: no new requests, in-flight ones finish, then the tunnel
+        # closes (a receiver that is draining does not reconnect).
+        draining = []
+        if gateway is not None:
+            draining.append(gateway.shutdown(plan.gateway.grace))  # type: ignore[union-attr]
+        if receiver is not None:
+            draining.append(receiver.shutdown(plan.receiver.grace))  # type: ignore[union-attr]
+        await asyncio.gather(*draining)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def _on_signal(signum: int, stop: asyncio.Event) -> None:
+    log.info("%s received: draining", signal.Signals(signum).name)
+    stop.set()
