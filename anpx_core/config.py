@@ -164,8 +164,40 @@ def _log_format(value: str) -> str | None:
 # --- sections ------------------------------------------------------------------------------
 
 
+class _Section:
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        # Built directly (the embedding API), a section gets the checks a file gets.
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.metadata.get("section"):
+                expected = type(f.default_factory())  # type: ignore[misc]
+                if not isinstance(value, expected):
+                    raise ConfigError(
+                        f"{type(self).__name__}.{f.name}: expected a {expected.__name__}, "
+                        f"got {_type_name(value)}",
+                        path=f.name,
+                    )
+                continue
+            check: _Check | None = f.metadata.get("check")
+            if check is None or (value is None and f.default is None):
+                continue
+            ok, converted = _convert(check, value)
+            problem = None if ok else _expected(check)
+            if ok and check.extra is not None and converted is not None:
+                problem = check.extra(converted)
+            if problem is not None:
+                raise ConfigError(
+                    f"{type(self).__name__}.{f.name}: {problem}, got {_show(value, check.secret)}",
+                    path=f.name,
+                )
+            if converted is not value:
+                object.__setattr__(self, f.name, converted)
+
+
 @dataclass(frozen=True, slots=True)
-class LoggingConfig:
+class LoggingConfig(_Section):
     level: str = _opt("INFO", "choice", choices=LOG_LEVELS)
     format: str = _opt(
         "%(asctime)s [%(levelname)s] %(name)s: %(message)s", "str", nonempty=True, extra=_log_format
@@ -176,7 +208,7 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class TlsConfig:
+class TlsConfig(_Section):
     enabled: bool = _opt(False, "bool")
     cert_file: str | None = _opt(None, "path")
     key_file: str | None = _opt(None, "path")
@@ -187,7 +219,7 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class AuthConfig:
+class AuthConfig(_Section):
     enabled: bool = _opt(False, "bool")
     shared_secret: str | None = _opt(None, "str", nonempty=True, secret=True)
     token_expiry: int = _opt(3600, "int", lo=1, unit="seconds")
@@ -199,7 +231,7 @@ def _gateway_tls() -> TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class GatewayConfig:
+class GatewayConfig(_Section):
     # the seed's keys
     host: str = _opt("127.0.0.1", "str", nonempty=True)
     port: int = _opt(8080, "int", lo=0, hi=65535)
@@ -226,7 +258,7 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class ReceiverConfig:
+class ReceiverConfig(_Section):
     # the seed's keys
     gateway_url: str = _opt("ws://127.0.0.1:8765", "str", extra=_ws_url)
     local_app_module: str | None = _opt(None, "str", extra=_module_attr)
@@ -277,7 +309,7 @@ class ReceiverConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Config:
+class Config(_Section):
     mode: str = _opt("gateway", "choice", choices=MODES)
     debug: bool = _opt(False, "bool")
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata=_SECTION)
@@ -670,14 +702,14 @@ def load_config(
 # --- engine settings -----------------------------------------------------------------------
 
 
-def to_gateway_settings(cfg: Config) -> GatewaySettings:
+def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
     """The gateway core's limits from ``cfg`` (authentication is the driver's to attach)."""
     from . import messages as M
     from .gateway import GatewaySettings
     from .http1 import FrontLimits
     from .websocket import WsLimits
 
-    g = cfg.gateway
+    g = cfg.gateway if isinstance(cfg, Config) else cfg
     return GatewaySettings(
         timeout=g.timeout,
         max_streams_per_receiver=g.max_streams_per_receiver,
@@ -696,14 +728,14 @@ def to_gateway_settings(cfg: Config) -> GatewaySettings:
     )
 
 
-def to_receiver_settings(cfg: Config) -> ReceiverSettings:
+def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
     """The receiver core's settings from ``cfg`` (authentication is the driver's to attach)."""
     from . import messages as M
     from .receiver import ReceiverSettings
     from .tunnel import DEFAULT_STREAM_WINDOW
     from .websocket import WsLimits
 
-    r = cfg.receiver
+    r = cfg.receiver if isinstance(cfg, Config) else cfg
     return ReceiverSettings(
         gateway_urls=list(r.urls),
         client_id=r.client_id,

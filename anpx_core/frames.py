@@ -74,19 +74,28 @@ def u32(value: int) -> bytes:
 
 def encode_frame(frame_type: int, flags: int, tlvs: list[tuple[int, bytes]]) -> bytes:
     """Serialize one frame. Values may be bytes, bytearray or memoryview."""
-    parts: list[bytes] = [b""]  # slot for the header
-    body_len = 0
-    body_crc = 0
+    pieces: list[bytes | memoryview] = [b""]
     pack = _TLV.pack
     for tag, value in tlvs:
-        head = pack(tag, len(value))
-        body_crc = crc32(value, crc32(head, body_crc))
-        parts.append(head)
-        parts.append(value)
-        body_len += TLV_HEADER_SIZE + len(value)
+        pieces.append(pack(tag, len(value)))
+        pieces.append(value)
+    return assemble(frame_type, flags, pieces)
+
+
+def assemble(frame_type: int, flags: int, pieces: list[bytes | memoryview]) -> bytes:
+    """A frame from its TLV body given as consecutive buffers after an empty ``pieces[0]``.
+
+    ``pieces[0]`` is replaced by the header. The CRC runs over the pieces in
+    place, so a large body part is copied once, into the frame.
+    """
+    body_crc = 0
+    body_len = 0
+    for piece in pieces:
+        body_crc = crc32(piece, body_crc)
+        body_len += len(piece)
     prefix = _PREFIX.pack(MAGIC, VERSION, frame_type, flags, 0, HEADER_SIZE + body_len)
-    parts[0] = prefix + _CRCS.pack(crc32(prefix), body_crc, 0)
-    return b"".join(parts)
+    pieces[0] = prefix + _CRCS.pack(crc32(prefix), body_crc, 0)
+    return b"".join(pieces)
 
 
 def _check_header(header: bytes | memoryview, max_frame_size: int) -> tuple[int, int, int, int]:

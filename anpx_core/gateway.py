@@ -132,6 +132,8 @@ class GatewayCore:
         self._wakeups: set[int] = set()
         self._clients = 0
         self._now = 0.0  # the time of the call being handled, for access-log durations
+        # Fronts whose response just ended: a pipelined request may be waiting in them.
+        self._fronts_due: list[_Client | _Admin] = []
         self.draining = False
 
     # --- driver contract -----------------------------------------------------------------
@@ -183,9 +185,7 @@ class GatewayCore:
         if isinstance(conn, _Client):
             for event in conn.front.receive_data(data, now):
                 self._client_event(conn, event, now)
-            if conn.rid is not None and conn.tunnel is not None and conn.tunnel.session is not None:
-                conn.tunnel.session.flush(conn.rid)
-                self._wakeups.add(conn.tunnel.cid)
+            self._flush_upload(conn)
         elif isinstance(conn, _Tunnel):
             for event in conn.ws.receive_data(data, now):
                 self._tunnel_event(conn, event, now)
@@ -194,6 +194,28 @@ class GatewayCore:
         else:
             for event in conn.front.receive_data(data, now):
                 self._admin_event(conn, event, now)
+        self._serve_due_fronts()
+
+    def _flush_upload(self, conn: _Client) -> None:
+        """Send the upload bytes this call brought now, not when a frame fills up."""
+        if conn.rid is not None and conn.tunnel is not None and conn.tunnel.session is not None:
+            conn.tunnel.session.flush(conn.rid)
+            self._wakeups.add(conn.tunnel.cid)
+
+    def _serve_due_fronts(self) -> None:
+        """Let fronts whose response ended surface their next (pipelined) request now."""
+        while self._fronts_due:
+            conn = self._fronts_due.pop()
+            if conn.cid not in self._conns:
+                continue
+            self._wakeups.add(conn.cid)
+            for event in conn.front.tick(self._now):
+                if isinstance(conn, _Admin):
+                    self._admin_event(conn, event, self._now)
+                else:
+                    self._client_event(conn, event, self._now)
+            if isinstance(conn, _Client):
+                self._flush_upload(conn)
 
     def lost(self, cid: int, now: float) -> None:
         """The socket failed: same as EOF for every protocol here."""
@@ -255,6 +277,7 @@ class GatewayCore:
             self._abandon_client(conn, "client connection closed")
         elif isinstance(conn, _Tunnel):
             self._tunnel_gone(conn, "receiver disconnected")
+        self._serve_due_fronts()
 
     def pop_wakeups(self) -> set[int]:
         woken, self._wakeups = self._wakeups, set()
@@ -274,8 +297,10 @@ class GatewayCore:
                 continue
             for event in events:
                 self._client_event(conn, event, now)
+            self._flush_upload(conn)
             if conn.deadline is not None and now >= conn.deadline:
                 self._timeout(conn)
+        self._serve_due_fronts()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -381,6 +406,7 @@ class GatewayCore:
     ) -> None:
         """Answer the current request from the gateway itself."""
         conn.front.send_error(status, text, list(headers))
+        self._fronts_due.append(conn)
         conn.status = status
         self._log_access(conn, status)
         self._wakeups.add(conn.cid)
@@ -401,6 +427,7 @@ class GatewayCore:
         conn.backlog = conn.taken = 0
         if error is not None:
             conn.front.send_error(status, error)
+            self._fronts_due.append(conn)
             conn.status = status
         if conn.head is not None:
             self._log_access(conn, conn.status or status)
@@ -526,6 +553,7 @@ class GatewayCore:
             self._wakeups.add(conn.cid)
         elif isinstance(event, StreamEnd):
             conn.front.end_response()
+            self._fronts_due.append(conn)
             tunnel.streams.pop(conn.rid, None)
             if tunnel.session is not None and tunnel.session.has_stream(conn.rid):
                 # the response is complete but the upload is not: stop it
@@ -574,6 +602,7 @@ class GatewayCore:
             status = 200
         else:
             conn.front.send_error(404, "unknown admin path; try /health or /stats")
+            self._fronts_due.append(conn)
             return
         conn.front.send_response(
             ResponseHead(
@@ -584,6 +613,7 @@ class GatewayCore:
         )
         conn.front.send_data(body)
         conn.front.end_response()
+        self._fronts_due.append(conn)
 
 
 def _addr(addr: tuple[str, int] | None) -> str:

@@ -543,7 +543,7 @@ class WsServer(_WsConnection):
             return
         if self._state != "handshake":
             raise RuntimeError("the handshake is over")
-        if not 200 <= status <= 999:
+        if not 200 <= status <= 599:
             raise ValueError(f"cannot reject with status {status}")
         self._out.append(_http_error(status, body, headers))
         self._finish(POLICY, f"handshake rejected with HTTP {status}", False)

@@ -45,9 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s", warning)
     try:
         trio.run(_run, plan, app)
-    except StartupFailure as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    except BaseException as exc:
+        err = first_error(exc)  # task errors arrive wrapped in exception groups
+        if isinstance(err, StartupFailure):
+            print(f"{PROG}: {err}", file=sys.stderr)
+            return EXIT_FAILURE
+        raise
     return EXIT_OK
 
 

@@ -89,10 +89,13 @@ class Runner:
         """Stop at once (cancel), as a crash or kill would from the peer's point of view."""
         if self.finished.is_set():
             return
-        if self.driver == "trio":
-            trio.from_thread.run_sync(self._trio_scope.cancel, trio_token=self._trio_token)
-        else:
-            self._loop.call_soon_threadsafe(self._task.cancel)
+        try:
+            if self.driver == "trio":
+                trio.from_thread.run_sync(self._trio_scope.cancel, trio_token=self._trio_token)
+            else:
+                self._loop.call_soon_threadsafe(self._task.cancel)
+        except (trio.RunFinishedError, RuntimeError):
+            pass  # it finished by itself meanwhile (e.g. after a drain)
         self.thread.join(10)
 
 

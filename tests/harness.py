@@ -374,6 +374,7 @@ class HttpClient(Task):
         self.sending: Exchange | None = None
         self.waiting_continue = False
         self.closed = False
+        self.write_dead = False
         world.tasks.append(self)
 
     # -- producing requests --
@@ -452,12 +453,15 @@ class HttpClient(Task):
         if self.closed:
             self.done = True
             return
-        if not self.out:
+        if not self.out and not self.write_dead:
             self._produce()
         if self.out:
             if self.end.write_failed:
-                self._connection_lost("write failed")
-                return
+                # The server closed its side: stop sending, but read what it said first
+                # (a server that answers early closes lingering, as h11's docs advise).
+                self.write_dead = True
+                self.out.clear()
+                self.sending = None
             n = min(len(self.out), self.end.outbox.room, world.write_size())
             if n:
                 self.end.outbox.push(bytes(self.out[:n]))

@@ -672,12 +672,12 @@ def test_any_input_gives_a_config_or_one_line_config_error(overrides: dict) -> N
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(-(2**17), 2**17))
+@given(st.one_of(st.integers(-(2**17), 2**17), st.sampled_from([-1, 0, 65535, 65536])))
 def test_port_range_edges(port: int) -> None:
     try:
-        cfg = parse_config({"gateway": {"port": port, "wss_port": 1, "admin_port": 2}})
+        cfg = parse_config({"gateway": {"port": port, "wss_port": 0, "admin_port": 0}})
     except ConfigError as e:
-        assert not 0 <= port <= 65535 or port in (1, 2)
+        assert not 0 <= port <= 65535
         assert e.path == "gateway.port"
     else:
         assert 0 <= port <= 65535 and cfg.gateway.port == port
@@ -712,9 +712,10 @@ def test_documented_defaults_match_the_code() -> None:
         assert row, f"{key}: no table row"
         documented = row.group(1).strip()
         default = _default_of(key)
-        assert documented.startswith(f"`{default}`") or documented.startswith("unset") == (
-            default is None
-        ), f"{key}: documented {documented!r}, code {default!r}"
+        expected = "unset" if default is None else f"`{default}`"
+        assert documented.startswith(expected), (
+            f"{key}: documented {documented!r}, code {default!r}"
+        )
 
 
 def _default_of(key: str) -> object:

@@ -75,9 +75,26 @@ def expected_answer(ex: Exchange, mode: str, marker: str) -> bytes:
 
 @dataclass
 class Planned:
-    exchange: Exchange
-    mode: str
+    """One exchange of a scenario, small enough for hypothesis to print."""
+
     marker: str
+    mode: str
+    size: int
+    method: str = "POST"
+    chunked: bool = False
+    expect: bool = False
+    content_length: bool = False
+
+    def build(self) -> Exchange:
+        return request(
+            self.marker,
+            pattern(self.marker + "/request", self.size),
+            mode=self.mode,
+            method=self.method,
+            chunked=self.chunked,
+            expect_continue=self.expect,
+            headers=[("x-cl", "1")] if self.content_length else [],
+        )
 
 
 MODES = ["echo", "echo", "echo", "stream", "stream", "early", "fail-before", "fail-mid", "oversize"]
@@ -87,33 +104,31 @@ MODES = ["echo", "echo", "echo", "stream", "stream", "early", "fail-before", "fa
 def connection_plans(draw: st.DrawFn, index: int) -> dict:
     planned: list[Planned] = []
     for j in range(draw(st.integers(1, 3))):
-        marker = f"c{index}x{j}"
         mode = draw(st.sampled_from(MODES))
         if mode == "oversize":
             size = draw(st.integers(MAX_BODY + 1, MAX_BODY + 4096))
         else:
             size = draw(st.sampled_from([0, 1, 7, 300, 5000, 20000, MAX_BODY]))
-        chunked = draw(st.booleans()) if size else False
-        method = "POST" if size else draw(st.sampled_from(["GET", "POST", "DELETE"]))
-        ex = request(
-            marker,
-            pattern(marker + "/request", size),
-            mode=mode,
-            method=method,
-            chunked=chunked,
-            expect_continue=bool(size) and draw(st.booleans()),
-            headers=[("x-cl", "1")] if draw(st.booleans()) else [],
+        planned.append(
+            Planned(
+                f"c{index}x{j}",
+                mode,
+                size,
+                method="POST" if size else draw(st.sampled_from(["GET", "POST", "DELETE"])),
+                chunked=draw(st.booleans()) if size else False,
+                expect=bool(size) and draw(st.booleans()),
+                content_length=draw(st.booleans()),
+            )
         )
-        planned.append(Planned(ex, mode, marker))
     disconnect = None
     if draw(st.integers(0, 3)) == 0:
         j = draw(st.integers(0, len(planned) - 1))
         target = planned[j]
-        answer = len(expected_answer(target.exchange, "echo", target.marker))
-        if target.exchange.body and draw(st.booleans()):
-            after = draw(st.integers(0, len(target.exchange.body) - 1))
+        if target.size and draw(st.booleans()):
+            after = draw(st.integers(0, target.size - 1))
             disconnect = Disconnect(j, "upload", after, reset=draw(st.booleans()))
         elif target.mode in ("echo", "stream"):
+            answer = len(echo_body(target.marker, bytes(target.size), target.method))
             after = draw(st.integers(0, answer - 1))
             disconnect = Disconnect(j, "response", after, reset=draw(st.booleans()))
     pauses = draw(st.lists(st.tuples(st.integers(0, 60000), st.integers(1, 400)), max_size=2))
@@ -160,8 +175,8 @@ def build_world(sc: dict) -> World:
     return make_world(sc["seed"], gw, rx)
 
 
-def check_exchange(world: World, p: Planned, previous: Planned | None) -> None:
-    ex, mode, marker = p.exchange, p.mode, p.marker
+def check_exchange(world: World, p: Planned, ex: Exchange, previous: Exchange | None) -> None:
+    mode, marker = p.mode, p.marker
     where = f"{marker} ({mode}, {len(ex.body)}B{', chunked' if ex.chunked else ''})"
     if not ex.sent or ex.aborted == "connection closed by the client after an earlier response":
         # only after an exchange that ended the connection
@@ -208,18 +223,20 @@ def check_exchange(world: World, p: Planned, previous: Planned | None) -> None:
 
 def run_scenario(sc: dict) -> World:
     world = build_world(sc)
+    exchanges = [[p.build() for p in plan["planned"]] for plan in sc["connections"]]
     clients: list[HttpClient] = []
     base = world.steps
-    pending = sorted(enumerate(sc["connections"]), key=lambda item: item[1]["start"])
+    pending = sorted(range(len(exchanges)), key=lambda i: sc["connections"][i]["start"])
     drops = sorted(sc["drops"])
 
     def hook(w: World) -> None:
-        while pending and w.steps - base >= pending[0][1]["start"]:
-            i, plan = pending.pop(0)
+        while pending and w.steps - base >= sc["connections"][pending[0]]["start"]:
+            i = pending.pop(0)
+            plan = sc["connections"][i]
             clients.append(
                 HttpClient(
                     w,
-                    [p.exchange for p in plan["planned"]],
+                    exchanges[i],
                     index=i,
                     pipeline=plan["pipeline"],
                     disconnect=plan["disconnect"],
@@ -233,11 +250,11 @@ def run_scenario(sc: dict) -> World:
     world.hooks.append(hook)
     world.run(lambda: not pending and all(c.done for c in clients), max_time=200.0)
     world.settle(3.0)
-    for plan in sc["connections"]:
+    for plan, sent in zip(sc["connections"], exchanges, strict=True):
         previous = None
-        for p in plan["planned"]:
-            check_exchange(world, p, previous)
-            previous = p
+        for p, ex in zip(plan["planned"], sent, strict=True):
+            check_exchange(world, p, ex, previous)
+            previous = ex
     world.assert_no_leaks()
     return world
 

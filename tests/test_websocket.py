@@ -455,19 +455,19 @@ def test_bad_text_messages_close_the_connection(payload, code):
     assert server.receive_data(raw_frame(2, b"after"), 0.0) == []  # nothing more is delivered
 
 
-@pytest.mark.parametrize(
-    "wire",
-    [
-        raw_frame(2, b"unmasked", mask=False),
-        raw_frame(3, b"reserved opcode"),
-        raw_frame(9, b"fragmented ping", fin=False),
-        raw_frame(0, b"continuation without a start"),
-        raw_frame(2, b"rsv1", rsv=0x40),
-        raw_frame(2, b"x", fin=False) + raw_frame(2, b"a new message inside a fragmented one"),
-        raw_frame(8, b"\x03"),  # close frame with a one-byte body
-        raw_frame(8, struct.pack(">H", 999)),  # invalid close code
-    ],
-)
+PROTOCOL_VIOLATIONS = {
+    "unmasked client frame": raw_frame(2, b"unmasked", mask=False),
+    "reserved opcode": raw_frame(3, b"reserved opcode"),
+    "fragmented ping": raw_frame(9, b"fragmented ping", fin=False),
+    "orphan continuation": raw_frame(0, b"continuation without a start"),
+    "rsv1 without extension": raw_frame(2, b"rsv1", rsv=0x40),
+    "new message inside a fragmented one": raw_frame(2, b"x", fin=False) + raw_frame(2, b"y"),
+    "one-byte close body": raw_frame(8, b"\x03"),
+    "invalid close code": raw_frame(8, struct.pack(">H", 999)),
+}
+
+
+@pytest.mark.parametrize("wire", PROTOCOL_VIOLATIONS.values(), ids=PROTOCOL_VIOLATIONS.keys())
 def test_protocol_violations_close_1002(wire):
     server = WsServer(LIMITS, 0.0)
     peer = RawPeer(server)
