@@ -9,6 +9,7 @@ ever needs a whole body in memory. :func:`encode_message` and
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from . import frames as F
@@ -34,6 +35,9 @@ MAX_REQUEST_ID_BYTES = 128
 _CHUNK_TLV = F.TLV_HEADER_SIZE + 4  # chunk_idx / chunk_tot
 _FINAL_TLV = F.TLV_HEADER_SIZE + 1
 _FINAL_VALUE = b"\x01"
+_IDX_HEAD = F.tlv_header(F.TAG_CHUNK_IDX, 4)
+_TOT_HEAD = F.tlv_header(F.TAG_CHUNK_TOT, 4)
+_FINAL_TLV_BYTES = F.tlv_header(F.TAG_FINAL_CHUNK, 1) + _FINAL_VALUE
 
 
 # --- whole messages ------------------------------------------------------------------------
@@ -126,6 +130,10 @@ class MessageEncoder:
     carries the meta (status and headers go out before the body ends),
     chunk_tot is sent only when given, and final_chunk marks the last frame.
     No frame exceeds ``max_frame_size`` bytes, header included.
+
+    Held body is at most one frame's worth, kept as the parts given (copied
+    only when not ``bytes``, since callers may reuse their buffers) and copied
+    once, into the frame that carries it.
     """
 
     def __init__(
@@ -146,15 +154,21 @@ class MessageEncoder:
         self._max = max_frame_size
         self._total = chunk_total
         self._idx = 0  # next chunk index; 0 means nothing emitted yet
-        self._pending: bytes | memoryview = b""
+        self._parts: deque[bytes | memoryview] = deque()
+        self._held = 0  # bytes in _parts
         self.ended = False
-        base = F.HEADER_SIZE + F.TLV_HEADER_SIZE + len(self._rid) + _CHUNK_TLV
-        if chunk_total is not None:
-            base += _CHUNK_TLV
+        # TLVs every frame repeats, serialized once
+        self._rid_tlv = F.tlv_header(F.TAG_REQUEST_ID, len(self._rid)) + self._rid
+        self._meta_tlv = F.tlv_header(self._meta_tag, len(self._meta)) + self._meta
+        self._tot_tlv = b"" if chunk_total is None else _TOT_HEAD + F.u32(chunk_total)
+        base = F.HEADER_SIZE + len(self._rid_tlv) + _CHUNK_TLV + len(self._tot_tlv)
         self._base = base
-        head_min = base + F.TLV_HEADER_SIZE + len(self._meta)
+        # body bytes a non-final chunk holds: chunk 0 (with the meta), then every later one
+        self._room0 = max(max_frame_size - base - F.TLV_HEADER_SIZE - len(self._meta_tlv), 0)
+        self._room = max_frame_size - base - F.TLV_HEADER_SIZE
+        head_min = base + len(self._meta_tlv)
         self._chunk_head_fits = head_min <= max_frame_size
-        self._single_min = F.HEADER_SIZE + 2 * F.TLV_HEADER_SIZE + len(self._rid) + len(self._meta)
+        self._single_min = F.HEADER_SIZE + len(self._rid_tlv) + len(self._meta_tlv)
         if chunk_total is None:  # an unchunked frame needs no chunk_idx: the head may fit only so
             head_min = self._single_min
         if head_min > max_frame_size:
@@ -163,7 +177,7 @@ class MessageEncoder:
                 f"message head needs {head_min} bytes, frames are limited to {max_frame_size}",
                 request_id,
             )
-        if max_frame_size - base - F.TLV_HEADER_SIZE - _FINAL_TLV < 1:
+        if self._room - _FINAL_TLV < 1:
             raise ProtocolError(
                 "too_large",
                 f"max_frame_size {max_frame_size} leaves no room for body bytes",
@@ -174,14 +188,11 @@ class MessageEncoder:
     def frames_sent(self) -> int:
         return self._idx
 
-    def _body_room(self, idx: int, final: bool) -> int:
-        """Body bytes that fit in chunk ``idx``."""
-        room = self._max - self._base - F.TLV_HEADER_SIZE
-        if idx == 0:
-            room -= F.TLV_HEADER_SIZE + len(self._meta)
-        if final:
-            room -= _FINAL_TLV
-        return room
+    def _body_room(self, final: bool) -> int:
+        """Body bytes that fit in the next chunk (negative: not even its TLVs do)."""
+        if self._idx:
+            return self._room - _FINAL_TLV if final else self._room
+        return self._room0 - _FINAL_TLV if final else self._room0
 
     def _unchunkable(self) -> ProtocolError:
         return ProtocolError(
@@ -190,93 +201,90 @@ class MessageEncoder:
             self._rid.decode(),
         )
 
-    def _chunk(self, body: bytes | memoryview, final: bool) -> bytes:
+    def _hold(self, chunk: bytes | bytearray | memoryview) -> None:
+        if type(chunk) is not bytes:
+            chunk = bytes(chunk)
+        self._parts.append(chunk)
+        self._held += len(chunk)
+
+    def _take(self, size: int) -> list[bytes | memoryview]:
+        """Remove the first ``size`` held bytes, as buffers."""
+        parts = self._parts
+        taken: list[bytes | memoryview] = []
+        self._held -= size
+        while size:
+            part = parts[0]
+            if len(part) <= size:
+                taken.append(parts.popleft())
+                size -= len(part)
+            else:
+                view = memoryview(part)
+                taken.append(view[:size])
+                parts[0] = view[size:]
+                size = 0
+        return taken
+
+    def _chunk(self, size: int, final: bool) -> bytes:
+        """Emit the next chunk with ``size`` held body bytes."""
         if self._idx == 0 and not self._chunk_head_fits:
             raise self._unchunkable()
-        tlvs: list[tuple[int, bytes | memoryview]] = [
-            (F.TAG_REQUEST_ID, self._rid),
-            (F.TAG_CHUNK_IDX, F.u32(self._idx)),
-        ]
-        if self._total is not None:
-            tlvs.append((F.TAG_CHUNK_TOT, F.u32(self._total)))
+        pieces: list[bytes | memoryview] = [b"", self._rid_tlv, _IDX_HEAD + F.u32(self._idx)]
+        if self._tot_tlv:
+            pieces.append(self._tot_tlv)
         if self._idx == 0:
-            tlvs.append((self._meta_tag, self._meta))
-        if body:
-            tlvs.append((F.TAG_HTTP_BODY, body))
+            pieces.append(self._meta_tlv)
+        if size:
+            pieces.append(F.tlv_header(F.TAG_HTTP_BODY, size))
+            pieces += self._take(size)
         if final:
-            tlvs.append((F.TAG_FINAL_CHUNK, _FINAL_VALUE))
+            pieces.append(_FINAL_TLV_BYTES)
         self._idx += 1
-        return F.encode_frame(self._type, F.FLAG_CHUNKED, tlvs)  # type: ignore[arg-type]
+        return F.assemble(self._type, F.FLAG_CHUNKED, pieces)
 
-    def _emit_full(self, out: list[bytes]) -> None:
-        """Emit every frame the pending body fills, keeping the remainder."""
-        if not self._chunk_head_fits:  # hold the body for end()'s one unchunked frame
-            if self._single_min + F.TLV_HEADER_SIZE + len(self._pending) > self._max:
-                raise self._unchunkable()
-            return
-        view = memoryview(self._pending)
-        pos = 0
-        while True:
-            room = max(self._body_room(self._idx, final=False), 0)
-            if len(view) - pos <= room:
-                break
-            out.append(self._chunk(view[pos : pos + room], final=False))
-            pos += room
-        self._pending = view[pos:] if pos else self._pending
-
-    def data(self, chunk: bytes) -> list[bytes]:
+    def data(self, chunk: bytes | bytearray | memoryview) -> list[bytes]:
         if self.ended:
             raise RuntimeError("data() after end()")
         if not chunk:
             return []
-        self._pending = bytes(self._pending) + chunk if self._pending else chunk
+        self._hold(chunk)
+        if not self._chunk_head_fits:  # hold the body for end()'s one unchunked frame
+            if self._single_min + F.TLV_HEADER_SIZE + self._held > self._max:
+                raise self._unchunkable()
+            return []
+        room = self._body_room(final=False)
+        if self._held <= room:  # may still be the last (or only) frame: hold it
+            return []
         out: list[bytes] = []
-        self._emit_full(out)
+        while self._held > room:
+            out.append(self._chunk(room, final=False))
+            room = self._room
         return out
 
     def flush(self) -> list[bytes]:
         """Emit held body now as a non-final chunk (chunk 0 even with no body)."""
-        if self.ended or (self._idx and not self._pending):
+        if self.ended or (self._idx and not self._held):
             return []
-        out = [self._chunk(self._pending, final=False)]
-        self._pending = b""
-        return out
+        return [self._chunk(self._held, final=False)]
 
-    def end(self, chunk: bytes = b"") -> list[bytes]:
+    def end(self, chunk: bytes | bytearray | memoryview = b"") -> list[bytes]:
         if self.ended:
             raise RuntimeError("end() called twice")
         # Held, not emitted via data(): the whole message may still fit one unchunked frame.
         if chunk:
-            self._pending = bytes(self._pending) + chunk if self._pending else chunk
-        out: list[bytes] = []
+            self._hold(chunk)
         self.ended = True
-        pending = self._pending
-        self._pending = b""
+        held = self._held
         if self._idx == 0 and self._total is None:
-            single = (
-                F.HEADER_SIZE
-                + 2 * F.TLV_HEADER_SIZE
-                + len(self._rid)
-                + len(self._meta)
-                + (F.TLV_HEADER_SIZE + len(pending) if pending else 0)
-            )
-            if single <= self._max:
-                tlvs: list[tuple[int, bytes | memoryview]] = [
-                    (F.TAG_REQUEST_ID, self._rid),
-                    (self._meta_tag, self._meta),
-                ]
-                if pending:
-                    tlvs.append((F.TAG_HTTP_BODY, pending))
-                out.append(F.encode_frame(self._type, 0, tlvs))  # type: ignore[arg-type]
-                return out
-        view = memoryview(pending)
-        pos = 0
-        while len(view) - pos > self._body_room(self._idx, final=True):
-            room = max(self._body_room(self._idx, final=False), 0)
-            room = min(room, len(view) - pos)
-            out.append(self._chunk(view[pos : pos + room], final=False))
-            pos += room
-        out.append(self._chunk(view[pos:], final=True))
+            if self._single_min + (F.TLV_HEADER_SIZE + held if held else 0) <= self._max:
+                pieces: list[bytes | memoryview] = [b"", self._rid_tlv, self._meta_tlv]
+                if held:
+                    pieces.append(F.tlv_header(F.TAG_HTTP_BODY, held))
+                    pieces += self._take(held)
+                return [F.assemble(self._type, 0, pieces)]
+        out: list[bytes] = []
+        while self._held > self._body_room(final=True):
+            out.append(self._chunk(min(self._body_room(final=False), self._held), final=False))
+        out.append(self._chunk(self._held, final=True))
         return out
 
 

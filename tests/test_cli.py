@@ -62,7 +62,9 @@ class Proc:
         start = time.monotonic()
         while not any(text in line for line in self.lines):
             if self.proc.poll() is not None and not self._reader.is_alive():
-                raise AssertionError(f"exited {self.proc.returncode} before {text!r}:\n{self.output}")
+                raise AssertionError(
+                    f"exited {self.proc.returncode} before {text!r}:\n{self.output}"
+                )
             if time.monotonic() - start > timeout:
                 raise AssertionError(f"{text!r} not seen in {timeout}s:\n{self.output}")
             time.sleep(0.02)
@@ -183,7 +185,9 @@ def test_forward_mode_to_a_separate_local_server(driver):
             gateway.wait_for("gateway ready")
             url = f"ws://127.0.0.1:{ports['tunnel']}"
             local = f"http://127.0.0.1:{service.server_address[1]}"
-            with running(driver, "receiver", "--gateway-url", url, "--local-url", local) as receiver:
+            with running(
+                driver, "receiver", "--gateway-url", url, "--local-url", local
+            ) as receiver:
                 receiver.wait_for("tunnel to")
                 with httpx.Client(base_url=f"http://127.0.0.1:{ports['http']}") as client:
                     r = client.get("/a%2Fb?q=1")
@@ -281,7 +285,16 @@ def test_port_in_use_exits_1_with_one_line(driver):
         blocker.listen()
         port = blocker.getsockname()[1]
         out = subprocess.run(
-            [sys.executable, "-m", driver, "gateway", "--gateway-port", str(port), "--admin-port", "0"],
+            [
+                sys.executable,
+                "-m",
+                driver,
+                "gateway",
+                "--gateway-port",
+                str(port),
+                "--admin-port",
+                "0",
+            ],
             capture_output=True,
             text=True,
             timeout=30,
@@ -300,7 +313,16 @@ def test_unreachable_gateway_gives_up_after_max_attempts(driver, tmp_path):
         f'[receiver]\ngateway_url = "ws://127.0.0.1:{free_port()}"\nmax_reconnect_attempts = 2\nreconnect_delay = 0.05\n'
     )
     out = subprocess.run(
-        [sys.executable, "-m", driver, "receiver", "--config", str(cfg), "--local-url", "http://127.0.0.1:9"],
+        [
+            sys.executable,
+            "-m",
+            driver,
+            "receiver",
+            "--config",
+            str(cfg),
+            "--local-url",
+            "http://127.0.0.1:9",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
