@@ -1,6 +1,6 @@
 """anpx on asyncio: ``python -m anpx_asyncio gateway | receiver | both``, or embed it::
 
-    task = asyncio.create_task(ReceiverClient(ReceiverSettings(gateway_urls=[...]), app).run())
+task = asyncio.create_task(ReceiverClient(ReceiverSettings(gateway_urls=[...]), app).run())
 """
 
 from anpx_core.config import ReceiverConfig

@@ -14,9 +14,12 @@ import ssl
 from typing import Any
 
 from anpx_core.asgi import LifespanCycle
+from anpx_core.config import ReceiverConfig
+from anpx_core.launch import receiver_embedding
 from anpx_core.receiver import TICK_INTERVAL, ConnectRequest, ReceiverCore, ReceiverSettings
 
 from ._pump import STREAM_ERRORS, Pump, TaskSet
+from .tls import make_context
 
 log = logging.getLogger("anpx.receiver")
 
@@ -49,17 +52,17 @@ class ReceiverClient:
 
     def __init__(
         self,
-        settings: ReceiverSettings | None = None,
+        settings: ReceiverSettings | ReceiverConfig | None = None,
         app: Any = None,
         *,
         tls: ssl.SSLContext | None = None,
         run_lifespan: bool = True,
     ) -> None:
-        self.settings = settings or ReceiverSettings()
+        self.settings, policy = receiver_embedding(settings or ReceiverSettings())
         if app is None and self.settings.forward is None:
-            raise ValueError("give an ASGI app or settings.forward = (host, port)")
+            raise ValueError("give an ASGI app, or a local_url / settings.forward to forward to")
         self.app = app
-        self.tls = tls
+        self.tls = tls if tls is not None else make_context(policy)
         self.run_lifespan = run_lifespan
         self.core = ReceiverCore(self.settings)
         self.pump = _ReceiverPump(self.core, self)

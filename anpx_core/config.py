@@ -11,8 +11,10 @@ value, contradicting keys - raises :class:`ConfigError`, whose ``str`` is one
 line naming the key with its section and what is expected. Files named by the
 config (certificates, keys) are not opened here; the driver does that.
 
-Precedence: option (``overrides``) > file > default. The reference of every
-key is ``docs/configuration.md``.
+Precedence: option (``overrides``) > file > default. The sections are frozen
+dataclasses; built directly in code (``ReceiverConfig(gateway_url=...)``, the
+embedding API) they get the same per-key checks. The reference of every key
+is ``docs/configuration.md``.
 """
 
 from __future__ import annotations
@@ -181,17 +183,11 @@ class _Section:
                     )
                 continue
             check: _Check | None = f.metadata.get("check")
-            if check is None or (value is None and f.default is None):
+            if check is None or value is f.default:  # a default is valid by construction
                 continue
-            ok, converted = _convert(check, value)
-            problem = None if ok else _expected(check)
-            if ok and check.extra is not None and converted is not None:
-                problem = check.extra(converted)
+            converted, problem = _check_value(check, value)
             if problem is not None:
-                raise ConfigError(
-                    f"{type(self).__name__}.{f.name}: {problem}, got {_show(value, check.secret)}",
-                    path=f.name,
-                )
+                raise ConfigError(f"{type(self).__name__}.{f.name}: {problem}", path=f.name)
             if converted is not value:
                 object.__setattr__(self, f.name, converted)
 
@@ -425,6 +421,17 @@ def _parse_size(value: Any) -> int | None:
     return None
 
 
+def _check_value(check: _Check, value: Any) -> tuple[Any, str | None]:
+    """(normalised value, None) or (value, "expected ..., got ...") for one key."""
+    ok, converted = _convert(check, value)
+    problem = None if ok else _expected(check)
+    if ok and check.extra is not None and converted is not None:
+        problem = check.extra(converted)
+    if problem is not None:
+        return value, f"{problem}, got {_show(value, check.secret)}"
+    return converted, None
+
+
 def _convert(check: _Check, value: Any) -> tuple[bool, Any]:
     """(ok, normalised value) for one key's raw value."""
     kind = check.kind
@@ -516,14 +523,9 @@ class _Parser:
                     type(getattr(default, key)), getattr(default, key), value, (*path, key)
                 )
                 continue
-            check: _Check = spec.metadata["check"]
-            ok, converted = _convert(check, value)
-            if not ok:
-                raise self.fail(path, key, f"{_expected(check)}, got {_show(value, check.secret)}")
-            if check.extra is not None and converted is not None:
-                problem = check.extra(converted)
-                if problem is not None:
-                    raise self.fail(path, key, f"{problem}, got {_show(value, check.secret)}")
+            converted, problem = _check_value(spec.metadata["check"], value)
+            if problem is not None:
+                raise self.fail(path, key, problem)
             given[key] = converted
         return replace(default, **given)
 
@@ -757,11 +759,3 @@ def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
         max_buffered_body=max(r.stream_window, DEFAULT_STREAM_WINDOW),
         root_path=r.root_path,
     )
-
-
-def option_default(cls: type, name: str) -> Any:
-    """The default of one key (for documentation and help texts)."""
-    spec = _fields_of(cls)[name]
-    if spec.default is not MISSING:
-        return spec.default
-    return spec.default_factory()  # type: ignore[misc]

@@ -13,7 +13,14 @@ import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 
-from .config import Config, ConfigError, to_gateway_settings, to_receiver_settings
+from .config import (
+    Config,
+    ConfigError,
+    GatewayConfig,
+    ReceiverConfig,
+    to_gateway_settings,
+    to_receiver_settings,
+)
 from .gateway import GatewaySettings
 from .receiver import ReceiverSettings
 
@@ -198,3 +205,27 @@ def first_error(exc: BaseException) -> BaseException:
 def bind_failure(host: str, port: int, exc: OSError) -> StartupFailure:
     reason = (exc.strerror or str(exc)).lower()
     return StartupFailure(f"cannot listen on {_hostport(host, port)}: {reason}")
+
+
+def receiver_embedding(
+    config: ReceiverSettings | ReceiverConfig,
+) -> tuple[ReceiverSettings, TlsPolicy]:
+    """Settings and TLS policy for a receiver embedded in a user's program.
+
+    Accepts the seed's ``ReceiverConfig`` (``ReceiverConfig(gateway_url=...)``) as well as the
+    core's ``ReceiverSettings``.
+    """
+    if isinstance(config, ReceiverSettings):
+        return config, TlsPolicy(False)
+    plan = _receiver_plan(Config(receiver=config), both=False)
+    return plan.settings, plan.tls
+
+
+def gateway_embedding(
+    config: GatewaySettings | GatewayConfig,
+) -> tuple[GatewaySettings, GatewayPlan | None]:
+    """Settings (and, from a ``GatewayConfig``, listeners) for an embedded gateway."""
+    if isinstance(config, GatewaySettings):
+        return config, None
+    plan = _gateway_plan(Config(gateway=config), [])
+    return plan.settings, plan

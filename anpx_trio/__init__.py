@@ -1,7 +1,7 @@
 """anpx on trio: ``python -m anpx_trio gateway | receiver | both``, or embed it::
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ReceiverClient(ReceiverSettings(gateway_urls=[...]), app).run)
+async with trio.open_nursery() as nursery:
+    nursery.start_soon(ReceiverClient(ReceiverSettings(gateway_urls=[...]), app).run)
 """
 
 from anpx_core.config import ReceiverConfig

@@ -153,7 +153,7 @@ def test_curl_through_the_tunnel(driver, tmp_path):
 class _LocalService(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         body = f"local service saw {self.path}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -162,7 +162,7 @@ class _LocalService(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         length = int(self.headers["Content-Length"])
         data = self.rfile.read(length)
         body = f"got {len(data)} bytes".encode()

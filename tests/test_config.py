@@ -729,3 +729,32 @@ def _default_of(key: str) -> object:
     if isinstance(node, tuple):
         return "[]" if not node else list(node)
     return node
+
+
+# --- direct construction (the embedding API: ReceiverConfig(gateway_url=...)) --------------
+
+
+def test_sections_built_in_code_get_the_same_checks() -> None:
+    r = ReceiverConfig(gateway_url="wss://gw.example:443", timeout=5, gateway_urls=["ws://a"])
+    assert r.timeout == 5.0 and type(r.timeout) is float
+    assert r.gateway_urls == ("ws://a",)  # normalised to a tuple, so the config stays hashable
+    assert LoggingConfig(level="debug", max_size="1MB").max_size == 1024 * 1024
+    cases = [
+        (lambda: ReceiverConfig(gateway_url="http://x"), "ReceiverConfig.gateway_url: expected a ws://"),
+        (lambda: ReceiverConfig(timeout=True), "ReceiverConfig.timeout: expected a number of seconds > 0, got true"),
+        (lambda: ReceiverConfig(tls=3), "ReceiverConfig.tls: expected a TlsConfig, got an integer"),
+        (lambda: GatewayConfig(port=-1), "GatewayConfig.port: expected an integer from 0 to 65535, got -1"),
+        (lambda: AuthConfig(shared_secret=""), "AuthConfig.shared_secret: expected a non-empty string, got an empty string"),
+        (lambda: Config(mode="all"), 'Config.mode: expected one of "gateway", "receiver", "both", got "all"'),
+    ]  # fmt: skip
+    for make, message in cases:
+        with pytest.raises(ConfigError) as info:
+            make()
+        assert str(info.value).startswith(f"config error: {message}")
+
+
+def test_settings_from_a_section_alone() -> None:
+    r = ReceiverConfig(gateway_url="ws://gw:1", local_url="http://127.0.0.1:9", client_id="x")
+    s = to_receiver_settings(r)
+    assert (s.gateway_urls, s.forward, s.client_id) == (["ws://gw:1"], ("127.0.0.1", 9), "x")
+    assert to_gateway_settings(GatewayConfig(timeout=3)).timeout == 3.0
