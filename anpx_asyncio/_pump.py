@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from typing import Any
 
 log = logging.getLogger("anpx.asyncio")
@@ -138,5 +139,5 @@ class Pump:
     async def ticker(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            self.core.tick(self.now())
+            self.core.tick(self.now(), time.time())
             self.sync()

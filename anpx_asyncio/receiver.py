@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from typing import Any
 
 from anpx_core.asgi import LifespanCycle
@@ -105,7 +106,7 @@ class ReceiverClient:
                 self.core.lifespan_state = lifespan.state
             self._tasks = tasks
             tasks.spawn(self.pump.ticker(TICK_INTERVAL))
-            self.core.start(self.pump.now())
+            self.core.start(self.pump.now(), time.time())
             self.pump.sync()
             while not self._stopped.is_set() and not self.core.given_up:
                 with contextlib.suppress(asyncio.TimeoutError):

@@ -1,17 +1,39 @@
-"""Pluggable authentication of the tunnel handshake.
+"""Authentication of the tunnel handshake: the interface, "none", and the shared secret.
 
 The receiver adds headers to its WebSocket upgrade request; the gateway
-verifies them and may add a proof of its own to the 101 response, which the
-receiver then verifies. :class:`NoAuth` accepts everyone; the shared-secret
-authenticator lives beside it once written.
+verifies them and adds a proof of its own to the 101 response, which the
+receiver verifies in turn. Times here are wall-clock Unix seconds, given by the
+caller (the cores derive them from the driver's clock).
+
+Shared-secret scheme (``docs/protocol.md`` has the exact strings)::
+
+    request headers   anpx-client-id, anpx-auth-timestamp, anpx-auth-nonce,
+                      anpx-auth-signature = hex HMAC-SHA256(secret, canonical request)
+    101 header        anpx-auth-proof     = hex HMAC-SHA256(secret, canonical answer)
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
 Headers = list[tuple[str, str]]
+
+H_CLIENT_ID = "anpx-client-id"
+H_TIMESTAMP = "anpx-auth-timestamp"
+H_NONCE = "anpx-auth-nonce"
+H_SIGNATURE = "anpx-auth-signature"
+H_PROOF = "anpx-auth-proof"
+
+DEFAULT_CLOCK_SKEW = 300.0  # seconds a timestamp may differ from the gateway's clock
+DEFAULT_MAX_ATTEMPTS = 3  # failed handshakes per address per minute, then 429
+DEFAULT_NONCE_CAPACITY = 100_000  # nonces remembered within the skew window
+_ATTEMPT_WINDOW = 60.0
+_MAX_TRACKED_ADDRESSES = 100_000
 
 
 @dataclass(slots=True)
@@ -26,7 +48,7 @@ class Verdict:
 
 
 class ClientAuth(Protocol):
-    def request_headers(self, host: str, path: str, now: float) -> Headers:
+    def request_headers(self, host: str, path: str, wall: float) -> Headers:
         """Headers for the upgrade request; remembers what it needs to check the answer."""
 
     def check_response(self, headers: Headers) -> str | None:
@@ -35,21 +57,175 @@ class ClientAuth(Protocol):
 
 class ServerAuth(Protocol):
     def check_request(
-        self, host: str, path: str, headers: Headers, peer: str, now: float
+        self, host: str, path: str, headers: Headers, peer: str, wall: float
     ) -> Verdict: ...
+
+
+def _get(headers: Headers, name: str) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _peer_host(peer: str) -> str:
+    """The address part of "host:port" (attempt limits are per address, not per port)."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") == 1 or peer.startswith("[") else peer
 
 
 class NoAuth:
     """No authentication: any receiver may connect (fine on loopback and in tests)."""
 
-    def request_headers(self, host: str, path: str, now: float) -> Headers:
-        return []
+    def __init__(self, client_id: str = "") -> None:
+        self.client_id = client_id
+
+    def request_headers(self, host: str, path: str, wall: float) -> Headers:
+        return [(H_CLIENT_ID, self.client_id)] if self.client_id else []
 
     def check_response(self, headers: Headers) -> str | None:
         return None
 
     def check_request(
-        self, host: str, path: str, headers: Headers, peer: str, now: float
+        self, host: str, path: str, headers: Headers, peer: str, wall: float
     ) -> Verdict:
-        client_id = next((v for n, v in headers if n.lower() == "anpx-client-id"), "")
-        return Verdict(True, identity=client_id or peer)
+        return Verdict(True, identity=_get(headers, H_CLIENT_ID) or peer)
+
+
+def request_string(host: str, path: str, client_id: str, timestamp: str, nonce: str) -> bytes:
+    return "\n".join(("ANPX-AUTH-V1", host, path, client_id, timestamp, nonce)).encode()
+
+
+def answer_string(host: str, path: str, client_id: str, nonce: str) -> bytes:
+    return "\n".join(("ANPX-GATEWAY-V1", host, path, client_id, nonce)).encode()
+
+
+def _mac(secret: bytes, message: bytes) -> str:
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+class SharedSecretClient:
+    """The receiver's side: sign the upgrade, check the gateway's proof."""
+
+    def __init__(self, secret: bytes, client_id: str, *, nonce_source=os.urandom) -> None:
+        if not secret:
+            raise ValueError("the shared secret is empty")
+        self._secret = secret
+        self.client_id = client_id
+        self._nonce_source = nonce_source
+        self._expected: str | None = None
+
+    def request_headers(self, host: str, path: str, wall: float) -> Headers:
+        timestamp = str(int(wall))
+        nonce = self._nonce_source(16).hex()
+        signature = _mac(self._secret, request_string(host, path, self.client_id, timestamp, nonce))
+        self._expected = _mac(self._secret, answer_string(host, path, self.client_id, nonce))
+        return [
+            (H_CLIENT_ID, self.client_id),
+            (H_TIMESTAMP, timestamp),
+            (H_NONCE, nonce),
+            (H_SIGNATURE, signature),
+        ]
+
+    def check_response(self, headers: Headers) -> str | None:
+        proof = _get(headers, H_PROOF)
+        if self._expected is None:
+            return "no handshake was signed"
+        if proof is None:
+            return "the gateway sent no anpx-auth-proof: it does not know the shared secret (or does not check it)"
+        if not hmac.compare_digest(proof.lower().encode(), self._expected.encode()):
+            return "the gateway's anpx-auth-proof is wrong: it does not know the shared secret"
+        return None
+
+
+class SharedSecretServer:
+    """The gateway's side: constant-time check, clock skew, replayed nonces, attempt limits.
+
+    Memory is bounded: nonces are kept only while their timestamp is inside the skew window
+    (at most ``nonce_capacity``; when full, new handshakes are refused with 429 rather than
+    forgetting a nonce that could then be replayed), and failed-attempt counters per address
+    at most ``_MAX_TRACKED_ADDRESSES``, oldest dropped first.
+    """
+
+    def __init__(
+        self,
+        secret: bytes,
+        *,
+        clock_skew: float = DEFAULT_CLOCK_SKEW,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        nonce_capacity: int = DEFAULT_NONCE_CAPACITY,
+    ) -> None:
+        if not secret:
+            raise ValueError("the shared secret is empty")
+        self._secret = secret
+        self.clock_skew = clock_skew
+        self.max_attempts = max_attempts
+        self.nonce_capacity = nonce_capacity
+        self._nonces: OrderedDict[str, float] = OrderedDict()  # nonce -> expiry (wall seconds)
+        self._failures: OrderedDict[str, tuple[float, int]] = (
+            OrderedDict()
+        )  # address -> (window start, count)
+
+    def check_request(
+        self, host: str, path: str, headers: Headers, peer: str, wall: float
+    ) -> Verdict:
+        address = _peer_host(peer)
+        if self._blocked(address, wall):
+            return Verdict(
+                False,
+                429,
+                headers=[("retry-after", "60")],
+                reason=f"more than {self.max_attempts} failed attempts from {address} in a minute",
+            )
+        client_id = _get(headers, H_CLIENT_ID) or ""
+        timestamp = _get(headers, H_TIMESTAMP)
+        nonce = _get(headers, H_NONCE)
+        signature = _get(headers, H_SIGNATURE)
+        if timestamp is None or nonce is None or signature is None:
+            return self._fail(address, wall, "no authentication headers")
+        if not timestamp.isdigit() or len(nonce) < 16 or len(nonce) > 128:
+            return self._fail(address, wall, "malformed authentication headers")
+        expected = _mac(self._secret, request_string(host, path, client_id, timestamp, nonce))
+        if not hmac.compare_digest(signature.lower().encode(), expected.encode()):
+            return self._fail(address, wall, f"bad signature for client {client_id!r}")
+        if abs(int(timestamp) - wall) > self.clock_skew:
+            return self._fail(
+                address,
+                wall,
+                f"timestamp {timestamp} is {int(timestamp) - wall:+.0f}s from ours (allowed ±{self.clock_skew:.0f}s)",
+            )
+        self._expire_nonces(wall)
+        if nonce in self._nonces:
+            return self._fail(address, wall, f"replayed nonce from client {client_id!r}")
+        if len(self._nonces) >= self.nonce_capacity:
+            return Verdict(False, 429, headers=[("retry-after", "5")], reason="nonce cache full")
+        self._nonces[nonce] = int(timestamp) + self.clock_skew
+        proof = _mac(self._secret, answer_string(host, path, client_id, nonce))
+        return Verdict(True, identity=client_id or peer, headers=[(H_PROOF, proof)])
+
+    def _expire_nonces(self, wall: float) -> None:
+        # Expiry times are not strictly ordered (timestamps vary within the skew), so scan the
+        # oldest entries only while they are expired; a late expiry ahead just delays the rest.
+        while self._nonces:
+            _nonce, expiry = next(iter(self._nonces.items()))
+            if expiry >= wall:
+                break
+            self._nonces.popitem(last=False)
+
+    def _blocked(self, address: str, wall: float) -> bool:
+        entry = self._failures.get(address)
+        if entry is None:
+            return False
+        start, count = entry
+        if wall - start >= _ATTEMPT_WINDOW:
+            del self._failures[address]
+            return False
+        return count >= self.max_attempts
+
+    def _fail(self, address: str, wall: float, reason: str) -> Verdict:
+        start, count = self._failures.pop(address, (wall, 0))
+        if wall - start >= _ATTEMPT_WINDOW:
+            start, count = wall, 0
+        self._failures[address] = (start, count + 1)
+        while len(self._failures) > _MAX_TRACKED_ADDRESSES:
+            self._failures.popitem(last=False)
+        return Verdict(False, 401, reason=reason)

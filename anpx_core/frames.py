@@ -119,23 +119,27 @@ def _check_header(header: bytes | memoryview, max_frame_size: int) -> tuple[int,
     return ftype, flags, total, body_crc
 
 
-def _parse_body(body: memoryview, ftype: int, flags: int, body_crc: int) -> Frame:
-    if crc32(body) != body_crc:
+def _parse_body(
+    buf: bytes | memoryview, start: int, end: int, ftype: int, flags: int, body_crc: int
+) -> Frame:
+    """TLVs of the body ``buf[start:end]``; ``buf`` is bytes or a memoryview (no copies)."""
+    # Slicing bytes copies: cheaper than a memoryview for small bodies only.
+    small = end - start < 2048 or type(buf) is not bytes
+    if crc32(buf[start:end] if small else memoryview(buf)[start:end]) != body_crc:
         raise ProtocolError("bad_body_crc", "body CRC-32 mismatch")
     tlvs: list[tuple[int, bytes]] = []
-    pos = 0
-    end = len(body)
+    pos = start
     unpack = _TLV.unpack_from
     while pos < end:
         if end - pos < TLV_HEADER_SIZE:
             raise ProtocolError("bad_tlv", f"{end - pos} stray bytes after the last TLV")
-        tag, length = unpack(body, pos)
+        tag, length = unpack(buf, pos)
         pos += TLV_HEADER_SIZE
         if length > end - pos:
             raise ProtocolError(
                 "bad_tlv", f"TLV 0x{tag:02x} claims {length} bytes, {end - pos} remain"
             )
-        tlvs.append((tag, body[pos : pos + length].tobytes()))
+        tlvs.append((tag, bytes(buf[pos : pos + length])))
         pos += length
     return Frame(ftype, flags, tlvs)
 
@@ -144,15 +148,17 @@ def decode_frame(
     data: bytes | bytearray | memoryview, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
 ) -> Frame:
     """Decode exactly one frame, e.g. one binary WebSocket message."""
-    view = memoryview(data)
-    if len(view) < HEADER_SIZE:
-        raise ProtocolError("truncated", f"{len(view)} bytes is shorter than a frame header")
-    ftype, flags, total, body_crc = _check_header(view[:HEADER_SIZE], max_frame_size)
-    if total != len(view):
-        if total > len(view):
-            raise ProtocolError("truncated", f"TotalLen {total}, only {len(view)} bytes")
-        raise ProtocolError("bad_length", f"TotalLen {total}, message holds {len(view)} bytes")
-    return _parse_body(view[HEADER_SIZE:], ftype, flags, body_crc)
+    if type(data) is not bytes:
+        data = memoryview(data).cast("B")  # a view of any buffer, indexed by byte
+    size = len(data)
+    if size < HEADER_SIZE:
+        raise ProtocolError("truncated", f"{size} bytes is shorter than a frame header")
+    ftype, flags, total, body_crc = _check_header(data, max_frame_size)
+    if total != size:
+        if total > size:
+            raise ProtocolError("truncated", f"TotalLen {total}, only {size} bytes")
+        raise ProtocolError("bad_length", f"TotalLen {total}, message holds {size} bytes")
+    return _parse_body(data, HEADER_SIZE, size, ftype, flags, body_crc)
 
 
 class FrameDecoder:
@@ -193,8 +199,8 @@ class FrameDecoder:
                 ftype, flags, total, body_crc = self._header
                 if len(buf) < total:
                     break
-                with memoryview(buf) as view:
-                    frames.append(_parse_body(view[HEADER_SIZE:total], ftype, flags, body_crc))
+                with memoryview(buf) as view:  # released before buf is resized
+                    frames.append(_parse_body(view, HEADER_SIZE, total, ftype, flags, body_crc))
                 del buf[:total]
                 self._header = None
         except ProtocolError as exc:

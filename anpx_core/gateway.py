@@ -132,6 +132,7 @@ class GatewayCore:
         self._wakeups: set[int] = set()
         self._clients = 0
         self._now = 0.0  # the time of the call being handled, for access-log durations
+        self.wall_offset = 0.0  # Unix time minus the driver's clock (set by tick)
         # Fronts whose response just ended: a pipelined request may be waiting in them.
         self._fronts_due: list[_Client | _Admin] = []
         self.draining = False
@@ -283,8 +284,11 @@ class GatewayCore:
         woken, self._wakeups = self._wakeups, set()
         return woken
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, wall: float | None = None) -> None:
+        """Run timers. ``wall`` (Unix seconds) keeps the wall clock the auth checks use current."""
         self._now = now
+        if wall is not None:
+            self.wall_offset = wall - now
         for conn in list(self._conns.values()):
             if isinstance(conn, _Tunnel):
                 for event in conn.ws.tick(now):
@@ -490,7 +494,7 @@ class GatewayCore:
 
     def _handshake(self, tunnel: _Tunnel, event: HandshakeRequested, now: float) -> None:
         verdict = self.settings.auth.check_request(
-            event.host, event.path, event.headers, tunnel.peer, now
+            event.host, event.path, event.headers, tunnel.peer, now + self.wall_offset
         )
         if not verdict.ok:
             self.stats.auth_failures += 1

@@ -203,7 +203,8 @@ def first_error(exc: BaseException) -> BaseException:
 
 
 def bind_failure(host: str, port: int, exc: OSError) -> StartupFailure:
-    reason = (exc.strerror or str(exc)).lower()
+    # asyncio rewrites strerror ("error while attempting to bind ..."); the errno is plainer
+    reason = (os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)).lower()
     return StartupFailure(f"cannot listen on {_hostport(host, port)}: {reason}")
 
 

@@ -312,18 +312,25 @@ def encode_message(message: Message, max_frame_size: int = DEFAULT_SEND_FRAME_SI
         return [frame]
     head: RequestHead | ResponseHead
     if isinstance(message, Request):
-        head = RequestHead(message.method, message.target, list(message.headers))
+        head = RequestHead(message.method, message.target, message.headers)
+        ftype, meta_tag, meta = F.TYPE_REQUEST, F.TAG_HTTP_META, encode_request_meta(head)
     else:
-        head = ResponseHead(message.status, message.reason, list(message.headers))
-    encoder = MessageEncoder(head, message.request_id, max_frame_size)
-    single = encoder.end(message.body)
-    if len(single) == 1 and not single[0][6] & F.FLAG_CHUNKED:
-        return single
-    meta_len = len(encoder._meta)
-    rid_len = len(encoder._rid)
-    total = _count_chunks(meta_len, rid_len, len(message.body), max_frame_size)
+        head = ResponseHead(message.status, message.reason, message.headers)
+        ftype, meta_tag, meta = F.TYPE_RESPONSE, F.TAG_RESP_META, encode_response_meta(head)
+    rid = message.request_id.encode()
+    body = message.body
+    tlvs: list[tuple[int, bytes]] = [(F.TAG_REQUEST_ID, rid), (meta_tag, meta)]
+    if body:
+        tlvs.append((F.TAG_HTTP_BODY, body))
+    # the v1 reference's one frame, as MessageEncoder.end() would make it (without
+    # building a streaming encoder: this is the hot path for small messages)
+    if F.HEADER_SIZE + F.TLV_HEADER_SIZE * len(tlvs) + len(rid) + len(meta) + len(body) <= (
+        max_frame_size
+    ):
+        return [F.encode_frame(ftype, 0, tlvs)]
+    total = _count_chunks(len(meta), len(rid), len(body), max_frame_size)
     encoder = MessageEncoder(head, message.request_id, max_frame_size, chunk_total=total)
-    frames = encoder.end(message.body)
+    frames = encoder.end(body)
     assert len(frames) == total, (len(frames), total)
     return frames
 

@@ -179,9 +179,13 @@ def _headers(obj: dict, what: str) -> Headers:
             raise ProtocolError("bad_meta", f"{what} {KEY_HEADERS!r} must be [[name, value], ...]")
         return [(name.lower(), value) for name, value in pairs]
     headers = obj.get("headers", {})
-    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-        raise ProtocolError("bad_meta", f"{what} 'headers' must map names to strings")
-    return [(name.lower(), value) for name, value in headers.items()]
+    if type(headers) is dict:  # json.loads makes exact dict / list / str objects
+        for value in headers.values():
+            if type(value) is not str:
+                break
+        else:
+            return [(name.lower(), value) for name, value in headers.items()]
+    raise ProtocolError("bad_meta", f"{what} 'headers' must map names to strings")
 
 
 def decode_request_meta(raw: bytes, max_size: int) -> RequestHead:
@@ -194,8 +198,8 @@ def decode_request_meta(raw: bytes, max_size: int) -> RequestHead:
     else:
         path = _str(obj, "path", "http_meta")
         query = obj.get("query", {})
-        if not isinstance(query, dict) or not all(
-            isinstance(v, str) or (isinstance(v, list) and all(isinstance(i, str) for i in v))
+        if type(query) is not dict or not all(
+            type(v) is str or (type(v) is list and all(type(i) is str for i in v))
             for v in query.values()
         ):
             raise ProtocolError("bad_meta", "http_meta 'query' must map names to strings")

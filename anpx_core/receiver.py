@@ -31,7 +31,7 @@ from .asgi import (
     ResponseStart,
     build_scope,
 )
-from .auth import ClientAuth, NoAuth
+from .auth import H_CLIENT_ID, ClientAuth, NoAuth
 from .forward import (
     ForwardConnection,
     ForwardError,
@@ -187,6 +187,7 @@ class ReceiverCore:
         self.last_error = ""
         self.requests = 0
         self._now = 0.0  # the time of the call being handled, for access-log durations
+        self.wall_offset = 0.0  # Unix time minus the driver's clock (set by start and tick)
         self.lifespan_state: dict | None = None  # the app's lifespan state, copied into each scope
 
     def _new_id(self) -> int:
@@ -216,8 +217,11 @@ class ReceiverCore:
     def in_flight(self) -> int:
         return len(self._calls)
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, wall: float | None = None) -> None:
+        """Run timers. ``wall`` (Unix seconds) keeps the clock for auth timestamps current."""
         self._now = now
+        if wall is not None:
+            self.wall_offset = wall - now
         for link in self._links:
             if link.ws is not None:
                 for event in link.ws.tick(now):
@@ -243,10 +247,11 @@ class ReceiverCore:
             link = conn
             link.state = "handshake"
             addr = link.address
-            headers = list(self.settings.auth.request_headers(addr.host_header, addr.path, now))
+            wall = now + self.wall_offset
+            headers = list(self.settings.auth.request_headers(addr.host_header, addr.path, wall))
+            if self.settings.client_id and not any(n == H_CLIENT_ID for n, _ in headers):
+                headers.append((H_CLIENT_ID, self.settings.client_id))
             headers += offer_extensions(self.settings.stream_window)
-            if self.settings.client_id:
-                headers.append(("anpx-client-id", self.settings.client_id))
             link.ws = WsClient(addr.host_header, addr.path, self.settings.ws, now, headers=headers)
         elif isinstance(conn, _Upstream):
             conn.connected = True
@@ -328,8 +333,10 @@ class ReceiverCore:
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    def start(self, now: float) -> None:
-        """Begin connecting to every gateway."""
+    def start(self, now: float, wall: float | None = None) -> None:
+        """Begin connecting to every gateway. ``wall``: Unix time now, for auth timestamps."""
+        if wall is not None:
+            self.wall_offset = wall - now
         for link in self._links:
             if link.state == "idle":
                 self._dial(link)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+import time
 from typing import Any
 
 import trio
@@ -110,5 +111,5 @@ class Pump:
     async def ticker(self, interval: float) -> None:
         while True:
             await trio.sleep(interval)
-            self.core.tick(self.now())
+            self.core.tick(self.now(), time.time())
             self.sync()

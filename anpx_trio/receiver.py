@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from typing import Any
 
 import trio
@@ -87,7 +88,7 @@ class ReceiverClient:
                 self.core.lifespan_state = lifespan.state
             self._nursery = nursery
             nursery.start_soon(self.pump.ticker, TICK_INTERVAL)
-            self.core.start(self.pump.now())
+            self.core.start(self.pump.now(), time.time())
             self.pump.sync()
             task_status.started(self)
             with trio.CancelScope() as watch:

@@ -491,10 +491,10 @@ class HttpClient(Task):
         else:
             ready = ex.status is not None and len(ex.response_body) >= plan.after
         if ready and not ex.finished:
-            ex.client_left = True
-            ex.ended = self.world.now
-            for later in self.exchanges[plan.exchange + 1 :]:
-                later.client_left = later.sent
+            for other in self.exchanges:
+                if other.sent and not other.finished:
+                    other.client_left = True
+                    other.ended = self.world.now
             self.disconnect = None
             if plan.reset:
                 self.end.reset()

@@ -35,9 +35,7 @@ from anpx_core.messages import (
 )
 from anpx_core.meta import RequestHead, ResponseHead, encode_request_meta, encode_response_meta
 
-SETTINGS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --- strategies ------------------------------------------------------------------------------
@@ -60,7 +58,9 @@ FIELDS = st.one_of(
 )
 TARGETS = st.one_of(
     st.builds(
-        lambda p, q: p if q is None else f"{p}?{q}", PATHS, st.none() | st.lists(FIELDS).map("&".join)
+        lambda p, q: p if q is None else f"{p}?{q}",
+        PATHS,
+        st.none() | st.lists(FIELDS).map("&".join),
     ),
     st.builds(lambda p, q: f"/{p}?{q}", PLAIN, st.lists(st.tuples(PLAIN, PLAIN)).map(urlencode)),
     st.text(min_size=1, max_size=20),
@@ -76,7 +76,9 @@ RIDS = st.one_of(
     st.uuids().map(str), st.text(min_size=1, max_size=32).filter(lambda s: len(s.encode()) <= 128)
 )
 # Large bodies: uniformly sized random bytes (st.binary rarely draws long values).
-LARGE = st.builds(lambda n, seed: random.Random(seed).randbytes(n), st.integers(65, 2500), st.integers())
+LARGE = st.builds(
+    lambda n, seed: random.Random(seed).randbytes(n), st.integers(65, 2500), st.integers()
+)
 BODIES = st.one_of(st.just(b""), st.binary(max_size=64), LARGE)
 
 REQUESTS = st.builds(Request, RIDS, METHODS, TARGETS, HEADERS, BODIES)
@@ -237,7 +239,9 @@ def test_streaming_encoder_any_splits_and_flushes(
 def test_interleaved_messages_decode_independently(
     messages: list[Message], data: st.DataObject
 ) -> None:
-    messages = [dataclasses.replace(m, request_id=f"{i}:{m.request_id}") for i, m in enumerate(messages)]
+    messages = [
+        dataclasses.replace(m, request_id=f"{i}:{m.request_id}") for i, m in enumerate(messages)
+    ]
     wires = []
     for m in messages:
         size = data.draw(st.integers(min_frame_size(m), min_frame_size(m) + 300), "size")
