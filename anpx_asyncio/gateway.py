@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 
 from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
@@ -64,6 +65,7 @@ class GatewayServer:
 
     async def run(self) -> None:
         self._stopped = asyncio.Event()
+        self.core.set_wall_clock(self.pump.now(), time.time())
         bound: dict[str, int | None] = {"admin": None}
         try:
             for name, spec in (("http", self.http), ("tunnel", self.tunnel), ("admin", self.admin)):

@@ -169,6 +169,7 @@ class SharedSecretServer:
         self, host: str, path: str, headers: Headers, peer: str, wall: float
     ) -> Verdict:
         address = _peer_host(peer)
+        self._expire_nonces(wall)
         if self._blocked(address, wall):
             return Verdict(
                 False,
@@ -193,7 +194,6 @@ class SharedSecretServer:
                 wall,
                 f"timestamp {timestamp} is {int(timestamp) - wall:+.0f}s from ours (allowed ±{self.clock_skew:.0f}s)",
             )
-        self._expire_nonces(wall)
         if nonce in self._nonces:
             return self._fail(address, wall, f"replayed nonce from client {client_id!r}")
         if len(self._nonces) >= self.nonce_capacity:

@@ -218,8 +218,12 @@ class TlsConfig(_Section):
 class AuthConfig(_Section):
     enabled: bool = _opt(False, "bool")
     shared_secret: str | None = _opt(None, "str", nonempty=True, secret=True)
-    token_expiry: int = _opt(3600, "int", lo=1, unit="seconds")
+    token_expiry: int = _opt(3600, "int", lo=1, unit="seconds")  # the seed's; no effect here
     max_attempts: int = _opt(3, "int", lo=1)
+    # ours: the secret from a file (kept out of argv and of the config file), the allowed
+    # difference between the receiver's and the gateway's clocks
+    shared_secret_file: str | None = _opt(None, "path")
+    clock_skew: float = _opt(300.0, "float", lo=1, unit="seconds")
 
 
 def _gateway_tls() -> TlsConfig:
@@ -648,8 +652,8 @@ def _cross_check(cfg: Config, merged: Mapping[str, Any], parser: _Parser) -> Non
     if g.tls.enabled and not g.tls.cert_file:
         raise fail(("gateway", "tls"), "cert_file", "required when enabled = true")
     for side, auth in ((("gateway", "auth"), g.auth), (("receiver", "auth"), r.auth)):
-        if auth.enabled and not auth.shared_secret:
-            raise fail(side, "shared_secret", "required when enabled = true")
+        if auth.shared_secret and auth.shared_secret_file:
+            raise fail(side, "shared_secret_file", "conflicts with shared_secret; set only one")
     if g.chunk_size > g.max_frame_size:
         raise fail(
             ("gateway",), "chunk_size", f"must not exceed max_frame_size ({g.max_frame_size})"

@@ -284,11 +284,15 @@ class GatewayCore:
         woken, self._wakeups = self._wakeups, set()
         return woken
 
+    def set_wall_clock(self, now: float, wall: float) -> None:
+        """Tell the core the Unix time ``wall`` at driver time ``now`` (auth timestamps)."""
+        self.wall_offset = wall - now
+
     def tick(self, now: float, wall: float | None = None) -> None:
         """Run timers. ``wall`` (Unix seconds) keeps the wall clock the auth checks use current."""
         self._now = now
         if wall is not None:
-            self.wall_offset = wall - now
+            self.set_wall_clock(now, wall)
         for conn in list(self._conns.values()):
             if isinstance(conn, _Tunnel):
                 for event in conn.ws.tick(now):
@@ -423,6 +427,7 @@ class GatewayCore:
         if tunnel is not None and rid is not None:
             tunnel.streams.pop(rid, None)
             tunnel.congested.discard(conn.cid)
+            tunnel.paused.discard(conn.cid)
             if cancel is not None and tunnel.session is not None:
                 tunnel.session.cancel(rid, cancel)
                 self._wakeups.add(tunnel.cid)
@@ -563,6 +568,7 @@ class GatewayCore:
                 # the response is complete but the upload is not: stop it
                 tunnel.session.cancel(conn.rid, "response complete")
             tunnel.congested.discard(conn.cid)
+            tunnel.paused.discard(conn.cid)
             self._log_access(conn, conn.status)
             conn.rid = conn.tunnel = None
             conn.backlog = conn.taken = 0

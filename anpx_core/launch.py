@@ -13,7 +13,9 @@ import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 
+from .auth import SharedSecretClient, SharedSecretServer
 from .config import (
+    AuthConfig,
     Config,
     ConfigError,
     GatewayConfig,
@@ -24,6 +26,7 @@ from .config import (
 from .gateway import GatewaySettings
 from .receiver import ReceiverSettings
 
+SECRET_ENV = "ANPX_SHARED_SECRET"
 EXIT_OK = 0
 EXIT_FAILURE = 1  # start-up failed (port in use, bad certificate, gateway unreachable)
 
@@ -121,6 +124,17 @@ def _gateway_plan(cfg: Config, warnings: list[str]) -> GatewayPlan:
         )
         warnings.append(warning)
     settings = to_gateway_settings(cfg)
+    if g.auth.enabled:
+        settings.auth = SharedSecretServer(
+            resolve_secret(g.auth, "gateway.auth", warnings),
+            clock_skew=g.auth.clock_skew,
+            max_attempts=g.auth.max_attempts,
+        )
+    elif exposed:
+        warnings.append(
+            "[gateway.auth] is disabled: any host that reaches the tunnel listener can register "
+            "as a receiver and answer your users' requests"
+        )
     return GatewayPlan(
         settings,
         Listener(g.host, g.port, tls),
@@ -134,6 +148,10 @@ def _gateway_plan(cfg: Config, warnings: list[str]) -> GatewayPlan:
 def _receiver_plan(cfg: Config, *, both: bool) -> ReceiverPlan:
     r = cfg.receiver
     settings = to_receiver_settings(cfg)
+    client_id = r.client_id or default_client_id()
+    settings.client_id = client_id
+    if r.auth.enabled:
+        settings.auth = SharedSecretClient(resolve_secret(r.auth, "receiver.auth", []), client_id)
     if both:
         # `both` runs the receiver next to its own gateway: it dials that gateway's tunnel.
         g = cfg.gateway
@@ -230,3 +248,59 @@ def gateway_embedding(
         return config, None
     plan = _gateway_plan(Config(gateway=config), [])
     return plan.settings, plan
+
+
+def resolve_secret(auth: AuthConfig, section: str, warnings: list[str]) -> bytes:
+    """The shared secret: inline ``shared_secret``, else ``shared_secret_file``, else the
+    ``ANPX_SHARED_SECRET`` environment variable. A file others may read earns a warning."""
+    if auth.shared_secret:
+        return auth.shared_secret.encode()
+    if auth.shared_secret_file:
+        path = auth.shared_secret_file
+        try:
+            with open(path, "rb") as f:
+                secret = f.read().strip()
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise ConfigError(
+                f"[{section}] shared_secret_file: cannot read {path}: {exc.strerror}",
+                path=f"{section}.shared_secret_file",
+            ) from None
+        if mode & 0o077:
+            warnings.append(f"{path} (the shared secret) can be read by other users: chmod 600 it")
+        if not secret:
+            raise ConfigError(
+                f"[{section}] shared_secret_file: {path} is empty",
+                path=f"{section}.shared_secret_file",
+            )
+        return secret
+    secret = os.environ.get(SECRET_ENV, "").strip()
+    if secret:
+        return secret.encode()
+    raise ConfigError(
+        f"[{section}] shared_secret: required when enabled = true "
+        f"(or shared_secret_file, or the {SECRET_ENV} environment variable)",
+        path=f"{section}.shared_secret",
+    )
+
+
+def default_client_id() -> str:
+    """A receiver id stable per machine and user: UUID v5 of host name, machine id and user."""
+    import getpass
+    import platform
+    import uuid
+
+    machine = ""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path) as f:
+                machine = f.read().strip()
+                break
+        except OSError:
+            continue
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in some containers
+        user = str(os.getuid()) if hasattr(os, "getuid") else ""
+    name = f"{platform.node()}|{machine}|{user}"
+    return str(uuid.uuid5(uuid.NAMESPACE_DNS, name))

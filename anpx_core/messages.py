@@ -274,13 +274,13 @@ class MessageEncoder:
             self._hold(chunk)
         self.ended = True
         held = self._held
-        if self._idx == 0 and self._total is None:
-            if self._single_min + (F.TLV_HEADER_SIZE + held if held else 0) <= self._max:
-                pieces: list[bytes | memoryview] = [b"", self._rid_tlv, self._meta_tlv]
-                if held:
-                    pieces.append(F.tlv_header(F.TAG_HTTP_BODY, held))
-                    pieces += self._take(held)
-                return [F.assemble(self._type, 0, pieces)]
+        single = self._single_min + (F.TLV_HEADER_SIZE + held if held else 0)
+        if self._idx == 0 and self._total is None and single <= self._max:
+            pieces: list[bytes | memoryview] = [b"", self._rid_tlv, self._meta_tlv]
+            if held:
+                pieces.append(F.tlv_header(F.TAG_HTTP_BODY, held))
+                pieces += self._take(held)
+            return [F.assemble(self._type, 0, pieces)]
         out: list[bytes] = []
         while self._held > self._body_room(final=True):
             out.append(self._chunk(min(self._body_room(final=False), self._held), final=False))
@@ -348,6 +348,9 @@ _KNOWN_TAGS = frozenset(
         F.TAG_FINAL_CHUNK,
     }
 )
+
+
+_CHUNK_TAGS = frozenset({F.TAG_CHUNK_IDX, F.TAG_CHUNK_TOT, F.TAG_FINAL_CHUNK})
 
 
 def _fields(frame: F.Frame) -> dict[int, bytes]:
@@ -433,11 +436,11 @@ class MessageDecoder:
         wrong_meta = F.TAG_RESP_META if frame.type == F.TYPE_REQUEST else F.TAG_HTTP_META
         if wrong_meta in fields:
             raise ProtocolError("bad_tlv", "meta TLV does not match the frame type", rid)
-        if frame.chunked:
+        if frame.flags & F.FLAG_CHUNKED:
             return self._chunk(frame.type, rid, fields, meta_tag)
         if rid in self._partials:
             raise ProtocolError("bad_chunk", "unchunked frame for a message still in progress", rid)
-        if fields.keys() & {F.TAG_CHUNK_IDX, F.TAG_CHUNK_TOT, F.TAG_FINAL_CHUNK}:
+        if not _CHUNK_TAGS.isdisjoint(fields):
             raise ProtocolError("bad_chunk", "chunk TLVs in a frame without the chunked flag", rid)
         raw_meta = fields.get(meta_tag)
         if raw_meta is None:

@@ -438,6 +438,8 @@ class ReceiverCore:
                 send_frame_size=self.settings.send_frame_size,
                 limits=self.settings.codec,
             )
+            if peer_window is None:
+                link.session.greet_v1_gateway()
             link.state = "open"
             link.attempts = 0
             log.info(

@@ -220,6 +220,8 @@ class TunnelSession:
             rest = data[allowed:]
             stream.blocked.append(rest)
             stream.blocked_bytes += len(rest)
+            # More credit comes only once the peer has what we sent: flush it out now.
+            self._emit(stream.encoder.flush())
 
     def end(self, request_id: str) -> None:
         """Finish our message (the last frame goes out once blocked body is sent)."""
@@ -265,6 +267,8 @@ class TunnelSession:
         except ProtocolError as exc:
             if exc.request_id is None:
                 return [TunnelBroken(str(exc))]
+            if exc.request_id in self._closed:
+                return []  # the rest of a message we stopped decoding when its stream ended
             return self._reset(exc.request_id, f"bad frame from peer: {exc}")
         events: list[StreamEvent] = []
         for event in decoded:
@@ -276,7 +280,9 @@ class TunnelSession:
                 continue
             assert rid is not None
             if rid in self._closed:
-                continue  # late frames of a stream we ended or cancelled
+                # late frames of a stream we ended or cancelled: keep no partial message
+                self._decoder.forget(rid)
+                continue
             stream = self._streams.get(rid)
             if isinstance(event, M.HeadReceived):
                 if not isinstance(event.head, self._accepts):
@@ -317,7 +323,15 @@ class TunnelSession:
         if kind == CONTROL_DRAIN:
             self.peer_draining = True
             return [PeerDraining()]
+        if kind == "v1.auth" and self._accepts is ResponseHead:
+            # A v1 receiver's plaintext auth message. Receivers that must authenticate were
+            # checked in the upgrade already (a v1 one cannot pass), so this one may serve.
+            self.ws.send_control({"status": "authenticated"}, v1_untyped=True)
         return []
+
+    def greet_v1_gateway(self) -> None:
+        """A v1 gateway waits for the receiver's auth message before it routes requests."""
+        self.ws.send_control({"auth_enabled": False}, v1_untyped=True)
 
     def _credit(self, credits: object) -> list[StreamEvent]:
         if not isinstance(credits, list):
@@ -350,12 +364,11 @@ class TunnelSession:
             stream.blocked_bytes -= take
             stream.send_credit -= take
             self._emit(stream.encoder.data(part))  # type: ignore[union-attr]
-        if not stream.blocked:
-            if stream.end_pending:
-                stream.end_pending = False
-                self.end(request_id)
-            else:
-                self.flush(request_id)
+        if stream.end_pending and not stream.blocked:
+            stream.end_pending = False
+            self.end(request_id)
+        else:
+            self.flush(request_id)  # also when credit ran out: the peer must see these bytes
 
     def consumed(self, request_id: str, nbytes: int) -> None:
         """Our consumer took ``nbytes`` of this stream's body: the peer may send more."""

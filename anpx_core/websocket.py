@@ -15,7 +15,9 @@ JSON control messages (:class:`ControlReceived`), as v1 peers already use them:
   "timestamp": x}`` and not surfaced; ``pong`` is consumed silently. A v1
   gateway drops receivers that stop sending these, so the client sends one
   every ``ping_interval``.
-* Any other object with a string ``"type"`` is surfaced; anything else
+* Any other object with a string ``"type"`` is surfaced; so are v1's untyped
+  auth messages, as ``type`` ``"v1.auth"`` (``auth_enabled`` / ``shared_secret``
+  / ``user_id`` keys) and ``"v1.status"`` (a ``status`` key). Anything else
   (not JSON, not an object, no string ``type``) closes the connection with 1003.
 
 Every connection ends with exactly one :class:`Closed` event:
@@ -93,6 +95,8 @@ MiB = 1024 * KiB
 NORMAL = 1000
 PROTOCOL_ERROR = 1002
 UNSUPPORTED_DATA = 1003
+#: Keys of the untyped authentication message a v1 receiver sends first.
+V1_AUTH_KEYS = frozenset({"auth_enabled", "shared_secret", "user_id"})
 ABNORMAL = 1006
 INVALID_DATA = 1007
 POLICY = 1008
@@ -320,9 +324,12 @@ class _WsConnection(ABC):
         elif self._state == "handshake":
             raise RuntimeError("the WebSocket handshake has not completed")
 
-    def send_control(self, message: dict[str, Any]) -> None:
-        """Send one JSON control message; it must be an object with a string "type"."""
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+    def send_control(self, message: dict[str, Any], *, v1_untyped: bool = False) -> None:
+        """Send one JSON control message; it must be an object with a string "type"
+        (``v1_untyped``: one of v1's untyped auth messages, sent as it is)."""
+        if not isinstance(message, dict) or not (
+            v1_untyped or isinstance(message.get("type"), str)
+        ):
             raise ValueError("a control message is a dict with a str 'type'")
         text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         if self._state == "open":
@@ -445,6 +452,15 @@ class _WsConnection(ABC):
             message = json.loads(text)
         except (ValueError, RecursionError):
             message = None
+        if isinstance(message, dict) and "type" not in message:
+            # v1 peers open with untyped auth messages: {"auth_enabled": false} or
+            # {"shared_secret": ..., "user_id": ...} from a receiver, {"status": ...} back.
+            if message.keys() & V1_AUTH_KEYS:
+                self._events.append(ControlReceived({**message, "type": "v1.auth"}))
+                return
+            if "status" in message:
+                self._events.append(ControlReceived({**message, "type": "v1.status"}))
+                return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             self._fail(UNSUPPORTED_DATA, "text message is not a JSON object with a 'type'")
             return

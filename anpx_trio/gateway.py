@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 
 import trio
@@ -60,6 +61,7 @@ class GatewayServer:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.pump.ticker, TICK_INTERVAL)
+            self.core.set_wall_clock(self.pump.now(), time.time())
             self._listeners = trio.CancelScope()
             bound: dict[str, int | None] = {"admin": None}
             listeners = []

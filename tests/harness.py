@@ -907,7 +907,7 @@ class World:
             session = tunnel.session
             assert session is not None
             assert session.stream_count == 0, f"gateway streams left: {list(session._streams)}"
-            assert session._decoder.partial_messages == 0
+            assert not session._decoder._partials, f"gateway partials: {session._decoder._partials}"
             assert not tunnel.congested and not tunnel.paused
         for core in self.receivers:
             assert core.in_flight == 0, f"receiver calls left: {core._calls}"
@@ -916,7 +916,8 @@ class World:
                 if link.session is not None:
                     session = link.session
                     assert session.stream_count == 0, f"receiver streams: {list(session._streams)}"
-                    assert session._decoder.partial_messages == 0
+                    partials = session._decoder._partials
+                    assert not partials, f"receiver partials: {partials}"
         for task in self.app_tasks:
             assert task.done, f"app call {task.call_id} still running"
 

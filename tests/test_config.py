@@ -371,12 +371,12 @@ CROSS = [
         "config error: [receiver.tls] key_file: needs cert_file as well",
     ),
     (
-        {"gateway": {"auth": {"enabled": True}}},
-        "config error: [gateway.auth] shared_secret: required when enabled = true",
+        {"gateway": {"auth": {"shared_secret": "s", "shared_secret_file": "f"}}},
+        "config error: [gateway.auth] shared_secret_file: conflicts with shared_secret; set only one",
     ),
     (
-        {"receiver": {"auth": {"enabled": True}}},
-        "config error: [receiver.auth] shared_secret: required when enabled = true",
+        {"receiver": {"auth": {"shared_secret": "s", "shared_secret_file": "f"}}},
+        "config error: [receiver.auth] shared_secret_file: conflicts with shared_secret; set only one",
     ),
     (
         {"gateway": {"chunk_size": 8192, "max_frame_size": 4096}},

@@ -114,6 +114,7 @@ def _only_protocol_errors(wire: bytes, max_frame_size: int = 1 << 16) -> None:
             decoder.feed(b"")
 
 
+@pytest.mark.timeout(60)  # nothing may hang
 @FUZZ
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_raise_only_protocol_error(wire: bytes) -> None:
@@ -143,6 +144,7 @@ def mutate(wire: bytes, mutation: tuple) -> bytes:
     return wire[:pos] + wire[pos + rest[0] :]
 
 
+@pytest.mark.timeout(60)
 @FUZZ
 @given(frames, st.lists(mutations, min_size=1, max_size=3), st.booleans())
 def test_mutated_frames_raise_only_protocol_error(

@@ -407,6 +407,7 @@ def feed_all(frames: list[bytes], limits: Limits | None = None) -> None:
         assert exc.code in ERROR_CODES
 
 
+@pytest.mark.timeout(60)  # nothing may hang
 @FUZZ
 @given(st.lists(st.binary(max_size=120), min_size=1, max_size=3))
 def test_arbitrary_bytes_raise_only_protocol_error(wires: list[bytes]) -> None:
@@ -435,6 +436,7 @@ def mutate(wire: bytes, mutation: tuple) -> bytes:
     return wire[:pos] + wire[pos + rest[0] :]
 
 
+@pytest.mark.timeout(60)
 @FUZZ
 @given(
     MESSAGES,
@@ -480,6 +482,7 @@ FRAME_SPECS = st.tuples(
 )
 
 
+@pytest.mark.timeout(60)
 @FUZZ
 @given(st.lists(FRAME_SPECS, min_size=1, max_size=6))
 def test_well_framed_nonsense_raises_only_protocol_error(specs: list[tuple]) -> None:
@@ -601,6 +604,18 @@ def test_max_headless_body_limit_edge(over: int) -> None:
         BodyReceived("r", b"c" * 500),
         MessageComplete("r"),
     ]
+
+
+def test_encoder_holds_copies_of_reused_buffers() -> None:
+    buf = bytearray(b"a" * 100)
+    encoder = MessageEncoder(ResponseHead(200), "r", 1000)
+    frames = encoder.data(buf)  # held: the whole message may still fit one frame
+    buf[:] = b"b" * 100
+    frames += encoder.data(memoryview(buf))
+    buf[:] = b"c" * 100
+    buf += b"resizable: no view of it is held"
+    frames += encoder.end()
+    assert frames == encode_message(Response("r", 200, "", [], b"a" * 100 + b"b" * 100), 1000)
 
 
 def test_encoder_state_errors() -> None:
