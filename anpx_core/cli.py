@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from .config import LOG_LEVELS, MODES, Config, ConfigError, load_config
+from .config import APP_INTERFACES, LOG_LEVELS, MODES, Config, ConfigError, load_config
 
 __all__ = ["OPTIONS", "build_parser", "parse_command_line", "parse_or_exit"]
 
@@ -74,12 +74,25 @@ OPTIONS: tuple[Option, ...] = (
         action="store_true",
     ),
     _opt(
+        "--interface",
+        key="receiver.interface",
+        help="how to call --local-app: asgi, wsgi, or auto (detect)",
+        choices=APP_INTERFACES,
+    ),
+    _opt(
         "--local-url",
         key="receiver.local_url",
         help="forward to a local HTTP service instead, e.g. http://127.0.0.1:8000",
         metavar="URL",
     ),
     _opt("--client-id", key="receiver.client_id", help="this receiver's name", metavar="ID"),
+    _opt(
+        "--route",
+        key="receiver.routes",
+        help='a route this receiver serves, "host/prefix" or "/prefix" (repeat for several)',
+        action="append",
+        metavar="ROUTE",
+    ),
     _opt(
         "--log-level",
         key="logging.level",

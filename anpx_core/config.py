@@ -58,6 +58,7 @@ __all__ = [
 MODES = ("gateway", "receiver", "both")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 VERIFY_MODES = ("none", "optional", "required")
+APP_INTERFACES = ("auto", "asgi", "wsgi")
 MiB = 1024 * 1024
 #: A frame must hold its header, the request id and some body; smaller is useless.
 MIN_FRAME_SIZE = 1024
@@ -106,6 +107,18 @@ def _opt(default: Any, kind: str, **check: Any) -> Any:
 
 
 _SECTION = {"section": True}
+
+
+def _route_ok(value: object) -> bool:
+    from .routing import parse_route
+
+    if not isinstance(value, str):
+        return False
+    try:
+        parse_route(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _module_attr(value: str) -> str | None:
@@ -254,7 +267,12 @@ class GatewayConfig(_Section):
     stream_window: int = _opt(256 * 1024, "int", lo=0, hi=2**31 - 1, unit="bytes")
     max_frame_size: int = _opt(16 * MiB, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
     insecure: bool = _opt(False, "bool")
+    # per-client-address token bucket (anpx_core.ratelimit); 0: off, see docs/security.md
+    rate_limit: float = _opt(0.0, "float", lo=0, unit="requests per second")
+    rate_burst: int = _opt(100, "int", lo=1)
     shutdown_grace: float = _opt(10.0, "float", lo=0, unit="seconds")
+    # receiver id -> routes it may claim; unset: any receiver may claim any route
+    route_claims: dict[str, tuple[str, ...]] | None = _opt(None, "claims")
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +298,8 @@ class ReceiverConfig(_Section):
     stream_window: int = _opt(256 * 1024, "int", lo=0, hi=2**31 - 1, unit="bytes")
     max_frame_size: int = _opt(16 * MiB, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
     app_factory: bool = _opt(False, "bool")
+    interface: str = _opt("auto", "choice", choices=APP_INTERFACES)  # how to call the app
+    routes: tuple[str, ...] = _opt((), "routes")  # claimed in the handshake; (): the default route
     root_path: str = _opt("", "str", extra=_root_path)
     shutdown_grace: float = _opt(10.0, "float", lo=0, unit="seconds")
 
@@ -391,6 +411,10 @@ def _expected(check: _Check) -> str:
         return "expected a file path (a string)"
     if check.kind == "urls":
         return "expected a non-empty array of ws:// or wss:// URLs"
+    if check.kind == "routes":
+        return 'expected an array of routes like "api.example.com/", "/agents/bob"'
+    if check.kind == "claims":
+        return 'expected a table of receiver id = array of routes, e.g. {"rc-1" = ["api.example.com/"]}'
     if check.kind == "str":
         return "expected a non-empty string" if check.nonempty else "expected a string"
     noun = "an integer" if check.kind == "int" else "a number"
@@ -474,6 +498,18 @@ def _convert(check: _Check, value: Any) -> tuple[bool, Any]:
         ok = isinstance(value, (list, tuple)) and len(value) > 0
         ok = ok and all(isinstance(u, str) and _ws_url(u) is None for u in value)
         return ok, tuple(value) if ok else value
+    if kind == "routes":
+        ok = isinstance(value, (list, tuple)) and all(_route_ok(r) for r in value)
+        return ok, tuple(value) if ok else value
+    if kind == "claims":
+        ok = isinstance(value, dict) and all(
+            isinstance(k, str)
+            and k
+            and isinstance(v, (list, tuple))
+            and all(_route_ok(r) for r in v)
+            for k, v in value.items()
+        )
+        return ok, {k: tuple(v) for k, v in value.items()} if ok else value
     if kind == "str":
         ok = isinstance(value, str) and (not check.nonempty or value != "")
         return ok, value
@@ -713,6 +749,7 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
     from . import messages as M
     from .gateway import GatewaySettings
     from .http1 import FrontLimits
+    from .routing import parse_route
     from .websocket import WsLimits
 
     g = cfg.gateway if isinstance(cfg, Config) else cfg
@@ -731,6 +768,9 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
         stream_window=g.stream_window or None,
         send_frame_size=g.chunk_size,
         codec=M.Limits(max_frame_size=g.max_frame_size),
+        route_claims=None
+        if g.route_claims is None
+        else {rid: [parse_route(r) for r in routes] for rid, routes in g.route_claims.items()},
     )
 
 
@@ -762,4 +802,5 @@ def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
         # With flow control the gateway may send a whole window before the app reads.
         max_buffered_body=max(r.stream_window, DEFAULT_STREAM_WINDOW),
         root_path=r.root_path,
+        routes=list(r.routes),
     )

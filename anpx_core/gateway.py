@@ -18,7 +18,9 @@ Driver contract (the receiver core offers the same one):
 from __future__ import annotations
 
 import logging
+import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import messages as M
@@ -33,6 +35,14 @@ from .http1 import (
     RequestStarted,
 )
 from .meta import RequestHead, ResponseHead
+from .routing import (
+    ROUTES_HEADER,
+    Route,
+    RouteTable,
+    claims_allowed,
+    format_routes,
+    parse_routes_header,
+)
 from .stats import Stats
 from .tunnel import (
     DEFAULT_HIGH_WATER,
@@ -77,6 +87,10 @@ class GatewaySettings:
     codec: M.Limits = field(default_factory=M.Limits)
     high_water: int = DEFAULT_HIGH_WATER
     auth: ServerAuth = field(default_factory=NoAuth)
+    # receiver id -> the routes it may claim (None: any receiver may claim any route)
+    route_claims: dict[str, list[Route]] | None = None
+    # per-client-address request rate: key, now -> None (allowed) or seconds to wait
+    rate_limit: Callable[[str, float], float | None] | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -95,6 +109,8 @@ class _Client:
     backlog: int = 0  # response body handed to the front, not yet written by the driver
     taken: int = 0
     over_limit: bool = False
+    request_id: str = ""  # X-Request-ID: the client's, or the stream's request_id
+    route: str = "-"
 
 
 @dataclass(slots=True, eq=False)
@@ -110,6 +126,7 @@ class _Tunnel:
     congested: set[int] = field(default_factory=set)  # v1: clients with a full backlog
     paused: set[int] = field(default_factory=set)  # clients waiting for our backlog to drain
     connected_at: float = 0.0
+    routes: list[Route] = field(default_factory=list)
 
     @property
     def backlog(self) -> int:
@@ -135,6 +152,7 @@ class GatewayCore:
         self.wall_offset = 0.0  # Unix time minus the driver's clock (set by tick)
         # Fronts whose response just ended: a pipelined request may be waiting in them.
         self._fronts_due: list[_Client | _Admin] = []
+        self.routes = RouteTable()
         self.draining = False
 
     # --- driver contract -----------------------------------------------------------------
@@ -297,9 +315,11 @@ class GatewayCore:
             if isinstance(conn, _Tunnel):
                 for event in conn.ws.tick(now):
                     self._tunnel_event(conn, event, now)
+                # a keepalive ping or a close timeout changes the output without an event
+                self._wakeups.add(conn.cid)
                 continue
             events = conn.front.tick(now)
-            if events:
+            if events or conn.front.closed:  # an idle keep-alive connection closes silently
                 self._wakeups.add(conn.cid)
             if isinstance(conn, _Admin):
                 continue
@@ -328,7 +348,14 @@ class GatewayCore:
     @property
     def receivers(self) -> list[dict]:
         return [
-            {"id": t.identity, "peer": t.peer, "streams": len(t.streams), "flow": t.session.flow}
+            {
+                "id": t.identity,
+                "peer": t.peer,
+                "streams": len(t.streams),
+                "flow": t.session.flow,
+                "draining": t.session.peer_draining,
+                "routes": [str(r) for r in t.routes],
+            }
             for t in self._tunnels
             if t.session is not None
         ]
@@ -351,11 +378,12 @@ class GatewayCore:
         elif isinstance(event, ClientGone):
             self._abandon_client(conn, "client went away")
 
-    def _pick_tunnel(self) -> _Tunnel | None:
+    def _pick_tunnel(self, route: Route) -> _Tunnel | None:
         """Fewest streams first; a receiver at its limit or draining is skipped."""
         best: _Tunnel | None = None
         limit = self.settings.max_streams_per_receiver
-        for tunnel in self._tunnels:
+        for tunnel in self.routes.receivers(route):
+            assert isinstance(tunnel, _Tunnel)
             session = tunnel.session
             if session is None or session.peer_draining or tunnel.ws.state != "open":
                 continue
@@ -371,6 +399,12 @@ class GatewayCore:
         conn.response_started = False
         conn.status = 0
         conn.body_out = 0
+        conn.route = "-"
+        conn.request_id = _valid_request_id(_header(event.head, REQUEST_ID_HEADER)) or ""
+        if not conn.request_id:  # keep a client's id only when it is sane; else ours replaces it
+            event.head.headers[:] = [
+                (n, v) for n, v in event.head.headers if n != REQUEST_ID_HEADER
+            ]
         self.stats.requests += 1
         if conn.over_limit:
             self.stats.rejected_connections += 1
@@ -386,20 +420,47 @@ class GatewayCore:
                 [("retry-after", "5"), ("connection", "close")],
             )
             return
-        tunnel = self._pick_tunnel()
-        if tunnel is None:
-            if any(t.session is not None for t in self._tunnels):
-                self._reply(conn, 503, "all receivers are busy", [("retry-after", "1")])
-            else:
+        if self.settings.rate_limit is not None:
+            wait = self.settings.rate_limit(conn.peer, now)
+            if wait is not None:
+                self.stats.rate_limited += 1
+                retry = str(max(1, math.ceil(wait)))
+                self._reply(
+                    conn, 429, "too many requests from your address", [("retry-after", retry)]
+                )
+                return
+        host = _header(event.head, "host")
+        path = event.head.target.partition("?")[0]
+        route = self.routes.match(host, path)
+        if route is None:
+            if not self._tunnels and not self.routes.routes:
                 self._reply(conn, 503, "no receiver connected", [("retry-after", "5")])
+            else:
+                self._reply(conn, 404, f"no route for {host or '(no host)'}{path}")
+            return
+        conn.route = str(route)
+        tunnel = self._pick_tunnel(route)
+        if tunnel is None:
+            if any(t.session is not None for t in self.routes.receivers(route)):
+                self._reply(
+                    conn, 503, f"all receivers of route {route} are busy", [("retry-after", "1")]
+                )
+            else:
+                self._reply(
+                    conn, 503, f"no receiver connected for route {route}", [("retry-after", "5")]
+                )
             return
         assert tunnel.session is not None
         rid = str(uuid.uuid4())
         conn.rid, conn.tunnel = rid, tunnel
         tunnel.streams[rid] = conn
         conn.deadline = now + self.settings.timeout if self.settings.timeout > 0 else None
+        head = event.head
+        if _header(head, REQUEST_ID_HEADER) is None:
+            conn.request_id = rid
+            head = RequestHead(head.method, head.target, [*head.headers, (REQUEST_ID_HEADER, rid)])
         try:
-            tunnel.session.start(rid, event.head)
+            tunnel.session.start(rid, head)
         except M.ProtocolError:
             tunnel.streams.pop(rid, None)
             conn.rid = conn.tunnel = None
@@ -413,7 +474,9 @@ class GatewayCore:
         self, conn: _Client, status: int, text: str, headers: list[tuple[str, str]] = ()
     ) -> None:
         """Answer the current request from the gateway itself."""
-        conn.front.send_error(status, text, list(headers))
+        if not conn.request_id:
+            conn.request_id = str(uuid.uuid4())
+        conn.front.send_error(status, text, [*headers, (REQUEST_ID_HEADER, conn.request_id)])
         self._fronts_due.append(conn)
         conn.status = status
         self._log_access(conn, status)
@@ -465,16 +528,18 @@ class GatewayCore:
         head = conn.head
         if head is None:
             return
-        self.stats.record(status, conn.body_out)
+        seconds = self._now - conn.started
+        self.stats.record(conn.route, status, seconds)
         access_log.info(
-            "%s %s %s %s %d %dB %.1fms",
-            conn.rid or "-",
+            "%s %s %s %s %d %dB %.1fms route=%s",
+            conn.request_id or conn.rid or "-",
             conn.peer,
             head.method,
             head.target,
             status,
             conn.body_out,
-            (self._now - conn.started) * 1000,
+            seconds * 1000,
+            conn.route,
         )
         conn.head = None
 
@@ -510,6 +575,22 @@ class GatewayCore:
             )
             tunnel.ws.reject(verdict.status, "", verdict.headers)
             return
+        try:
+            routes = parse_routes_header(_header_of(event.headers, ROUTES_HEADER))
+        except ValueError as exc:
+            log.warning(
+                "tunnel handshake from %s refused: bad %s: %s", tunnel.peer, ROUTES_HEADER, exc
+            )
+            tunnel.ws.reject(400, f"bad {ROUTES_HEADER}: {exc}")
+            return
+        allowed = self.settings.route_claims
+        if allowed is not None:
+            denied = claims_allowed(routes, allowed.get(verdict.identity, []))
+            if denied is not None:
+                why = f"receiver {verdict.identity!r} may not claim route {denied}"
+                log.warning("tunnel handshake from %s refused: %s", tunnel.peer, why)
+                tunnel.ws.reject(403, why)
+                return
         peer_window = parse_extensions(event.headers)
         local_window = self.settings.stream_window if peer_window is not None else None
         tunnel.ws.accept(verdict.headers + offer_extensions(local_window))
@@ -523,12 +604,15 @@ class GatewayCore:
             limits=self.settings.codec,
         )
         self._tunnels.append(tunnel)
-        self.stats.tunnels_opened += 1
+        tunnel.routes = routes
+        self.routes.add(tunnel, routes)
+        self.stats.tunnel_opened(tunnel.identity)
         log.info(
-            "receiver %s connected from %s (%s)",
+            "receiver %s connected from %s (%s), routes %s",
             tunnel.identity,
             tunnel.peer,
             "flow control" if tunnel.session.flow else "v1 peer",
+            format_routes(routes),
         )
 
     def _stream_event(self, tunnel: _Tunnel, event: object) -> None:
@@ -551,7 +635,12 @@ class GatewayCore:
             conn.deadline = None
             conn.response_started = True
             conn.status = event.head.status
-            conn.front.send_response(event.head)
+            head = event.head
+            if conn.request_id and _header(head, REQUEST_ID_HEADER) is None:
+                head = ResponseHead(
+                    head.status, head.reason, [*head.headers, (REQUEST_ID_HEADER, conn.request_id)]
+                )
+            conn.front.send_response(head)
             self._wakeups.add(conn.cid)
         elif isinstance(event, StreamData):
             conn.front.send_data(event.data)
@@ -583,6 +672,7 @@ class GatewayCore:
     def _tunnel_gone(self, tunnel: _Tunnel, why: str) -> None:
         if tunnel in self._tunnels:
             self._tunnels.remove(tunnel)
+            self.routes.remove(tunnel, tunnel.routes)
             log.info("receiver %s gone: %s", tunnel.identity or tunnel.peer, why)
         if tunnel.session is not None:
             tunnel.session.abandon()
@@ -603,22 +693,29 @@ class GatewayCore:
         if not isinstance(event, RequestStarted):
             return
         path = event.head.target.partition("?")[0]
+        receivers = sum(1 for t in self._tunnels if t.session is not None)
+        content_type = "application/json"
+        status = 200
         if path == "/health":
-            ready = bool(self._tunnels)
-            body = self.stats.health_json(ready=ready, receivers=len(self._tunnels))
-            status = 200 if ready else 503
+            ready = receivers > 0
+            body = self.stats.health_json(ready=ready, receivers=receivers, draining=self.draining)
+            status = 200 if ready and not self.draining else 503
         elif path == "/stats":
-            body = self.stats.stats_json(receivers=self.receivers, in_flight=self.in_flight)
-            status = 200
+            body = self.stats.stats_json(
+                receivers=self.receivers, routes=self.routes.routes, in_flight=self.in_flight
+            )
+        elif path == "/metrics":
+            body = self.stats.prometheus(receivers=receivers, in_flight=self.in_flight)
+            content_type = "text/plain; version=0.0.4; charset=utf-8"
         else:
-            conn.front.send_error(404, "unknown admin path; try /health or /stats")
+            conn.front.send_error(404, "unknown admin path; try /health, /stats or /metrics")
             self._fronts_due.append(conn)
             return
         conn.front.send_response(
             ResponseHead(
                 status,
                 "OK" if status == 200 else "Service Unavailable",
-                [("content-type", "application/json"), ("content-length", str(len(body)))],
+                [("content-type", content_type), ("content-length", str(len(body)))],
             )
         )
         conn.front.send_data(body)
@@ -630,3 +727,25 @@ def _addr(addr: tuple[str, int] | None) -> str:
     if not addr:
         return "-"
     return f"{addr[0]}:{addr[1]}"
+
+
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/+=@")
+
+
+def _valid_request_id(value: str | None) -> str | None:
+    """A client's X-Request-ID, kept only when short and plain (it reaches logs)."""
+    if value and len(value) <= 200 and set(value) <= _REQUEST_ID_OK:
+        return value
+    return None
+
+
+def _header_of(headers: list[tuple[str, str]], name: str) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _header(head: RequestHead | ResponseHead, name: str) -> str | None:
+    return _header_of(head.headers, name)

@@ -74,6 +74,7 @@ class ReceiverPlan:
     demo: bool
     tls: TlsPolicy
     grace: float
+    interface: str = "auto"  # how to call the app: "auto", "asgi" or "wsgi"
 
 
 @dataclass(slots=True)
@@ -161,7 +162,9 @@ def _receiver_plan(cfg: Config, *, both: bool) -> ReceiverPlan:
     verify = "none" if r.tls.verify_mode == "none" else "required"
     tls = TlsPolicy(False, r.tls.cert_file, r.tls.key_file, r.tls.ca_file, verify, verify != "none")
     demo = r.backend == "demo"
-    return ReceiverPlan(settings, r.local_app_module, r.app_factory, demo, tls, r.shutdown_grace)
+    return ReceiverPlan(
+        settings, r.local_app_module, r.app_factory, demo, tls, r.shutdown_grace, r.interface
+    )
 
 
 def check_files(plan: Plan) -> None:
@@ -201,11 +204,12 @@ def _hostport(host: str, port: int) -> str:
 
 
 def resolve_app(plan: ReceiverPlan):
-    """The ASGI app the receiver serves: the user's, the demo, or None (forward mode)."""
+    """The ASGI app the receiver serves: the user's (a WSGI app wrapped), the demo, or None
+    (forward mode)."""
     if plan.app_spec is not None:
         from .apploader import load_app
 
-        return load_app(plan.app_spec, factory=plan.factory)
+        return load_app(plan.app_spec, factory=plan.factory, interface=plan.interface)
     if plan.demo:
         from .demo import app
 

@@ -42,7 +42,9 @@ from .forward import (
     UpstreamResponse,
 )
 from .meta import RequestHead, ResponseHead
+from .routing import ROUTES_HEADER
 from .tunnel import (
+    DEFAULT_HIGH_WATER,
     DEFAULT_STREAM_WINDOW,
     StreamData,
     StreamEnd,
@@ -109,9 +111,13 @@ class ReceiverSettings:
     send_frame_size: int = M.DEFAULT_SEND_FRAME_SIZE
     codec: M.Limits = field(default_factory=M.Limits)
     max_buffered_body: int = DEFAULT_STREAM_WINDOW  # request body held for an app not reading
+    high_water: int = DEFAULT_HIGH_WATER  # tunnel output backlog at which producers pause
     max_idle_upstreams: int = 8  # forward mode: keep-alive connections kept for reuse
     auth: ClientAuth = field(default_factory=NoAuth)
     root_path: str = ""
+    routes: list[str] = field(
+        default_factory=list
+    )  # claimed in the handshake; []: the default route
 
 
 @dataclass(slots=True)
@@ -135,6 +141,14 @@ class _Link:
     retry_at: float | None = 0.0  # when to connect next; None: connected or given up
     state: str = "idle"  # idle | connecting | handshake | open
     calls: dict[str, _Call] = field(default_factory=dict)
+    written_mark: int = 0  # session.bytes_out the driver has written
+    taken_mark: int = 0
+    paused: set[int] = field(default_factory=set)  # producers waiting for our backlog to drain
+
+    @property
+    def backlog(self) -> int:
+        """Frames we queued for the gateway that the driver has not written yet."""
+        return 0 if self.session is None else self.session.bytes_out - self.written_mark
 
 
 @dataclass(slots=True, eq=False)
@@ -252,6 +266,8 @@ class ReceiverCore:
             if self.settings.client_id and not any(n == H_CLIENT_ID for n, _ in headers):
                 headers.append((H_CLIENT_ID, self.settings.client_id))
             headers += offer_extensions(self.settings.stream_window)
+            if self.settings.routes:
+                headers.append((ROUTES_HEADER, ", ".join(self.settings.routes)))
             link.ws = WsClient(addr.host_header, addr.path, self.settings.ws, now, headers=headers)
         elif isinstance(conn, _Upstream):
             conn.connected = True
@@ -293,6 +309,8 @@ class ReceiverCore:
         if isinstance(conn, _Link):
             if conn.ws is None:
                 return b"", False
+            if conn.session is not None:
+                conn.taken_mark = conn.session.bytes_out
             return conn.ws.data_to_send(), conn.ws.closed
         data = conn.conn.data_to_send() if conn.connected else b""
         conn.taken += conn.pending_body
@@ -302,7 +320,12 @@ class ReceiverCore:
     def written(self, cid: int, now: float) -> None:
         self._now = now
         conn = self._conns.get(cid)
-        if isinstance(conn, _Upstream) and conn.taken:
+        if isinstance(conn, _Link):
+            conn.written_mark = conn.taken_mark
+            if conn.paused and conn.backlog < self.settings.high_water:
+                self._wakeups.update(conn.paused)
+                conn.paused.clear()
+        elif isinstance(conn, _Upstream) and conn.taken:
             call = conn.call
             if call is not None and call.link.session is not None:
                 call.link.session.consumed(call.rid, conn.taken)
@@ -313,12 +336,30 @@ class ReceiverCore:
     def can_read(self, cid: int) -> bool:
         conn = self._conns.get(cid)
         if isinstance(conn, _Link):
-            return conn.ws is not None and not conn.ws.closed
+            return conn.ws is not None and not conn.ws.closed and not self._holding_body(conn)
         if isinstance(conn, _Upstream):
             call = conn.call
             if call is None or call.link.session is None:
                 return not conn.closing
+            if call.link.backlog >= self.settings.high_water:
+                call.link.paused.add(cid)
+                return False
             return call.link.session.writable(call.rid)
+        return False
+
+    def _holding_body(self, link: _Link) -> bool:
+        """v1 gateway (no flow control): stop reading the tunnel while a request body
+        waits for its consumer (the app or the local service) to take it."""
+        session = link.session
+        if session is None or session.flow:
+            return False
+        limit = self.settings.max_buffered_body
+        for call in link.calls.values():
+            if call.asgi is not None and call.asgi.buffered >= limit:
+                return True
+            up = call.upstream
+            if up is not None and up.pending_body + up.taken >= limit:
+                return True
         return False
 
     def closed(self, cid: int, now: float) -> None:
@@ -381,6 +422,8 @@ class ReceiverCore:
         for call in list(link.calls.values()):
             self._call_gone(call, "tunnel lost")
         link.calls.clear()
+        self._wakeups.update(link.paused)
+        link.paused.clear()
         if was_open:
             level = logging.INFO if self.stopping else logging.WARNING
             log.log(level, "tunnel to %s closed: %s", link.address.host_header, why)
@@ -438,6 +481,7 @@ class ReceiverCore:
                 send_frame_size=self.settings.send_frame_size,
                 limits=self.settings.codec,
             )
+            link.written_mark = link.taken_mark = 0
             if peer_window is None:
                 link.session.greet_v1_gateway()
             link.state = "open"
@@ -448,7 +492,10 @@ class ReceiverCore:
                 "flow control" if link.session.flow else "v1 gateway",
             )
         elif isinstance(event, HandshakeRejected):
-            why = f"gateway refused the tunnel: HTTP {event.status}"
+            detail = event.body.decode("utf-8", "replace").strip()[:200]
+            why = f"gateway refused the tunnel: HTTP {event.status}" + (
+                f": {detail}" if detail else ""
+            )
             log.error("%s", why)
             self.last_error = why
         elif isinstance(event, Closed):
@@ -521,7 +568,12 @@ class ReceiverCore:
                 root_path=self.settings.root_path,
                 state=self.lifespan_state,
             )
-            call.asgi = AsgiHttpCall(scope, self.settings.max_buffered_body)
+            # v1: the tunnel is paused at max_buffered_body (see _holding_body), but what one
+            # read already brought still lands here; only a broken peer gets past this cap.
+            limit = self.settings.max_buffered_body
+            if link.session is not None and not link.session.flow:
+                limit += 2 * self.settings.ws.max_message_size
+            call.asgi = AsgiHttpCall(scope, limit)
             self._app_calls.append((call.cid, scope))
             return
         self._forward(call, reuse=True)
@@ -573,7 +625,7 @@ class ReceiverCore:
         call.done = True
         access_log.info(
             "%s %s %s %d %dB %.1fms",
-            call.rid,
+            _header(call.head, "x-request-id") or call.rid,
             call.head.method,
             call.head.target,
             call.status,
@@ -630,6 +682,9 @@ class ReceiverCore:
         call = self._calls.get(call_id)
         if call is None or call.done or call.link.session is None:
             return True
+        if call.link.backlog >= self.settings.high_water:
+            call.link.paused.add(call_id)  # woken by written() once the backlog drains
+            return False
         return call.link.session.writable(call.rid)
 
     def app_finished(self, call_id: int, exc: BaseException | None, now: float) -> None:

@@ -1,48 +1,184 @@
-"""Counters the gateway keeps for /health and /stats."""
+"""What the gateway counts, and its three views: /health, /stats (JSON), /metrics (Prometheus)."""
 
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
+from collections import deque
 from dataclasses import dataclass, field
+
+#: Latency histogram buckets (seconds), the Prometheus client defaults.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_RECENT = 2048  # durations kept for the percentiles in /stats
+MAX_ROUTE_LABELS = 1000  # distinct route labels in metrics; the rest count as "other"
+
+
+@dataclass(slots=True)
+class _Histogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    total: float = 0.0
+    n: int = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(BUCKETS, seconds)] += 1
+        self.total += seconds
+        self.n += 1
 
 
 @dataclass(slots=True)
 class Stats:
     requests: int = 0
-    responses_by_status: dict[int, int] = field(default_factory=dict)
+    responses: dict[tuple[str, int], int] = field(default_factory=dict)  # (route, status) -> n
+    durations: dict[str, _Histogram] = field(default_factory=dict)  # route -> histogram
+    recent: deque = field(default_factory=lambda: deque(maxlen=_RECENT))
     bytes_in: int = 0  # request body bytes from clients
     bytes_out: int = 0  # response body bytes to clients
     timeouts: int = 0
     resets: int = 0
     client_aborts: int = 0
     rejected_connections: int = 0
+    rate_limited: int = 0
     auth_failures: int = 0
     tunnels_opened: int = 0
+    reconnects: int = 0  # tunnels opened by a receiver id seen before
+    _seen_ids: set[str] = field(default_factory=set)
 
-    def record(self, status: int, body_bytes: int) -> None:
-        self.responses_by_status[status] = self.responses_by_status.get(status, 0) + 1
+    def _label(self, route: str) -> str:
+        if route in self.durations or len(self.durations) < MAX_ROUTE_LABELS:
+            return route
+        return "other"
 
-    def health_json(self, *, ready: bool, receivers: int) -> bytes:
+    def record(self, route: str, status: int, seconds: float) -> None:
+        route = self._label(route)
+        key = (route, status)
+        self.responses[key] = self.responses.get(key, 0) + 1
+        self.durations.setdefault(route, _Histogram()).observe(seconds)
+        self.recent.append(seconds)
+
+    def tunnel_opened(self, identity: str) -> None:
+        self.tunnels_opened += 1
+        if identity in self._seen_ids:
+            self.reconnects += 1
+        elif len(self._seen_ids) < 100_000:
+            self._seen_ids.add(identity)
+
+    def percentiles(self) -> dict[str, float | None]:
+        data = sorted(self.recent)
+        if not data:
+            return {"p50": None, "p90": None, "p99": None}
+        pick = lambda q: round(data[min(len(data) - 1, int(q * len(data)))] * 1000, 3)  # noqa: E731
+        return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99)}
+
+    def by_status(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (_route, status), n in self.responses.items():
+            out[str(status)] = out.get(str(status), 0) + n
+        return dict(sorted(out.items()))
+
+    def health_json(self, *, ready: bool, receivers: int, draining: bool) -> bytes:
+        status = "draining" if draining else "ok" if ready else "no_receivers"
         return json.dumps(
-            {"status": "ok" if ready else "no_receivers", "ready": ready, "receivers": receivers}
+            {
+                "status": status,
+                "live": True,
+                "ready": ready and not draining,
+                "receivers": receivers,
+            }
         ).encode()
 
-    def stats_json(self, *, receivers: list[dict], in_flight: int) -> bytes:
+    def stats_json(self, *, receivers: list[dict], routes: dict[str, int], in_flight: int) -> bytes:
         return json.dumps(
             {
                 "receivers": receivers,
+                "routes": routes,
                 "in_flight": in_flight,
                 "requests": self.requests,
-                "responses_by_status": {
-                    str(k): v for k, v in sorted(self.responses_by_status.items())
-                },
+                "responses_by_status": self.by_status(),
+                "latency_ms": self.percentiles(),
                 "bytes_in": self.bytes_in,
                 "bytes_out": self.bytes_out,
                 "timeouts": self.timeouts,
                 "resets": self.resets,
                 "client_aborts": self.client_aborts,
                 "rejected_connections": self.rejected_connections,
+                "rate_limited": self.rate_limited,
                 "auth_failures": self.auth_failures,
                 "tunnels_opened": self.tunnels_opened,
+                "reconnects": self.reconnects,
             }
         ).encode()
+
+    def prometheus(self, *, receivers: int, in_flight: int) -> bytes:
+        """The Prometheus text exposition format, version 0.0.4."""
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, help_text: str) -> None:
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} {kind}")
+
+        metric("anpx_requests_total", "counter", "Requests answered, by route and status.")
+        for (route, status), n in sorted(self.responses.items()):
+            lines.append(f'anpx_requests_total{{route="{_escape(route)}",status="{status}"}} {n}')
+        metric(
+            "anpx_request_duration_seconds", "histogram", "Time from request head to response end."
+        )
+        for route, hist in sorted(self.durations.items()):
+            label = _escape(route)
+            cumulative = 0
+            for bound, count in zip((*BUCKETS, float("inf")), hist.counts, strict=True):
+                cumulative += count
+                le = "+Inf" if bound == float("inf") else repr(bound)
+                lines.append(
+                    f'anpx_request_duration_seconds_bucket{{route="{label}",le="{le}"}} {cumulative}'
+                )
+            lines.append(f'anpx_request_duration_seconds_sum{{route="{label}"}} {hist.total}')
+            lines.append(f'anpx_request_duration_seconds_count{{route="{label}"}} {hist.n}')
+        for name, kind, help_text, value in (
+            (
+                "anpx_request_bytes_total",
+                "counter",
+                "Request body bytes received from clients.",
+                self.bytes_in,
+            ),
+            (
+                "anpx_response_bytes_total",
+                "counter",
+                "Response body bytes sent to clients.",
+                self.bytes_out,
+            ),
+            ("anpx_receivers", "gauge", "Receivers connected now.", receivers),
+            ("anpx_in_flight_requests", "gauge", "Requests being served now.", in_flight),
+            (
+                "anpx_tunnels_opened_total",
+                "counter",
+                "Tunnels opened by receivers.",
+                self.tunnels_opened,
+            ),
+            (
+                "anpx_receiver_reconnects_total",
+                "counter",
+                "Tunnels opened by a receiver seen before.",
+                self.reconnects,
+            ),
+            ("anpx_timeouts_total", "counter", "Requests answered 504.", self.timeouts),
+            ("anpx_rate_limited_total", "counter", "Requests answered 429.", self.rate_limited),
+            (
+                "anpx_auth_failures_total",
+                "counter",
+                "Refused tunnel handshakes.",
+                self.auth_failures,
+            ),
+            (
+                "anpx_client_aborts_total",
+                "counter",
+                "Requests abandoned by their client.",
+                self.client_aborts,
+            ),
+        ):
+            metric(name, kind, help_text)
+            lines.append(f"{name} {value}")
+        return ("\n".join(lines) + "\n").encode()
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -47,7 +47,9 @@ def parse_extensions(headers: list[tuple[str, str]]) -> int | None:
             continue
         for item in value.split(","):
             key, _, arg = item.strip().partition("=")
-            if key.strip() == "flow" and arg.strip().isdigit():
+            arg = arg.strip()
+            # isascii: "²".isdigit() is true, but int() refuses it
+            if key.strip() == "flow" and arg.isascii() and arg.isdigit():
                 window = int(arg)
                 if window > 0:
                     return window

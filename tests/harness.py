@@ -350,6 +350,7 @@ class HttpClient(Task):
         disconnect: Disconnect | None = None,
         read_pauses: list[tuple[int, int]] = (),
         read_at: int = 0,
+        keep_open: bool = False,
     ) -> None:
         self.world = world
         self.exchanges = exchanges
@@ -375,6 +376,8 @@ class HttpClient(Task):
         self.waiting_continue = False
         self.closed = False
         self.write_dead = False
+        self.keep_open = keep_open  # after the last response, wait for the server to close
+        self.server_closed = False
         world.tasks.append(self)
 
     # -- producing requests --
@@ -477,7 +480,11 @@ class HttpClient(Task):
             self.parser.receive_data(data)  # b"" at EOF
             self._parse()
         if not self.closed and self.current >= len(self.exchanges) and not self.out:
-            self._close()
+            if not self.keep_open:
+                self._close()
+            elif self.end.inbox.eof and not self.end.inbox.size:
+                self.server_closed = True
+                self._close()
 
     def _maybe_leave(self, phase: str) -> None:
         plan = self.disconnect
@@ -552,7 +559,8 @@ class HttpClient(Task):
         parser = self.parser
         self.current += 1
         if self.current >= len(self.exchanges):
-            self._close()
+            if not self.keep_open:
+                self._close()
             return False
         if parser.our_state is h11.DONE and parser.their_state is h11.DONE:
             parser.start_next_cycle()
@@ -723,7 +731,8 @@ class World:
         )
         self.gateway = GatewayCore(gateway or GatewaySettings())
         self.receivers = [
-            ReceiverCore(s, rng=self.rng.random) for s in (receivers or [ReceiverSettings()])
+            ReceiverCore(s, rng=self.rng.random)
+            for s in ([ReceiverSettings()] if receivers is None else receivers)
         ]
         self.tunnels: list[tuple[CoreConnection, CoreConnection]] = []  # (gateway, receiver)
         self.upstreams: list[Upstream] = []
@@ -936,7 +945,7 @@ def make_app(world: World) -> Callable[..., Any]:
     ``echo`` (default): read the whole body, answer :func:`echo_body` in random parts, with a
     Content-Length when ``x-cl: 1``; ``stream``: answer each body part as it arrives;
     ``early``: answer ``tag`` without reading the body; ``big``: answer ``x-size`` bytes of
-    :func:`pattern`; ``fail-before`` / ``fail-mid``: raise before / after the response head;
+    :func:`pattern` (in ``x-part``-byte parts if given); ``fail-before`` / ``fail-mid``: raise before / after the response head;
     ``hang``: never answer, wait for the disconnect.
     """
 
@@ -972,7 +981,13 @@ def make_app(world: World) -> Callable[..., Any]:
         if mode == "big":
             data = pattern(marker, int(headers[b"x-size"]))
             await send(start)
-            for part in world.split(data, max_parts=64):
+            step = int(headers.get(b"x-part", b"0"))  # fixed part size, else random cuts
+            parts = (
+                [data[i : i + step] for i in range(0, len(data), step)]
+                if step
+                else world.split(data, max_parts=64)
+            )
+            for part in parts:
                 await send({"type": "http.response.body", "body": part, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return

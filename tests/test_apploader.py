@@ -189,24 +189,20 @@ def test_missing_sub_attribute(sandbox: Path) -> None:
 def test_not_callable(sandbox: Path) -> None:
     mod = write_module(sandbox, "app = 42\nnothing = None\n")
     assert load_error(f"{mod}:app", sandbox) == (
-        f'app error: "{mod}:app" is not callable (it is a int); expected an ASGI app'
+        f'app error: "{mod}:app" is not callable (it is a int); expected an ASGI or WSGI app'
     )
     assert load_error(f"{mod}:nothing", sandbox) == (
-        f'app error: "{mod}:nothing" is not callable (it is None); expected an ASGI app'
+        f'app error: "{mod}:nothing" is not callable (it is None); expected an ASGI or WSGI app'
     )
 
 
 def test_factory_given_without_factory_flag_gets_a_hint(sandbox: Path) -> None:
     mod = write_module(sandbox, "def create_app():\n    return None\n")
     assert load_error(f"{mod}:create_app", sandbox) == (
-        f'app error: "{mod}:create_app" is not an ASGI app: it cannot be called as '
-        "app(scope, receive, send); if it makes the app, use --factory (app_factory = true)"
+        f'app error: "{mod}:create_app" is not an ASGI or WSGI app: it cannot be called as '
+        "app(scope, receive, send) or app(environ, start_response); "
+        "if it makes the app, use --factory (app_factory = true)"
     )
-
-
-def test_wsgi_style_callable_is_not_an_asgi_app(sandbox: Path) -> None:
-    mod = write_module(sandbox, "def app(environ, start_response):\n    return []\n")
-    assert "is not an ASGI app" in load_error(f"{mod}:app", sandbox)
 
 
 def test_factory_errors(sandbox: Path) -> None:
@@ -230,11 +226,11 @@ def test_factory_errors(sandbox: Path) -> None:
     )
     assert load_error(f"{mod}:returns_nothing", sandbox, factory=True) == (
         f'app error: the app made by factory "{mod}:returns_nothing" is not callable '
-        "(it is None); expected an ASGI app"
+        "(it is None); expected an ASGI or WSGI app"
     )
     assert load_error(f"{mod}:returns_factory", sandbox, factory=True) == (
-        f'app error: the app made by factory "{mod}:returns_factory" is not an ASGI app: '
-        "it cannot be called as app(scope, receive, send)"
+        f'app error: the app made by factory "{mod}:returns_factory" is not an ASGI or WSGI app: '
+        "it cannot be called as app(scope, receive, send) or app(environ, start_response)"
     )
     assert load_error(f"{mod}:not_a_factory", sandbox, factory=True) == (
         f'app error: app factory "{mod}:not_a_factory" is not callable (it is a int)'
@@ -246,6 +242,189 @@ def test_original_exception_is_chained_for_debugging(sandbox: Path) -> None:
     with pytest.raises(AppLoadError) as info:
         load_app(f"{mod}:app", app_dir=str(sandbox))
     assert isinstance(info.value.__cause__, KeyError)
+
+
+# --- interfaces: ASGI, WSGI (through a2wsgi), detected or named ---------------------------
+
+WSGI_APP = """
+    def app(environ, start_response):
+        body = (environ["REQUEST_METHOD"] + " " + environ["PATH_INFO"] + "?" +
+                environ["QUERY_STRING"] + " " + environ["wsgi.input"].read().decode()).encode()
+        start_response("201 Created", [("Content-Type", "text/plain"), ("X-Wsgi", "yes")])
+        return [body]
+"""
+
+
+def call_over_asgi(
+    app, method: str, url: str, backend: str = "asyncio", **kwargs
+) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t.test") as client:
+            return await client.request(method, url, **kwargs)
+
+    return anyio.run(go, backend=backend)
+
+
+def test_wsgi_function_is_detected_and_served_through_a2wsgi(sandbox: Path) -> None:
+    from a2wsgi import WSGIMiddleware
+
+    from anpx_core.apploader import NeedsAsyncio
+
+    mod = write_module(sandbox, WSGI_APP)
+    app = load_app(f"{mod}:app", app_dir=str(sandbox))
+    assert isinstance(app, NeedsAsyncio) and isinstance(app.app, WSGIMiddleware)
+    assert app.app.app is sys.modules[mod].app
+    r = call_over_asgi(app, "POST", "/p/q?x=1", content=b"body")
+    assert (r.status_code, r.text, r.headers["x-wsgi"]) == (201, "POST /p/q?x=1 body", "yes")
+    assert isinstance(load_app(f"{mod}:app", interface="wsgi", app_dir=str(sandbox)), NeedsAsyncio)
+
+
+def test_flask_app_and_flask_factory_are_wsgi(sandbox: Path) -> None:
+    mod = write_module(
+        sandbox,
+        """
+        from flask import Flask, request
+
+        def create_app():
+            flask_app = Flask(__name__)
+
+            @flask_app.get("/hi/<name>")
+            def hi(name):
+                return {"hi": name, "q": request.args.get("q")}
+
+            return flask_app
+
+        app = create_app()
+        """,
+    )
+    for app in (
+        load_app(f"{mod}:app", app_dir=str(sandbox)),
+        load_app(f"{mod}:create_app", factory=True, app_dir=str(sandbox)),
+    ):
+        assert call_over_asgi(app, "GET", "/hi/ann?q=7").json() == {"hi": "ann", "q": "7"}
+
+
+def test_asgi_detection_is_unchanged(sandbox: Path) -> None:
+    mod = write_module(
+        sandbox,
+        """
+        import functools
+
+        async def app(scope, receive, send):
+            pass
+
+        class Instance:
+            async def __call__(self, scope, receive, send):
+                pass
+
+        def sync_three(scope, receive, send):
+            pass
+
+        def wrapper(*args, **kwargs):
+            pass
+
+        instance = Instance()
+        partial = functools.partial(app)
+        """,
+    )
+    for name in ("app", "instance", "sync_three", "wrapper", "partial"):
+        app = load_app(f"{mod}:{name}", app_dir=str(sandbox))
+        assert app is getattr(sys.modules[mod], name)
+
+
+def test_named_interface_overrides_detection_when_the_signature_allows(sandbox: Path) -> None:
+    from anpx_core.apploader import NeedsAsyncio
+
+    # (*args) fits both; auto says ASGI, and --interface wsgi is taken at its word.
+    mod = write_module(
+        sandbox,
+        """
+        def wrapper(*args):
+            environ, start_response = args
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"wrapped"]
+        """,
+    )
+    assert load_app(f"{mod}:wrapper", app_dir=str(sandbox)) is sys.modules[mod].wrapper
+    app = load_app(f"{mod}:wrapper", interface="wsgi", app_dir=str(sandbox))
+    assert isinstance(app, NeedsAsyncio) and call_over_asgi(app, "GET", "/").text == "wrapped"
+
+
+def test_interface_mismatch_errors_name_the_fix(sandbox: Path) -> None:
+    wsgi = write_module(sandbox, WSGI_APP)
+    asgi = write_module(sandbox, ASGI_APP)
+    assert load_error_with(f"{wsgi}:app", sandbox, interface="asgi") == (
+        f'app error: "{wsgi}:app" is not an ASGI app: it cannot be called as '
+        "app(scope, receive, send); it looks like a WSGI app: use --interface wsgi or auto"
+    )
+    assert load_error_with(f"{asgi}:app", sandbox, interface="wsgi") == (
+        f'app error: "{asgi}:app" is not a WSGI app: it cannot be called as '
+        "app(environ, start_response); it looks like an ASGI app: use --interface asgi or auto"
+    )
+    assert load_error_with(f"{asgi}:app", sandbox, interface="both") == (
+        'app error: interface must be "auto", "asgi" or "wsgi", got "both"'
+    )
+
+
+def test_wsgi_without_a2wsgi_installed(sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mod = write_module(sandbox, WSGI_APP)
+    monkeypatch.setitem(sys.modules, "a2wsgi", None)  # import a2wsgi -> ImportError
+    assert load_error(f"{mod}:app", sandbox) == (
+        f'app error: "{mod}:app" is a WSGI app; serving it needs the a2wsgi package: '
+        "pip install a2wsgi"
+    )
+
+
+def test_asyncio_only_apps_refuse_to_start_under_trio(sandbox: Path) -> None:
+    """a2wsgi and Django (asgiref) need asyncio: under trio the lifespan startup fails with
+    the reason, which the trio receiver turns into a start-up refusal."""
+    wsgi = write_module(sandbox, WSGI_APP)
+    django_mod = write_module(
+        sandbox,
+        """
+        from django.core.handlers.asgi import ASGIHandler
+
+        class Handler(ASGIHandler):
+            def __init__(self):  # no settings needed to be recognised
+                pass
+
+        app = Handler()
+        """,
+    )
+    cases = [
+        (wsgi, "is a WSGI app, served through a2wsgi, which needs asyncio"),
+        (django_mod, "is a Django app, which needs asyncio"),
+    ]
+    for mod, why in cases:
+        app = load_app(f"{mod}:app", app_dir=str(sandbox))
+        expected = f'"{mod}:app" {why}: run the receiver with python -m anpx_asyncio'
+        assert app.reason == expected
+        sent: list[dict] = []
+
+        async def lifespan(app=app, sent=sent) -> None:
+            async def receive() -> dict:
+                return {"type": "lifespan.startup"}
+
+            async def send(message: dict) -> None:
+                sent.append(message)
+
+            await app({"type": "lifespan"}, receive, send)
+
+        anyio.run(lifespan, backend="trio")
+        assert sent == [{"type": "lifespan.startup.failed", "message": expected}]
+        with pytest.raises(RuntimeError, match="needs asyncio"):
+            call_over_asgi(app, "GET", "/", backend="trio")
+    # ... and on asyncio the WSGI app is served.
+    assert (
+        call_over_asgi(load_app(f"{wsgi}:app", app_dir=str(sandbox)), "GET", "/").status_code == 201
+    )
+
+
+def load_error_with(spec: str, root: Path, **kwargs) -> str:
+    with pytest.raises(AppLoadError) as info:
+        load_app(spec, app_dir=str(root), **kwargs)
+    return str(info.value)
 
 
 # --- the demo app, through httpx's ASGI transport (an independent ASGI server) -------------

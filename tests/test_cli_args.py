@@ -71,8 +71,10 @@ CASES = [
     (["--gateway-url", "ws://a:1", "--gateway-url", "ws://b:2"], lambda c: c.receiver.urls, ("ws://a:1", "ws://b:2")),
     (["--local-app", "pkg.mod:app"], lambda c: c.receiver.local_app_module, "pkg.mod:app"),
     (["--factory"], lambda c: c.receiver.app_factory, True),
+    (["--interface", "wsgi"], lambda c: c.receiver.interface, "wsgi"),
     (["--local-url", "http://127.0.0.1:8000"], lambda c: c.receiver.forward, ("127.0.0.1", 8000)),
     (["--client-id", "edge-7"], lambda c: c.receiver.client_id, "edge-7"),
+    (["--route", "api.example.com/", "--route", "/v2"], lambda c: c.receiver.routes, ("api.example.com/", "/v2")),
     (["--log-level", "warning"], lambda c: c.logging.level, "WARNING"),
     (["--debug"], lambda c: c.debug, True),
 ]  # fmt: skip

@@ -10,8 +10,10 @@ guarantees one at a time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -274,3 +276,260 @@ def run_scenario(sc: dict) -> World:
 @given(scenarios())
 def test_every_response_reaches_its_request(sc: dict) -> None:
     run_scenario(sc)
+
+
+# --- documented failures, one at a time ------------------------------------------------------
+
+
+def one_request(world: World, ex: Exchange, **kw) -> HttpClient:
+    client = HttpClient(world, [ex], index=kw.pop("index", 0), **kw)
+    world.run(lambda: ex.finished)
+    return client
+
+
+def basic_world(seed: int = 7, gateway: GatewaySettings | None = None, **rx) -> World:
+    return make_world(seed, gateway or gateway_settings(), [receiver_settings(**rx)])
+
+
+def app_started(world: World, count: int = 1) -> Callable[[], bool]:
+    return lambda: len(world.app_tasks) >= count
+
+
+def test_no_receiver_is_503_and_the_connection_stays_usable() -> None:
+    world = World(seed=1, gateway=gateway_settings(), receivers=[])
+    first, second = request("a"), request("b", b"body")
+    one_request(world, first)
+    world.run(lambda: second.finished or (first.finished and not second.sent), max_time=5)
+    client = HttpClient(world, [request("c"), request("d")], index=1)
+    world.run(lambda: client.done)
+    for ex in client.exchanges:
+        assert (ex.status, bytes(ex.response_body)) == (503, b"no receiver connected\n")
+        assert ex.header("retry-after") == "5"
+    assert world.gateway.stats.requests >= 2
+
+
+def test_receiver_lost_before_the_response_head_is_502() -> None:
+    world = basic_world()
+    ex = request("lost", b"x" * 3000, mode="hang")
+    client = HttpClient(world, [ex], index=0)
+    world.run(app_started(world))
+    world.run(lambda: world.receivers[0].in_flight == 1 and world.gateway.in_flight == 1)
+    world.drop_tunnel()
+    world.run(lambda: client.done)
+    assert ex.status == 502 and ex.complete
+    assert bytes(ex.response_body).startswith(b"receiver disconnected")
+    task = world.app_tasks[0]
+    world.run(lambda: task.done)
+    assert task.error is None  # the app saw http.disconnect and returned
+    world.wait_connected()
+    world.settle()
+    world.assert_no_leaks()
+
+
+def test_receiver_lost_mid_body_aborts_the_client_connection() -> None:
+    world = basic_world()
+    size = 512 * 1024
+    ex = request("mid", mode="big", method="GET", headers=[("x-size", str(size))])
+    client = HttpClient(world, [ex], index=0, read_pauses=[(10_000, 10**9)])
+    world.run(lambda: len(ex.response_body) >= 10_000)
+    world.drop_tunnel()
+    client.resume_reading()
+    world.run(lambda: client.done)
+    assert ex.status == 200 and not ex.complete and ex.aborted is not None
+    assert 10_000 <= len(ex.response_body) < size
+    assert pattern("mid", size).startswith(bytes(ex.response_body))
+    world.wait_connected()
+    world.settle()
+    world.assert_no_leaks()
+
+
+def test_receiver_timeout_is_504_and_the_app_sees_the_disconnect() -> None:
+    world = basic_world(gateway=gateway_settings(timeout=5.0))
+    ex = request("slow", b"payload", mode="hang")
+    client = HttpClient(world, [ex, request("next")], index=0)
+    world.run(app_started(world))
+    started = world.now
+    world.run(lambda: ex.finished, max_time=30)
+    assert (ex.status, bytes(ex.response_body)) == (504, b"receiver did not answer in time\n")
+    assert 5.0 <= world.now - started < 5.5
+    world.run(lambda: client.done)
+    # the request was read completely: the connection stays open for the next one
+    assert client.exchanges[1].status == 200
+    assert all(task.done and task.error is None for task in world.app_tasks)
+    assert world.gateway.stats.timeouts == 1
+    world.settle()
+    world.assert_no_leaks()
+
+
+def test_front_errors_413_431_400_leave_other_requests_alone() -> None:
+    limits = FrontLimits(
+        max_header_bytes=2048,
+        max_body_bytes=10_000,
+        header_timeout=PATIENT,
+        keepalive_timeout=PATIENT,
+    )
+    world = basic_world(gateway=gateway_settings(front=limits))
+    too_long = request("cl", pattern("cl", 10_001))  # refused before any body is read
+    too_long_chunked = request("ch", pattern("ch", 30_000), chunked=True)
+    # answered while uploading: the limit, crossed after the response started, aborts
+    streamed = request("st", pattern("st", 30_000), chunked=True, mode="stream")
+    huge_head = Exchange(
+        "GET", "/", [], raw=b"GET / HTTP/1.1\r\nhost: a\r\nx-big: " + b"a" * 3000 + b"\r\n\r\n"
+    )
+    malformed = Exchange("GET", "/", [], raw=b"GET / HTTP/1.1\r\nbad header\r\n\r\n")
+    fine = request("ok", pattern("ok", 9000), chunked=True)
+    clients = [
+        HttpClient(world, [ex], index=i)
+        for i, ex in enumerate([too_long, too_long_chunked, streamed, huge_head, malformed, fine])
+    ]
+    world.run(lambda: all(c.done for c in clients))
+    assert too_long.status == 413 and too_long.complete
+    assert too_long.header("connection") == "close"
+    assert too_long_chunked.status == 413 and too_long_chunked.complete
+    assert streamed.status == 200 and streamed.aborted and not streamed.complete
+    assert echo_body("st", streamed.body).startswith(bytes(streamed.response_body))
+    assert huge_head.status == 431 and huge_head.complete
+    assert malformed.status == 400 and malformed.complete
+    assert fine.status == 200 and bytes(fine.response_body) == echo_body("ok", fine.body)
+    # only the chunked upload reached the receiver, and its app saw the disconnect
+    world.settle()
+    markers = {dict(t.scope["headers"])[b"x-marker"] for t in world.app_tasks}
+    assert markers == {b"ch", b"st", b"ok"}
+    assert all(t.done and t.error is None for t in world.app_tasks)
+    world.assert_no_leaks()
+
+
+def test_expect_continue_sends_100_before_the_body() -> None:
+    world = basic_world()
+    ex = request("cont", pattern("cont", 5000), expect_continue=True)
+    one_request(world, ex)
+    assert ex.informational == [100]
+    assert bytes(ex.response_body) == echo_body("cont", ex.body)
+
+
+def test_idle_keep_alive_connection_is_closed_by_the_gateway() -> None:
+    front = FrontLimits(header_timeout=PATIENT, keepalive_timeout=2.0)
+    world = basic_world(gateway=gateway_settings(front=front))
+    client = HttpClient(world, [request("k")], index=0, keep_open=True)
+    world.run(lambda: client.exchanges[0].complete)
+    done_at = world.now
+    world.run(lambda: client.done, max_time=10)
+    assert client.server_closed
+    assert 2.0 <= world.now - done_at < 2.5
+    world.assert_no_leaks()
+
+
+@pytest.mark.parametrize("receiver_pings", [True, False])
+def test_idle_tunnel_survives_keepalive(receiver_pings: bool) -> None:
+    # without its own pings the receiver only answers the gateway's WebSocket pings
+    ws = WsLimits() if receiver_pings else WsLimits(ping_interval=0)
+    world = basic_world(ws=ws)
+    tunnel = world.tunnels[0]
+    world.settle(200.0)
+    assert not tunnel[0].finished and not tunnel[1].finished
+    assert len(world.tunnels) == 1
+    one_request(world, request("after", b"idle"))
+
+
+# --- flow control ------------------------------------------------------------------------------
+
+
+BIG = 1024 * 1024
+
+
+def stalled_world(*, receiver_window: int | None, seed: int = 3) -> World:
+    gw = gateway_settings(
+        stream_window=16 * 1024,
+        send_frame_size=4096,
+        high_water=32 * 1024,
+        front=FrontLimits(header_timeout=PATIENT, keepalive_timeout=PATIENT),
+    )
+    rx = receiver_settings(
+        stream_window=receiver_window,
+        max_buffered_body=16 * 1024,
+        send_frame_size=4096,
+        high_water=32 * 1024,
+    )
+    return make_world(seed, gw, [rx], io_size=(1024, 16 * 1024), capacity=(8192, 8192))
+
+
+def big_request(marker: str) -> Exchange:
+    headers = [("x-size", str(BIG)), ("x-part", "8192")]
+    return request(marker, mode="big", method="GET", headers=headers)
+
+
+def test_flow_control_bounds_a_stalled_stream_and_others_pass() -> None:
+    world = stalled_world(receiver_window=16 * 1024)
+    stalled_ex = big_request("stalled")
+    stalled = HttpClient(world, [stalled_ex], index=0, read_at=10**9)
+    held: list[int] = []
+    tunnel_read = []
+
+    def measure(w: World) -> None:
+        conn = w.gateway._conns.get(stalled.cid)
+        if conn is not None:
+            held.append(conn.backlog)
+        tunnel_read.append(w.gateway.can_read(w.tunnels[0][0].cid))
+
+    world.hooks.append(measure)
+    world.run(app_started(world))
+    world.settle(1.0)  # let the stalled stream fill every buffer it can
+    others = [request(f"other{i}", pattern(f"other{i}", 40_000)) for i in range(3)]
+    client = HttpClient(world, others, index=1)
+    world.run(lambda: client.done, max_time=30)
+    for ex in others:
+        assert bytes(ex.response_body) == echo_body(ex.headers[0][1], ex.body)
+    assert not stalled_ex.complete
+    # the gateway holds at most one window (plus a frame) for the stream nobody reads
+    assert 0 < max(held) <= 16 * 1024 + 4096, max(held)
+    assert all(tunnel_read), "flow control must never stop reading the tunnel"
+    stalled.resume_reading()
+    world.run(lambda: stalled.done, max_time=60)
+    assert bytes(stalled_ex.response_body) == pattern("stalled", BIG)
+    world.settle()
+    world.assert_no_leaks()
+
+
+def test_v1_peer_pauses_the_whole_tunnel_and_loses_nothing() -> None:
+    world = stalled_world(receiver_window=None)
+    assert world.gateway.receivers[0]["flow"] is False
+    stalled_ex = big_request("stalled")
+    stalled = HttpClient(world, [stalled_ex], index=0, read_at=10**9)
+    held: list[int] = []
+    link_backlog: list[int] = []
+
+    def measure(w: World) -> None:
+        conn = w.gateway._conns.get(stalled.cid)
+        if conn is not None:
+            held.append(conn.backlog)
+        link = w.receivers[0]._links[0]
+        link_backlog.append(link.backlog)
+
+    world.hooks.append(measure)
+    world.run(app_started(world))
+    world.settle(1.0)
+    tunnel_cid = world.tunnels[0][0].cid
+    assert not world.gateway.can_read(tunnel_cid), "the congested tunnel must not be read"
+    other = request("other", pattern("other", 20_000))
+    client = HttpClient(world, [other], index=1)
+    world.settle(5.0)
+    assert not other.complete, "with a v1 peer one slow client pauses the whole tunnel"
+    # bounded on both sides: high water plus what one read / one app message adds
+    assert max(held) <= 32 * 1024 + 16 * 1024 + 8192, max(held)
+    assert max(link_backlog) <= 32 * 1024 + 8192 + 4096, max(link_backlog)
+    stalled.resume_reading()
+    world.run(lambda: stalled.done and client.done, max_time=60)
+    assert bytes(stalled_ex.response_body) == pattern("stalled", BIG)
+    assert bytes(other.response_body) == echo_body("other", other.body)
+    world.settle()
+    world.assert_no_leaks()
+
+
+def test_v1_upload_to_a_slow_app_pauses_the_tunnel_instead_of_failing() -> None:
+    world = stalled_world(receiver_window=None)
+    body = pattern("up", 200_000)
+    ex = request("up", body, chunked=True, mode="stream")
+    one_request(world, ex)
+    assert bytes(ex.response_body) == echo_body("up", body)
+    world.settle()
+    world.assert_no_leaks()
