@@ -272,7 +272,7 @@ class GatewayConfig(_Section):
     rate_burst: int = _opt(100, "int", lo=1)
     shutdown_grace: float = _opt(10.0, "float", lo=0, unit="seconds")
     # receiver id -> routes it may claim; unset: any receiver may claim any route
-    route_claims: dict[str, tuple[str, ...]] | None = _opt(None, "claims")
+    route_claims: dict[str, tuple[str, ...]] | None = _opt(None, "claims")  # noqa: RUF009 - default None
 
 
 @dataclass(frozen=True, slots=True)
