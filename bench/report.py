@@ -70,9 +70,7 @@ def machine_info(settings: Any) -> dict[str, Any]:
         "python": platform.python_version(),
         "kernel": platform.release(),
         "uvicorn": f"{uvicorn.__version__} ({http}, {loop} loop)",
-        "wrk": _version(["wrk", "--version"]).split(" [")[0]
-        if shutil.which("wrk")
-        else "absent",
+        "wrk": _version(["wrk", "--version"]).split(" [")[0] if shutil.which("wrk") else "absent",
         "commit": commit + (" + uncommitted changes" if dirty else ""),
     }
 
@@ -122,7 +120,7 @@ def targets_rows(data: dict[str, Any]) -> list[list[str]]:
         rows.append(
             [label, goal]
             + [
-                f"{cells[p][0]} {_mark(cells[p][1])}" if cells.get(p) else "–"  # type: ignore[index]
+                f"{cells[p][0]} {_mark(cells[p][1])}" if cells.get(p) else "-"  # type: ignore[index]
                 for p in pairings
             ]
         )
@@ -186,7 +184,8 @@ def targets_rows(data: dict[str, Any]) -> list[list[str]]:
             {
                 p: (
                     f"{burst[p]['ok']}/{burst[p]['total']} in {burst[p]['wall_seconds']:.2f} s",
-                    burst[p]["ok"] == burst[p]["total"] and burst[p]["wall_seconds"] <= BURST_WALL_S,
+                    burst[p]["ok"] == burst[p]["total"]
+                    and burst[p]["wall_seconds"] <= BURST_WALL_S,
                 )
                 for p in pairings
                 if p in burst
@@ -216,7 +215,7 @@ def markdown(data: dict[str, Any]) -> str:
     out = [
         "# anpx benchmark results",
         "",
-        f"{m['date']}; {m['nproc']} × {m['cpu']}, Python {m['python']}, Linux {m['kernel']}; "
+        f"{m['date']}; {m['nproc']} x {m['cpu']}, Python {m['python']}, Linux {m['kernel']}; "
         f"anpx {m['commit']}; direct baseline uvicorn {m['uvicorn']}; load generator "
         f"{s['generator']} ({m['wrk']}); run took {data.get('elapsed_s', '?')} s. "
         "Pairings are gateway driver / receiver driver; every tunnelled figure is from the "
@@ -270,7 +269,7 @@ def markdown(data: dict[str, Any]) -> str:
     bulk = res.get("bulk")
     if bulk:
         out += [
-            f"## Bulk ({s['bulk_mib']} MiB each way; RSS growth = peak VmHWM − idle VmRSS)",
+            f"## Bulk ({s['bulk_mib']} MiB each way; RSS growth = peak VmHWM - idle VmRSS)",
             "",
         ]
         rows = []
@@ -342,7 +341,7 @@ def markdown(data: dict[str, Any]) -> str:
                     f"{r['before_mib'][front]}",
                     f"{r['held_mib'][front]}",
                     f"{r['kib_per_conn']:.1f}",
-                    "1" if name == "direct" else f"{r['kib_per_conn'] / d:.2f}×",
+                    "1" if name == "direct" else f"{r['kib_per_conn'] / d:.2f}x",
                     f"{r['alive']}/{s['idle']}",
                 ]
             )
@@ -392,7 +391,9 @@ def chart(data: dict[str, Any], path: Path) -> None:
         axes[0][0].legend()
     bulk = res.get("bulk")
     if bulk:
-        bars(axes[1][0], ["upload", "download"], lambda n, d: bulk.get(n, {}).get(d, {}).get("mb_s"))
+        bars(
+            axes[1][0], ["upload", "download"], lambda n, d: bulk.get(n, {}).get(d, {}).get("mb_s")
+        )
         axes[1][0].axhline(BULK_MB_S, color="grey", linestyle="--", linewidth=1)
         axes[1][0].set(title=f"bulk {data['settings']['bulk_mib']} MiB", ylabel="MB/s")
         axes[1][0].legend()
@@ -407,9 +408,7 @@ def chart(data: dict[str, Any], path: Path) -> None:
             )
         )
     if res.get("idle"):
-        other.append(
-            ("idle conn: KiB each", lambda n: res["idle"].get(n, {}).get("kib_per_conn"))
-        )
+        other.append(("idle conn: KiB each", lambda n: res["idle"].get(n, {}).get("kib_per_conn")))
     if other:
         ax = axes[1][1]
         labels = [label for label, _ in other]
@@ -421,7 +420,7 @@ def chart(data: dict[str, Any], path: Path) -> None:
             ax.set_visible(False)
     m = data["machine"]
     fig.suptitle(
-        f"anpx vs direct uvicorn — {m['nproc']} × {m['cpu']}, Python {m['python']}, {m['date']}"
+        f"anpx vs direct uvicorn — {m['nproc']} x {m['cpu']}, Python {m['python']}, {m['date']}"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -942,8 +942,8 @@ def pattern(marker: str, size: int) -> bytes:
 def make_app(world: World) -> Callable[..., Any]:
     """An ASGI app whose behaviour each request picks with ``x-mode``:
 
-    ``echo`` (default): read the whole body, answer :func:`echo_body` in random parts, with a
-    Content-Length when ``x-cl: 1``; ``stream``: answer each body part as it arrives;
+    ``echo`` (default): read the whole body (sleeping ``x-nap`` steps between reads), answer
+    :func:`echo_body` in random parts, with a Content-Length when ``x-cl: 1``; ``stream``: answer each body part as it arrives;
     ``early``: answer ``tag`` without reading the body; ``big``: answer ``x-size`` bytes of
     :func:`pattern` (in ``x-part``-byte parts if given); ``fail-before`` / ``fail-mid``: raise before / after the response head;
     ``hang``: never answer, wait for the disconnect.
@@ -1007,6 +1007,7 @@ def make_app(world: World) -> Callable[..., Any]:
             await send({"type": "http.response.body", "body": b"|" + tag, "more_body": False})
             return
         body = bytearray()
+        slow = int(headers.get(b"x-nap", b"0"))  # steps to sleep between receives
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -1014,7 +1015,7 @@ def make_app(world: World) -> Callable[..., Any]:
             body += message["body"]
             if not message.get("more_body", False):
                 break
-            await nap()
+            await (pause(slow) if slow else nap())
         answer = echo_body(marker, bytes(body), scope["method"])
         if headers.get(b"x-cl") == b"1":
             start["headers"].append((b"content-length", str(len(answer)).encode()))

@@ -528,8 +528,17 @@ def test_v1_peer_pauses_the_whole_tunnel_and_loses_nothing() -> None:
 def test_v1_upload_to_a_slow_app_pauses_the_tunnel_instead_of_failing() -> None:
     world = stalled_world(receiver_window=None)
     body = pattern("up", 200_000)
-    ex = request("up", body, chunked=True, mode="stream")
+    ex = request("up", body, chunked=True, headers=[("x-nap", "200")])
+    held: list[int] = []
+
+    def measure(w: World) -> None:
+        held.extend(c.asgi.buffered for c in w.receivers[0]._calls.values() if c.asgi)
+
+    world.hooks.append(measure)
     one_request(world, ex)
     assert bytes(ex.response_body) == echo_body("up", body)
+    # the receiver stops reading the tunnel at max_buffered_body; one read (16 KiB here)
+    # of frames may land on top of it
+    assert 16 * 1024 <= max(held) <= 2 * 16 * 1024 + 4096, max(held)
     world.settle()
     world.assert_no_leaks()
