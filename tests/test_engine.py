@@ -23,6 +23,7 @@ from anpx_core.receiver import ReceiverSettings
 from anpx_core.websocket import WsLimits
 
 from .harness import (
+    UPSTREAM,
     Disconnect,
     Exchange,
     HttpClient,
@@ -540,5 +541,135 @@ def test_v1_upload_to_a_slow_app_pauses_the_tunnel_instead_of_failing() -> None:
     # the receiver stops reading the tunnel at max_buffered_body; one read (16 KiB here)
     # of frames may land on top of it
     assert 16 * 1024 <= max(held) <= 2 * 16 * 1024 + 4096, max(held)
+    world.settle()
+    world.assert_no_leaks()
+
+
+# --- forward mode ------------------------------------------------------------------------------
+
+
+def forward_world(seed: int = 5, **rx) -> World:
+    world = basic_world(seed, forward=UPSTREAM, **rx)
+    world.app = None  # nothing may reach an in-process app
+    return world
+
+
+def upstream_request(marker: str, body: bytes = b"", mode: str = "echo", **kw) -> Exchange:
+    return request(marker, body, headers=[("x-upstream", mode)], **kw)
+
+
+def test_forward_mode_relays_over_a_kept_alive_connection() -> None:
+    world = forward_world()
+    exchanges = [
+        upstream_request("f1", pattern("f1", 30_000)),
+        upstream_request("f2", pattern("f2", 70_000), chunked=True),
+        upstream_request("f3", method="GET"),
+    ]
+    client = HttpClient(world, exchanges, index=0)
+    world.run(lambda: client.done)
+    for ex in exchanges:
+        assert ex.status == 200 and ex.complete
+        marker = ex.headers[0][1]
+        assert bytes(ex.response_body) == echo_body(marker, ex.body, ex.method)
+    assert len(world.upstreams) == 1, "one keep-alive connection serves them all"
+    assert world.upstreams[0].served == 3
+    world.settle()
+    world.assert_no_leaks()
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("close-before", "502"),
+        ("garbage", "502"),
+        ("down", "502"),
+        ("close-mid", "abort"),
+    ],
+)
+def test_forward_upstream_failures(mode: str, expected: str) -> None:
+    world = forward_world()
+    world.upstream_down = mode == "down"
+    ex = upstream_request("u", pattern("u", 5000), mode=mode)
+    one_request(world, ex)
+    if expected == "502":
+        assert ex.status == 502 and ex.complete
+        assert bytes(ex.response_body).startswith(b"Bad Gateway: ")
+    else:
+        assert ex.status == 200 and ex.aborted and not ex.complete
+        assert echo_body("u", ex.body).startswith(bytes(ex.response_body))
+    # the receiver is fine afterwards
+    world.upstream_down = False
+    after = upstream_request("after", b"again")
+    one_request(world, after, index=1)
+    assert bytes(after.response_body) == echo_body("after", b"again")
+    world.settle()
+    world.assert_no_leaks()
+
+
+def test_forward_survives_a_service_that_closes_idle_connections() -> None:
+    world = forward_world()
+    world.upstream_idle_close = True
+    exchanges = [upstream_request(f"i{i}", pattern(f"i{i}", 100 * i)) for i in range(4)]
+    client = HttpClient(world, exchanges, index=0)
+    world.run(lambda: client.done)
+    for ex in exchanges:
+        assert bytes(ex.response_body) == echo_body(ex.headers[0][1], ex.body), ex.aborted
+    world.settle()
+    world.assert_no_leaks()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    flow=st.sampled_from(["both", "gateway-v1", "receiver-v1"]),
+    idle_close=st.booleans(),
+    plans=st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["echo", "echo", "echo", "close-before", "close-mid", "garbage"]),
+                st.sampled_from([0, 10, 3000, 40_000]),
+                st.booleans(),
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_forward_mode_property(seed: int, flow: str, idle_close: bool, plans: list) -> None:
+    window = 8192
+    gw = gateway_settings(stream_window=None if flow == "gateway-v1" else window)
+    rx = receiver_settings(
+        forward=UPSTREAM,
+        stream_window=None if flow == "receiver-v1" else window,
+        max_buffered_body=window,
+    )
+    world = make_world(seed, gw, [rx])
+    world.app = None
+    world.upstream_idle_close = idle_close
+    clients = []
+    for i, plan in enumerate(plans):
+        exchanges = [
+            upstream_request(f"c{i}x{j}", pattern(f"c{i}x{j}", size), mode, chunked=chunked)
+            for j, (mode, size, chunked) in enumerate(plan)
+        ]
+        clients.append(HttpClient(world, exchanges, index=i))
+    world.run(lambda: all(c.done for c in clients), max_time=100)
+    for client in clients:
+        previous = None
+        for ex in client.exchanges:
+            mode = dict(ex.headers)["x-upstream"]
+            if previous is not None and _ended_connection(previous) and ex.status is None:
+                break
+            answer = echo_body(ex.headers[0][1], ex.body, ex.method)
+            if mode == "echo":
+                assert ex.status == 200 and bytes(ex.response_body) == answer
+            elif mode == "close-mid":
+                assert ex.status == 200 and ex.aborted
+                assert answer.startswith(bytes(ex.response_body))
+            else:
+                assert ex.status == 502 and ex.complete
+            previous = ex
     world.settle()
     world.assert_no_leaks()
