@@ -565,7 +565,14 @@ class HttpFront:
         if self._response_started:
             self._closed = True  # the client sees a truncated response
             return
-        self._queue_error(status, text, strip_hop_by_hop(list(headers)), close=self._phase == _BODY)
+        headers = list(headers)
+        # "Connection: close" from the engine (too many connections, draining) is a wish to
+        # end the connection; stripping hop-by-hop fields must not drop it.
+        close = self._phase == _BODY or any(
+            name.lower() == "connection" and "close" in value.lower().replace(" ", "").split(",")
+            for name, value in headers
+        )
+        self._queue_error(status, text, strip_hop_by_hop(headers), close=close)
         self._finish_cycle()
 
     def send_continue(self) -> None:

@@ -66,6 +66,10 @@ class RateLimiter:
         """Addresses currently tracked (each still refilling, or just used)."""
         return len(self._buckets)
 
+    def __call__(self, address: str, now: float) -> float | None:
+        """:meth:`allow` for a client address, keyed by :func:`address_key` (the gateway's hook)."""
+        return self.allow(address_key(address), now)
+
     def allow(self, key: str, now: float) -> float | None:
         """Take a token for ``key``: None if allowed, else seconds until one is available."""
         self._drop_full(now)

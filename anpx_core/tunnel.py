@@ -16,12 +16,15 @@ outgoing heads and body parts into frames, incoming frames into
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from . import messages as M
 from .errors import ProtocolError
 from .meta import RequestHead, ResponseHead
+
+log = logging.getLogger("anpx.tunnel")
 
 EXTENSIONS_HEADER = "anpx-extensions"
 CONTROL_CREDIT = "anpx.credit"
@@ -325,6 +328,8 @@ class TunnelSession:
         if kind == CONTROL_DRAIN:
             self.peer_draining = True
             return [PeerDraining()]
+        if kind not in ("v1.auth", "v1.status", CONTROL_CREDIT):
+            log.debug("ignoring control message of unknown type %r", kind)
         if kind == "v1.auth" and self._accepts is ResponseHead:
             # A v1 receiver's plaintext auth message. Receivers that must authenticate were
             # checked in the upgrade already (a v1 one cannot pass), so this one may serve.
