@@ -6,22 +6,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 
-from anpx_core.cli import parse_or_exit
-from anpx_core.config import ConfigError
 from anpx_core.launch import (
-    EXIT_FAILURE,
-    EXIT_OK,
     Plan,
     StartupFailure,
-    check_files,
-    first_error,
-    make_plan,
     ready_lines,
-    resolve_app,
+    run_cli,
 )
-from anpx_core.logsetup import setup_logging
 
 from .gateway import GatewayServer, Listen
 from .receiver import ReceiverClient, StartupError
@@ -32,26 +23,7 @@ log = logging.getLogger("anpx")
 
 
 def main(argv: list[str] | None = None) -> int:
-    mode, cfg = parse_or_exit(argv, PROG)
-    setup_logging(cfg.logging, debug=cfg.debug)
-    try:
-        plan = make_plan(mode, cfg)
-        check_files(plan)
-        app = resolve_app(plan.receiver) if plan.receiver is not None else None
-    except ConfigError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    for warning in plan.warnings:
-        log.warning("%s", warning)
-    try:
-        asyncio.run(_run(plan, app))
-    except BaseException as exc:
-        err = first_error(exc)  # task errors arrive wrapped in exception groups
-        if isinstance(err, StartupFailure):
-            print(f"{PROG}: {err}", file=sys.stderr)
-            return EXIT_FAILURE
-        raise
-    return EXIT_OK
+    return run_cli(argv, PROG, lambda plan, app: asyncio.run(_run(plan, app)))
 
 
 async def _run(plan: Plan, app) -> None:

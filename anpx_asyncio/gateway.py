@@ -4,32 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
-from dataclasses import dataclass
 
 from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
-from anpx_core.launch import bind_failure
+from anpx_core.launch import BoundPorts, Listen, bind_failure
 
 from ._pump import Pump, TaskSet
 
 log = logging.getLogger("anpx.gateway")
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
-
-
-@dataclass(slots=True)
-class Listen:
-    host: str
-    port: int
-    tls: ssl.SSLContext | None = None
-
-
-@dataclass(slots=True)
-class BoundPorts:
-    http: int
-    tunnel: int
-    admin: int | None
 
 
 class GatewayServer:

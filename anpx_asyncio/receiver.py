@@ -14,6 +14,7 @@ import ssl
 import time
 from typing import Any
 
+from anpx_core.appcalls import lifespan_shutdown, lifespan_startup, serve_http_call, serve_lifespan
 from anpx_core.asgi import LifespanCycle
 from anpx_core.config import ReceiverConfig
 from anpx_core.launch import receiver_embedding
@@ -25,8 +26,6 @@ from .tls import make_context
 log = logging.getLogger("anpx.receiver")
 
 CONNECT_TIMEOUT = 10.0
-_LIFESPAN_QUEUED = -1  # wake key: a lifespan message is queued for the app
-_LIFESPAN_CHANGED = -2  # wake key: the lifespan status changed
 
 
 class StartupError(Exception):
@@ -85,7 +84,7 @@ class ReceiverClient:
         for request in self.core.pop_connects():
             tasks.spawn(self._connect(request))
         for call_id, scope in self.core.pop_app_calls():
-            tasks.spawn(self._run_call(call_id, scope))
+            tasks.spawn(serve_http_call(self.app, self.core, call_id, scope, self.pump))
         if self.core.connected_links and not self.ready.is_set():
             self.ready.set()
 
@@ -96,11 +95,8 @@ class ReceiverClient:
             lifespan = None
             if self.app is not None and self.run_lifespan:
                 lifespan = LifespanCycle()
-                tasks.spawn(self._run_lifespan(lifespan))
-                lifespan.startup()
-                self.pump.wakers.fire({_LIFESPAN_QUEUED})
-                while not lifespan.startup_done:
-                    await self.pump.wakers.wait(_LIFESPAN_CHANGED)
+                tasks.spawn(serve_lifespan(self.app, lifespan, self.pump.wakers))
+                await lifespan_startup(lifespan, self.pump.wakers)
                 if lifespan.status == "failed":
                     raise StartupError(f"app startup failed: {lifespan.message}")
                 self.core.lifespan_state = lifespan.state
@@ -112,10 +108,8 @@ class ReceiverClient:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), TICK_INTERVAL)
             if lifespan is not None:
-                lifespan.shutdown()
-                self.pump.wakers.fire({_LIFESPAN_QUEUED})
                 try:
-                    await asyncio.wait_for(self._lifespan_stopped(lifespan), 5)
+                    await asyncio.wait_for(lifespan_shutdown(lifespan, self.pump.wakers), 5)
                 except asyncio.TimeoutError:
                     log.warning("app lifespan shutdown did not finish in 5s")
         finally:
@@ -123,32 +117,6 @@ class ReceiverClient:
             await tasks.cancel_all()
         if self.core.given_up:
             raise StartupError(f"gave up connecting to the gateway: {self.core.last_error}")
-
-    async def _lifespan_stopped(self, cycle: LifespanCycle) -> None:
-        while not cycle.shutdown_done:
-            await self.pump.wakers.wait(_LIFESPAN_CHANGED)
-
-    async def _run_lifespan(self, cycle: LifespanCycle) -> None:
-        async def receive() -> dict:
-            while True:
-                message = cycle.receive()
-                if message is not None:
-                    return message
-                await self.pump.wakers.wait(_LIFESPAN_QUEUED)
-
-        async def send(message: dict) -> None:
-            cycle.send(message)
-            self.pump.wakers.fire({_LIFESPAN_CHANGED})
-
-        exc: BaseException | None = None
-        try:
-            await self.app(cycle.scope, receive, send)
-        except Exception as err:
-            exc = err
-        cycle.app_returned(exc)
-        self.pump.wakers.fire({_LIFESPAN_CHANGED})
-        if cycle.status == "error":
-            log.error("app lifespan task failed: %s", cycle.message)
 
     async def _connect(self, request: ConnectRequest) -> None:
         try:
@@ -171,31 +139,6 @@ class ReceiverClient:
         self.core.connected(request.cid, self.pump.now())
         self.pump.sync()
         await self.pump.serve(request.cid, reader, writer)
-
-    async def _run_call(self, call_id: int, scope: dict) -> None:
-        core, pump = self.core, self.pump
-
-        async def receive() -> dict:
-            while True:
-                message = core.asgi_receive(call_id)
-                pump.sync()
-                if message is not None:
-                    return message
-                await pump.wakers.wait(call_id)
-
-        async def send(message: dict) -> None:
-            core.asgi_send(call_id, message, pump.now())
-            pump.sync()
-            while not core.asgi_writable(call_id):
-                await pump.wakers.wait(call_id)
-
-        exc: BaseException | None = None
-        try:
-            await self.app(scope, receive, send)
-        except Exception as err:
-            exc = err
-        core.app_finished(call_id, exc, pump.now())
-        pump.sync()
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Ask the gateways for no new requests, let in-flight ones finish, close."""

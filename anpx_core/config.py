@@ -749,6 +749,7 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
     from . import messages as M
     from .gateway import GatewaySettings
     from .http1 import FrontLimits
+    from .ratelimit import make_limiter
     from .routing import parse_route
     from .websocket import WsLimits
 
@@ -771,6 +772,7 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
         route_claims=None
         if g.route_claims is None
         else {rid: [parse_route(r) for r in routes] for rid, routes in g.route_claims.items()},
+        rate_limit=make_limiter(g.rate_limit, g.rate_burst),
     )
 
 

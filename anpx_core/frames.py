@@ -122,7 +122,7 @@ def _check_header(header: bytes | memoryview, max_frame_size: int) -> tuple[int,
 def _parse_body(
     buf: bytes | memoryview, start: int, end: int, ftype: int, flags: int, body_crc: int
 ) -> Frame:
-    """TLVs of the body ``buf[start:end]``; ``buf`` is bytes or a memoryview (no copies)."""
+    """TLVs of the body ``buf[start:end]``; ``buf`` is bytes or a memoryview of the frame."""
     # Slicing bytes copies: cheaper than a memoryview for small bodies only.
     small = end - start < 2048 or type(buf) is not bytes
     if crc32(buf[start:end] if small else memoryview(buf)[start:end]) != body_crc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .auth import SharedSecretClient, SharedSecretServer
 from .config import (
@@ -54,6 +55,24 @@ class Listener:
     host: str
     port: int
     tls: TlsPolicy | None = None
+
+
+@dataclass(slots=True)
+class Listen:
+    """Where a driver listens: ``tls`` is the driver's TLS context (an ``ssl.SSLContext``) or None."""
+
+    host: str
+    port: int
+    tls: Any = None
+
+
+@dataclass(slots=True)
+class BoundPorts:
+    """The ports a gateway actually bound (port 0 picks a free one)."""
+
+    http: int
+    tunnel: int
+    admin: int | None
 
 
 @dataclass(slots=True)
@@ -308,3 +327,37 @@ def default_client_id() -> str:
         user = str(os.getuid()) if hasattr(os, "getuid") else ""
     name = f"{platform.node()}|{machine}|{user}"
     return str(uuid.uuid5(uuid.NAMESPACE_DNS, name))
+
+
+def run_cli(argv: list[str] | None, prog: str, execute) -> int:
+    """``python -m <driver>``: parse, plan, then ``execute(plan, app)`` on the driver's loop.
+
+    Returns the exit code: 0 after a clean drain, 1 when start-up failed (one line on
+    stderr), 2 for a configuration error (one line).
+    """
+    import logging
+    import sys
+
+    from .cli import parse_or_exit
+    from .logsetup import setup_logging
+
+    mode, cfg = parse_or_exit(argv, prog)
+    setup_logging(cfg.logging, debug=cfg.debug)
+    try:
+        plan = make_plan(mode, cfg)
+        check_files(plan)
+        app = resolve_app(plan.receiver) if plan.receiver is not None else None
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    for warning in plan.warnings:
+        logging.getLogger("anpx").warning("%s", warning)
+    try:
+        execute(plan, app)
+    except BaseException as exc:
+        err = first_error(exc)  # task errors arrive wrapped in exception groups
+        if isinstance(err, StartupFailure):
+            print(f"{prog}: {err}", file=sys.stderr)
+            return EXIT_FAILURE
+        raise
+    return EXIT_OK

@@ -162,7 +162,6 @@ class MessageEncoder:
         self._meta_tlv = F.tlv_header(self._meta_tag, len(self._meta)) + self._meta
         self._tot_tlv = b"" if chunk_total is None else _TOT_HEAD + F.u32(chunk_total)
         base = F.HEADER_SIZE + len(self._rid_tlv) + _CHUNK_TLV + len(self._tot_tlv)
-        self._base = base
         # body bytes a non-final chunk holds: chunk 0 (with the meta), then every later one
         self._room0 = max(max_frame_size - base - F.TLV_HEADER_SIZE - len(self._meta_tlv), 0)
         self._room = max_frame_size - base - F.TLV_HEADER_SIZE

@@ -298,6 +298,10 @@ class ReceiverCore:
         else:
             for event in conn.conn.receive_data(data):
                 self._upstream_event(conn, event, now)
+            if conn.call is None and not conn.closing and not conn.conn.reusable:
+                # the service closed an idle pooled connection: never hand it out again
+                self._pool.discard(conn.conn)
+                conn.closing = True
 
     def lost(self, cid: int, now: float) -> None:
         self.receive(cid, b"", now)

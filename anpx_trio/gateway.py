@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import logging
-import ssl
 import time
-from dataclasses import dataclass
 
 import trio
 
 from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
-from anpx_core.launch import bind_failure
+from anpx_core.launch import BoundPorts, Listen, bind_failure
 
 from ._pump import STREAM_ERRORS, Pump
 
 log = logging.getLogger("anpx.gateway")
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
-
-
-@dataclass(slots=True)
-class Listen:
-    host: str
-    port: int
-    tls: ssl.SSLContext | None = None
-
-
-@dataclass(slots=True)
-class BoundPorts:
-    http: int
-    tunnel: int
-    admin: int | None
 
 
 class GatewayServer:
@@ -127,7 +111,9 @@ class GatewayServer:
                 try:
                     await tls_stream.do_handshake()
                 except STREAM_ERRORS as exc:
-                    log.info("TLS handshake with %s:%s failed: %s", peer[0], peer[1], exc)
+                    # trio's BrokenResourceError says nothing; the ssl error is its cause
+                    why = exc.__cause__ or exc
+                    log.info("TLS handshake with %s:%s failed: %s", peer[0], peer[1], why)
                     await stream.aclose()
                     return
             if scope.cancelled_caught:

@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from anpx_core.appcalls import lifespan_shutdown, lifespan_startup, serve_http_call, serve_lifespan
 from anpx_core.asgi import LifespanCycle
 from anpx_core.config import ReceiverConfig
 from anpx_core.launch import receiver_embedding
@@ -69,7 +70,7 @@ class ReceiverClient:
         for request in self.core.pop_connects():
             nursery.start_soon(self._connect, request)
         for call_id, scope in self.core.pop_app_calls():
-            nursery.start_soon(self._run_call, call_id, scope)
+            nursery.start_soon(serve_http_call, self.app, self.core, call_id, scope, self.pump)
         if self.core.connected_links and not self.ready.is_set():
             self.ready.set()
 
@@ -78,11 +79,8 @@ class ReceiverClient:
             lifespan = None
             if self.app is not None:
                 lifespan = LifespanCycle()
-                nursery.start_soon(self._run_lifespan, lifespan)
-                lifespan.startup()
-                self.pump.wakers.fire({-1})
-                while not lifespan.startup_done:
-                    await self.pump.wakers.wait(-2)
+                nursery.start_soon(serve_lifespan, self.app, lifespan, self.pump.wakers)
+                await lifespan_startup(lifespan, self.pump.wakers)
                 if lifespan.status == "failed":
                     raise StartupError(f"app startup failed: {lifespan.message}")
                 self.core.lifespan_state = lifespan.state
@@ -91,46 +89,19 @@ class ReceiverClient:
             self.core.start(self.pump.now(), time.time())
             self.pump.sync()
             task_status.started(self)
-            with trio.CancelScope() as watch:
-                nursery.start_soon(self._watch_give_up, watch)
-                await self._stopped.wait()
+            nursery.start_soon(self._watch_give_up)
+            await self._stopped.wait()
             if lifespan is not None:
-                lifespan.shutdown()
-                self.pump.wakers.fire({-1})
                 with trio.move_on_after(5):
-                    while not lifespan.shutdown_done:
-                        await self.pump.wakers.wait(-2)
+                    await lifespan_shutdown(lifespan, self.pump.wakers)
             nursery.cancel_scope.cancel()
         if self.core.given_up:
             raise StartupError(f"gave up connecting to the gateway: {self.core.last_error}")
 
-    async def _watch_give_up(self, scope: trio.CancelScope) -> None:
+    async def _watch_give_up(self) -> None:
         while not self.core.given_up:
             await trio.sleep(TICK_INTERVAL)
         self._stopped.set()
-
-    async def _run_lifespan(self, cycle: LifespanCycle) -> None:
-        # wake key -1: a lifespan message is queued; -2: the lifespan status changed
-        async def receive() -> dict:
-            while True:
-                message = cycle.receive()
-                if message is not None:
-                    return message
-                await self.pump.wakers.wait(-1)
-
-        async def send(message: dict) -> None:
-            cycle.send(message)
-            self.pump.wakers.fire({-2})
-
-        exc: BaseException | None = None
-        try:
-            await self.app(cycle.scope, receive, send)
-        except Exception as err:
-            exc = err
-        cycle.app_returned(exc)
-        self.pump.wakers.fire({-2})
-        if cycle.status == "error":
-            log.error("app lifespan task failed: %s", cycle.message)
 
     async def _connect(self, request: ConnectRequest) -> None:
         now = self.pump.now
@@ -151,31 +122,6 @@ class ReceiverClient:
         self.core.connected(request.cid, now())
         self.pump.sync()
         await self.pump.serve(request.cid, stream)
-
-    async def _run_call(self, call_id: int, scope: dict) -> None:
-        core, pump = self.core, self.pump
-
-        async def receive() -> dict:
-            while True:
-                message = core.asgi_receive(call_id)
-                pump.sync()
-                if message is not None:
-                    return message
-                await pump.wakers.wait(call_id)
-
-        async def send(message: dict) -> None:
-            core.asgi_send(call_id, message, pump.now())
-            pump.sync()
-            while not core.asgi_writable(call_id):
-                await pump.wakers.wait(call_id)
-
-        exc: BaseException | None = None
-        try:
-            await self.app(scope, receive, send)
-        except Exception as err:
-            exc = err
-        core.app_finished(call_id, exc, pump.now())
-        pump.sync()
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Ask the gateways for no new requests, let in-flight ones finish, close."""

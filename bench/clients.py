@@ -210,6 +210,7 @@ class IdleConnections:
         self.parallel, self.timeout = connect_parallel, timeout
         self.conns: list = []
         self.failures = 0
+        self.reasons: dict[str, int] = {}
 
     async def open(self) -> None:
         gate = asyncio.Semaphore(self.parallel)
@@ -230,6 +231,11 @@ class IdleConnections:
         opened = await asyncio.gather(*(one() for _ in range(self.count)), return_exceptions=True)
         self.conns = [c for c in opened if not isinstance(c, BaseException)]
         self.failures = len(opened) - len(self.conns)
+        self.reasons: dict[str, int] = {}
+        for c in opened:
+            if isinstance(c, BaseException):
+                key = str(c) if isinstance(c, ClientError) else type(c).__name__
+                self.reasons[key] = self.reasons.get(key, 0) + 1
 
     async def still_open(self) -> int:
         """How many of the held connections the server has not closed (EOF not seen)."""

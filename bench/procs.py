@@ -26,6 +26,15 @@ HOST = "127.0.0.1"
 APP = "bench.app:app"
 DRIVERS = ("trio", "asyncio")
 STARTED: list[subprocess.Popen] = []
+_starts = 0
+
+
+def _next_tag(name: str) -> str:
+    """A fresh file-name prefix per start: logs are never mixed between runs of a target."""
+    global _starts
+    _starts += 1
+    return f"{_starts:02d}-{name}"
+
 
 _PR_SET_PDEATHSIG = 1
 try:
@@ -42,7 +51,7 @@ def _die_with_parent() -> None:
 def spawn(argv: list[str], log: Path, **kwargs: Any) -> subprocess.Popen:
     """Start ``argv`` in its own session (a Ctrl-C in the terminal reaches only the runner,
     which stops children in order), output to ``log``."""
-    with open(log, "ab") as out:
+    with open(log, "wb") as out:
         proc = subprocess.Popen(
             argv,
             cwd=REPO,
@@ -87,6 +96,16 @@ def proc_status(pid: int) -> dict[str, int]:
             if key in ("VmRSS", "VmHWM"):
                 out[key] = int(value.split()[0]) * 1024
     return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid``, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def reset_peak(pid: int) -> bool:
@@ -181,7 +200,7 @@ def start_direct(logdir: Path, *, keepalive: int = 5, access_log: bool = False) 
     argv += ["--log-level", "info" if access_log else "warning"]
     if not access_log:
         argv.append("--no-access-log")
-    log = logdir / "direct.log"
+    log = logdir / f"{_next_tag('direct')}.log"
     proc = spawn(argv, log)
     target = Target("direct", port, {"uvicorn": proc.pid}, [proc])
     try:
@@ -240,10 +259,10 @@ def start_tunnel(
     """``python -m anpx_<gateway> gateway`` and ``python -m anpx_<receiver> receiver``
     serving the app in-process, tied together on free ports."""
     name = f"{gateway}/{receiver}"
-    tag = f"{gateway}-gw_{receiver}-rc"
+    tag = _next_tag(f"{gateway}-gw_{receiver}-rc")
     level = "INFO" if access_log else "WARNING"
     config = write_config(
-        Path(tempfile.mkstemp(prefix=f"anpx-bench-{tag}-", suffix=".toml", dir=logdir)[1]),
+        logdir / f"{tag}.toml",
         {
             "logging": {"level": level},
             "gateway": {

@@ -72,7 +72,17 @@ def machine_info(settings: Any) -> dict[str, Any]:
         "uvicorn": f"{uvicorn.__version__} ({http}, {loop} loop)",
         "wrk": _version(["wrk", "--version"]).split(" [")[0] if shutil.which("wrk") else "absent",
         "commit": commit + (" + uncommitted changes" if dirty else ""),
+        "loadavg_start": load_average(),
     }
+
+
+def load_average() -> str:
+    """1-, 5- and 15-minute load averages: other work on the host skews every figure."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def settings_info(s: Any) -> dict[str, Any]:
@@ -217,7 +227,8 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         f"{m['date']}; {m['nproc']} x {m['cpu']}, Python {m['python']}, Linux {m['kernel']}; "
         f"anpx {m['commit']}; direct baseline uvicorn {m['uvicorn']}; load generator "
-        f"{s['generator']} ({m['wrk']}); run took {data.get('elapsed_s', '?')} s. "
+        f"{s['generator']} ({m['wrk']}); run took {data.get('elapsed_s', '?')} s; load average "
+        f"{m.get('loadavg_start', '?')} at the start, {m.get('loadavg_end', '?')} at the end. "
         "Pairings are gateway driver / receiver driver; every tunnelled figure is from the "
         "same run as its direct figure. Regenerate with `python bench/run.py`.",
         "",
@@ -241,6 +252,7 @@ def markdown(data: dict[str, Any]) -> str:
                 r = by_c[c]
                 ratio = "1" if name == "direct" else f"{r['rps'] / d['rps']:.1%}"
                 added = "" if name == "direct" else f"+{r['p50_ms'] - d['p50_ms']:.3f}"
+                cpu = " + ".join(f"{v:.0f}" for v in r.get("cpu_us", {}).values())
                 rows.append(
                     [
                         c,
@@ -250,6 +262,7 @@ def markdown(data: dict[str, Any]) -> str:
                         f"{r['p50_ms']:.3f}",
                         added,
                         f"{r['p99_ms']:.3f}",
+                        cpu,
                         str(r["errors"]),
                     ]
                 )
@@ -262,10 +275,16 @@ def markdown(data: dict[str, Any]) -> str:
                 "p50 ms",
                 "added p50 ms",
                 "p99 ms",
+                "CPU µs/req",
                 "errors",
             ],
             rows,
         )
+        out += [
+            "CPU µs/req: CPU time (user + system) each process used per request during the run, "
+            "from /proc/<pid>/stat: uvicorn for direct, gateway + receiver for the tunnel.",
+            "",
+        ]
     bulk = res.get("bulk")
     if bulk:
         out += [

@@ -102,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     machine = report.machine_info(s)
     print(f"machine: {machine['cpu']} x{machine['nproc']}, Python {machine['python']}")
+    busy = (
+        float(machine["loadavg_start"].split()[0]) if machine["loadavg_start"][0].isdigit() else 0
+    )
+    if busy > 0.5 * (machine["nproc"] or 1):
+        print(f"warning: load average {machine['loadavg_start']}: other work will skew figures")
     data: dict = {"machine": machine, "settings": report.settings_info(s), "results": {}}
     started = time.monotonic()
     try:
@@ -116,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_all()
         data["elapsed_s"] = round(time.monotonic() - started, 1)
+        data["machine"]["loadavg_end"] = report.load_average()
         if data["results"]:
             (args.out / "results.json").write_text(json.dumps(data, indent=1))
             (args.out / "results.md").write_text(report.markdown(data))

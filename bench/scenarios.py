@@ -15,7 +15,7 @@ from typing import Any
 
 import clients
 from load import run_load
-from procs import HOST, MemWatch, proc_status, running, start_target
+from procs import HOST, MemWatch, proc_cpu, proc_status, running, start_target
 
 MiB = 1024 * 1024
 
@@ -58,11 +58,19 @@ def small_get(s: Settings) -> dict[str, Any]:
         for rep in range(s.repeat):
             for c in s.concurrency:
                 for t in targets:
+                    cpu = {k: proc_cpu(pid) for k, pid in t.pids.items()}
                     r = run_load(f"http://{HOST}:{t.port}/small", c, s.duration, s.generator)
-                    runs[t.name][c].append(asdict(r) | {"rps": r.rps})
+                    # CPU time per request of each process: steadier than req/s on a busy host.
+                    per_req = {
+                        k: (proc_cpu(pid) - cpu[k]) / max(1, r.requests) * 1e6
+                        for k, pid in t.pids.items()
+                    }
+                    runs[t.name][c].append(asdict(r) | {"rps": r.rps, "cpu_us": per_req})
+                    cpu_text = ", ".join(f"{k} {v:.0f}" for k, v in per_req.items())
                     s.log(
                         f"  small GET rep {rep + 1} c={c:<3} {t.name:<16} {r.rps:9.0f} req/s "
-                        f"p50 {r.p50_ms:7.3f} ms p99 {r.p99_ms:7.3f} ms errors {r.errors}"
+                        f"p50 {r.p50_ms:7.3f} ms p99 {r.p99_ms:7.3f} ms errors {r.errors} "
+                        f"CPU us/req {cpu_text}"
                     )
     out: dict[str, Any] = {}
     for name, by_c in runs.items():
@@ -71,6 +79,9 @@ def small_get(s: Settings) -> dict[str, Any]:
             out[name][c] = {
                 key: statistics.median(r[key] for r in reps)
                 for key in ("rps", "p50_ms", "p90_ms", "p99_ms")
+            }
+            out[name][c]["cpu_us"] = {
+                k: statistics.median(r["cpu_us"][k] for r in reps) for k in reps[0]["cpu_us"]
             }
             out[name][c]["errors"] = sum(r["errors"] for r in reps)
             out[name][c]["requests"] = sum(r["requests"] for r in reps)
@@ -186,7 +197,8 @@ def sse(s: Settings) -> dict[str, Any]:
 def idle(s: Settings) -> dict[str, Any]:
     """RSS of the process holding ``idle`` kept-alive client connections."""
     out: dict[str, Any] = {}
-    keys = {"max_connections": s.idle + 1000, "keepalive_timeout": 300.0}
+    # Every connection's first request is in flight at once: streams must not be the limit.
+    keys = _many_keys(s.idle) | {"keepalive_timeout": 300.0}
     for name in s.targets:
         t = start_target(name, s.logdir, gateway_keys=keys)
         try:
@@ -200,21 +212,22 @@ def idle(s: Settings) -> dict[str, Any]:
                 held = {k: proc_status(pid)["VmRSS"] for k, pid in pids.items()}
                 alive = await conns.still_open()
                 await conns.close()
-                return conns.failures, alive, held
+                return conns.failures, alive, held, conns.reasons
 
-            failures, alive, held = asyncio.run(hold())
+            failures, alive, held, reasons = asyncio.run(hold())
             front_growth = held[front] - before[front]
             out[name] = {
                 "before_mib": {k: _mib(v) for k, v in before.items()},
                 "held_mib": {k: _mib(v) for k, v in held.items()},
                 "kib_per_conn": front_growth / 1024 / s.idle,
                 "failures": failures,
+                "failure_reasons": reasons,
                 "alive": alive,
             }
             s.log(
                 f"  {s.idle} idle {name:<16} {front} {_mib(before[front])} -> "
                 f"{_mib(held[front])} MiB ({out[name]['kib_per_conn']:.1f} KiB/conn), "
-                f"alive {alive}, failures {failures}"
+                f"alive {alive}, failures {failures} {reasons or ''}"
             )
         finally:
             t.stop()

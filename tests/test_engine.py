@@ -211,7 +211,7 @@ def check_exchange(world: World, p: Planned, ex: Exchange, previous: Exchange | 
         return
     if ex.status == 503:
         assert disturbed, f"{where}: 503 while a receiver was connected: {body!r}"
-        assert body in (b"no receiver connected\n", b"all receivers are busy\n"), body
+        assert body.startswith(b"no receiver connected"), body
         return
     if ex.status == 502:
         assert disturbed, f"{where}: 502 without a tunnel drop: {body!r}"
@@ -562,7 +562,7 @@ def test_forward_mode_relays_over_a_kept_alive_connection() -> None:
     world = forward_world()
     exchanges = [
         upstream_request("f1", pattern("f1", 30_000)),
-        upstream_request("f2", pattern("f2", 70_000), chunked=True),
+        upstream_request("f2", pattern("f2", 45_000), chunked=True),
         upstream_request("f3", method="GET"),
     ]
     client = HttpClient(world, exchanges, index=0)
@@ -663,7 +663,12 @@ def test_forward_mode_property(seed: int, flow: str, idle_close: bool, plans: li
             if previous is not None and _ended_connection(previous) and ex.status is None:
                 break
             answer = echo_body(ex.headers[0][1], ex.body, ex.method)
-            if mode == "echo":
+            raced = idle_close and ex.body and ex.status == 502 and mode != "garbage"
+            if raced:
+                # the service closed the pooled connection as the request went out on it: a
+                # request whose body was already sent is not replayed (not idempotent)
+                assert b"closed the connection" in ex.response_body, ex.response_body
+            elif mode == "echo":
                 assert ex.status == 200 and bytes(ex.response_body) == answer
             elif mode == "close-mid":
                 assert ex.status == 200 and ex.aborted
