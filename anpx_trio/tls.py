@@ -1,4 +1,8 @@
-"""ssl.SSLContext from a core TlsPolicy (TLS 1.2 minimum)."""
+"""ssl.SSLContext from a core TlsPolicy (TLS 1.2 minimum).
+
+The other driver has the same function: the core may not import ssl, and neither
+driver may depend on the other, so these few lines of stdlib glue stand twice.
+"""
 
 from __future__ import annotations
 

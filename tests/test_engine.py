@@ -270,7 +270,7 @@ def run_scenario(sc: dict) -> World:
 
 
 @settings(
-    max_examples=60,
+    max_examples=500,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -618,7 +618,7 @@ def test_forward_survives_a_service_that_closes_idle_connections() -> None:
     world.assert_no_leaks()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**32 - 1),
     flow=st.sampled_from(["both", "gateway-v1", "receiver-v1"]),
