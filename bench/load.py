@@ -37,6 +37,7 @@ class LoadResult:
     p90_ms: float
     p99_ms: float
     errors: int  # connect/read/write/timeout errors and non-2xx/3xx answers
+    non_2xx: int = 0  # of which answers with another status (e.g. 503 at a stream limit)
 
     @property
     def rps(self) -> float:
@@ -71,6 +72,7 @@ def _run_wrk(url: str, connections: int, duration: float) -> LoadResult:
         data["p90_us"] / 1000,
         data["p99_us"] / 1000,
         errors,
+        data["status"],
     )
 
 
@@ -91,7 +93,12 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def _connection(
-    host: str, port: int, request: bytes, deadline: float, latencies: list[float]
+    host: str,
+    port: int,
+    request: bytes,
+    deadline: float,
+    latencies: list[float],
+    non_2xx: list[int],
 ) -> int:
     """Requests on one keep-alive connection until ``deadline``; returns the error count."""
     errors = 0
@@ -120,6 +127,7 @@ async def _connection(
                 latencies.append(clock() - start)
                 if head[9:10] not in (b"2", b"3"):
                     errors += 1
+                    non_2xx[0] += 1
                 if close:
                     break
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
@@ -137,10 +145,14 @@ async def _python_load(url: str, connections: int, duration: float) -> dict:
         path += "?" + parts.query
     request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
     latencies: list[float] = []
+    non_2xx = [0]
     start = time.perf_counter()
     deadline = start + duration
     errors = await asyncio.gather(
-        *(_connection(host, port, request, deadline, latencies) for _ in range(connections))
+        *(
+            _connection(host, port, request, deadline, latencies, non_2xx)
+            for _ in range(connections)
+        )
     )
     seconds = time.perf_counter() - start
     latencies.sort()
@@ -152,6 +164,7 @@ async def _python_load(url: str, connections: int, duration: float) -> dict:
         "p90_ms": _percentile(latencies, 0.90) * 1000,
         "p99_ms": _percentile(latencies, 0.99) * 1000,
         "errors": sum(errors),
+        "non_2xx": non_2xx[0],
     }
 
 

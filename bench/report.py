@@ -62,7 +62,19 @@ def machine_info(settings: Any) -> dict[str, Any]:
     except ImportError:
         loop = "asyncio"
     commit = _version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    dirty = _version(["git", "-C", str(REPO), "status", "--porcelain", "--", "anpx_core"])
+    dirty = _version(
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "status",
+            "--porcelain",
+            "--",
+            "anpx_core",
+            "anpx_trio",
+            "anpx_asyncio",
+        ]
+    )
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "nproc": os.cpu_count(),

@@ -54,7 +54,6 @@ class Pipe:
         self.eof = False  # the writer closed its side: EOF after the queued bytes
         self.broken = False  # reset: queued bytes are lost, both ends fail
         self.reader_gone = False  # the reading end closed: writes fail
-        self.total = 0  # bytes ever pushed
 
     @property
     def room(self) -> int:
@@ -63,7 +62,6 @@ class Pipe:
     def push(self, data: bytes) -> None:
         self.chunks.append(data)
         self.size += len(data)
-        self.total += len(data)
 
     def pull(self, limit: int) -> bytes:
         out = bytearray()
@@ -357,7 +355,6 @@ class HttpClient(Task):
         self.pipeline = pipeline
         self.disconnect = disconnect
         self.read_pauses = sorted(read_pauses)  # (after response bytes, pause steps)
-        self.reading = True
         self.read_at = read_at  # step from which reading resumes
         self.received = 0  # response body bytes across all exchanges
         ours, theirs = socket_pair(world.capacity())
