@@ -69,6 +69,7 @@ class ReceiverClient:
         self._tasks: TaskSet | None = None
         self._stopped: asyncio.Event | None = None
         self._ready: asyncio.Event | None = None
+        self._heads_flush_scheduled = False
 
     @property
     def ready(self) -> asyncio.Event:
@@ -85,6 +86,9 @@ class ReceiverClient:
             tasks.spawn(self._connect(request))
         for call_id, scope in self.core.pop_app_calls():
             tasks.spawn(serve_http_call(self.app, self.core, call_id, scope, self.pump))
+        if self.core.heads_pending and not self._heads_flush_scheduled:
+            self._heads_flush_scheduled = True
+            tasks.spawn(self._flush_heads_soon())
         if self.core.connected_links and not self.ready.is_set():
             self.ready.set()
 
@@ -117,6 +121,12 @@ class ReceiverClient:
             await tasks.cancel_all()
         if self.core.given_up:
             raise StartupError(f"gave up connecting to the gateway: {self.core.last_error}")
+
+    async def _flush_heads_soon(self) -> None:
+        await asyncio.sleep(0)  # one turn of the loop: the app's first body part usually comes
+        self._heads_flush_scheduled = False
+        self.core.flush_heads()
+        self.pump.sync()
 
     async def _connect(self, request: ConnectRequest) -> None:
         try:

@@ -202,7 +202,8 @@ class ReceiverCore:
         self.requests = 0
         self._now = 0.0  # the time of the call being handled, for access-log durations
         self.wall_offset = 0.0  # Unix time minus the driver's clock (set by start and tick)
-        self.lifespan_state: dict | None = None  # the app's lifespan state, copied into each scope
+        self.lifespan_state: dict | None = None
+        self._heads_due: list[_Call] = []  # the app's lifespan state, copied into each scope
 
     def _new_id(self) -> int:
         cid = self._next_id
@@ -248,8 +249,20 @@ class ReceiverCore:
                 and not self.stopping
             ):
                 self._dial(link)
-        for call in list(self._calls.values()):
-            if call.head_flush_due and call.link.session is not None:
+        self.flush_heads()
+
+    @property
+    def heads_pending(self) -> bool:
+        """A response head waits for its first body part; call :meth:`flush_heads` soon
+        (drivers do after one turn of their loop, so an app that sends its body right
+        away still gets a single frame, and one that doesn't is not held back)."""
+        return bool(self._heads_due)
+
+    def flush_heads(self) -> None:
+        """Send every response head still waiting for a body part."""
+        due, self._heads_due = self._heads_due, []
+        for call in due:
+            if call.head_flush_due and call.link.session is not None and not call.done:
                 call.head_flush_due = False
                 call.link.session.flush(call.rid)
                 self._wakeups.add(call.link.cid)  # type: ignore[arg-type]
@@ -611,7 +624,8 @@ class ReceiverCore:
                 call.response_started = True
                 call.status = part.head.status
                 session.start(call.rid, part.head)
-                call.head_flush_due = True  # sent with the first body, or at the next tick
+                call.head_flush_due = True  # sent with the first body, or by flush_heads()
+                self._heads_due.append(call)
             elif isinstance(part, ResponseBody):
                 call.head_flush_due = False
                 call.body_out += len(part.data)

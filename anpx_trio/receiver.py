@@ -62,6 +62,7 @@ class ReceiverClient:
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
         self.ready = trio.Event()  # set once a tunnel is open
+        self._heads_flush_scheduled = False
 
     def _dispatch(self) -> None:
         nursery = self._nursery
@@ -71,6 +72,9 @@ class ReceiverClient:
             nursery.start_soon(self._connect, request)
         for call_id, scope in self.core.pop_app_calls():
             nursery.start_soon(serve_http_call, self.app, self.core, call_id, scope, self.pump)
+        if self.core.heads_pending and not self._heads_flush_scheduled:
+            self._heads_flush_scheduled = True
+            nursery.start_soon(self._flush_heads_soon)
         if self.core.connected_links and not self.ready.is_set():
             self.ready.set()
 
@@ -97,6 +101,12 @@ class ReceiverClient:
             nursery.cancel_scope.cancel()
         if self.core.given_up:
             raise StartupError(f"gave up connecting to the gateway: {self.core.last_error}")
+
+    async def _flush_heads_soon(self) -> None:
+        await trio.sleep(0)  # one turn of the loop: the app's first body part usually comes
+        self._heads_flush_scheduled = False
+        self.core.flush_heads()
+        self.pump.sync()
 
     async def _watch_give_up(self) -> None:
         while not self.core.given_up:

@@ -391,6 +391,7 @@ def chart(data: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     data = json.loads(json.dumps(data))
     res = data["results"]
@@ -445,6 +446,7 @@ def chart(data: dict[str, Any], path: Path) -> None:
         labels = [label for label, _ in other]
         bars(ax, labels, lambda n, label: dict(other)[label](n))
         ax.set(title="latency and capacity (lower is better)", yscale="log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.tick_params(axis="x", labelsize=8)
     for ax in axes.flat:
         if not ax.has_data():

@@ -26,7 +26,7 @@ class Settings:
     logdir: Path
     generator: str = "auto"
     concurrency: list[int] = field(default_factory=lambda: [1, 16, 64, 256])
-    duration: float = 8.0
+    duration: float = 6.0
     warmup: float = 2.0
     repeat: int = 3
     bulk_bytes: int = 1024 * MiB

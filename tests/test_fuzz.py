@@ -156,8 +156,64 @@ def message_frames(draw) -> bytes:
     return F.encode_frame(ftype, F.FLAG_CHUNKED if chunked else 0, tlvs)
 
 
+@st.composite
+def message_stream(draw) -> list[bytes]:
+    """Whole messages (single or chunked, meta in any chunk) interleaved, then perturbed:
+    frames dropped, repeated, swapped or replaced by odd ones, error frames inserted."""
+    messages = []
+    for rid in draw(st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), max_size=6)):
+        ftype = draw(st.sampled_from([F.TYPE_REQUEST, F.TYPE_RESPONSE]))
+        meta_tlv = (
+            (F.TAG_HTTP_META, REQUEST_META)
+            if ftype == F.TYPE_REQUEST
+            else (F.TAG_RESP_META, RESPONSE_META)
+        )
+        rid_tlv = (F.TAG_REQUEST_ID, rid.encode())
+        bodies = draw(st.lists(st.binary(max_size=50), min_size=1, max_size=4))
+        if len(bodies) == 1 and draw(st.booleans()):
+            tlvs = [rid_tlv, meta_tlv] + ([(F.TAG_HTTP_BODY, bodies[0])] if bodies[0] else [])
+            messages.append([F.encode_frame(ftype, 0, tlvs)])
+            continue
+        meta_at = draw(st.integers(0, len(bodies) - 1))  # the reference puts it last
+        with_tot = draw(st.booleans())
+        frames = []
+        for idx, body in enumerate(bodies):
+            tlvs = [rid_tlv, (F.TAG_CHUNK_IDX, struct.pack(">I", idx))]
+            if with_tot:
+                tlvs.append((F.TAG_CHUNK_TOT, struct.pack(">I", len(bodies))))
+            if idx == meta_at:
+                tlvs.append(meta_tlv)
+            if body:
+                tlvs.append((F.TAG_HTTP_BODY, body))
+            if idx == len(bodies) - 1 and (not with_tot or draw(st.booleans())):
+                tlvs.append((F.TAG_FINAL_CHUNK, b"\x01"))
+            frames.append(F.encode_frame(ftype, F.FLAG_CHUNKED, tlvs))
+        messages.append(frames)
+    stream: list[bytes] = []
+    while any(messages):
+        queue = draw(st.sampled_from([m for m in messages if m]))
+        stream.append(queue.pop(0))
+    for _ in range(draw(st.integers(0, 3))):
+        op = draw(st.sampled_from(["drop", "repeat", "swap", "odd", "error"]))
+        pos = draw(st.integers(0, len(stream)))
+        if op == "odd":
+            stream.insert(pos, draw(message_frames()))
+        elif op == "error":
+            stream.insert(pos, M.encode_error("x", draw(st.sampled_from(["a", "b", None]))))
+        elif stream:
+            pos %= len(stream)
+            if op == "drop":
+                del stream[pos]
+            elif op == "repeat":
+                stream.insert(pos, stream[pos])
+            else:
+                other = draw(st.integers(0, len(stream) - 1))
+                stream[pos], stream[other] = stream[other], stream[pos]
+    return stream
+
+
 @FUZZ
-@given(st.lists(message_frames(), max_size=25))
+@given(st.one_of(message_stream(), message_stream(), st.lists(message_frames(), max_size=25)))
 def test_message_assembler(wires):
     """Only ProtocolError; per stream Head -> Body* -> Complete; bounded partial state."""
     decoder = M.MessageDecoder(SMALL_LIMITS)
@@ -166,11 +222,13 @@ def test_message_assembler(wires):
         try:
             events = decoder.receive_bytes(wire)
         except ProtocolError as exc:
+            event_label(exc.code)
             if exc.request_id is not None:  # as the tunnel does: fail that stream only
                 decoder.forget(exc.request_id)
                 state.pop(exc.request_id, None)
             continue
         for event in events:
+            event_label(type(event).__name__)
             if isinstance(event, M.ErrorReceived):
                 state.pop(event.request_id, None)
             elif isinstance(event, M.HeadReceived):
