@@ -100,6 +100,7 @@ async def app(scope, receive, send) -> None:
                 "headers": [(b"content-type", b"text/event-stream")],
             }
         )
+        await anyio.sleep(float(query.get("first_delay", "0")))
         for i in range(count):
             await send(
                 {

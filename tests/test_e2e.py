@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import ssl
+import time
 
 import httpx
 import pytest
@@ -128,6 +129,16 @@ def test_streaming_response_arrives_incrementally(tunnel):
         assert b"event 1" not in first
         rest = b"".join(chunks)
     assert (first + rest).count(b"data: event") == 3
+
+
+def test_response_head_is_not_held_back_by_a_slow_first_body_part(tunnel):
+    start = time.monotonic()
+    with tunnel.http.stream("GET", "/stream?n=1&first_delay=1.0") as r:
+        head_after = time.monotonic() - start
+        assert r.status_code == 200
+        body = r.read()
+    assert head_after < 0.5  # the head went out before the app's first body part
+    assert body.count(b"data: event") == 1
 
 
 def test_concurrent_requests_keep_their_own_bodies(tunnel):
