@@ -109,6 +109,18 @@ def _opt(default: Any, kind: str, **check: Any) -> Any:
 _SECTION = {"section": True}
 
 
+def _network_ok(value: object) -> bool:
+    import ipaddress
+
+    if not isinstance(value, str):
+        return False
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 def _route_ok(value: object) -> bool:
     from .routing import parse_route
 
@@ -273,6 +285,8 @@ class GatewayConfig(_Section):
     shutdown_grace: float = _opt(10.0, "float", lo=0, unit="seconds")
     # receiver id -> routes it may claim; unset: any receiver may claim any route
     route_claims: dict[str, tuple[str, ...]] | None = _opt(None, "claims")  # noqa: RUF009 - default None
+    # reverse proxies (e.g. nginx) whose X-Forwarded-For/-Proto/-Host/-Port the gateway believes
+    trusted_proxies: tuple[str, ...] = _opt((), "networks")
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +425,8 @@ def _expected(check: _Check) -> str:
         return "expected a file path (a string)"
     if check.kind == "urls":
         return "expected a non-empty array of ws:// or wss:// URLs"
+    if check.kind == "networks":
+        return 'expected an array of IP addresses or networks, e.g. ["127.0.0.1", "10.0.0.0/8"]'
     if check.kind == "routes":
         return 'expected an array of routes like "api.example.com/", "/agents/bob"'
     if check.kind == "claims":
@@ -497,6 +513,9 @@ def _convert(check: _Check, value: Any) -> tuple[bool, Any]:
     if kind == "urls":
         ok = isinstance(value, (list, tuple)) and len(value) > 0
         ok = ok and all(isinstance(u, str) and _ws_url(u) is None for u in value)
+        return ok, tuple(value) if ok else value
+    if kind == "networks":
+        ok = isinstance(value, (list, tuple)) and all(_network_ok(v) for v in value)
         return ok, tuple(value) if ok else value
     if kind == "routes":
         ok = isinstance(value, (list, tuple)) and all(_route_ok(r) for r in value)
@@ -746,6 +765,8 @@ def load_config(
 
 def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
     """The gateway core's limits from ``cfg`` (authentication is the driver's to attach)."""
+    import ipaddress
+
     from . import messages as M
     from .gateway import GatewaySettings
     from .http1 import FrontLimits
@@ -769,6 +790,7 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
         stream_window=g.stream_window or None,
         send_frame_size=g.chunk_size,
         codec=M.Limits(max_frame_size=g.max_frame_size),
+        trusted_proxies=[ipaddress.ip_network(n, strict=False) for n in g.trusted_proxies],
         route_claims=None
         if g.route_claims is None
         else {rid: [parse_route(r) for r in routes] for rid, routes in g.route_claims.items()},

@@ -17,6 +17,7 @@ Driver contract (the receiver core offers the same one):
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import uuid
@@ -67,6 +68,8 @@ from .websocket import (
     WsServer,
 )
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 log = logging.getLogger("anpx.gateway")
 access_log = logging.getLogger("anpx.access.gateway")
 
@@ -91,6 +94,8 @@ class GatewaySettings:
     route_claims: dict[str, list[Route]] | None = None
     # per-client-address request rate: key, now -> None (allowed) or seconds to wait
     rate_limit: Callable[[str, float], float | None] | None = None
+    # reverse proxies in front of the gateway whose X-Forwarded-* headers are believed
+    trusted_proxies: list[IPNetwork] = field(default_factory=list)
 
 
 @dataclass(slots=True, eq=False)
@@ -109,6 +114,7 @@ class _Client:
     backlog: int = 0  # response body handed to the front, not yet written by the driver
     taken: int = 0
     over_limit: bool = False
+    behind_proxy: bool = False  # the peer is a trusted proxy: the client is in X-Forwarded-For
     request_id: str = ""  # X-Request-ID: the client's, or the stream's request_id
     route: str = "-"
 
@@ -170,8 +176,16 @@ class GatewayCore:
         scheme: str = "http",
     ) -> int:
         cid = self._new_id()
-        front = HttpFront(self.settings.front, now, client=client, server=server, scheme=scheme)
-        conn = _Client(cid, front, client[0] if client else "-")
+        proxied = client is not None and self._trusted(client[0])
+        front = HttpFront(
+            self.settings.front,
+            now,
+            client=client,
+            server=server,
+            scheme=scheme,
+            trust_forwarded=proxied,
+        )
+        conn = _Client(cid, front, client[0] if client else "-", behind_proxy=proxied)
         self._conns[cid] = conn
         self._clients += 1
         # Over the limit, the connection's first request is answered 503 and it closes:
@@ -400,11 +414,19 @@ class GatewayCore:
         conn.status = 0
         conn.body_out = 0
         conn.route = "-"
+        if conn.behind_proxy:
+            conn.peer = self._client_behind_proxies(
+                _header(event.head, "x-forwarded-for"), conn.peer
+            )
         conn.request_id = _valid_request_id(_header(event.head, REQUEST_ID_HEADER)) or ""
-        if not conn.request_id:  # keep a client's id only when it is sane; else ours replaces it
-            event.head.headers[:] = [
-                (n, v) for n, v in event.head.headers if n != REQUEST_ID_HEADER
-            ]
+        # A client's X-Request-ID stays only when sane (ours replaces it); X-Real-IP is always
+        # the client as the gateway determined it, never what a client claims.
+        event.head.headers[:] = [
+            (n, v)
+            for n, v in event.head.headers
+            if n != "x-real-ip" and (conn.request_id or n != REQUEST_ID_HEADER)
+        ]
+        event.head.headers.append(("x-real-ip", conn.peer))
         self.stats.requests += 1
         if conn.over_limit:
             self.stats.rejected_connections += 1
@@ -477,6 +499,7 @@ class GatewayCore:
         if not conn.request_id:
             conn.request_id = str(uuid.uuid4())
         conn.front.send_error(status, text, [*headers, (REQUEST_ID_HEADER, conn.request_id)])
+        conn.body_out = len(text.rstrip("\n").encode()) + 1  # the front's text/plain body
         self._fronts_due.append(conn)
         conn.status = status
         self._log_access(conn, status)
@@ -562,7 +585,28 @@ class GatewayCore:
         elif isinstance(event, Closed):
             self._tunnel_gone(tunnel, f"receiver disconnected ({event.code})")
 
+    def _trusted(self, address: str) -> bool:
+        if not self.settings.trusted_proxies:
+            return False
+        try:
+            ip = ipaddress.ip_address(address.strip("[]"))
+        except ValueError:
+            return False
+        return any(ip in net for net in self.settings.trusted_proxies)
+
+    def _client_behind_proxies(self, xff: str | None, peer: str) -> str:
+        """The rightmost X-Forwarded-For address that is not a trusted proxy."""
+        hops = [h.strip() for h in (xff or "").split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self._trusted(hop):
+                return hop
+        return hops[0] if hops else peer
+
     def _handshake(self, tunnel: _Tunnel, event: HandshakeRequested, now: float) -> None:
+        host, _, _port = tunnel.peer.rpartition(":")
+        if self._trusted(host):
+            forwarded = _header_of(event.headers, "x-forwarded-for")
+            tunnel.peer = self._client_behind_proxies(forwarded, tunnel.peer)
         verdict = self.settings.auth.check_request(
             event.host, event.path, event.headers, tunnel.peer, now + self.wall_offset
         )

@@ -188,8 +188,11 @@ class HttpFront:
         client: tuple[str, int] | None,
         server: tuple[str, int] | None,
         scheme: str = "http",
+        trust_forwarded: bool = False,
     ) -> None:
         self._limits = limits
+        # The peer is a trusted reverse proxy: keep its X-Forwarded-Proto/-Host/-Port.
+        self._trust_forwarded = trust_forwarded
         self._client = client
         self._server = server
         self._scheme = scheme
@@ -385,11 +388,15 @@ class HttpFront:
         headers: Headers = []
         xff: list[str] = []
         host = None
+        kept: dict[str, str] = {}
         for name, value in strip_hop_by_hop(raw):
             if name == "x-forwarded-for":
                 xff.append(value)
-            elif name in _FORWARDED or name == "expect":
-                continue  # we set these; Expect: 100-continue is answered here
+            elif name in _FORWARDED:
+                if self._trust_forwarded and name not in kept:
+                    kept[name] = value
+            elif name == "expect":
+                continue  # Expect: 100-continue is answered here
             else:
                 if name == "host" and host is None:
                     host = value
@@ -398,11 +405,12 @@ class HttpFront:
             xff.append(self._client[0])
         if xff:
             headers.append(("x-forwarded-for", ", ".join(xff)))
-        headers.append(("x-forwarded-proto", self._scheme))
-        if host is not None:
-            headers.append(("x-forwarded-host", host))
-        if self._server is not None:
-            headers.append(("x-forwarded-port", str(self._server[1])))
+        headers.append(("x-forwarded-proto", kept.get("x-forwarded-proto", self._scheme)))
+        if "x-forwarded-host" in kept or host is not None:
+            headers.append(("x-forwarded-host", kept.get("x-forwarded-host", host or "")))
+        if "x-forwarded-port" in kept or self._server is not None:
+            port = kept.get("x-forwarded-port") or str(self._server[1])  # type: ignore[index]
+            headers.append(("x-forwarded-port", port))
         return headers
 
     def _read_body(self, events: list[FrontEvent]) -> bool:

@@ -170,16 +170,22 @@ def _receiver_plan(cfg: Config, *, both: bool) -> ReceiverPlan:
     settings = to_receiver_settings(cfg)
     client_id = r.client_id or default_client_id()
     settings.client_id = client_id
-    if r.auth.enabled:
-        settings.auth = SharedSecretClient(resolve_secret(r.auth, "receiver.auth", []), client_id)
+    auth = r.auth
+    if both and cfg.gateway.auth.enabled and not auth.enabled:
+        auth = cfg.gateway.auth  # the built-in receiver knows its own gateway's secret
+    if auth.enabled:
+        settings.auth = SharedSecretClient(resolve_secret(auth, "receiver.auth", []), client_id)
+    verify = "none" if r.tls.verify_mode == "none" else "required"
+    check_hostname = verify != "none"
     if both:
-        # `both` runs the receiver next to its own gateway: it dials that gateway's tunnel.
+        # `both` runs the receiver next to its own gateway: it dials that gateway's tunnel on
+        # loopback, where the certificate's name (the public one) cannot match.
         g = cfg.gateway
         host = g.wss_host if is_loopback(g.wss_host) else "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
         settings.gateway_urls = [f"{'wss' if g.tls.enabled else 'ws'}://{host}:{g.wss_port}/"]
-    verify = "none" if r.tls.verify_mode == "none" else "required"
-    tls = TlsPolicy(False, r.tls.cert_file, r.tls.key_file, r.tls.ca_file, verify, verify != "none")
+        check_hostname = False
+    tls = TlsPolicy(False, r.tls.cert_file, r.tls.key_file, r.tls.ca_file, verify, check_hostname)
     demo = r.backend == "demo"
     return ReceiverPlan(
         settings, r.local_app_module, r.app_factory, demo, tls, r.shutdown_grace, r.interface

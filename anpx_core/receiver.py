@@ -509,7 +509,8 @@ class ReceiverCore:
                 "flow control" if link.session.flow else "v1 gateway",
             )
         elif isinstance(event, HandshakeRejected):
-            detail = event.body.decode("utf-8", "replace").strip()[:200]
+            lines = event.body.decode("utf-8", "replace").strip().splitlines()
+            detail = lines[0][:200] if lines else ""  # one log line, whatever the server sent
             why = f"gateway refused the tunnel: HTTP {event.status}" + (
                 f": {detail}" if detail else ""
             )
@@ -782,7 +783,11 @@ def _header(head: RequestHead, name: str) -> str | None:
 
 
 def _client_from(head: RequestHead) -> tuple[str, int] | None:
-    """The client as our gateway saw it: the last X-Forwarded-For hop (the one it added)."""
+    """The client as the gateway determined it: X-Real-IP (an anpx gateway always sets it),
+    else the last X-Forwarded-For hop (the one a v1 gateway added)."""
+    real = _header(head, "x-real-ip")
+    if real:
+        return (real, 0)
     xff = _header(head, "x-forwarded-for")
     if not xff:
         return None

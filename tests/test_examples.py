@@ -222,7 +222,12 @@ def test_production_config_with_tls_and_auth(procs, tmp_path: Path) -> None:
     setup = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", try_locally_script()],
         cwd=tmp_path,
-        env={**os.environ, "EX": str(EXAMPLES / "production")},
+        # `python` in the script: this interpreter (trustme is installed with the test extra).
+        env={
+            **os.environ,
+            "EX": str(EXAMPLES / "production"),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
         capture_output=True,
         text=True,
         timeout=60,
