@@ -139,7 +139,8 @@ class _Link:
     session: TunnelSession | None = None
     attempts: int = 0  # failures since the last successful handshake
     retry_at: float | None = 0.0  # when to connect next; None: connected or given up
-    state: str = "idle"  # idle | connecting | handshake | open
+    state: str = "idle"  # idle | connecting | handshake | open | closed (flushing its Close)
+    close_reason: str = ""
     calls: dict[str, _Call] = field(default_factory=dict)
     written_mark: int = 0  # session.bytes_out the driver has written
     taken_mark: int = 0
@@ -429,10 +430,8 @@ class ReceiverCore:
         addr = link.address
         self._connects.append(ConnectRequest(cid, addr.host, addr.port, addr.tls, "gateway"))
 
-    def _link_down(self, link: _Link, now: float, why: str) -> None:
-        was_open = link.state == "open"
-        self._conns.pop(link.cid, None)  # type: ignore[arg-type]
-        link.state, link.ws, link.cid = "idle", None, None
+    def _link_lost(self, link: _Link) -> None:
+        """The tunnel is over (its socket may still be flushing a Close): fail its streams."""
         if link.session is not None:
             link.session.abandon()
             link.session = None
@@ -441,6 +440,15 @@ class ReceiverCore:
         link.calls.clear()
         self._wakeups.update(link.paused)
         link.paused.clear()
+
+    def _link_down(self, link: _Link, now: float, why: str) -> None:
+        """The socket is gone: forget it and schedule the next attempt."""
+        was_open = link.state in ("open", "closed")
+        self._link_lost(link)
+        self._conns.pop(link.cid, None)  # type: ignore[arg-type]
+        link.state, link.ws, link.cid = "idle", None, None
+        why = link.close_reason or why
+        link.close_reason = ""
         if was_open:
             level = logging.INFO if self.stopping else logging.WARNING
             log.log(level, "tunnel to %s closed: %s", link.address.host_header, why)
@@ -485,7 +493,7 @@ class ReceiverCore:
             problem = self.settings.auth.check_response(event.headers)
             if problem is not None:
                 log.error("refusing gateway %s: %s", link.address.host_header, problem)
-                self.last_error = problem
+                self.last_error = link.close_reason = problem
                 link.ws.close(1008, "gateway failed authentication")  # type: ignore[union-attr]
                 return
             peer_window = parse_extensions(event.headers)
@@ -515,9 +523,15 @@ class ReceiverCore:
                 f": {detail}" if detail else ""
             )
             log.error("%s", why)
-            self.last_error = why
+            self.last_error = link.close_reason = why
         elif isinstance(event, Closed):
-            self._link_down(link, now, f"closed ({event.code} {event.reason})".strip())
+            # Streams fail now; the socket stays until the driver has written our Close
+            # frame (take_output reports close) and called closed().
+            if not link.close_reason:  # a refusal we logged already says more
+                link.close_reason = f"closed ({event.code} {event.reason})".strip()
+            if link.state == "open":
+                link.state = "closed"
+            self._link_lost(link)
 
     def _stream_event(self, link: _Link, event: object, now: float) -> None:
         if isinstance(event, TunnelBroken):

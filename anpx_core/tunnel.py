@@ -20,6 +20,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from . import frames as F
 from . import messages as M
 from .errors import ProtocolError
 from .meta import RequestHead, ResponseHead
@@ -268,7 +269,16 @@ class TunnelSession:
     def receive_binary(self, data: bytes) -> list[StreamEvent]:
         self.bytes_in += len(data)
         try:
-            decoded = self._decoder.receive_bytes(data)
+            frame = F.decode_frame(data, self._decoder.limits.max_frame_size)
+            if self._accepts is ResponseHead and frame.type != F.TYPE_ERROR:
+                # A gateway only takes responses to requests it sent: anything else is refused
+                # before decoding, so a peer cannot make us hold chunks of made-up messages.
+                rid = _frame_request_id(frame)
+                if frame.type == F.TYPE_REQUEST and rid is not None:
+                    return self._reset(rid, "unexpected message type on this tunnel")
+                if rid not in self._streams:
+                    return []
+            decoded = self._decoder.receive(frame)
         except ProtocolError as exc:
             if exc.request_id is None:
                 return [TunnelBroken(str(exc))]
@@ -406,3 +416,14 @@ class TunnelSession:
         for rid in ids:
             self._finish(rid)
         return ids
+
+
+def _frame_request_id(frame: F.Frame) -> str | None:
+    """The request_id TLV of a frame, or None (absent or not UTF-8: the decoder says why)."""
+    for tag, value in frame.tlvs:
+        if tag == F.TAG_REQUEST_ID:
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+    return None

@@ -154,7 +154,7 @@ def _wait_ready(port: int, procs: list[subprocess.Popen], log: Path, timeout: fl
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
-                raise StartError(f"{proc.args[2]} exited with {proc.returncode}; see {log}")
+                raise StartError(f"{proc.args[-1]} exited with {proc.returncode}; see {log}")
         with contextlib.suppress(OSError), socket.create_connection((HOST, port), 1) as sock:
             sock.settimeout(2)
             sock.sendall(request)
@@ -255,9 +255,12 @@ def start_tunnel(
     gateway_keys: dict[str, Any] | None = None,
     receiver_keys: dict[str, Any] | None = None,
     access_log: bool = False,
+    wrap: dict[str, list[str]] | None = None,
 ) -> Target:
     """``python -m anpx_<gateway> gateway`` and ``python -m anpx_<receiver> receiver``
-    serving the app in-process, tied together on free ports."""
+    serving the app in-process, tied together on free ports. ``wrap`` puts interpreter
+    arguments before ``-m`` per process, e.g. ``{"gateway": ["-m", "cProfile", "-o", f]}``."""
+    wrap = wrap or {}
     name = f"{gateway}/{receiver}"
     tag = _next_tag(f"{gateway}-gw_{receiver}-rc")
     level = "INFO" if access_log else "WARNING"
@@ -278,12 +281,14 @@ def start_tunnel(
     target = Target(name)
     try:
         log = logdir / f"{tag}.gateway.log"
-        gw = spawn([sys.executable, "-m", f"anpx_{gateway}", "gateway", "-c", str(config)], log)
+        argv = [sys.executable, *wrap.get("gateway", []), "-m", f"anpx_{gateway}", "gateway"]
+        gw = spawn([*argv, "-c", str(config)], log)
         target.procs.append(gw)
         target.pids["gateway"] = gw.pid
         target.port, tunnel = _read_ports(log, gw, 20)
         rlog = logdir / f"{tag}.receiver.log"
-        argv = [sys.executable, "-m", f"anpx_{receiver}", "receiver", "-c", str(config)]
+        argv = [sys.executable, *wrap.get("receiver", []), "-m", f"anpx_{receiver}", "receiver"]
+        argv += ["-c", str(config)]
         argv += ["--gateway-url", f"ws://{HOST}:{tunnel}/", "--local-app", APP]
         rc = spawn(argv, rlog)
         target.procs.append(rc)
@@ -297,7 +302,7 @@ def start_tunnel(
 
 def start_target(name: str, logdir: Path, **kwargs: Any) -> Target:
     if name == "direct":
-        keepalive = int(kwargs.get("gateway_keys", {}).get("keepalive_timeout", 5))
+        keepalive = int((kwargs.get("gateway_keys") or {}).get("keepalive_timeout", 5))
         return start_direct(logdir, keepalive=keepalive, access_log=kwargs.get("access_log", False))
     gateway, receiver = name.split("/")
     return start_tunnel(gateway, receiver, logdir, **kwargs)

@@ -109,6 +109,7 @@ def settings_info(s: Any) -> dict[str, Any]:
         "idle": s.idle,
         "sse": s.sse,
         "access_log": s.access_log,
+        "extra": s.extra,
     }
 
 
@@ -245,6 +246,11 @@ def markdown(data: dict[str, Any]) -> str:
         "same run as its direct figure. Regenerate with `python bench/run.py`.",
         "",
     ]
+    extra = [
+        f"{sec}.{k} = {v!r}" for sec, keys in s.get("extra", {}).items() for k, v in keys.items()
+    ]
+    if extra:
+        out += [f"Extra configuration on every anpx process: {', '.join(extra)}.", ""]
     rows = targets_rows(data)
     if rows:
         out += ["## Targets (issue 8)", ""]

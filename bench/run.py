@@ -15,7 +15,13 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -58,6 +64,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep access logs on (anpx at INFO, uvicorn's access log) in the small-GET runs",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=_override,
+        metavar="SECTION.KEY=VALUE",
+        help="extra anpx config key for every run, TOML value, e.g. gateway.stream_window=0 "
+        "(repeatable; recorded in the results)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = p.parse_args(argv)
     bad = [s for s in args.scenarios if s not in SCENARIOS]
@@ -80,7 +95,31 @@ def settings_from(args: argparse.Namespace, logdir: Path) -> Settings:
     s.idle = args.idle or s.idle
     s.sse = args.sse or s.sse
     s.access_log = args.access_log
+    for item in args.set:
+        s.extra.setdefault(item.section, {})[item.key] = item.value
     return s
+
+
+@dataclass
+class Override:
+    section: str
+    key: str
+    value: object
+
+
+def _override(text: str) -> Override:
+    """``gateway.stream_window=0`` -> Override("gateway", "stream_window", 0)."""
+    name, sep, raw = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or section not in ("gateway", "receiver"):
+        raise argparse.ArgumentTypeError(
+            f"expected gateway.KEY=VALUE or receiver.KEY=VALUE: {text}"
+        )
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: not a TOML value ({exc})") from None
+    return Override(section, key.strip(), value)
 
 
 def main(argv: list[str] | None = None) -> int:

