@@ -108,8 +108,8 @@ class Pump:
                 await self.wakers.wait(cid)
             try:
                 data = await reader.read(_READ_SIZE)
-            except STREAM_ERRORS:
-                core.lost(cid, self.now())
+            except STREAM_ERRORS as exc:
+                core.lost(cid, self.now(), describe_error(exc))
                 self.sync()
                 return
             core.receive(cid, data, self.now())
@@ -125,8 +125,8 @@ class Pump:
                 try:
                     writer.write(data)
                     await writer.drain()
-                except STREAM_ERRORS:
-                    core.lost(cid, self.now())
+                except STREAM_ERRORS as exc:
+                    core.lost(cid, self.now(), describe_error(exc))
                     self.sync()
                     return
                 core.written(cid, self.now())
@@ -141,3 +141,13 @@ class Pump:
             await asyncio.sleep(interval)
             self.core.tick(self.now(), time.time())
             self.sync()
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a socket error; TLS failures say what the peer objected to."""
+    cause = exc.__cause__ or exc.__context__
+    if not isinstance(exc, ssl.SSLError) and isinstance(cause, ssl.SSLError):
+        exc = cause  # trio wraps TLS errors
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    return str(exc) or type(exc).__name__

@@ -250,8 +250,8 @@ class GatewayCore:
             if isinstance(conn, _Client):
                 self._flush_upload(conn)
 
-    def lost(self, cid: int, now: float) -> None:
-        """The socket failed: same as EOF for every protocol here."""
+    def lost(self, cid: int, now: float, reason: str = "") -> None:
+        """The socket failed (``reason``: the error, for logs): same as EOF here."""
         self.receive(cid, b"", now)
 
     def take_output(self, cid: int) -> tuple[bytes, bool]:

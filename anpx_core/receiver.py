@@ -141,6 +141,7 @@ class _Link:
     retry_at: float | None = 0.0  # when to connect next; None: connected or given up
     state: str = "idle"  # idle | connecting | handshake | open | closed (flushing its Close)
     close_reason: str = ""
+    lost_reason: str = ""  # the socket error that ended it, if any (e.g. a TLS alert)
     calls: dict[str, _Call] = field(default_factory=dict)
     written_mark: int = 0  # session.bytes_out the driver has written
     taken_mark: int = 0
@@ -317,7 +318,11 @@ class ReceiverCore:
                 self._pool.discard(conn.conn)
                 conn.closing = True
 
-    def lost(self, cid: int, now: float) -> None:
+    def lost(self, cid: int, now: float, reason: str = "") -> None:
+        """The socket failed; ``reason`` (e.g. a TLS alert) ends up in the tunnel's log line."""
+        conn = self._conns.get(cid)
+        if isinstance(conn, _Link) and reason:
+            conn.lost_reason = reason
         self.receive(cid, b"", now)
 
     def take_output(self, cid: int) -> tuple[bytes, bool]:
@@ -448,7 +453,9 @@ class ReceiverCore:
         self._conns.pop(link.cid, None)  # type: ignore[arg-type]
         link.state, link.ws, link.cid = "idle", None, None
         why = link.close_reason or why
-        link.close_reason = ""
+        if link.lost_reason:
+            why += f" ({link.lost_reason})"
+        link.close_reason = link.lost_reason = ""
         if was_open:
             level = logging.INFO if self.stopping else logging.WARNING
             log.log(level, "tunnel to %s closed: %s", link.address.host_header, why)

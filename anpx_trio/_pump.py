@@ -81,8 +81,8 @@ class Pump:
                 await self.wakers.wait(cid)
             try:
                 data = await stream.receive_some(_READ_SIZE)
-            except STREAM_ERRORS:
-                core.lost(cid, self.now())
+            except STREAM_ERRORS as exc:
+                core.lost(cid, self.now(), describe_error(exc))
                 self.sync()
                 return
             core.receive(cid, bytes(data), self.now())
@@ -97,8 +97,8 @@ class Pump:
             if data:
                 try:
                     await stream.send_all(data)
-                except STREAM_ERRORS:
-                    core.lost(cid, self.now())
+                except STREAM_ERRORS as exc:
+                    core.lost(cid, self.now(), describe_error(exc))
                     self.sync()
                     return
                 core.written(cid, self.now())
@@ -113,3 +113,13 @@ class Pump:
             await trio.sleep(interval)
             self.core.tick(self.now(), time.time())
             self.sync()
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a socket error; TLS failures say what the peer objected to."""
+    cause = exc.__cause__ or exc.__context__
+    if not isinstance(exc, ssl.SSLError) and isinstance(cause, ssl.SSLError):
+        exc = cause  # trio wraps TLS errors
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    return str(exc) or type(exc).__name__
