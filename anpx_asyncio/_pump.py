@@ -15,7 +15,8 @@ from typing import Any
 
 log = logging.getLogger("anpx.asyncio")
 
-_READ_SIZE = 64 * 1024
+READ_SIZE = 64 * 1024
+TUNNEL_READ_SIZE = 256 * 1024  # tunnels carry bulk: fewer, larger reads
 STREAM_ERRORS = (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError)
 
 
@@ -76,19 +77,27 @@ class Pump:
     def __init__(self, core: Any) -> None:
         self.core = core
         self.wakers = Wakers()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    @staticmethod
-    def now() -> float:
-        return asyncio.get_running_loop().time()
+    def now(self) -> float:
+        # The loop is looked up once: asyncio.get_running_loop() costs a getpid() on 3.11.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time()
 
     def sync(self) -> None:
         self.wakers.fire(self.core.pop_wakeups())
 
     async def serve(
-        self, cid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        cid: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        read_size: int = READ_SIZE,
     ) -> None:
         """Pump one connection until the core closes it or the peer goes away."""
-        read_task = asyncio.get_running_loop().create_task(self._reader(cid, reader))
+        read_task = asyncio.get_running_loop().create_task(self._reader(cid, reader, read_size))
         try:
             await self._writer(cid, writer)
         finally:
@@ -101,13 +110,13 @@ class Pump:
             self.core.closed(cid, self.now())
             self.sync()
 
-    async def _reader(self, cid: int, reader: asyncio.StreamReader) -> None:
+    async def _reader(self, cid: int, reader: asyncio.StreamReader, read_size: int) -> None:
         core = self.core
         while True:
             while not core.can_read(cid):
                 await self.wakers.wait(cid)
             try:
-                data = await reader.read(_READ_SIZE)
+                data = await reader.read(read_size)
             except STREAM_ERRORS as exc:
                 core.lost(cid, self.now(), describe_error(exc))
                 self.sync()

@@ -9,11 +9,14 @@ import time
 from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
 from anpx_core.launch import BoundPorts, Listen, bind_failure
 
-from ._pump import Pump, TaskSet
+from ._pump import READ_SIZE, TUNNEL_READ_SIZE, Pump, TaskSet
 
 log = logging.getLogger("anpx.gateway")
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
+LISTEN_BACKLOG = (
+    4096  # asyncio's default (100) overflows under connection bursts; the kernel caps it
+)
 
 
 class GatewayServer:
@@ -62,7 +65,8 @@ class GatewayServer:
                         spec.port,
                         ssl=spec.tls,
                         ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if spec.tls else None,
-                        limit=64 * 1024,
+                        limit=TUNNEL_READ_SIZE if name == "tunnel" else READ_SIZE,
+                        backlog=LISTEN_BACKLOG,
                     )
                 except OSError as exc:
                     raise bind_failure(spec.host, spec.port, exc) from None
@@ -105,7 +109,9 @@ class GatewayServer:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.adopt(task)
-        await self.pump.serve(cid, reader, writer)
+        await self.pump.serve(
+            cid, reader, writer, TUNNEL_READ_SIZE if kind == "tunnel" else READ_SIZE
+        )
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Drain and stop: the SIGTERM path."""

@@ -20,7 +20,7 @@ from anpx_core.config import ReceiverConfig
 from anpx_core.launch import receiver_embedding
 from anpx_core.receiver import TICK_INTERVAL, ConnectRequest, ReceiverCore, ReceiverSettings
 
-from ._pump import STREAM_ERRORS, Pump, TaskSet
+from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump, TaskSet
 from .tls import make_context
 
 log = logging.getLogger("anpx.receiver")
@@ -129,6 +129,7 @@ class ReceiverClient:
         self.pump.sync()
 
     async def _connect(self, request: ConnectRequest) -> None:
+        read_size = TUNNEL_READ_SIZE if request.purpose == "gateway" else READ_SIZE
         try:
             if request.tls:
                 context = self.tls or ssl.create_default_context()
@@ -137,10 +138,10 @@ class ReceiverClient:
                     request.port,
                     ssl=context,
                     server_hostname=request.host,
-                    limit=64 * 1024,
+                    limit=read_size,
                 )
             else:
-                opened = asyncio.open_connection(request.host, request.port, limit=64 * 1024)
+                opened = asyncio.open_connection(request.host, request.port, limit=read_size)
             reader, writer = await asyncio.wait_for(opened, CONNECT_TIMEOUT)
         except (asyncio.TimeoutError, *STREAM_ERRORS) as exc:
             self.core.connect_failed(request.cid, self.pump.now(), _describe(exc))
@@ -148,7 +149,7 @@ class ReceiverClient:
             return
         self.core.connected(request.cid, self.pump.now())
         self.pump.sync()
-        await self.pump.serve(request.cid, reader, writer)
+        await self.pump.serve(request.cid, reader, writer, read_size)
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Ask the gateways for no new requests, let in-flight ones finish, close."""

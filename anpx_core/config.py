@@ -265,7 +265,7 @@ class GatewayConfig(_Section):
     max_connections: int = _opt(1000, "int", lo=1)
     timeout: float = _opt(30.0, "float", lo=0, lo_open=True, unit="seconds")
     keepalive_timeout: float = _opt(5.0, "float", lo=0, lo_open=True, unit="seconds")
-    chunk_size: int = _opt(64 * 1024, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
+    chunk_size: int = _opt(256 * 1024, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
     ping_interval: float = _opt(30.0, "float", lo=0, unit="seconds")
     tls: TlsConfig = field(default_factory=_gateway_tls, metadata=_SECTION)
     auth: AuthConfig = field(default_factory=AuthConfig, metadata=_SECTION)
@@ -276,7 +276,7 @@ class GatewayConfig(_Section):
     max_header_bytes: int = _opt(64 * 1024, "int", lo=1024, hi=16 * MiB, unit="bytes")
     max_body_bytes: int = _opt(100 * MiB, "int", lo=0, unit="bytes")
     header_timeout: float = _opt(10.0, "float", lo=0, lo_open=True, unit="seconds")
-    stream_window: int = _opt(256 * 1024, "int", lo=0, hi=2**31 - 1, unit="bytes")
+    stream_window: int = _opt(MiB, "int", lo=0, hi=2**31 - 1, unit="bytes")
     max_frame_size: int = _opt(16 * MiB, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
     insecure: bool = _opt(False, "bool")
     # per-client-address token bucket (anpx_core.ratelimit); 0: off, see docs/security.md
@@ -302,14 +302,14 @@ class ReceiverConfig(_Section):
     reconnect_enabled: bool = _opt(True, "bool")
     reconnect_delay: float = _opt(1.0, "float", lo=0, lo_open=True, unit="seconds")
     max_reconnect_attempts: int = _opt(0, "int", lo=0)  # 0: forever
-    chunk_size: int = _opt(64 * 1024, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
+    chunk_size: int = _opt(256 * 1024, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
     tls: TlsConfig = field(default_factory=TlsConfig, metadata=_SECTION)
     auth: AuthConfig = field(default_factory=AuthConfig, metadata=_SECTION)
     # ours
     local_url: str | None = _opt(None, "str", extra=_http_url)
     client_id: str = _opt("", "str", extra=_client_id)
     gateway_urls: tuple[str, ...] = _opt((), "urls")
-    stream_window: int = _opt(256 * 1024, "int", lo=0, hi=2**31 - 1, unit="bytes")
+    stream_window: int = _opt(MiB, "int", lo=0, hi=2**31 - 1, unit="bytes")
     max_frame_size: int = _opt(16 * MiB, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
     app_factory: bool = _opt(False, "bool")
     interface: str = _opt("auto", "choice", choices=APP_INTERFACES)  # how to call the app

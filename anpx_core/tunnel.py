@@ -31,7 +31,7 @@ EXTENSIONS_HEADER = "anpx-extensions"
 CONTROL_CREDIT = "anpx.credit"
 CONTROL_DRAIN = "anpx.drain"
 
-DEFAULT_STREAM_WINDOW = 256 * 1024
+DEFAULT_STREAM_WINDOW = 1024 * 1024  # bulk needs ~1 MiB in flight; see docs/performance.md
 #: Output backlog (bytes not yet taken by the driver) above which a
 #: connection counts as full and producers are paused.
 DEFAULT_HIGH_WATER = 1024 * 1024

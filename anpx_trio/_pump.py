@@ -16,7 +16,8 @@ import trio
 
 log = logging.getLogger("anpx.trio")
 
-_READ_SIZE = 64 * 1024
+READ_SIZE = 64 * 1024
+TUNNEL_READ_SIZE = 256 * 1024  # tunnels carry bulk: fewer, larger reads
 STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 
 
@@ -58,12 +59,12 @@ class Pump:
         """Propagate what the last core call changed; drivers extend this."""
         self.wakers.fire(self.core.pop_wakeups())
 
-    async def serve(self, cid: int, stream: trio.abc.Stream) -> None:
+    async def serve(self, cid: int, stream: trio.abc.Stream, read_size: int = READ_SIZE) -> None:
         """Pump one connection until the core closes it or the peer goes away."""
         core = self.core
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._reader, cid, stream)
+                nursery.start_soon(self._reader, cid, stream, read_size)
                 await self._writer(cid, stream)
                 nursery.cancel_scope.cancel()
         finally:
@@ -74,13 +75,13 @@ class Pump:
                 core.closed(cid, self.now())
                 self.sync()
 
-    async def _reader(self, cid: int, stream: trio.abc.Stream) -> None:
+    async def _reader(self, cid: int, stream: trio.abc.Stream, read_size: int) -> None:
         core = self.core
         while True:
             while not core.can_read(cid):
                 await self.wakers.wait(cid)
             try:
-                data = await stream.receive_some(_READ_SIZE)
+                data = await stream.receive_some(read_size)
             except STREAM_ERRORS as exc:
                 core.lost(cid, self.now(), describe_error(exc))
                 self.sync()

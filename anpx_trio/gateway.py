@@ -10,7 +10,7 @@ import trio
 from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
 from anpx_core.launch import BoundPorts, Listen, bind_failure
 
-from ._pump import STREAM_ERRORS, Pump
+from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump
 
 log = logging.getLogger("anpx.gateway")
 
@@ -129,7 +129,7 @@ class GatewayServer:
         else:
             cid = self.core.open_admin(now, peer, local)
         self.pump.sync()
-        await self.pump.serve(cid, conn)
+        await self.pump.serve(cid, conn, TUNNEL_READ_SIZE if kind == "tunnel" else READ_SIZE)
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Drain and stop: the SIGTERM path."""

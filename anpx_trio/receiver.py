@@ -15,7 +15,7 @@ from anpx_core.config import ReceiverConfig
 from anpx_core.launch import receiver_embedding
 from anpx_core.receiver import TICK_INTERVAL, ConnectRequest, ReceiverCore, ReceiverSettings
 
-from ._pump import STREAM_ERRORS, Pump
+from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump
 from .tls import make_context
 
 log = logging.getLogger("anpx.receiver")
@@ -131,7 +131,8 @@ class ReceiverClient:
             return
         self.core.connected(request.cid, now())
         self.pump.sync()
-        await self.pump.serve(request.cid, stream)
+        read_size = TUNNEL_READ_SIZE if request.purpose == "gateway" else READ_SIZE
+        await self.pump.serve(request.cid, stream, read_size)
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Ask the gateways for no new requests, let in-flight ones finish, close."""

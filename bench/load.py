@@ -5,9 +5,9 @@ its next request as soon as the previous response is complete, and report the re
 and latency percentiles measured by the generator itself.
 
 The fallback (``python bench/load.py URL -c 16 -d 5``) is an asyncio client on raw sockets.
-It needs a core of its own and tops out far below ``wrk`` (a few thousand requests per
-second), so with it the direct baseline is under-measured and the ratios flatter the tunnel;
-results say which generator produced them.
+It spends more CPU per request than ``wrk`` (taken from the servers on a small machine) and
+its latencies include its own event loop's delays, so its figures are not comparable with
+wrk's; results say which generator produced them.
 """
 
 from __future__ import annotations

@@ -333,12 +333,14 @@ def raise_fd_limit(needed: int) -> int:
 
 
 def sigterm_as_interrupt() -> None:
-    """Treat SIGTERM like Ctrl-C so the runner's ``finally`` stops every child."""
+    """Treat SIGTERM like Ctrl-C so the runner's ``finally`` stops every child. SIGINT gets
+    Python's handler even when started in the background by a shell that ignores it."""
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 if __name__ == "__main__":  # manual check: start one pairing and print where it listens

@@ -134,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     if s.generator == "auto":
         s.generator = "wrk" if have_wrk() else "python"
     if s.generator == "python":
-        print("wrk not found (apt-get install wrk): using the slower Python load generator")
+        print(
+            "wrk not found (apt-get install wrk): using the Python load generator (figures not comparable with wrk's)"
+        )
     limit = raise_fd_limit(2 * max(s.burst, s.idle) + 1024)
     if limit < 2 * max(s.burst, s.idle) + 256:
         print(f"open-file limit {limit} is too low for {s.burst} connections: raise ulimit -n")

@@ -119,7 +119,7 @@ def test_defaults_run_safely_on_a_fresh_machine() -> None:
     assert (g.timeout, g.keepalive_timeout, g.chunk_size, g.ping_interval) == (
         30.0,
         5.0,
-        65536,
+        262144,
         30.0,
     )
     assert (g.max_streams_per_receiver, g.max_header_bytes, g.max_body_bytes) == (
@@ -127,7 +127,7 @@ def test_defaults_run_safely_on_a_fresh_machine() -> None:
         65536,
         104857600,
     )
-    assert (g.header_timeout, g.stream_window, g.max_frame_size) == (10.0, 262144, 16777216)
+    assert (g.header_timeout, g.stream_window, g.max_frame_size) == (10.0, 1048576, 16777216)
     assert g.shutdown_grace == 10.0
     r = cfg.receiver
     assert r.gateway_url == "ws://127.0.0.1:8765" and r.urls == ("ws://127.0.0.1:8765",)
