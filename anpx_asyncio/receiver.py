@@ -14,7 +14,14 @@ import ssl
 import time
 from typing import Any
 
-from anpx_core.appcalls import lifespan_shutdown, lifespan_startup, serve_http_call, serve_lifespan
+from anpx_core.appcalls import (
+    HEADS_DUE,
+    flush_heads_forever,
+    lifespan_shutdown,
+    lifespan_startup,
+    serve_http_call,
+    serve_lifespan,
+)
 from anpx_core.asgi import LifespanCycle
 from anpx_core.config import ReceiverConfig
 from anpx_core.launch import receiver_embedding
@@ -69,7 +76,6 @@ class ReceiverClient:
         self._tasks: TaskSet | None = None
         self._stopped: asyncio.Event | None = None
         self._ready: asyncio.Event | None = None
-        self._heads_flush_scheduled = False
 
     @property
     def ready(self) -> asyncio.Event:
@@ -86,9 +92,8 @@ class ReceiverClient:
             tasks.spawn(self._connect(request))
         for call_id, scope in self.core.pop_app_calls():
             tasks.spawn(serve_http_call(self.app, self.core, call_id, scope, self.pump))
-        if self.core.heads_pending and not self._heads_flush_scheduled:
-            self._heads_flush_scheduled = True
-            tasks.spawn(self._flush_heads_soon())
+        if self.core.heads_pending:
+            self.pump.wakers.fire({HEADS_DUE})
         if self.core.connected_links and not self.ready.is_set():
             self.ready.set()
 
@@ -106,6 +111,7 @@ class ReceiverClient:
                 self.core.lifespan_state = lifespan.state
             self._tasks = tasks
             tasks.spawn(self.pump.ticker(TICK_INTERVAL))
+            tasks.spawn(flush_heads_forever(self.core, self.pump))
             self.core.start(self.pump.now(), time.time())
             self.pump.sync()
             while not self._stopped.is_set() and not self.core.given_up:
@@ -121,12 +127,6 @@ class ReceiverClient:
             await tasks.cancel_all()
         if self.core.given_up:
             raise StartupError(f"gave up connecting to the gateway: {self.core.last_error}")
-
-    async def _flush_heads_soon(self) -> None:
-        await asyncio.sleep(0)  # one turn of the loop: the app's first body part usually comes
-        self._heads_flush_scheduled = False
-        self.core.flush_heads()
-        self.pump.sync()
 
     async def _connect(self, request: ConnectRequest) -> None:
         read_size = TUNNEL_READ_SIZE if request.purpose == "gateway" else READ_SIZE

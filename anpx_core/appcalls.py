@@ -99,3 +99,19 @@ async def lifespan_shutdown(cycle: LifespanCycle, wakers: Wakers) -> None:
     wakers.fire({LIFESPAN_QUEUED})
     while not cycle.shutdown_done:
         await wakers.wait(LIFESPAN_CHANGED)
+
+
+HEADS_DUE = -3  # wake key: a response head waits for its first body part
+
+
+async def flush_heads_forever(core: Any, pump: Pump) -> None:
+    """Send response heads whose body does not follow at once.
+
+    The driver fires ``HEADS_DUE`` when ``core.heads_pending``; this task runs on the
+    loop's next turn, by when an app that answers at once has sent its body too (one
+    frame), while a head whose body waits (a stream, a slow first token) goes out now.
+    """
+    while True:
+        await pump.wakers.wait(HEADS_DUE)
+        core.flush_heads()
+        pump.sync()

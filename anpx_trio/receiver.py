@@ -9,7 +9,14 @@ from typing import Any
 
 import trio
 
-from anpx_core.appcalls import lifespan_shutdown, lifespan_startup, serve_http_call, serve_lifespan
+from anpx_core.appcalls import (
+    HEADS_DUE,
+    flush_heads_forever,
+    lifespan_shutdown,
+    lifespan_startup,
+    serve_http_call,
+    serve_lifespan,
+)
 from anpx_core.asgi import LifespanCycle
 from anpx_core.config import ReceiverConfig
 from anpx_core.launch import receiver_embedding
@@ -62,7 +69,6 @@ class ReceiverClient:
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
         self.ready = trio.Event()  # set once a tunnel is open
-        self._heads_flush_scheduled = False
 
     def _dispatch(self) -> None:
         nursery = self._nursery
@@ -72,9 +78,8 @@ class ReceiverClient:
             nursery.start_soon(self._connect, request)
         for call_id, scope in self.core.pop_app_calls():
             nursery.start_soon(serve_http_call, self.app, self.core, call_id, scope, self.pump)
-        if self.core.heads_pending and not self._heads_flush_scheduled:
-            self._heads_flush_scheduled = True
-            nursery.start_soon(self._flush_heads_soon)
+        if self.core.heads_pending:
+            self.pump.wakers.fire({HEADS_DUE})
         if self.core.connected_links and not self.ready.is_set():
             self.ready.set()
 
@@ -90,6 +95,7 @@ class ReceiverClient:
                 self.core.lifespan_state = lifespan.state
             self._nursery = nursery
             nursery.start_soon(self.pump.ticker, TICK_INTERVAL)
+            nursery.start_soon(flush_heads_forever, self.core, self.pump)
             self.core.start(self.pump.now(), time.time())
             self.pump.sync()
             task_status.started(self)
@@ -101,12 +107,6 @@ class ReceiverClient:
             nursery.cancel_scope.cancel()
         if self.core.given_up:
             raise StartupError(f"gave up connecting to the gateway: {self.core.last_error}")
-
-    async def _flush_heads_soon(self) -> None:
-        await trio.sleep(0)  # one turn of the loop: the app's first body part usually comes
-        self._heads_flush_scheduled = False
-        self.core.flush_heads()
-        self.pump.sync()
 
     async def _watch_give_up(self) -> None:
         while not self.core.given_up:
