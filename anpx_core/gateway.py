@@ -506,9 +506,17 @@ class GatewayCore:
         self._wakeups.add(conn.cid)
 
     def _finish(
-        self, conn: _Client, status: int, *, cancel: str | None = None, error: str | None = None
+        self,
+        conn: _Client,
+        status: int,
+        *,
+        cancel: str | None = None,
+        error: str | None = None,
+        abort: bool = False,
     ) -> None:
-        """End the client's current exchange; cancel the stream if it is still open."""
+        """End the client's current exchange: cancel the stream if it is still open (``cancel``
+        is the reason the peer gets), answer ``status`` with ``error`` as the text, or cut a
+        response that has started (``abort``)."""
         tunnel, rid = conn.tunnel, conn.rid
         if tunnel is not None and rid is not None:
             tunnel.streams.pop(rid, None)
@@ -520,8 +528,8 @@ class GatewayCore:
         conn.rid = conn.tunnel = None
         conn.deadline = None
         conn.backlog = conn.taken = 0
-        if error is not None:
-            conn.front.send_error(status, error)
+        if error is not None or abort:
+            conn.front.send_error(status, error or "")  # once a response started, it cuts it
             self._fronts_due.append(conn)
             conn.status = status
         if conn.head is not None:
@@ -696,22 +704,18 @@ class GatewayCore:
         elif isinstance(event, StreamEnd):
             conn.front.end_response()
             self._fronts_due.append(conn)
-            tunnel.streams.pop(conn.rid, None)
-            if tunnel.session is not None and tunnel.session.has_stream(conn.rid):
-                # the response is complete but the upload is not: stop it
-                tunnel.session.cancel(conn.rid, "response complete")
-            tunnel.congested.discard(conn.cid)
-            tunnel.paused.discard(conn.cid)
-            self._log_access(conn, conn.status)
-            conn.rid = conn.tunnel = None
-            conn.backlog = conn.taken = 0
-            self._wakeups.add(conn.cid)
+            # the stream is over unless the upload still runs: the response is complete, stop it
+            self._finish(conn, conn.status, cancel="response complete")
         elif isinstance(event, StreamReset):
-            self.stats.resets += 1
-            if conn.response_started:
-                self._finish(conn, conn.status, error="")  # aborts the connection mid-body
-            else:
-                self._finish(conn, 502, error=f"receiver failed the request: {event.reason}")
+            self._fail(conn, f"receiver failed the request: {event.reason}")
+
+    def _fail(self, conn: _Client, why: str) -> None:
+        """The receiver side failed the exchange: 502 before the response began, else a cut."""
+        self.stats.resets += 1
+        if conn.response_started:
+            self._finish(conn, conn.status, abort=True)
+        else:
+            self._finish(conn, 502, error=why)
 
     def _tunnel_gone(self, tunnel: _Tunnel, why: str) -> None:
         if tunnel in self._tunnels:
@@ -721,11 +725,7 @@ class GatewayCore:
         if tunnel.session is not None:
             tunnel.session.abandon()
         for conn in list(tunnel.streams.values()):
-            self.stats.resets += 1
-            if conn.response_started:
-                self._finish(conn, conn.status, error="")
-            else:
-                self._finish(conn, 502, error=why)
+            self._fail(conn, why)
         tunnel.streams.clear()
         self._wakeups.update(tunnel.paused)
         tunnel.paused.clear()
