@@ -314,6 +314,7 @@ class ReceiverConfig(_Section):
     app_factory: bool = _opt(False, "bool")
     interface: str = _opt("auto", "choice", choices=APP_INTERFACES)  # how to call the app
     routes: tuple[str, ...] = _opt((), "routes")  # claimed in the handshake; (): the default route
+    max_concurrent_requests: int = _opt(1000, "int", lo=1)
     root_path: str = _opt("", "str", extra=_root_path)
     shutdown_grace: float = _opt(10.0, "float", lo=0, unit="seconds")
 
@@ -827,4 +828,5 @@ def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
         max_buffered_body=max(r.stream_window, DEFAULT_STREAM_WINDOW),
         root_path=r.root_path,
         routes=list(r.routes),
+        max_concurrent_requests=r.max_concurrent_requests,
     )

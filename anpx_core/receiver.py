@@ -113,6 +113,7 @@ class ReceiverSettings:
     max_buffered_body: int = DEFAULT_STREAM_WINDOW  # request body held for an app not reading
     high_water: int = DEFAULT_HIGH_WATER  # tunnel output backlog at which producers pause
     max_idle_upstreams: int = 8  # forward mode: keep-alive connections kept for reuse
+    max_concurrent_requests: int = 1000  # beyond it the receiver itself answers 503
     auth: ClientAuth = field(default_factory=NoAuth)
     root_path: str = ""
     routes: list[str] = field(
@@ -202,6 +203,7 @@ class ReceiverCore:
         self.given_up = False
         self.last_error = ""
         self.requests = 0
+        self.rejected = 0  # requests answered 503 at max_concurrent_requests
         self._now = 0.0  # the time of the call being handled, for access-log durations
         self.wall_offset = 0.0  # Unix time minus the driver's clock (set by start and tick)
         self.lifespan_state: dict | None = None
@@ -597,6 +599,23 @@ class ReceiverCore:
         self.requests += 1
         call = _Call(self._new_id(), rid, link, head, now)
         link.calls[rid] = call
+        if len(self._calls) >= self.settings.max_concurrent_requests:
+            # A gateway that does not limit what it sends us (a v1 one) must not make us
+            # start unbounded work: answer 503 ourselves.
+            self.rejected += 1
+            body = b"receiver busy: too many requests in progress\n"
+            head503 = ResponseHead(
+                503,
+                "Service Unavailable",
+                [
+                    ("content-type", "text/plain; charset=utf-8"),
+                    ("content-length", str(len(body))),
+                    ("retry-after", "1"),
+                ],
+            )
+            self._respond(call, [ResponseStart(head503), ResponseBody(body, False)])
+            link.calls.pop(rid, None)
+            return
         self._calls[call.cid] = call
         if self.settings.forward is None:
             scope = build_scope(

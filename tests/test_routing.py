@@ -338,3 +338,24 @@ def test_request_id_metrics_and_stats(caplog):
     finally:
         rc.stop()
         gateway.stop()
+
+
+def test_receiver_answers_503_beyond_its_own_concurrency_limit():
+    gateway = start_gateway("trio", GatewaySettings(max_streams_per_receiver=10))
+    ports = gateway.obj.ports
+    rc = receiver(ports.tunnel, "small", [], driver="asyncio", max_concurrent_requests=1)
+    try:
+        wait_until(lambda: len(gateway.obj.core.receivers) == 1)
+        base = f"http://127.0.0.1:{ports.http}"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(httpx.get, f"{base}/slow?s=1", timeout=10)
+            wait_until(lambda: rc.obj.core.in_flight == 1)
+            r = httpx.post(f"{base}/upload", content=b"x" * 3_000_000)  # its upload is refused too
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert "receiver busy" in r.text
+            assert busy.result().status_code == 200
+        assert httpx.get(f"{base}/who").status_code == 200  # nothing stuck afterwards
+        assert gateway.obj.core.in_flight == 0
+    finally:
+        rc.stop()
+        gateway.stop()
