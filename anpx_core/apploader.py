@@ -155,7 +155,7 @@ def _serve_wsgi(obj: Any, what: str) -> Callable[..., Any]:
         from a2wsgi import WSGIMiddleware
     except ImportError as exc:
         raise AppLoadError(
-            f"{what} is a WSGI app; serving it needs the a2wsgi package: pip install a2wsgi"
+            f"{what} is a WSGI app; serving it needs the a2wsgi package: pip install 'anpx[wsgi]'"
         ) from exc
     reason = f"{what} is a WSGI app, served through a2wsgi, which {_ASYNCIO_HINT}"
     return NeedsAsyncio(WSGIMiddleware(obj), reason)

@@ -372,7 +372,7 @@ def test_wsgi_without_a2wsgi_installed(sandbox: Path, monkeypatch: pytest.Monkey
     monkeypatch.setitem(sys.modules, "a2wsgi", None)  # import a2wsgi -> ImportError
     assert load_error(f"{mod}:app", sandbox) == (
         f'app error: "{mod}:app" is a WSGI app; serving it needs the a2wsgi package: '
-        "pip install a2wsgi"
+        "pip install 'anpx[wsgi]'"
     )
 
 
