@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 
 from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
 from anpx_core.launch import BoundPorts, Listen, bind_failure
 
-from ._pump import READ_SIZE, TUNNEL_READ_SIZE, Pump, TaskSet
+from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump, TaskSet
 
 log = logging.getLogger("anpx.gateway")
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
-LISTEN_BACKLOG = (
-    4096  # asyncio's default (100) overflows under connection bursts; the kernel caps it
-)
+_START_TLS = sys.version_info >= (3, 11)  # StreamWriter.start_tls
+# asyncio's default backlog (100) overflows under connection bursts; the kernel caps this one
+LISTEN_BACKLOG = 4096
 
 
 class GatewayServer:
@@ -63,8 +64,12 @@ class GatewayServer:
                         lambda r, w, kind=name, spec=spec: self._connection(kind, spec, r, w),
                         spec.host,
                         spec.port,
-                        ssl=spec.tls,
-                        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if spec.tls else None,
+                        # 3.11+: the handshake runs in _connection, where a failure is logged
+                        # (asyncio itself reports it only in debug mode)
+                        ssl=None if _START_TLS else spec.tls,
+                        ssl_handshake_timeout=None
+                        if _START_TLS or not spec.tls
+                        else TLS_HANDSHAKE_TIMEOUT,
                         limit=TUNNEL_READ_SIZE if name == "tunnel" else READ_SIZE,
                         backlog=LISTEN_BACKLOG,
                     )
@@ -98,6 +103,15 @@ class GatewayServer:
             writer.close()
             return
         peer, local = tuple(peer[:2]), tuple(local[:2])
+        if _START_TLS and spec.tls is not None:
+            try:
+                await writer.start_tls(spec.tls, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+            except (*STREAM_ERRORS, asyncio.TimeoutError) as exc:
+                log.info(
+                    "TLS handshake with %s:%s failed: %s", peer[0], peer[1], exc or "timed out"
+                )
+                writer.close()
+                return
         now = self.pump.now()
         if kind == "http":
             cid = self.core.open_client(now, peer, local, "https" if spec.tls else "http")

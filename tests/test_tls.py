@@ -8,6 +8,7 @@ files, exactly as the command line builds them.
 from __future__ import annotations
 
 import datetime
+import logging
 import socket
 import ssl
 import threading
@@ -247,5 +248,21 @@ def test_gateway_refuses_tls_1_1(driver, pki):
             modern.minimum_version = ssl.TLSVersion.TLSv1_2
             assert _handshake(port, modern) == "TLSv1.2"
         assert gateway.obj.core.stats.tunnels_opened == 0
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_gateway_logs_a_failed_tls_handshake_with_the_peer(driver, pki, caplog):
+    caplog.set_level(logging.INFO, "anpx.gateway")
+    gateway = start_gateway(
+        driver, GatewaySettings(), http_tls=server_context(driver, pki.gateway), admin=False
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", gateway.obj.ports.http), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # plain HTTP to the HTTPS port
+            sock.recv(100)
+        wait_until(lambda: "TLS handshake with 127.0.0.1:" in caplog.text)
+        assert "failed" in caplog.text
     finally:
         gateway.stop()
