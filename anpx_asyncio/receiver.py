@@ -12,6 +12,7 @@ import contextlib
 import logging
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from anpx_core.appcalls import (
@@ -26,6 +27,7 @@ from anpx_core.asgi import LifespanCycle
 from anpx_core.config import ReceiverConfig
 from anpx_core.launch import receiver_embedding
 from anpx_core.receiver import TICK_INTERVAL, ConnectRequest, ReceiverCore, ReceiverSettings
+from anpx_core.wsgi import WsgiApp
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump, TaskSet
 from .tls import make_context
@@ -37,6 +39,22 @@ CONNECT_TIMEOUT = 10.0
 
 class StartupError(Exception):
     """The receiver cannot start serving (lifespan failed, gave up connecting)."""
+
+
+class _Threads:
+    """Worker threads for a WSGI app (anpx_core.wsgi.Threads) on asyncio."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=40, thread_name_prefix="anpx-wsgi")
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def run_sync(self, fn: Any) -> Any:
+        self.loop = asyncio.get_running_loop()
+        return await self.loop.run_in_executor(self.pool, fn)
+
+    def from_thread(self, async_fn: Any, *args: Any) -> Any:
+        assert self.loop is not None  # set by run_sync, which started this thread's work
+        return asyncio.run_coroutine_threadsafe(async_fn(*args), self.loop).result()
 
 
 class _ReceiverPump(Pump):
@@ -69,6 +87,8 @@ class ReceiverClient:
         if app is None and self.settings.forward is None:
             raise ValueError("give an ASGI app, or a local_url / settings.forward to forward to")
         self.app = app
+        if isinstance(app, WsgiApp):
+            app.threads = _Threads()
         self.tls = tls if tls is not None else make_context(policy)
         self.run_lifespan = run_lifespan
         self.core = ReceiverCore(self.settings)

@@ -4,9 +4,9 @@ Like uvicorn: the current directory goes on ``sys.path`` first, ``attr`` may
 be dotted (``"pkg.main:api.app"``), and with ``factory=True`` the attribute is
 called without arguments to make the app. A WSGI app (Flask, Django's
 ``get_wsgi_application()``, ...), detected or named with ``interface="wsgi"``,
-is served through a2wsgi's ``WSGIMiddleware``. Every failure is an
-:class:`AppLoadError` whose ``str`` is one line saying what to fix; the
-original exception stays chained for a traceback in debug mode.
+is served through :class:`~anpx_core.wsgi.WsgiApp` on the driver's threads.
+Every failure is an :class:`AppLoadError` whose ``str`` is one line saying
+what to fix; the original exception stays chained for a traceback in debug mode.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import ConfigError
+from .wsgi import WsgiApp
 
 __all__ = ["AppLoadError", "NeedsAsyncio", "load_app"]
 
@@ -34,7 +35,7 @@ def load_app(
     spec: str, factory: bool = False, interface: str = "auto", *, app_dir: str | None = None
 ) -> Callable[..., Any]:
     """The ASGI app to serve for ``spec``; ``app_dir`` (default: the current directory) goes on
-    sys.path. ``interface``: "asgi", "wsgi" (wrapped with a2wsgi) or "auto" (tell by signature).
+    sys.path. ``interface``: "asgi", "wsgi" (served by WsgiApp) or "auto" (tell by signature).
     """
     module_name, sep, attr_path = spec.partition(":")
     attrs = attr_path.split(".")
@@ -82,7 +83,7 @@ def load_app(
         what = f'"{spec}"'
     kind = _check_interface(obj, what, interface, factory)
     if kind == "wsgi":
-        return _serve_wsgi(obj, what)
+        return WsgiApp(obj, what)
     if _is_django(obj):
         return NeedsAsyncio(obj, f"{what} is a Django app, which {_ASYNCIO_HINT}")
     return obj
@@ -148,19 +149,6 @@ def _binds(signature: inspect.Signature, count: int) -> bool:
     return True
 
 
-def _serve_wsgi(obj: Any, what: str) -> Callable[..., Any]:
-    """A WSGI app behind a2wsgi (threads for the app, request body streamed to it, bounded
-    response queue). a2wsgi drives asyncio itself, hence :class:`NeedsAsyncio`."""
-    try:
-        from a2wsgi import WSGIMiddleware
-    except ImportError as exc:
-        raise AppLoadError(
-            f"{what} is a WSGI app; serving it needs the a2wsgi package: pip install 'anpx[wsgi]'"
-        ) from exc
-    reason = f"{what} is a WSGI app, served through a2wsgi, which {_ASYNCIO_HINT}"
-    return NeedsAsyncio(WSGIMiddleware(obj), reason)
-
-
 def _is_django(obj: Any) -> bool:
     # asgiref (Django's sync_to_async) runs only on asyncio; detected by class, not imported.
     return any(
@@ -170,7 +158,7 @@ def _is_django(obj: Any) -> bool:
 
 
 class NeedsAsyncio:
-    """An app that can only run on an asyncio event loop (a2wsgi, Django through asgiref).
+    """An app that can only run on an asyncio event loop (Django's ASGI handler: asgiref).
 
     Under another loop (the trio driver) it fails the lifespan startup with :attr:`reason`, so
     the receiver refuses to start with one clear line instead of failing every request.

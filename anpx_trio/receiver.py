@@ -21,6 +21,7 @@ from anpx_core.asgi import LifespanCycle
 from anpx_core.config import ReceiverConfig
 from anpx_core.launch import receiver_embedding
 from anpx_core.receiver import TICK_INTERVAL, ConnectRequest, ReceiverCore, ReceiverSettings
+from anpx_core.wsgi import WsgiApp
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump
 from .tls import make_context
@@ -32,6 +33,19 @@ CONNECT_TIMEOUT = 10.0
 
 class StartupError(Exception):
     """The receiver cannot start serving (lifespan failed, gave up connecting)."""
+
+
+class _Threads:
+    """Worker threads for a WSGI app (anpx_core.wsgi.Threads) on trio."""
+
+    def __init__(self) -> None:
+        self.limiter = trio.CapacityLimiter(40)
+
+    async def run_sync(self, fn: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, limiter=self.limiter)
+
+    def from_thread(self, async_fn: Any, *args: Any) -> Any:
+        return trio.from_thread.run(async_fn, *args)
 
 
 class _ReceiverPump(Pump):
@@ -63,6 +77,8 @@ class ReceiverClient:
         if app is None and self.settings.forward is None:
             raise ValueError("give an ASGI app, or a local_url / settings.forward to forward to")
         self.app = app
+        if isinstance(app, WsgiApp):
+            app.threads = _Threads()
         self.tls = tls if tls is not None else make_context(policy)
         self.core = ReceiverCore(self.settings)
         self.pump = _ReceiverPump(self.core, self)

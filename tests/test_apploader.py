@@ -17,6 +17,9 @@ import pytest
 from anpx_core import demo
 from anpx_core.apploader import AppLoadError, load_app
 from anpx_core.config import ConfigError
+from anpx_core.wsgi import WsgiApp
+
+from .test_wsgi import AnyioThreads
 
 _names = itertools.count()
 
@@ -244,7 +247,7 @@ def test_original_exception_is_chained_for_debugging(sandbox: Path) -> None:
     assert isinstance(info.value.__cause__, KeyError)
 
 
-# --- interfaces: ASGI, WSGI (through a2wsgi), detected or named ---------------------------
+# --- interfaces: ASGI, WSGI (through anpx_core.wsgi), detected or named ------------------
 
 WSGI_APP = """
     def app(environ, start_response):
@@ -258,6 +261,9 @@ WSGI_APP = """
 def call_over_asgi(
     app, method: str, url: str, backend: str = "asyncio", **kwargs
 ) -> httpx.Response:
+    if isinstance(app, WsgiApp):
+        app.threads = AnyioThreads()  # what a receiver driver does
+
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t.test") as client:
@@ -266,18 +272,15 @@ def call_over_asgi(
     return anyio.run(go, backend=backend)
 
 
-def test_wsgi_function_is_detected_and_served_through_a2wsgi(sandbox: Path) -> None:
-    from a2wsgi import WSGIMiddleware
-
-    from anpx_core.apploader import NeedsAsyncio
-
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_wsgi_function_is_detected_and_served_on_either_loop(sandbox: Path, backend: str) -> None:
     mod = write_module(sandbox, WSGI_APP)
     app = load_app(f"{mod}:app", app_dir=str(sandbox))
-    assert isinstance(app, NeedsAsyncio) and isinstance(app.app, WSGIMiddleware)
-    assert app.app.app is sys.modules[mod].app
-    r = call_over_asgi(app, "POST", "/p/q?x=1", content=b"body")
+    assert isinstance(app, WsgiApp) and app.app is sys.modules[mod].app
+    assert app.name == f'"{mod}:app"'
+    r = call_over_asgi(app, "POST", "/p/q?x=1", backend=backend, content=b"body")
     assert (r.status_code, r.text, r.headers["x-wsgi"]) == (201, "POST /p/q?x=1 body", "yes")
-    assert isinstance(load_app(f"{mod}:app", interface="wsgi", app_dir=str(sandbox)), NeedsAsyncio)
+    assert isinstance(load_app(f"{mod}:app", interface="wsgi", app_dir=str(sandbox)), WsgiApp)
 
 
 def test_flask_app_and_flask_factory_are_wsgi(sandbox: Path) -> None:
@@ -334,8 +337,6 @@ def test_asgi_detection_is_unchanged(sandbox: Path) -> None:
 
 
 def test_named_interface_overrides_detection_when_the_signature_allows(sandbox: Path) -> None:
-    from anpx_core.apploader import NeedsAsyncio
-
     # (*args) fits both; auto says ASGI, and --interface wsgi is taken at its word.
     mod = write_module(
         sandbox,
@@ -348,7 +349,7 @@ def test_named_interface_overrides_detection_when_the_signature_allows(sandbox: 
     )
     assert load_app(f"{mod}:wrapper", app_dir=str(sandbox)) is sys.modules[mod].wrapper
     app = load_app(f"{mod}:wrapper", interface="wsgi", app_dir=str(sandbox))
-    assert isinstance(app, NeedsAsyncio) and call_over_asgi(app, "GET", "/").text == "wrapped"
+    assert isinstance(app, WsgiApp) and call_over_asgi(app, "GET", "/").text == "wrapped"
 
 
 def test_interface_mismatch_errors_name_the_fix(sandbox: Path) -> None:
@@ -367,19 +368,9 @@ def test_interface_mismatch_errors_name_the_fix(sandbox: Path) -> None:
     )
 
 
-def test_wsgi_without_a2wsgi_installed(sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    mod = write_module(sandbox, WSGI_APP)
-    monkeypatch.setitem(sys.modules, "a2wsgi", None)  # import a2wsgi -> ImportError
-    assert load_error(f"{mod}:app", sandbox) == (
-        f'app error: "{mod}:app" is a WSGI app; serving it needs the a2wsgi package: '
-        "pip install 'anpx[wsgi]'"
-    )
-
-
-def test_asyncio_only_apps_refuse_to_start_under_trio(sandbox: Path) -> None:
-    """a2wsgi and Django (asgiref) need asyncio: under trio the lifespan startup fails with
-    the reason, which the trio receiver turns into a start-up refusal."""
-    wsgi = write_module(sandbox, WSGI_APP)
+def test_django_asgi_refuses_to_start_under_trio(sandbox: Path) -> None:
+    """Django's ASGI handler (asgiref) needs asyncio: under trio the lifespan startup fails
+    with the reason, which the trio receiver turns into a start-up refusal."""
     django_mod = write_module(
         sandbox,
         """
@@ -392,33 +383,27 @@ def test_asyncio_only_apps_refuse_to_start_under_trio(sandbox: Path) -> None:
         app = Handler()
         """,
     )
-    cases = [
-        (wsgi, "is a WSGI app, served through a2wsgi, which needs asyncio"),
-        (django_mod, "is a Django app, which needs asyncio"),
-    ]
-    for mod, why in cases:
-        app = load_app(f"{mod}:app", app_dir=str(sandbox))
-        expected = f'"{mod}:app" {why}: run the receiver with python -m anpx_asyncio'
-        assert app.reason == expected
-        sent: list[dict] = []
-
-        async def lifespan(app=app, sent=sent) -> None:
-            async def receive() -> dict:
-                return {"type": "lifespan.startup"}
-
-            async def send(message: dict) -> None:
-                sent.append(message)
-
-            await app({"type": "lifespan"}, receive, send)
-
-        anyio.run(lifespan, backend="trio")
-        assert sent == [{"type": "lifespan.startup.failed", "message": expected}]
-        with pytest.raises(RuntimeError, match="needs asyncio"):
-            call_over_asgi(app, "GET", "/", backend="trio")
-    # ... and on asyncio the WSGI app is served.
-    assert (
-        call_over_asgi(load_app(f"{wsgi}:app", app_dir=str(sandbox)), "GET", "/").status_code == 201
+    app = load_app(f"{django_mod}:app", app_dir=str(sandbox))
+    expected = (
+        f'"{django_mod}:app" is a Django app, which needs asyncio: '
+        "run the receiver with python -m anpx_asyncio"
     )
+    assert app.reason == expected
+    sent: list[dict] = []
+
+    async def lifespan() -> None:
+        async def receive() -> dict:
+            return {"type": "lifespan.startup"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await app({"type": "lifespan"}, receive, send)
+
+    anyio.run(lifespan, backend="trio")
+    assert sent == [{"type": "lifespan.startup.failed", "message": expected}]
+    with pytest.raises(RuntimeError, match="needs asyncio"):
+        call_over_asgi(app, "GET", "/", backend="trio")
 
 
 def load_error_with(spec: str, root: Path, **kwargs) -> str:

@@ -1,11 +1,10 @@
 """A plain Flask (WSGI) app, served through anpx.
 
     cd examples/flask_app
-    python -m anpx_asyncio both --local-app app:app
+    python -m anpx_trio both --local-app app:app
 
-anpx sees that ``app`` is a WSGI app (it is called as ``app(environ, start_response)``) and serves
-it through a2wsgi (``pip install a2wsgi``), which runs it in a thread pool. a2wsgi drives asyncio,
-so use the asyncio driver; ``python -m anpx_trio`` refuses to start with this app.
+anpx sees that ``app`` is a WSGI app (it is called as ``app(environ, start_response)``) and runs
+each request in a worker thread; ``python -m anpx_asyncio`` serves it the same way.
 """
 
 from __future__ import annotations
