@@ -3,12 +3,13 @@
 task = asyncio.create_task(ReceiverClient(ReceiverSettings(gateway_urls=[...]), app).run())
 """
 
-from anpx_core.config import ReceiverConfig
 from anpx_core.gateway import GatewaySettings
 from anpx_core.receiver import ReceiverSettings
+from anpx_host.config import ReceiverConfig
+from anpx_host.errors import StartupError
 
 from .gateway import GatewayServer, Listen
-from .receiver import ReceiverClient, StartupError
+from .receiver import ReceiverClient
 
 __all__ = [
     "GatewayServer",

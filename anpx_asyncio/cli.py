@@ -7,16 +7,15 @@ import contextlib
 import logging
 import signal
 
-from anpx_core.launch import (
+from anpx_host.launch import (
     Plan,
-    StartupFailure,
     ready_lines,
     run_cli,
 )
+from anpx_host.tls import make_context
 
 from .gateway import GatewayServer, Listen
-from .receiver import ReceiverClient, StartupError
-from .tls import make_context
+from .receiver import ReceiverClient
 
 PROG = "python -m anpx_asyncio"
 log = logging.getLogger("anpx")
@@ -58,10 +57,7 @@ async def _run(plan: Plan, app) -> None:
             rc_task.add_done_callback(lambda _t: stop.set())
         await stop.wait()
         if receiver is not None and rc_task.done() and rc_task.exception() is not None:
-            exc = rc_task.exception()
-            if isinstance(exc, StartupError):
-                raise StartupFailure(str(exc))
-            raise exc
+            raise rc_task.exception()  # type: ignore[misc]
         # Both sides drain at once: no new requests, in-flight ones finish, then the tunnel
         # closes (a receiver that is draining does not reconnect).
         draining = []

@@ -14,6 +14,8 @@ from typing import Any
 
 import trio
 
+from anpx_host.tls import describe_error
+
 log = logging.getLogger("anpx.trio")
 
 READ_SIZE = 64 * 1024
@@ -114,13 +116,3 @@ class Pump:
             await trio.sleep(interval)
             self.core.tick(self.now(), time.time())
             self.sync()
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line for a socket error; TLS failures say what the peer objected to."""
-    cause = exc.__cause__ or exc.__context__
-    if not isinstance(exc, ssl.SSLError) and isinstance(cause, ssl.SSLError):
-        exc = cause  # trio wraps TLS errors
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS: {exc.reason or exc}"
-    return str(exc) or type(exc).__name__

@@ -7,17 +7,17 @@ import signal
 
 import trio
 
-from anpx_core.launch import (
+from anpx_host.errors import StartupError
+from anpx_host.launch import (
     Plan,
-    StartupFailure,
     first_error,
     ready_lines,
     run_cli,
 )
+from anpx_host.tls import make_context
 
 from .gateway import GatewayServer, Listen
-from .receiver import ReceiverClient, StartupError
-from .tls import make_context
+from .receiver import ReceiverClient
 
 PROG = "python -m anpx_trio"
 log = logging.getLogger("anpx")
@@ -43,7 +43,7 @@ async def _run(plan: Plan, app) -> None:
                 ports = await nursery.start(gateway.run)
             except BaseException as exc:
                 err = first_error(exc)  # a nursery wraps the task's error in a group
-                if isinstance(err, StartupFailure):
+                if isinstance(err, StartupError):
                     raise err from None
                 raise
             for line in ready_lines(plan, ports.http, ports.tunnel, ports.admin):
@@ -65,7 +65,7 @@ async def _run(plan: Plan, app) -> None:
                 draining.start_soon(receiver.shutdown, plan.receiver.grace)  # type: ignore[union-attr]
         nursery.cancel_scope.cancel()
     if failure:
-        raise StartupFailure(str(failure[0]))
+        raise StartupError(str(failure[0]))
 
 
 async def _run_receiver(receiver: ReceiverClient, failure: list, scope: trio.CancelScope) -> None:

@@ -8,7 +8,7 @@ import time
 import trio
 
 from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
-from anpx_core.launch import BoundPorts, Listen, bind_failure
+from anpx_host.launch import BoundPorts, Listen, bind_failure
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump
 

@@ -9,7 +9,9 @@ from typing import Any
 
 import trio
 
-from anpx_core.appcalls import (
+from anpx_core.asgi import LifespanCycle
+from anpx_core.receiver import TICK_INTERVAL, ConnectRequest, ReceiverCore, ReceiverSettings
+from anpx_host.appcalls import (
     HEADS_DUE,
     flush_heads_forever,
     lifespan_shutdown,
@@ -17,26 +19,21 @@ from anpx_core.appcalls import (
     serve_http_call,
     serve_lifespan,
 )
-from anpx_core.asgi import LifespanCycle
-from anpx_core.config import ReceiverConfig
-from anpx_core.launch import receiver_embedding
-from anpx_core.receiver import TICK_INTERVAL, ConnectRequest, ReceiverCore, ReceiverSettings
-from anpx_core.wsgi import WsgiApp
+from anpx_host.config import ReceiverConfig
+from anpx_host.errors import StartupError
+from anpx_host.launch import receiver_embedding
+from anpx_host.tls import make_context
+from anpx_host.wsgi import WsgiApp
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump
-from .tls import make_context
 
 log = logging.getLogger("anpx.receiver")
 
 CONNECT_TIMEOUT = 10.0
 
 
-class StartupError(Exception):
-    """The receiver cannot start serving (lifespan failed, gave up connecting)."""
-
-
 class _Threads:
-    """Worker threads for a WSGI app (anpx_core.wsgi.Threads) on trio."""
+    """Worker threads for a WSGI app (anpx_host.wsgi.Threads) on trio."""
 
     def __init__(self) -> None:
         self.limiter = trio.CapacityLimiter(40)

@@ -162,7 +162,7 @@ class InProcessAdapter:
     """anpx_core's adapter, called directly; answers pass through JSON like on a pipe."""
 
     def __init__(self) -> None:
-        from anpx_core.adapter import handle  # only this mode needs anpx_core
+        from anpx_host.adapter import handle  # only this mode needs anpx_core
 
         self._handle = handle
 

@@ -1,4 +1,4 @@
-"""anpx_core.apploader (what local_app_module names) and anpx_core.demo (what `both` serves)."""
+"""anpx_host.apploader (what local_app_module names) and anpx_host.demo (what `both` serves)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import anyio
 import httpx
 import pytest
 
-from anpx_core import demo
-from anpx_core.apploader import AppLoadError, load_app
-from anpx_core.config import ConfigError
-from anpx_core.wsgi import WsgiApp
+from anpx_host import demo
+from anpx_host.apploader import AppLoadError, load_app
+from anpx_host.config import ConfigError
+from anpx_host.wsgi import WsgiApp
 
 from .test_wsgi import AnyioThreads
 
@@ -133,7 +133,7 @@ def test_instance_with_asgi_call_method(sandbox: Path) -> None:
 
 
 def test_the_demo_app_loads_by_name() -> None:
-    assert load_app("anpx_core.demo:app") is demo.app
+    assert load_app("anpx_host.demo:app") is demo.app
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def test_original_exception_is_chained_for_debugging(sandbox: Path) -> None:
     assert isinstance(info.value.__cause__, KeyError)
 
 
-# --- interfaces: ASGI, WSGI (through anpx_core.wsgi), detected or named ------------------
+# --- interfaces: ASGI, WSGI (through anpx_host.wsgi), detected or named ------------------
 
 WSGI_APP = """
     def app(environ, start_response):

@@ -320,6 +320,7 @@ def test_sigterm_drain_completes_an_in_flight_request(driver, tmp_path):
         "async def app(scope, receive, send):\n"
         "    if scope['type'] != 'http':\n"
         "        return\n"
+        "    print('request in the app', flush=True)\n"
         "    await anyio.sleep(1.0)\n"
         "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
         "    await send({'type': 'http.response.body', 'body': b'finished'})\n"
@@ -334,7 +335,7 @@ def test_sigterm_drain_completes_an_in_flight_request(driver, tmp_path):
 
         client = threading.Thread(target=request)
         client.start()
-        time.sleep(0.3)  # the request is in flight in the app
+        proc.wait_for("request in the app")
         assert proc.stop() == 0
         client.join(20)
         assert result["r"].status_code == 200 and result["r"].text == "finished"

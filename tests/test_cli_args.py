@@ -1,4 +1,4 @@
-"""anpx_core.cli, without processes: argv -> (mode, Config), option names, precedence, one-line errors."""
+"""anpx_host.cli, without processes: argv -> (mode, Config), option names, precedence, one-line errors."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from anpx_core.cli import OPTIONS, build_parser, parse_command_line, parse_or_exit
-from anpx_core.config import ConfigError, load_config
+from anpx_host.cli import OPTIONS, build_parser, parse_command_line, parse_or_exit
+from anpx_host.config import ConfigError, load_config
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 PROG = "python -m anpx_test"

@@ -1,4 +1,4 @@
-"""anpx_core.config: the anp-proxy schema, our additions, validation, precedence, mapping."""
+"""anpx_host.config: the anp-proxy schema, our additions, validation, precedence, mapping."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anpx_core.config import (
+from anpx_host.config import (
     AuthConfig,
     Config,
     ConfigError,

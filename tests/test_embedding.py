@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 import anpx_asyncio
 import anpx_trio
-from anpx_core.config import ReceiverConfig
+from anpx_host.config import ReceiverConfig
 
 from .deploy import start_gateway, wait_until
 

@@ -248,8 +248,8 @@ def test_systemd_units_verify_cleanly(unit: str, tmp_path: Path) -> None:
 
 
 def test_deploy_configs_load_and_units_name_them(tmp_path: Path) -> None:
-    from anpx_core.config import load_config
-    from anpx_core.launch import make_plan
+    from anpx_host.config import load_config
+    from anpx_host.launch import make_plan
 
     secret = tmp_path / "secret"
     secret.write_text("s")
@@ -343,7 +343,7 @@ def test_nginx_in_front_terminates_tls_and_carries_the_tunnel(procs, tmp_path: P
     )
     argv = ["python", "-m", "anpx_trio", "receiver", "-c", "receiver.toml"]
     receiver = procs(
-        [*argv, "--local-app", "anpx_core.demo:app"],
+        [*argv, "--local-app", "anpx_host.demo:app"],
         tmp_path,
         {"SSL_CERT_FILE": str(tmp_path / "ca.pem")},
     )

@@ -45,9 +45,9 @@ import pytest
 from fastapi import BackgroundTasks, FastAPI, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
-from anpx_core.apploader import load_app
 from anpx_core.receiver import ReceiverSettings
-from anpx_core.wsgi import WsgiApp
+from anpx_host.apploader import load_app
+from anpx_host.wsgi import WsgiApp
 
 from .deploy import start_gateway, start_receiver, wait_until
 
@@ -310,7 +310,7 @@ def _django_urlconf() -> types.ModuleType:
     return urlconf
 
 
-# --- Flask (WSGI, served through anpx_core.wsgi by the app loader) ---------------------------
+# --- Flask (WSGI, served through anpx_host.wsgi by the app loader) ---------------------------
 
 
 def flask_app():

@@ -18,9 +18,23 @@ REPO = Path(__file__).resolve().parent.parent
 CORE = REPO / "anpx_core"
 CORE_MODULES = sorted(CORE.glob("*.py"))
 
-#: I/O, threads and event loops belong to the drivers.
+#: I/O, threads and event loops belong to the drivers; process concerns to the host layer.
 FORBIDDEN = frozenset(
-    {"socket", "ssl", "select", "selectors", "threading", "asyncio", "trio", "anyio"}
+    {
+        "socket",
+        "ssl",
+        "select",
+        "selectors",
+        "threading",
+        "asyncio",
+        "trio",
+        "anyio",
+        "sniffio",
+        "subprocess",
+        "anpx_host",
+        "anpx_trio",
+        "anpx_asyncio",
+    }
 )
 #: Modules that can tell the time; anpx_core is given ``now`` instead.
 CLOCK_MODULES = frozenset({"time", "datetime"})
@@ -44,7 +58,7 @@ CLOCK_CALLS_ON = {
     "today": {"datetime", "date"},
     "time": {"time", "loop", "get_running_loop()", "get_event_loop()"},
 }
-CODEC = ("errors", "frames", "meta", "messages", "adapter")
+CODEC = ("errors", "frames", "meta", "messages")
 
 
 def imported_modules(tree: ast.AST) -> list[tuple[str, int]]:
@@ -177,3 +191,19 @@ def test_the_isolated_interpreter_really_hides_third_party_packages() -> None:
     )
     assert result.returncode != 0
     assert "ModuleNotFoundError" in result.stderr and "h11" in result.stderr
+
+
+def test_importing_the_core_loads_no_io_thread_or_loop_module() -> None:
+    watched = ("socket", "selectors", "ssl", "threading", "asyncio", "trio", "anyio", "sniffio",
+               "subprocess", "logging.handlers", "anpx_host")  # fmt: skip
+    code = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "import anpx_core\n"
+        f"print(sorted(m for m in {watched!r} if m in sys.modules and m not in before))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -34,12 +34,12 @@ from wsproto.events import (
 )
 
 from anpx_core import messages as M
-from anpx_core.config import GatewayConfig, to_gateway_settings
 from anpx_core.gateway import GatewaySettings
 from anpx_core.http1 import FrontLimits
 from anpx_core.ratelimit import RateLimiter, address_key, make_limiter, retry_after
 from anpx_core.receiver import ReceiverSettings
 from anpx_core.websocket import WsLimits
+from anpx_host.config import GatewayConfig, to_gateway_settings
 
 from .deploy import DRIVERS, start_gateway, start_receiver, wait_until
 
@@ -483,8 +483,7 @@ def test_idle_keepalive_connection_is_closed(driver):
         c = dep.connect()
         c.send(get("/"))
         assert c.response().status == 200
-        time.sleep(keepalive / 2)  # idle, but within the timeout: the connection still serves
-        c.send(get("/"))
+        c.send(get("/"))  # the idle clock restarts after each response (timing: test_engine)
         assert c.response().status == 200
         idle_from = time.monotonic()
         assert c.wait_eof() == b""  # closed without a word
@@ -547,11 +546,8 @@ def test_rate_limit_edge(driver):
         other = dep.connect(source="127.0.0.2")
         other.send(get("/"))
         assert other.response().status == 200
-        time.sleep(1 / rate)
-        again = dep.connect()
-        again.send(get("/"))
-        assert again.response().status == 200
-        assert dep.app.calls == burst + 2
+        assert dep.app.calls == burst + 1
+        # refilling over time: test_burst_then_one_token_per_interval (fake time)
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

@@ -8,8 +8,8 @@ import re
 import httpx
 import pytest
 
-from anpx_core.config import LoggingConfig
-from anpx_core.logsetup import setup_logging
+from anpx_host.config import LoggingConfig
+from anpx_host.logsetup import setup_logging
 
 from .test_cli import ports_args, running
 

@@ -19,16 +19,13 @@ import httpx
 import pytest
 import trustme
 
-import anpx_asyncio.tls
-import anpx_trio.tls
 from anpx_core.gateway import GatewaySettings
-from anpx_core.launch import TlsPolicy, first_error
 from anpx_core.receiver import ReceiverSettings
+from anpx_host.launch import TlsPolicy, first_error
+from anpx_host.tls import make_context
 
 from .deploy import DRIVERS, start_gateway, start_receiver, wait_until
 from .test_limits import CountingApp
-
-MAKE_CONTEXT = {"trio": anpx_trio.tls.make_context, "asyncio": anpx_asyncio.tls.make_context}
 
 
 @dataclass
@@ -74,11 +71,11 @@ def pki(tmp_path_factory) -> Pki:
 
 
 def server_context(driver: str, cert: Path, ca: Path | None = None, verify: str = "none"):
-    return MAKE_CONTEXT[driver](TlsPolicy(True, str(cert), None, str(ca) if ca else None, verify))
+    return make_context(TlsPolicy(True, str(cert), None, str(ca) if ca else None, verify))
 
 
 def receiver_context(driver: str, pki: Pki, cert: Path | None = None):
-    return MAKE_CONTEXT[driver](
+    return make_context(
         TlsPolicy(False, str(cert) if cert else None, None, str(pki.ca), "required", True)
     )
 

@@ -1,4 +1,4 @@
-"""anpx_core.wsgi: WSGI apps served as ASGI on threads the driver hands in.
+"""anpx_host.wsgi: WSGI apps served as ASGI on threads the driver hands in.
 
 The bridge runs here on a Threads made of anyio's (under asyncio and trio), with a scripted
 ASGI client; then Flask runs end to end through a real gateway and both receiver drivers.
@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from anpx_core.receiver import ReceiverSettings
-from anpx_core.wsgi import WsgiApp
+from anpx_host.wsgi import WsgiApp
 
 from .deploy import start_gateway, start_receiver, wait_until
 
@@ -27,7 +27,7 @@ WAIT = 5.0
 
 
 class AnyioThreads:
-    """anpx_core.wsgi.Threads on anyio, for either backend."""
+    """anpx_host.wsgi.Threads on anyio, for either backend."""
 
     def __init__(self) -> None:
         self.limiter: anyio.CapacityLimiter | None = None

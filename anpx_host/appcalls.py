@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from .asgi import LifespanCycle
+from anpx_core.asgi import LifespanCycle
 
 log = logging.getLogger("anpx.receiver")
 

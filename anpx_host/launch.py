@@ -1,6 +1,6 @@
 """What ``gateway | receiver | both`` will run, decided once for both drivers.
 
-:func:`make_plan` turns a validated :class:`~anpx_core.config.Config` into a
+:func:`make_plan` turns a validated :class:`~anpx_host.config.Config` into a
 :class:`Plan`: listeners, TLS policies, core settings, the app to serve. The
 drivers only execute it (open sockets, build ``ssl.SSLContext`` from a
 :class:`TlsPolicy`, run tasks). Refusals that protect users (a public
@@ -14,7 +14,10 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .auth import SharedSecretClient, SharedSecretServer
+from anpx_core.auth import SharedSecretClient, SharedSecretServer
+from anpx_core.gateway import GatewaySettings
+from anpx_core.receiver import ReceiverSettings
+
 from .config import (
     AuthConfig,
     Config,
@@ -24,16 +27,11 @@ from .config import (
     to_gateway_settings,
     to_receiver_settings,
 )
-from .gateway import GatewaySettings
-from .receiver import ReceiverSettings
+from .errors import StartupError
 
 SECRET_ENV = "ANPX_SHARED_SECRET"
 EXIT_OK = 0
 EXIT_FAILURE = 1  # start-up failed (port in use, bad certificate, gateway unreachable)
-
-
-class StartupFailure(Exception):
-    """Start-up cannot proceed; ``str`` is the one line the user sees."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,10 +247,10 @@ def first_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def bind_failure(host: str, port: int, exc: OSError) -> StartupFailure:
+def bind_failure(host: str, port: int, exc: OSError) -> StartupError:
     # asyncio rewrites strerror ("error while attempting to bind ..."); the errno is plainer
     reason = (os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)).lower()
-    return StartupFailure(f"cannot listen on {_hostport(host, port)}: {reason}")
+    return StartupError(f"cannot listen on {_hostport(host, port)}: {reason}")
 
 
 def receiver_embedding(
@@ -362,7 +360,7 @@ def run_cli(argv: list[str] | None, prog: str, execute) -> int:
         execute(plan, app)
     except BaseException as exc:
         err = first_error(exc)  # task errors arrive wrapped in exception groups
-        if isinstance(err, StartupFailure):
+        if isinstance(err, StartupError):
             print(f"{prog}: {err}", file=sys.stderr)
             return EXIT_FAILURE
         raise

@@ -4,7 +4,7 @@ Like uvicorn: the current directory goes on ``sys.path`` first, ``attr`` may
 be dotted (``"pkg.main:api.app"``), and with ``factory=True`` the attribute is
 called without arguments to make the app. A WSGI app (Flask, Django's
 ``get_wsgi_application()``, ...), detected or named with ``interface="wsgi"``,
-is served through :class:`~anpx_core.wsgi.WsgiApp` on the driver's threads.
+is served through :class:`~anpx_host.wsgi.WsgiApp` on the driver's threads.
 Every failure is an :class:`AppLoadError` whose ``str`` is one line saying
 what to fix; the original exception stays chained for a traceback in debug mode.
 """

@@ -9,7 +9,7 @@ One JSON object per line in, one per line out, bytes as lowercase hex::
 
 A ProtocolError answers ``{"error": "<code>"}``; a request the adapter cannot
 understand answers ``{"error": "bad_request", "detail": "..."}``.
-Run it as ``python -m anpx_core.adapter``.
+Run it as ``python -m anpx_host.adapter``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import json
 import sys
 from typing import Any, TextIO
 
-from .errors import ProtocolError
-from .frames import FrameDecoder, encode_frame
-from .messages import (
+from anpx_core.errors import ProtocolError
+from anpx_core.frames import FrameDecoder, encode_frame
+from anpx_core.messages import (
     DEFAULT_SEND_FRAME_SIZE,
     ErrorMessage,
     Message,

@@ -1,14 +1,11 @@
-"""ssl.SSLContext from a core TlsPolicy (TLS 1.2 minimum).
-
-The other driver has the same function: the core may not import ssl, and neither
-driver may depend on the other, so these few lines of stdlib glue stand twice.
-"""
+"""TLS for both drivers: ``ssl.SSLContext`` from a launch TlsPolicy (TLS 1.2 minimum), and
+one line describing a socket or TLS error for the logs."""
 
 from __future__ import annotations
 
 import ssl
 
-from anpx_core.launch import StartupFailure, TlsPolicy
+from .launch import StartupError, TlsPolicy
 
 _VERIFY = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
@@ -23,7 +20,7 @@ def make_context(policy: TlsPolicy | None) -> ssl.SSLContext | None:
         if policy.cert_file:
             context.load_cert_chain(policy.cert_file, policy.key_file)
     except (OSError, ssl.SSLError) as exc:
-        raise StartupFailure(
+        raise StartupError(
             f"cannot load TLS files ({policy.cert_file or policy.ca_file}): {exc}"
         ) from exc
     if policy.server_side:
@@ -32,3 +29,13 @@ def make_context(policy: TlsPolicy | None) -> ssl.SSLContext | None:
         context.check_hostname = policy.check_hostname
         context.verify_mode = _VERIFY[policy.verify]
     return context
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a socket error; TLS failures say what the peer objected to."""
+    cause = exc.__cause__ or exc.__context__
+    if not isinstance(exc, ssl.SSLError) and isinstance(cause, ssl.SSLError):
+        exc = cause  # trio wraps TLS errors
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    return str(exc) or type(exc).__name__

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from .gateway import GatewaySettings
-    from .receiver import ReceiverSettings
+    from anpx_core.gateway import GatewaySettings
+    from anpx_core.receiver import ReceiverSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -122,7 +122,7 @@ def _network_ok(value: object) -> bool:
 
 
 def _route_ok(value: object) -> bool:
-    from .routing import parse_route
+    from anpx_core.routing import parse_route
 
     if not isinstance(value, str):
         return False
@@ -768,12 +768,12 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
     """The gateway core's limits from ``cfg`` (authentication is the driver's to attach)."""
     import ipaddress
 
-    from . import messages as M
-    from .gateway import GatewaySettings
-    from .http1 import FrontLimits
-    from .ratelimit import make_limiter
-    from .routing import parse_route
-    from .websocket import WsLimits
+    from anpx_core import messages as M
+    from anpx_core.gateway import GatewaySettings
+    from anpx_core.http1 import FrontLimits
+    from anpx_core.ratelimit import make_limiter
+    from anpx_core.routing import parse_route
+    from anpx_core.websocket import WsLimits
 
     g = cfg.gateway if isinstance(cfg, Config) else cfg
     return GatewaySettings(
@@ -801,10 +801,10 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
 
 def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
     """The receiver core's settings from ``cfg`` (authentication is the driver's to attach)."""
-    from . import messages as M
-    from .receiver import ReceiverSettings
-    from .tunnel import DEFAULT_STREAM_WINDOW
-    from .websocket import WsLimits
+    from anpx_core import messages as M
+    from anpx_core.receiver import ReceiverSettings
+    from anpx_core.tunnel import DEFAULT_STREAM_WINDOW
+    from anpx_core.websocket import WsLimits
 
     r = cfg.receiver if isinstance(cfg, Config) else cfg
     return ReceiverSettings(
