@@ -74,6 +74,8 @@ log = logging.getLogger("anpx.gateway")
 access_log = logging.getLogger("anpx.access.gateway")
 
 TICK_INTERVAL = 0.1
+#: Longest X-Forwarded-For a tunnel handshake's address is looked up in.
+_MAX_FORWARDED_FOR = 1024
 
 
 @dataclass(slots=True)
@@ -124,6 +126,7 @@ class _Tunnel:
     cid: int
     ws: WsServer
     peer: str
+    peer_host: str = "-"  # the socket's address, without the port
     identity: str = ""
     session: TunnelSession | None = None
     streams: dict[str, _Client] = field(default_factory=dict)
@@ -196,7 +199,11 @@ class GatewayCore:
     def open_tunnel(self, now: float, peer: tuple[str, int] | None) -> int:
         cid = self._new_id()
         self._conns[cid] = _Tunnel(
-            cid, WsServer(self.settings.ws, now), _addr(peer), connected_at=now
+            cid,
+            WsServer(self.settings.ws, now),
+            _addr(peer),
+            peer_host=peer[0] if peer else "-",
+            connected_at=now,
         )
         return cid
 
@@ -610,11 +617,32 @@ class GatewayCore:
                 return hop
         return hops[0] if hops else peer
 
+    def _tunnel_client(self, peer_host: str, forwarded: str | None) -> str:
+        """The address a tunnel handshake comes from, for logs and the failure limit.
+
+        Behind a trusted proxy it is the rightmost X-Forwarded-For hop that is not a trusted
+        proxy (the one the nearest proxy appended). A hop that is not an IP address, or an
+        oversized header, cannot come from a proxy: the proxy's own address is used, so
+        made-up values never give an attacker a fresh address to fail from.
+        """
+        if not self._trusted(peer_host):
+            return peer_host
+        if forwarded is None or len(forwarded) > _MAX_FORWARDED_FOR:
+            return peer_host
+        for hop in reversed(forwarded.split(",")):
+            hop = hop.strip()
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return peer_host
+            if not self._trusted(hop):
+                return hop
+        return peer_host
+
     def _handshake(self, tunnel: _Tunnel, event: HandshakeRequested, now: float) -> None:
-        host, _, _port = tunnel.peer.rpartition(":")
-        if self._trusted(host):
-            forwarded = _header_of(event.headers, "x-forwarded-for")
-            tunnel.peer = self._client_behind_proxies(forwarded, tunnel.peer)
+        client = self._tunnel_client(tunnel.peer_host, _header_of(event.headers, "x-forwarded-for"))
+        if client != tunnel.peer_host:
+            tunnel.peer = client  # else keep the port too, for the logs
         verdict = self.settings.auth.check_request(
             event.host, event.path, event.headers, tunnel.peer, now + self.wall_offset
         )
@@ -770,7 +798,8 @@ class GatewayCore:
 def _addr(addr: tuple[str, int] | None) -> str:
     if not addr:
         return "-"
-    return f"{addr[0]}:{addr[1]}"
+    host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
+    return f"{host}:{addr[1]}"
 
 
 REQUEST_ID_HEADER = "x-request-id"
