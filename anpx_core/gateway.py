@@ -17,6 +17,7 @@ Driver contract (the receiver core offers the same one):
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import logging
 import math
@@ -98,6 +99,8 @@ class GatewaySettings:
     rate_limit: Callable[[str, float], float | None] | None = None
     # reverse proxies in front of the gateway whose X-Forwarded-* headers are believed
     trusted_proxies: list[IPNetwork] = field(default_factory=list)
+    # /stats and /metrics need "Authorization: Bearer <token>" when set (/health stays open)
+    admin_token: bytes | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -136,6 +139,7 @@ class _Tunnel:
     paused: set[int] = field(default_factory=set)  # clients waiting for our backlog to drain
     connected_at: float = 0.0
     routes: list[Route] = field(default_factory=list)
+    read_paused: bool = False  # can_read said no because of ws.over_backlog
 
     @property
     def backlog(self) -> int:
@@ -280,6 +284,10 @@ class GatewayCore:
         conn = self._conns.get(cid)
         if isinstance(conn, _Tunnel):
             conn.written_mark = conn.taken_mark
+            conn.ws.sent()
+            if conn.read_paused and not conn.ws.over_backlog:
+                conn.read_paused = False
+                self._wakeups.add(cid)
             if conn.paused and conn.backlog < self.settings.high_water:
                 self._wakeups.update(conn.paused)
                 conn.paused.clear()
@@ -296,6 +304,9 @@ class GatewayCore:
     def can_read(self, cid: int) -> bool:
         conn = self._conns.get(cid)
         if isinstance(conn, _Tunnel):
+            if conn.ws.over_backlog:  # the peer does not read what we owe it: stop reading it
+                conn.read_paused = True
+                return False
             return not conn.ws.closed and not conn.congested
         if conn is None or not conn.front.wants_read:
             return False
@@ -768,6 +779,12 @@ class GatewayCore:
         receivers = sum(1 for t in self._tunnels if t.session is not None)
         content_type = "application/json"
         status = 200
+        if path in ("/stats", "/metrics") and not self._admin_allowed(event.head):
+            conn.front.send_error(
+                401, "a bearer token is required", [("www-authenticate", 'Bearer realm="anpx"')]
+            )
+            self._fronts_due.append(conn)
+            return
         if path == "/health":
             ready = receivers > 0
             body = self.stats.health_json(ready=ready, receivers=receivers, draining=self.draining)
@@ -793,6 +810,16 @@ class GatewayCore:
         conn.front.send_data(body)
         conn.front.end_response()
         self._fronts_due.append(conn)
+
+    def _admin_allowed(self, head: RequestHead) -> bool:
+        token = self.settings.admin_token
+        if token is None:
+            return True
+        scheme, _, given = (_header(head, "authorization") or "").strip().partition(" ")
+        # compare_digest takes the same time whatever matches; the length may show, not the token
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode("utf-8", "replace"), token
+        )
 
 
 def _addr(addr: tuple[str, int] | None) -> str:
