@@ -19,13 +19,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from websockets.sync.server import serve
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Ping, Pong, Request, TextMessage
+from wsproto.events import AcceptConnection, BytesMessage, Ping, Pong, Request, TextMessage
 
 from anpx_core import frames as F
 from anpx_core import messages as M
 from anpx_core.auth import SharedSecretClient, SharedSecretServer
 from anpx_core.config import ConfigError, parse_config
-from anpx_core.gateway import GatewaySettings
+from anpx_core.gateway import GatewayCore, GatewaySettings
 from anpx_core.launch import ADMIN_TOKEN_ENV, make_plan
 from anpx_core.meta import RequestHead, ResponseHead, encode_response_meta
 from anpx_core.receiver import ReceiverSettings
@@ -388,7 +388,7 @@ def test_unread_pongs_do_not_pile_up(driver):
     gateway = start_gateway(driver, settings)
     sock, ws = _raw_tunnel(gateway.obj.ports.tunnel, rcvbuf=4096)
     try:
-        pings = 100_000  # 13 MiB: far more pongs than the kernel's socket buffers hold
+        pings = 50_000  # 6.5 MiB: more pongs than the kernel's socket buffers hold
         block = b"".join(ws.send(Ping(payload=b"p" * 125)) for _ in range(1000))
         for _ in range(pings // 1000):
             sock.sendall(block)
@@ -477,3 +477,32 @@ def test_new_limits_come_from_the_config():
     assert r.codec.max_headless_total == 1234 and r.ws.max_pings_per_minute == 0
     with pytest.raises(ConfigError, match="max_pings_per_minute"):
         parse_config({"gateway": {"max_pings_per_minute": -1}})
+
+
+def _reply_provoking_frames(count: int) -> list[bytes]:
+    """Request frames sent to a gateway: each is refused with an ERROR frame (a reply)."""
+    return [
+        M.encode_message(M.Request(f"r{i}", "GET", "/", [("host", "h")]))[0] for i in range(count)
+    ]
+
+
+def test_gateway_stops_reading_a_tunnel_that_does_not_read_its_replies():
+    core = GatewayCore(GatewaySettings(ws=WsLimits(max_backlog=4096, ping_interval=0)))
+    cid = core.open_tunnel(0.0, ("127.0.0.1", 5000))
+    client = WSConnection(ConnectionType.CLIENT)
+    core.receive(cid, client.send(Request(host="h", target="/")), 0.0)
+    client.receive_data(core.take_output(cid)[0])
+    core.written(cid, 0.0)
+    assert isinstance(next(client.events()), AcceptConnection)
+    sent = 0
+    for frame in _reply_provoking_frames(1000):
+        if not core.can_read(cid):
+            break
+        core.receive(cid, client.send(BytesMessage(data=frame)), 0.1)
+        sent += 1
+    assert 10 < sent < 1000  # stopped once the unwritten ERROR frames passed 4096 bytes
+    data, _ = core.take_output(cid)
+    assert len(data) > 4096 and not core.can_read(cid)  # taken is not written
+    core.pop_wakeups()
+    core.written(cid, 0.2)
+    assert core.can_read(cid) and cid in core.pop_wakeups()  # the reader is woken
