@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from .ratelimit import address_key
 
 Headers = list[tuple[str, str]]
 
@@ -34,6 +38,8 @@ DEFAULT_MAX_ATTEMPTS = 3  # failed handshakes per address per minute, then 429
 DEFAULT_NONCE_CAPACITY = 100_000  # nonces remembered within the skew window
 _ATTEMPT_WINDOW = 60.0
 _MAX_TRACKED_ADDRESSES = 100_000
+_TIMESTAMP = re.compile(r"[0-9]{1,16}")  # ASCII only; bounded, so int() is cheap
+_NONCE = re.compile(r"[!-~]{16,128}")  # visible ASCII, as our receivers send hex
 
 
 @dataclass(slots=True)
@@ -69,8 +75,11 @@ def _get(headers: Headers, name: str) -> str | None:
 
 
 def _peer_host(peer: str) -> str:
-    """The address part of "host:port" (attempt limits are per address, not per port)."""
-    return peer.rsplit(":", 1)[0] if peer.count(":") == 1 or peer.startswith("[") else peer
+    """The address part of "host:port", "[v6]:port" or a bare address (limits are per
+    address, not per port)."""
+    if peer.startswith("["):
+        return peer[1:].partition("]")[0]
+    return peer.rsplit(":", 1)[0] if peer.count(":") == 1 else peer
 
 
 class NoAuth:
@@ -138,12 +147,18 @@ class SharedSecretClient:
 
 
 class SharedSecretServer:
-    """The gateway's side: constant-time check, clock skew, replayed nonces, attempt limits.
+    """The gateway's side: constant-time check, clock skew, replayed nonces, failure limits.
+
+    The signature is checked first: a correctly signed handshake is admitted whatever other
+    handshakes from its address did (subject to the skew and replay checks), so strangers
+    sharing an address with the receivers (everyone behind one reverse proxy) cannot lock
+    them out. Only failed handshakes count, ``max_attempts`` per address per minute, then
+    failing handshakes from that address get 429 instead of 401.
 
     Memory is bounded: nonces are kept only while their timestamp is inside the skew window
     (at most ``nonce_capacity``; when full, new handshakes are refused with 429 rather than
-    forgetting a nonce that could then be replayed), and failed-attempt counters per address
-    at most ``_MAX_TRACKED_ADDRESSES``, oldest dropped first.
+    forgetting a nonce that could then be replayed), and failure counters for at most
+    ``max_tracked`` addresses, expired windows and then the least recently failing first.
     """
 
     def __init__(
@@ -153,6 +168,7 @@ class SharedSecretServer:
         clock_skew: float = DEFAULT_CLOCK_SKEW,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         nonce_capacity: int = DEFAULT_NONCE_CAPACITY,
+        max_tracked: int = _MAX_TRACKED_ADDRESSES,
     ) -> None:
         if not secret:
             raise ValueError("the shared secret is empty")
@@ -160,34 +176,35 @@ class SharedSecretServer:
         self.clock_skew = clock_skew
         self.max_attempts = max_attempts
         self.nonce_capacity = nonce_capacity
+        self.max_tracked = max_tracked
         self._nonces: OrderedDict[str, float] = OrderedDict()  # nonce -> expiry (wall seconds)
-        self._failures: OrderedDict[str, tuple[float, int]] = (
-            OrderedDict()
-        )  # address -> (window start, count)
+        # address key -> (window start, failures); least recently failing first
+        self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    @property
+    def tracked_addresses(self) -> int:
+        return len(self._failures)
 
     def check_request(
         self, host: str, path: str, headers: Headers, peer: str, wall: float
     ) -> Verdict:
-        address = _peer_host(peer)
+        """``peer``: the client's address (a port, if any, is ignored)."""
+        address = address_key(_peer_host(peer))
         self._expire_nonces(wall)
-        if self._blocked(address, wall):
-            return Verdict(
-                False,
-                429,
-                headers=[("retry-after", "60")],
-                reason=f"more than {self.max_attempts} failed attempts from {address} in a minute",
-            )
+        self._expire_failures(wall)
         client_id = _get(headers, H_CLIENT_ID) or ""
         timestamp = _get(headers, H_TIMESTAMP)
         nonce = _get(headers, H_NONCE)
         signature = _get(headers, H_SIGNATURE)
         if timestamp is None or nonce is None or signature is None:
             return self._fail(address, wall, "no authentication headers")
-        if not timestamp.isdigit() or len(nonce) < 16 or len(nonce) > 128:
+        # Strict ASCII digits: "²".isdigit() is true but int() refuses it.
+        if not _TIMESTAMP.fullmatch(timestamp) or not _NONCE.fullmatch(nonce):
             return self._fail(address, wall, "malformed authentication headers")
         expected = _mac(self._secret, request_string(host, path, client_id, timestamp, nonce))
         if not hmac.compare_digest(signature.lower().encode(), expected.encode()):
             return self._fail(address, wall, f"bad signature for client {client_id!r}")
+        # Signed with the secret: never refused for what others did from this address.
         if abs(int(timestamp) - wall) > self.clock_skew:
             return self._fail(
                 address,
@@ -211,21 +228,29 @@ class SharedSecretServer:
                 break
             self._nonces.popitem(last=False)
 
-    def _blocked(self, address: str, wall: float) -> bool:
-        entry = self._failures.get(address)
-        if entry is None:
-            return False
-        start, count = entry
-        if wall - start >= _ATTEMPT_WINDOW:
-            del self._failures[address]
-            return False
-        return count >= self.max_attempts
+    def _expire_failures(self, wall: float) -> None:
+        # Least recently failing first: its window started no later than its last failure,
+        # so once the first entry is still inside its window, most of the rest are too.
+        while self._failures:
+            start, _count = next(iter(self._failures.values()))
+            if wall - start < _ATTEMPT_WINDOW:
+                break
+            self._failures.popitem(last=False)
 
     def _fail(self, address: str, wall: float, reason: str) -> Verdict:
         start, count = self._failures.pop(address, (wall, 0))
         if wall - start >= _ATTEMPT_WINDOW:
             start, count = wall, 0
-        self._failures[address] = (start, count + 1)
-        while len(self._failures) > _MAX_TRACKED_ADDRESSES:
+        count += 1
+        self._failures[address] = (start, count)
+        while len(self._failures) > self.max_tracked:
             self._failures.popitem(last=False)
+        if count > self.max_attempts:
+            retry = max(1, math.ceil(start + _ATTEMPT_WINDOW - wall))
+            return Verdict(
+                False,
+                429,
+                headers=[("retry-after", str(retry))],
+                reason=f"{reason}; more than {self.max_attempts} failed attempts from {address} in a minute",
+            )
         return Verdict(False, 401, reason=reason)

@@ -17,6 +17,7 @@ Driver contract (the receiver core offers the same one):
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import logging
 import math
@@ -74,6 +75,8 @@ log = logging.getLogger("anpx.gateway")
 access_log = logging.getLogger("anpx.access.gateway")
 
 TICK_INTERVAL = 0.1
+#: Longest X-Forwarded-For a tunnel handshake's address is looked up in.
+_MAX_FORWARDED_FOR = 1024
 
 
 @dataclass(slots=True)
@@ -96,6 +99,8 @@ class GatewaySettings:
     rate_limit: Callable[[str, float], float | None] | None = None
     # reverse proxies in front of the gateway whose X-Forwarded-* headers are believed
     trusted_proxies: list[IPNetwork] = field(default_factory=list)
+    # /stats and /metrics need "Authorization: Bearer <token>" when set (/health stays open)
+    admin_token: bytes | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -124,6 +129,7 @@ class _Tunnel:
     cid: int
     ws: WsServer
     peer: str
+    peer_host: str = "-"  # the socket's address, without the port
     identity: str = ""
     session: TunnelSession | None = None
     streams: dict[str, _Client] = field(default_factory=dict)
@@ -133,6 +139,7 @@ class _Tunnel:
     paused: set[int] = field(default_factory=set)  # clients waiting for our backlog to drain
     connected_at: float = 0.0
     routes: list[Route] = field(default_factory=list)
+    read_paused: bool = False  # can_read said no because of ws.over_backlog
 
     @property
     def backlog(self) -> int:
@@ -196,7 +203,11 @@ class GatewayCore:
     def open_tunnel(self, now: float, peer: tuple[str, int] | None) -> int:
         cid = self._new_id()
         self._conns[cid] = _Tunnel(
-            cid, WsServer(self.settings.ws, now), _addr(peer), connected_at=now
+            cid,
+            WsServer(self.settings.ws, now),
+            _addr(peer),
+            peer_host=peer[0] if peer else "-",
+            connected_at=now,
         )
         return cid
 
@@ -273,6 +284,10 @@ class GatewayCore:
         conn = self._conns.get(cid)
         if isinstance(conn, _Tunnel):
             conn.written_mark = conn.taken_mark
+            conn.ws.sent()
+            if conn.read_paused and not conn.ws.over_backlog:
+                conn.read_paused = False
+                self._wakeups.add(cid)
             if conn.paused and conn.backlog < self.settings.high_water:
                 self._wakeups.update(conn.paused)
                 conn.paused.clear()
@@ -289,6 +304,9 @@ class GatewayCore:
     def can_read(self, cid: int) -> bool:
         conn = self._conns.get(cid)
         if isinstance(conn, _Tunnel):
+            if conn.ws.over_backlog:  # the peer does not read what we owe it: stop reading it
+                conn.read_paused = True
+                return False
             return not conn.ws.closed and not conn.congested
         if conn is None or not conn.front.wants_read:
             return False
@@ -610,11 +628,32 @@ class GatewayCore:
                 return hop
         return hops[0] if hops else peer
 
+    def _tunnel_client(self, peer_host: str, forwarded: str | None) -> str:
+        """The address a tunnel handshake comes from, for logs and the failure limit.
+
+        Behind a trusted proxy it is the rightmost X-Forwarded-For hop that is not a trusted
+        proxy (the one the nearest proxy appended). A hop that is not an IP address, or an
+        oversized header, cannot come from a proxy: the proxy's own address is used, so
+        made-up values never give an attacker a fresh address to fail from.
+        """
+        if not self._trusted(peer_host):
+            return peer_host
+        if forwarded is None or len(forwarded) > _MAX_FORWARDED_FOR:
+            return peer_host
+        for hop in reversed(forwarded.split(",")):
+            hop = hop.strip()
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return peer_host
+            if not self._trusted(hop):
+                return hop
+        return peer_host
+
     def _handshake(self, tunnel: _Tunnel, event: HandshakeRequested, now: float) -> None:
-        host, _, _port = tunnel.peer.rpartition(":")
-        if self._trusted(host):
-            forwarded = _header_of(event.headers, "x-forwarded-for")
-            tunnel.peer = self._client_behind_proxies(forwarded, tunnel.peer)
+        client = self._tunnel_client(tunnel.peer_host, _header_of(event.headers, "x-forwarded-for"))
+        if client != tunnel.peer_host:
+            tunnel.peer = client  # else keep the port too, for the logs
         verdict = self.settings.auth.check_request(
             event.host, event.path, event.headers, tunnel.peer, now + self.wall_offset
         )
@@ -740,6 +779,12 @@ class GatewayCore:
         receivers = sum(1 for t in self._tunnels if t.session is not None)
         content_type = "application/json"
         status = 200
+        if path in ("/stats", "/metrics") and not self._admin_allowed(event.head):
+            conn.front.send_error(
+                401, "a bearer token is required", [("www-authenticate", 'Bearer realm="anpx"')]
+            )
+            self._fronts_due.append(conn)
+            return
         if path == "/health":
             ready = receivers > 0
             body = self.stats.health_json(ready=ready, receivers=receivers, draining=self.draining)
@@ -766,11 +811,22 @@ class GatewayCore:
         conn.front.end_response()
         self._fronts_due.append(conn)
 
+    def _admin_allowed(self, head: RequestHead) -> bool:
+        token = self.settings.admin_token
+        if token is None:
+            return True
+        scheme, _, given = (_header(head, "authorization") or "").strip().partition(" ")
+        # compare_digest takes the same time whatever matches; the length may show, not the token
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode("utf-8", "replace"), token
+        )
+
 
 def _addr(addr: tuple[str, int] | None) -> str:
     if not addr:
         return "-"
-    return f"{addr[0]}:{addr[1]}"
+    host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
+    return f"{host}:{addr[1]}"
 
 
 REQUEST_ID_HEADER = "x-request-id"

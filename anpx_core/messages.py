@@ -30,6 +30,8 @@ DEFAULT_MAX_META_SIZE = 1024 * 1024
 DEFAULT_MAX_PARTIAL_MESSAGES = 10_000
 #: Body a v1 peer may send before the resp_meta it puts in its last chunk.
 DEFAULT_MAX_HEADLESS_BODY = 32 * 1024 * 1024
+#: Body held before their meta across all messages of one decoder (one tunnel).
+DEFAULT_MAX_HEADLESS_TOTAL = 64 * 1024 * 1024
 MAX_REQUEST_ID_BYTES = 128
 
 _CHUNK_TLV = F.TLV_HEADER_SIZE + 4  # chunk_idx / chunk_tot
@@ -107,6 +109,9 @@ class Limits:
     max_meta_size: int = DEFAULT_MAX_META_SIZE
     max_partial_messages: int = DEFAULT_MAX_PARTIAL_MESSAGES
     max_headless_body: int = DEFAULT_MAX_HEADLESS_BODY
+    #: the same, summed over every message in progress: one peer cannot hold
+    #: max_headless_body in each of many streams at once
+    max_headless_total: int = DEFAULT_MAX_HEADLESS_TOTAL
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -400,12 +405,25 @@ class MessageDecoder:
     """Frames of many interleaved messages -> events, per frame, in arrival order.
 
     Accepts our layout and the reference's (resp_meta in the last chunk:
-    body parts before the head are held, up to ``max_headless_body``).
+    body parts before the head are held, up to ``max_headless_body`` per message
+    and ``max_headless_total`` over all of them; the message whose chunk goes
+    over is refused with ``too_large`` and dropped, the others go on).
     """
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
         self._partials: dict[str, _Partial] = {}
+        self._headless = 0  # body bytes held before their meta, over all partials
+
+    @property
+    def headless_bytes(self) -> int:
+        """Body bytes held for messages whose meta has not arrived."""
+        return self._headless
+
+    def _drop(self, rid: str) -> None:
+        part = self._partials.pop(rid, None)
+        if part is not None:
+            self._headless -= part.held_bytes
 
     @property
     def partial_messages(self) -> int:
@@ -417,7 +435,7 @@ class MessageDecoder:
 
     def forget(self, request_id: str) -> None:
         """Drop a partial message (its stream was cancelled)."""
-        self._partials.pop(request_id, None)
+        self._drop(request_id)
 
     def receive(self, frame: F.Frame) -> list[Event]:
         fields = _fields(frame)
@@ -426,7 +444,7 @@ class MessageDecoder:
             if frame.chunked:
                 raise ProtocolError("bad_chunk", "an error frame cannot be chunked", rid)
             if rid is not None:
-                self._partials.pop(rid, None)
+                self._drop(rid)
             text = fields.get(F.TAG_HTTP_BODY, b"").decode("utf-8", "replace")
             return [ErrorReceived(rid, text)]
         rid = _request_id(fields, required=True)
@@ -504,25 +522,37 @@ class MessageDecoder:
             events.append(HeadReceived(rid, self._head(frame_type, raw_meta, rid)))
             part.head_sent = True
             events.extend(BodyReceived(rid, held) for held in part.held)
+            self._headless -= part.held_bytes
             part.held, part.held_bytes = [], 0
         body = fields.get(F.TAG_HTTP_BODY)
         if body:
             if part.head_sent:
                 events.append(BodyReceived(rid, body))
             else:
-                part.held_bytes += len(body)
-                if part.held_bytes > self.limits.max_headless_body:
+                limits = self.limits
+                if part.held_bytes + len(body) > limits.max_headless_body:
+                    self._drop(rid)
                     raise ProtocolError(
                         "too_large",
-                        f"over {self.limits.max_headless_body} body bytes before the meta",
+                        f"over {limits.max_headless_body} body bytes before the meta",
                         rid,
                     )
+                if self._headless + len(body) > limits.max_headless_total:
+                    self._drop(rid)
+                    raise ProtocolError(
+                        "too_large",
+                        f"over {limits.max_headless_total} body bytes before the meta "
+                        "in all messages in progress",
+                        rid,
+                    )
+                part.held_bytes += len(body)
+                self._headless += len(body)
                 part.held.append(body)
         if last:
+            self._partials.pop(rid, None)  # ``part`` itself, or not stored yet
+            self._headless -= part.held_bytes
             if not part.head_sent:
-                self._partials.pop(rid, None)
                 raise ProtocolError("missing_field", "chunked message ended without meta", rid)
-            self._partials.pop(rid, None)
             events.append(MessageComplete(rid))
         else:
             part.next_idx = idx + 1

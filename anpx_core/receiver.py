@@ -147,6 +147,7 @@ class _Link:
     written_mark: int = 0  # session.bytes_out the driver has written
     taken_mark: int = 0
     paused: set[int] = field(default_factory=set)  # producers waiting for our backlog to drain
+    read_paused: bool = False  # can_read said no because of ws.over_backlog
 
     @property
     def backlog(self) -> int:
@@ -347,6 +348,11 @@ class ReceiverCore:
         conn = self._conns.get(cid)
         if isinstance(conn, _Link):
             conn.written_mark = conn.taken_mark
+            if conn.ws is not None:
+                conn.ws.sent()
+                if conn.read_paused and not conn.ws.over_backlog:
+                    conn.read_paused = False
+                    self._wakeups.add(cid)
             if conn.paused and conn.backlog < self.settings.high_water:
                 self._wakeups.update(conn.paused)
                 conn.paused.clear()
@@ -361,6 +367,9 @@ class ReceiverCore:
     def can_read(self, cid: int) -> bool:
         conn = self._conns.get(cid)
         if isinstance(conn, _Link):
+            if conn.ws is not None and conn.ws.over_backlog:
+                conn.read_paused = True  # the gateway does not read what we owe it
+                return False
             return conn.ws is not None and not conn.ws.closed and not self._holding_body(conn)
         if isinstance(conn, _Upstream):
             call = conn.call

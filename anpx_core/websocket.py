@@ -137,6 +137,14 @@ class WsLimits:
     #: Time from connection start until the handshake request (server) or the
     #: handshake response (client) has fully arrived; 0 disables.
     handshake_timeout: float = 10.0
+    #: Pings (WebSocket Ping frames and JSON pings) the peer may send per minute;
+    #: beyond, the connection closes with 1008. 0: no limit.
+    max_pings_per_minute: int = 60
+    #: Unwritten output (bytes queued plus bytes the driver is writing) above which the
+    #: owner stops reading from the peer (``over_backlog``): answers to a peer that does not
+    #: read (pongs, resets) cannot pile up. Far above what producers queue (they pause at the
+    #: tunnel's high-water mark), so two busy peers never both stop reading.
+    max_backlog: int = 16 * MiB
 
 
 # --- events ----------------------------------------------------------------------------------
@@ -247,6 +255,14 @@ class _WsConnection(ABC):
         self._now = now
         self._state = "handshake"
         self._out: list[bytes] = []
+        self._out_bytes = 0  # bytes in _out
+        self._taken = 0  # bytes data_to_send() gave the driver, not yet reported written
+        # Index in _out of a pong not yet taken by the driver: a newer ping replaces it
+        # (RFC 6455 5.5.3 allows answering only the most recent), so pongs cannot pile up.
+        self._pong_at: int | None = None
+        self._json_pong_at: int | None = None
+        self._ping_window = now
+        self._pings = 0
         self._events: list[WsEvent] = []
         self._closed_emitted = False
         self._close_code = NORMAL
@@ -315,12 +331,29 @@ class _WsConnection(ABC):
         if not out:
             return b""
         self._out = []
+        self._taken += self._out_bytes
+        self._out_bytes = 0
+        self._pong_at = self._json_pong_at = None
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def sent(self) -> None:
+        """The driver wrote everything ``data_to_send()`` gave it."""
+        self._taken = 0
+
+    @property
+    def backlog(self) -> int:
+        """Output bytes not yet written: queued here or being written by the driver."""
+        return self._out_bytes + self._taken
+
+    @property
+    def over_backlog(self) -> bool:
+        """Stop reading from the peer until the output drains (see ``WsLimits.max_backlog``)."""
+        return self._out_bytes + self._taken > self._limits.max_backlog
 
     def send_binary(self, data: bytes) -> None:
         """Send one binary message (one ANPX frame). Dropped unless the connection is open."""
         if self._state == "open":
-            self._out.append(self._ws.send(BytesMessage(data=data)))
+            self._emit(self._ws.send(BytesMessage(data=data)))
         elif self._state == "handshake":
             raise RuntimeError("the WebSocket handshake has not completed")
 
@@ -333,7 +366,7 @@ class _WsConnection(ABC):
             raise ValueError("a control message is a dict with a str 'type'")
         text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         if self._state == "open":
-            self._out.append(self._ws.send(TextMessage(data=text)))
+            self._emit(self._ws.send(TextMessage(data=text)))
         elif self._state == "handshake":
             raise RuntimeError("the WebSocket handshake has not completed")
 
@@ -341,12 +374,43 @@ class _WsConnection(ABC):
         """Start the close handshake; Closed follows when it ends (or times out)."""
         _check_close_code(code)
         if self._state == "open":
-            self._out.append(self._ws.send(CloseConnection(code=code, reason=reason)))
+            self._emit(self._ws.send(CloseConnection(code=code, reason=reason)))
             self._start_closing(code, reason)
         elif self._state == "handshake":
             self._abort_handshake(code, reason)
 
     # --- internals shared by both sides -------------------------------------------------------
+
+    def _emit(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_bytes += len(data)
+
+    def _pong(self, data: bytes, json_pong: bool) -> None:
+        """Queue a pong, replacing one still queued of the same kind."""
+        at = self._json_pong_at if json_pong else self._pong_at
+        if at is not None:
+            self._out_bytes += len(data) - len(self._out[at])
+            self._out[at] = data
+            return
+        at = len(self._out)
+        self._emit(data)
+        if json_pong:
+            self._json_pong_at = at
+        else:
+            self._pong_at = at
+
+    def _ping_flood(self) -> bool:
+        """Count a ping from the peer; over the limit, fail the connection with 1008."""
+        limit = self._limits.max_pings_per_minute
+        if limit <= 0:
+            return False
+        if self._now - self._ping_window >= 60.0:
+            self._ping_window, self._pings = self._now, 0
+        self._pings += 1
+        if self._pings > limit:
+            self._fail(POLICY, f"more than {limit} pings in a minute")
+            return True
+        return False
 
     def _take_events(self) -> list[WsEvent]:
         events = self._events
@@ -373,7 +437,7 @@ class _WsConnection(ABC):
         if self._state == "closed":
             return
         if self._ws.state is ConnectionState.OPEN:
-            self._out.append(self._ws.send(CloseConnection(code=code, reason=reason)))
+            self._emit(self._ws.send(CloseConnection(code=code, reason=reason)))
         if not self._closed_emitted:
             self._closed_emitted = True
             self._events.append(Closed(code, reason, False))
@@ -420,8 +484,8 @@ class _WsConnection(ABC):
                 if not self._discarding:
                     self._on_message(ev.data, ev.message_finished, True)
             elif cls is Ping:
-                if self._ws.state is ConnectionState.OPEN:
-                    self._out.append(self._ws.send(ev.response()))
+                if not self._ping_flood() and self._ws.state is ConnectionState.OPEN:
+                    self._pong(self._ws.send(ev.response()), json_pong=False)
             elif cls is CloseConnection:
                 self._on_close(ev)
             # Pong: only liveness, already counted when the bytes arrived.
@@ -466,16 +530,21 @@ class _WsConnection(ABC):
             return
         kind = message["type"]
         if kind == "ping":
-            if self._state == "open":
-                pong = json.dumps({"type": "pong", "timestamp": message.get("timestamp")})
-                self._out.append(self._ws.send(TextMessage(data=pong)))
+            if not self._ping_flood() and self._state == "open":
+                stamp = message.get("timestamp")
+                if isinstance(stamp, bool) or not isinstance(stamp, (int, float)):
+                    stamp = None  # echo numbers only: a pong is never bigger than a few bytes
+                elif isinstance(stamp, int) and abs(stamp) >= 1 << 63:
+                    stamp = None
+                pong = json.dumps({"type": "pong", "timestamp": stamp})
+                self._pong(self._ws.send(TextMessage(data=pong)), json_pong=True)
         elif kind != "pong":
             self._events.append(ControlReceived(message))
 
     def _on_close(self, ev: CloseConnection) -> None:
         wstate = self._ws.state
         if wstate is ConnectionState.REMOTE_CLOSING:  # the peer started closing: echo it
-            self._out.append(self._ws.send(CloseConnection(code=ev.code)))
+            self._emit(self._ws.send(CloseConnection(code=ev.code)))
             self._finish(int(ev.code), ev.reason or "", True)
         elif wstate is ConnectionState.CLOSED:  # the answer to our Close
             self._finish(self._close_code, self._close_reason, True)
@@ -547,7 +616,7 @@ class WsServer(_WsConnection):
             )
         except (LocalProtocolError, h11.LocalProtocolError, ValueError) as exc:
             raise ValueError(f"cannot accept: {exc}") from exc
-        self._out.append(data)
+        self._emit(data)
         self._opened()
         if self._early:
             early, self._early = bytes(self._early), bytearray()
@@ -561,7 +630,7 @@ class WsServer(_WsConnection):
             raise RuntimeError("the handshake is over")
         if not 200 <= status <= 599:
             raise ValueError(f"cannot reject with status {status}")
-        self._out.append(_http_error(status, body, headers))
+        self._emit(_http_error(status, body, headers))
         self._finish(POLICY, f"handshake rejected with HTTP {status}", False)
 
     def _handshake_data(self, data: bytes) -> None:
@@ -642,7 +711,7 @@ class WsServer(_WsConnection):
         headers: Iterable[tuple[str, str]] = (),
         code: int = PROTOCOL_ERROR,
     ) -> None:
-        self._out.append(_http_error(status, text, headers))
+        self._emit(_http_error(status, text, headers))
         self._finish(code, f"bad handshake (HTTP {status}): {text}", False)
 
     def _keepalive(self, now: float) -> None:
@@ -651,7 +720,7 @@ class WsServer(_WsConnection):
             return
         if self._ping_sent_at is None and now >= self._last_recv + interval:
             self._ping_count += 1
-            self._out.append(self._ws.send(Ping(payload=self._ping_count.to_bytes(8, "big"))))
+            self._emit(self._ws.send(Ping(payload=self._ping_count.to_bytes(8, "big"))))
             self._ping_sent_at = now
 
     def _keepalive_deadline(self) -> float | None:
@@ -692,7 +761,7 @@ class WsClient(_WsConnection):
         request = Request(
             host=host, target=path, extra_headers=extra, subprotocols=list(subprotocols)
         )
-        self._out.append(self._ws.send(request))
+        self._emit(self._ws.send(request))
         self._reject: tuple[int, list[tuple[str, str]], bytearray] | None = None
 
     def _handshake_data(self, data: bytes | None) -> None:
@@ -746,7 +815,7 @@ class WsClient(_WsConnection):
             return
         if now >= self._next_ping:
             ping = json.dumps({"type": "ping", "timestamp": now})
-            self._out.append(self._ws.send(TextMessage(data=ping)))
+            self._emit(self._ws.send(TextMessage(data=ping)))
             self._next_ping = now + interval
             if self._ping_sent_at is None:
                 self._ping_sent_at = now

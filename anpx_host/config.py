@@ -287,6 +287,14 @@ class GatewayConfig(_Section):
     route_claims: dict[str, tuple[str, ...]] | None = _opt(None, "claims")  # noqa: RUF009 - default None
     # reverse proxies (e.g. nginx) whose X-Forwarded-For/-Proto/-Host/-Port the gateway believes
     trusted_proxies: tuple[str, ...] = _opt((), "networks")
+    # /stats and /metrics need "Authorization: Bearer <token>"; required when admin_host is
+    # not loopback (else ANPX_ADMIN_TOKEN, see anpx_core.launch)
+    admin_token: str | None = _opt(None, "str", nonempty=True, secret=True)
+    admin_token_file: str | None = _opt(None, "path")
+    # hostile tunnel peers (docs/security.md): body held before heads, pings, unread output
+    max_body_before_head: int = _opt(64 * MiB, "size")
+    max_pings_per_minute: int = _opt(60, "int", lo=0)
+    max_tunnel_backlog: int = _opt(16 * MiB, "size")
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +325,10 @@ class ReceiverConfig(_Section):
     max_concurrent_requests: int = _opt(1000, "int", lo=1)
     root_path: str = _opt("", "str", extra=_root_path)
     shutdown_grace: float = _opt(10.0, "float", lo=0, unit="seconds")
+    # a hostile gateway (docs/security.md): body held before heads, pings, unread output
+    max_body_before_head: int = _opt(64 * MiB, "size")
+    max_pings_per_minute: int = _opt(60, "int", lo=0)
+    max_tunnel_backlog: int = _opt(16 * MiB, "size")
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -710,6 +722,8 @@ def _cross_check(cfg: Config, merged: Mapping[str, Any], parser: _Parser) -> Non
     for side, auth in ((("gateway", "auth"), g.auth), (("receiver", "auth"), r.auth)):
         if auth.shared_secret and auth.shared_secret_file:
             raise fail(side, "shared_secret_file", "conflicts with shared_secret; set only one")
+    if g.admin_token and g.admin_token_file:
+        raise fail(("gateway",), "admin_token_file", "conflicts with admin_token; set only one")
     if g.chunk_size > g.max_frame_size:
         raise fail(
             ("gateway",), "chunk_size", f"must not exceed max_frame_size ({g.max_frame_size})"
@@ -787,10 +801,15 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
             keepalive_timeout=g.keepalive_timeout,
         ),
         # One ANPX frame travels in one WebSocket message.
-        ws=WsLimits(max_message_size=g.max_frame_size, ping_interval=g.ping_interval),
+        ws=WsLimits(
+            max_message_size=g.max_frame_size,
+            ping_interval=g.ping_interval,
+            max_pings_per_minute=g.max_pings_per_minute,
+            max_backlog=g.max_tunnel_backlog,
+        ),
         stream_window=g.stream_window or None,
         send_frame_size=g.chunk_size,
-        codec=M.Limits(max_frame_size=g.max_frame_size),
+        codec=M.Limits(max_frame_size=g.max_frame_size, max_headless_total=g.max_body_before_head),
         trusted_proxies=[ipaddress.ip_network(n, strict=False) for n in g.trusted_proxies],
         route_claims=None
         if g.route_claims is None
@@ -820,10 +839,12 @@ def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
             ping_interval=r.ping_interval,
             ping_timeout=r.timeout,
             handshake_timeout=r.timeout,
+            max_pings_per_minute=r.max_pings_per_minute,
+            max_backlog=r.max_tunnel_backlog,
         ),
         stream_window=r.stream_window or None,
         send_frame_size=r.chunk_size,
-        codec=M.Limits(max_frame_size=r.max_frame_size),
+        codec=M.Limits(max_frame_size=r.max_frame_size, max_headless_total=r.max_body_before_head),
         # With flow control the gateway may send a whole window before the app reads.
         max_buffered_body=max(r.stream_window, DEFAULT_STREAM_WINDOW),
         root_path=r.root_path,

@@ -30,6 +30,7 @@ from .config import (
 from .errors import StartupError
 
 SECRET_ENV = "ANPX_SHARED_SECRET"
+ADMIN_TOKEN_ENV = "ANPX_ADMIN_TOKEN"
 EXIT_OK = 0
 EXIT_FAILURE = 1  # start-up failed (port in use, bad certificate, gateway unreachable)
 
@@ -153,6 +154,8 @@ def _gateway_plan(cfg: Config, warnings: list[str]) -> GatewayPlan:
             "[gateway.auth] is disabled: any host that reaches the tunnel listener can register "
             "as a receiver and answer your users' requests"
         )
+    if g.admin_port:
+        settings.admin_token = resolve_admin_token(g, warnings)
     return GatewayPlan(
         settings,
         Listener(g.host, g.port, tls),
@@ -309,6 +312,43 @@ def resolve_secret(auth: AuthConfig, section: str, warnings: list[str]) -> bytes
         f"(or shared_secret_file, or the {SECRET_ENV} environment variable)",
         path=f"{section}.shared_secret",
     )
+
+
+def resolve_admin_token(g: GatewayConfig, warnings: list[str]) -> bytes | None:
+    """The admin listener's bearer token: ``admin_token``, else ``admin_token_file``, else the
+    ``ANPX_ADMIN_TOKEN`` environment variable. Required when ``admin_host`` is not loopback:
+    /stats names receivers and routes, which the internet has no business reading."""
+    if g.admin_token:
+        return g.admin_token.encode()
+    if g.admin_token_file:
+        path = g.admin_token_file
+        try:
+            with open(path, "rb") as f:
+                token = f.read().strip()
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise ConfigError(
+                f"[gateway] admin_token_file: cannot read {path}: {exc.strerror}",
+                path="gateway.admin_token_file",
+            ) from None
+        if mode & 0o077:
+            warnings.append(f"{path} (the admin token) can be read by other users: chmod 600 it")
+        if not token:
+            raise ConfigError(
+                f"[gateway] admin_token_file: {path} is empty", path="gateway.admin_token_file"
+            )
+        return token
+    token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+    if token:
+        return token.encode()
+    if not is_loopback(g.admin_host):
+        raise ConfigError(
+            f"[gateway] admin_token: required when admin_host ({g.admin_host}) is not a loopback "
+            f"address (or admin_token_file, or the {ADMIN_TOKEN_ENV} environment variable); "
+            "or set admin_port = 0 to serve no admin listener",
+            path="gateway.admin_token",
+        )
+    return None
 
 
 def default_client_id() -> str:

@@ -128,17 +128,19 @@ def test_max_attempts_per_address_per_minute():
     bad = handshake(SharedSecretClient(b"wrong secret", "rc"))
     statuses = [
         server.check_request("gw.example:8765", "/tunnel", bad, "10.0.0.9:1000", NOW + i).status
-        for i in range(3)
+        for i in range(4)
     ]
-    assert statuses == [401, 401, 401]
+    assert statuses == [401, 401, 401, 429]  # the failure after max_attempts
+    blocked = server.check_request("gw.example:8765", "/tunnel", bad, "10.0.0.9:2000", NOW + 4)
+    assert blocked.status == 429 and ("retry-after", "56") in blocked.headers  # window ends
+    # a correctly signed handshake from the same address is admitted all the same
     good = handshake(SharedSecretClient(SECRET, "rc"), NOW + 4)
-    blocked = server.check_request("gw.example:8765", "/tunnel", good, "10.0.0.9:2000", NOW + 4)
-    assert blocked.status == 429 and ("retry-after", "60") in blocked.headers
-    assert server.check_request(
-        "gw.example:8765", "/tunnel", good, "10.0.0.8:1", NOW + 4
-    ).ok  # others are not
-    later = handshake(SharedSecretClient(SECRET, "rc"), NOW + 61)
-    assert server.check_request("gw.example:8765", "/tunnel", later, "10.0.0.9:3000", NOW + 61).ok
+    assert server.check_request("gw.example:8765", "/tunnel", good, "10.0.0.9:2000", NOW + 4).ok
+    assert (
+        server.check_request("gw.example:8765", "/tunnel", bad, "10.0.0.8:1", NOW + 4).status == 401
+    )
+    later = server.check_request("gw.example:8765", "/tunnel", bad, "10.0.0.9:3000", NOW + 60)
+    assert later.status == 401  # a new minute
 
 
 def test_gateway_proof_is_checked_by_the_receiver():
@@ -235,8 +237,9 @@ def test_rejections_over_real_sockets(driver, caplog):
         good = SharedSecretClient(SECRET, "rc").request_headers(f"127.0.0.1:{port}", "/", now)
         assert raw_upgrade(port, good) == 101
         assert raw_upgrade(port, good) == 401  # replayed nonce
+        assert raw_upgrade(port, []) == 429  # a 5th failure from 127.0.0.1 this minute
         fresh = SharedSecretClient(SECRET, "rc").request_headers(f"127.0.0.1:{port}", "/", now)
-        assert raw_upgrade(port, fresh) == 429  # 4 failures from 127.0.0.1 this minute
+        assert raw_upgrade(port, fresh) == 101  # signed correctly: failures do not lock it out
         assert gateway.obj.core.stats.auth_failures == 5
         assert "127.0.0.1" in caplog.text and "refused" in caplog.text  # logged with the peer
         # nothing reached an app: no tunnel was ever usable for requests
