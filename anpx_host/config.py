@@ -288,7 +288,7 @@ class GatewayConfig(_Section):
     # reverse proxies (e.g. nginx) whose X-Forwarded-For/-Proto/-Host/-Port the gateway believes
     trusted_proxies: tuple[str, ...] = _opt((), "networks")
     # /stats and /metrics need "Authorization: Bearer <token>"; required when admin_host is
-    # not loopback (else ANPX_ADMIN_TOKEN, see anpx_core.launch)
+    # not loopback (else ANPX_ADMIN_TOKEN, see anpx_host.launch)
     admin_token: str | None = _opt(None, "str", nonempty=True, secret=True)
     admin_token_file: str | None = _opt(None, "path")
     # hostile tunnel peers (docs/security.md): body held before heads, pings, unread output

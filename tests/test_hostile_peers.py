@@ -24,12 +24,12 @@ from wsproto.events import AcceptConnection, BytesMessage, Ping, Pong, Request, 
 from anpx_core import frames as F
 from anpx_core import messages as M
 from anpx_core.auth import SharedSecretClient, SharedSecretServer
-from anpx_core.config import ConfigError, parse_config
 from anpx_core.gateway import GatewayCore, GatewaySettings
-from anpx_core.launch import ADMIN_TOKEN_ENV, make_plan
 from anpx_core.meta import RequestHead, ResponseHead, encode_response_meta
 from anpx_core.receiver import ReceiverSettings
 from anpx_core.websocket import Closed, WsLimits, WsServer
+from anpx_host.config import ConfigError, parse_config
+from anpx_host.launch import ADMIN_TOKEN_ENV, make_plan
 
 from .apps import app
 from .deploy import DRIVERS, start_gateway, start_receiver, wait_until
@@ -459,7 +459,7 @@ def test_admin_on_a_public_address_requires_a_token(monkeypatch, tmp_path):
 
 
 def test_new_limits_come_from_the_config():
-    from anpx_core.config import to_gateway_settings, to_receiver_settings
+    from anpx_host.config import to_gateway_settings, to_receiver_settings
 
     cfg = parse_config(
         {
