@@ -769,7 +769,11 @@ class GatewayCore:
                 receivers=self.receivers, routes=self.routes.routes, in_flight=self.in_flight
             )
         elif path == "/metrics":
-            body = self.stats.prometheus(receivers=receivers, in_flight=self.in_flight)
+            body = self.stats.prometheus(
+                receivers=receivers,
+                in_flight=self.in_flight,
+                identities=tuple(t.identity for t in self._tunnels if t.session is not None),
+            )
             content_type = "text/plain; version=0.0.4; charset=utf-8"
         else:
             conn.front.send_error(404, "unknown admin path; try /health, /stats or /metrics")

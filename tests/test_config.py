@@ -191,13 +191,17 @@ def test_seed_config_with_every_seed_key_loads_unchanged(tmp_path: Path) -> None
 
 def test_did_wba_keys_are_checked() -> None:
     e = err({"gateway": {"auth": {"allowed_dids": ["alice"]}}})
-    assert str(e).startswith("config error: [gateway.auth] allowed_dids: expected an array of did:wba")
+    assert str(e).startswith(
+        "config error: [gateway.auth] allowed_dids: expected an array of did:wba"
+    )
     e = err({"mode": "receiver", "receiver": {"auth": {"did_wba_enabled": True}}})
     assert str(e) == (
         "config error: [receiver.auth] did_document_path: required when did_wba_enabled = true"
     )
     e = err({"gateway": {"wss_host": "0.0.0.0", "auth": {"did_wba_enabled": True}}})
-    assert "did_service_domains: required with did_wba_enabled when wss_host is a wildcard" in str(e)
+    assert "did_service_domains: required with did_wba_enabled when wss_host is a wildcard" in str(
+        e
+    )
     e = err({"gateway": {"auth": {"did_wba_enabled": True, "did_fetch": False}}})
     assert str(e) == "config error: [gateway.auth] did_fetch: false needs did_documents_dir"
 
