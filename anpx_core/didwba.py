@@ -122,11 +122,14 @@ def authentication_method(document: dict[str, Any], method_id: str) -> dict[str,
     An entry is either embedded or a reference to ``verificationMethod``; a key listed only in
     ``verificationMethod`` (e.g. for key agreement) may not authenticate.
     """
-    for entry in document.get("authentication", []):
+    entries, methods = document.get("authentication"), document.get("verificationMethod")
+    if not isinstance(entries, list):
+        return None
+    for entry in entries:
         if isinstance(entry, dict) and entry.get("id") == method_id:
             return entry
         if isinstance(entry, str) and entry == method_id:
-            for method in document.get("verificationMethod", []) or []:
+            for method in methods if isinstance(methods, list) else ():
                 if isinstance(method, dict) and method.get("id") == method_id:
                     return method
             return None
@@ -135,8 +138,8 @@ def authentication_method(document: dict[str, Any], method_id: str) -> dict[str,
 
 def first_authentication_method(document: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The key a receiver signs with: the first ``authentication`` entry, as anp does."""
-    entries = document.get("authentication") or []
-    if not entries:
+    entries = document.get("authentication")
+    if not isinstance(entries, list) or not entries:
         raise DidError("the DID document has no authentication method")
     first = entries[0]
     method_id = (
@@ -630,6 +633,8 @@ class DidWbaServer:
                 raise DidError(f"bad signature from {proof.did} (or signed for another host)")
         except DidError as exc:
             return self._fail(address, wall, f"DID-WBA: {exc}")
+        except Exception as exc:  # a crypto library's surprise on hostile input stays a refusal
+            return self._fail(address, wall, f"DID-WBA: verification error {type(exc).__name__}")
         if len(self._nonces) >= self.nonce_capacity:
             return Verdict(
                 False, 429, headers=[("retry-after", "5")], reason="DID nonce cache full"

@@ -384,3 +384,49 @@ def test_seed_config_keys_load(tmp_path):
     cfg = load_config(path)
     assert cfg.gateway.auth.did_wba_enabled and cfg.gateway.auth.nonce_window_seconds == 120
     assert cfg.ignored == ("[gateway.auth] resolver_base_url",)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["authentication", "verificationMethod", "x"]), json_values, max_size=3
+    ),
+    st.dictionaries(
+        st.sampled_from(["type", "publicKeyJwk", "publicKeyMultibase", "publicKeyBase58"]),
+        json_values,
+        max_size=4,
+    ),
+)
+def test_hostile_documents_are_refused_not_raised(document, method):
+    """A document a DID's host serves is hostile input: any shape refuses, none raises."""
+    document = {**document, "id": DID}
+    if method:
+        document["verificationMethod"] = [{**method, "id": f"{DID}#key-1"}]
+        document["authentication"] = [f"{DID}#key-1"]
+    srv = server(document, max_attempts=10**6)
+    verdict = check(srv, client().request_headers(HOST, "/", NOW))
+    assert not verdict.ok
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["authorization", "signature-input", "signature", "host"]),
+            st.text(max_size=120),
+        ),
+        max_size=4,
+    )
+)
+def test_garbage_headers_are_refused_not_raised(headers):
+    verdict = check(server(max_attempts=10**6), headers)
+    assert not verdict.ok and not verdict.wait
