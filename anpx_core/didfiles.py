@@ -96,7 +96,9 @@ def gateway_auth(g: GatewayConfig, secret: SharedSecretServer | None) -> DidWbaS
     )
 
 
-def receiver_auth(a: AuthConfig, secret: SharedSecretClient | None) -> DidWbaClient:
+def receiver_auth(
+    a: AuthConfig, secret: SharedSecretClient | None, service: str | None = None
+) -> DidWbaClient:
     require_cryptography()
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -119,7 +121,12 @@ def receiver_auth(a: AuthConfig, secret: SharedSecretClient | None) -> DidWbaCli
         raise ConfigError(f"[receiver.auth] did: {a.did} is not the id of {a.did_document_path}")
     try:
         return DidWbaClient(
-            document, key, form=a.did_header, secret=secret, nonce_source=os.urandom
+            document,
+            key,
+            form=a.did_header,
+            secret=secret,
+            service=service,
+            nonce_source=os.urandom,
         )
     except DidError as exc:
         raise ConfigError(f"[receiver.auth] DID-WBA: {exc}") from None

@@ -729,6 +729,7 @@ class DidWbaClient:
         *,
         form: str = "legacy",
         secret: SharedSecretClient | None = None,
+        service: str | None = None,
         nonce_source: Callable[[int], bytes],
     ) -> None:
         if form not in HEADER_FORMS:
@@ -744,6 +745,7 @@ class DidWbaClient:
         self._key = private_key
         self.form = form
         self.secret = secret
+        self.service = service  # the name to sign; None: the host dialled (as anp does)
         self._nonce_source = nonce_source
 
     @staticmethod
@@ -761,7 +763,7 @@ class DidWbaClient:
     def request_headers(self, host: str, path: str, wall: float) -> Headers:
         from .routing import normalize_host
 
-        domain = normalize_host(host)
+        domain = self.service or normalize_host(host)
         nonce = self._nonce_source(16).hex()
         timestamp = format_timestamp(wall)
         fragment = self.method_id.rpartition("#")[2]

@@ -181,10 +181,12 @@ def _receiver_plan(cfg: Config, *, both: bool) -> ReceiverPlan:
     if auth.enabled:
         settings.auth = SharedSecretClient(resolve_secret(auth, "receiver.auth", []), client_id)
     if r.auth.did_wba_enabled:  # signs with its DID, plus the shared secret when enabled
-        from .didfiles import receiver_auth
+        from .didfiles import receiver_auth, service_domains
 
         secret = settings.auth if isinstance(settings.auth, SharedSecretClient) else None
-        settings.auth = receiver_auth(r.auth, secret)
+        # `both` dials its own gateway on loopback: sign the name that gateway checks
+        service = service_domains(cfg.gateway)[0] if both else None
+        settings.auth = receiver_auth(r.auth, secret, service)
     verify = "none" if r.tls.verify_mode == "none" else "required"
     check_hostname = verify != "none"
     if both:

@@ -337,18 +337,19 @@ def test_config_builds_both_sides(tmp_path):
     (pins / "alice.json").write_text(json.dumps(document))
     from anpx_core.launch import make_plan
 
+    receiver = {
+        "auth": {
+            "did_wba_enabled": True,
+            "did": DID,
+            "did_document_path": str(doc_path),
+            "private_key_path": str(key_path),
+        }
+    }
     cfg = parse_config(
         {
             "mode": "both",
             "gateway": {"auth": {"did_wba_enabled": True, "did_documents_dir": str(pins)}},
-            "receiver": {
-                "auth": {
-                    "did_wba_enabled": True,
-                    "did": DID,
-                    "did_document_path": str(doc_path),
-                    "private_key_path": str(key_path),
-                }
-            },
+            "receiver": receiver,
         }
     )
     plan = make_plan("both", cfg)
@@ -358,6 +359,25 @@ def test_config_builds_both_sides(tmp_path):
     headers = receiver_auth.request_headers("127.0.0.1:8765", "/", NOW)
     assert gateway_auth.check_request("127.0.0.1:8765", "/", headers, "p:1", NOW).ok
     assert service_domains(cfg.gateway) == ["127.0.0.1", "::1", "localhost"]
+    # `both` on a public name: the built-in receiver dials loopback but signs the public name
+    public = parse_config(
+        {
+            "mode": "both",
+            "gateway": {
+                "wss_host": "0.0.0.0",
+                "insecure": True,
+                "auth": {
+                    "did_wba_enabled": True,
+                    "did_documents_dir": str(pins),
+                    "did_service_domains": ["gw.example.com"],
+                },
+            },
+            "receiver": receiver,
+        }
+    )
+    plan = make_plan("both", public)
+    headers = plan.receiver.settings.auth.request_headers("127.0.0.1:8765", "/", NOW)
+    assert plan.gateway.settings.auth.check_request("gw.example.com", "/", headers, "p:1", NOW).ok
     wrong = parse_config(
         {
             "mode": "receiver",
@@ -430,3 +450,28 @@ def test_hostile_documents_are_refused_not_raised(document, method):
 def test_garbage_headers_are_refused_not_raised(headers):
     verdict = check(server(max_attempts=10**6), headers)
     assert not verdict.ok and not verdict.wait
+
+
+def test_the_core_loads_cryptography_only_when_a_key_is_used_and_it_brings_no_io():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import anpx_core, anpx_core.gateway, anpx_core.didwba, anpx_core.launch\n"
+        "assert not [m for m in sys.modules if m.startswith('cryptography')], 'eager import'\n"
+        "before = set(sys.modules)\n"
+        "from anpx_core.didfiles import make_document\n"
+        "from anpx_core.didwba import DidWbaServer, DocumentCache\n"
+        "doc, _ = make_document('did:wba:example.com:a')\n"
+        "srv = DidWbaServer(DocumentCache({doc['id']: doc}, fetch=False), ['example.com'])\n"
+        "srv.check_request('example.com', '/', [], 'p:1', 0.0)\n"
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
+        "print(sorted(new & {'socket', 'ssl', 'select', 'selectors', 'threading', 'asyncio',"
+        " 'trio', 'anyio'}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
