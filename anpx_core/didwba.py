@@ -339,7 +339,8 @@ def parse_signature_input(signature_input: str, signature: str) -> Proof:
     """RFC 9421 ``Signature-Input`` / ``Signature`` (one label) -> Proof."""
     if len(signature_input) > MAX_HEADER_LENGTH or len(signature) > MAX_HEADER_LENGTH:
         raise DidError("signature header too long")
-    match = re.fullmatch(r"\s*([a-zA-Z0-9_-]{1,64})=(\(([^()]*)\)(.*?))\s*", signature_input)
+    # stripped first: a lazy group before trailing spaces would backtrack quadratically
+    match = re.fullmatch(r"([a-zA-Z0-9_-]{1,64})=(\(([^()]*)\)(.*))", signature_input.strip())
     sig_match = re.fullmatch(r"\s*([a-zA-Z0-9_-]{1,64})=:([A-Za-z0-9+/=]*):\s*", signature)
     if not match or not sig_match:
         raise DidError("malformed Signature-Input or Signature (one label expected)")
