@@ -277,7 +277,7 @@ class AuthConfig(_Section):
     did_documents_dir: str | None = _opt(None, "path")  # gateway: pinned documents (*.json)
     did_fetch: bool = _opt(True, "bool")  # gateway: fetch unpinned documents over HTTPS
     did_fetch_timeout: float = _opt(5.0, "float", lo=0, lo_open=True, hi=60, unit="seconds")
-    did_cache_ttl: float = _opt(300.0, "float", lo=0, unit="seconds")
+    did_cache_ttl: float = _opt(300.0, "float", lo=1, unit="seconds")
     did_ca_file: str | None = _opt(None, "path")  # gateway: CA bundle for fetching documents
     did_header: str = _opt("legacy", "choice", choices=("legacy", "1.1"))  # receiver's form
 

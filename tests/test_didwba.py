@@ -486,3 +486,9 @@ def test_hostile_signature_input_is_parsed_in_linear_time():
     for value in ['sig1=("@authority")' + " " * 8000 + "x", "sig1=(" + '"a" ' * 2000]:
         with pytest.raises(DidError):
             parse_signature_input(value, "sig1=:AAAA:")
+
+
+def test_document_cache_ttl_edge():
+    parse_config({"gateway": {"auth": {"did_cache_ttl": 1}}})
+    with pytest.raises(ConfigError, match="did_cache_ttl"):
+        parse_config({"gateway": {"auth": {"did_cache_ttl": 0.5}}})
