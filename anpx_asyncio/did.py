@@ -13,7 +13,7 @@ import ssl
 import urllib.error
 import urllib.request
 
-from anpx_core.didwba import MAX_DOCUMENT_BYTES, DocumentCache, did_document_url
+from anpx_core.didwba import DocumentCache, did_document_url
 from anpx_core.gateway import GatewayCore
 
 log = logging.getLogger("anpx.gateway")
@@ -28,8 +28,8 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None  # a 3xx becomes an HTTPError: the document must be where the DID says
 
 
-def fetch_document(url: str, timeout: float, ca_file: str | None = None) -> bytes:
-    """GET ``url`` over verified HTTPS (no proxies, no redirects), at most MAX_DOCUMENT_BYTES."""
+def fetch_document(url: str, timeout: float, ca_file: str | None, max_bytes: int) -> bytes:
+    """GET ``url`` over verified HTTPS (no proxies, no redirects), at most ``max_bytes``."""
     try:
         context = ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:
@@ -43,15 +43,15 @@ def fetch_document(url: str, timeout: float, ca_file: str | None = None) -> byte
     )
     try:
         with opener.open(request, timeout=timeout) as response:
-            body = response.read(MAX_DOCUMENT_BYTES + 1)
+            body = response.read(max_bytes + 1)
     except urllib.error.HTTPError as exc:
         raise DocumentUnavailable(f"{url} answered HTTP {exc.code}") from None
     except urllib.error.URLError as exc:
         raise DocumentUnavailable(f"{url} is unreachable: {exc.reason}") from None
     except (OSError, ValueError) as exc:  # timeouts, resets, a malformed answer
         raise DocumentUnavailable(f"{url} is unreachable: {exc or type(exc).__name__}") from None
-    if len(body) > MAX_DOCUMENT_BYTES:
-        raise DocumentUnavailable(f"{url} served more than {MAX_DOCUMENT_BYTES} bytes")
+    if len(body) > max_bytes:
+        raise DocumentUnavailable(f"{url} served more than {max_bytes} bytes")
     return body
 
 
@@ -80,7 +80,9 @@ async def _fetch(core: GatewayCore, pump, cache: DocumentCache, did: str) -> Non
     # urllib's timeout is per socket operation: bound the whole fetch as well
     try:
         body = await asyncio.wait_for(
-            asyncio.to_thread(fetch_document, url, cache.fetch_timeout, cache.ca_file),
+            asyncio.to_thread(
+                fetch_document, url, cache.fetch_timeout, cache.ca_file, cache.max_document_bytes
+            ),
             cache.fetch_timeout * 2,
         )
     except DocumentUnavailable as exc:

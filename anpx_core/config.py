@@ -279,6 +279,11 @@ class AuthConfig(_Section):
     did_fetch_timeout: float = _opt(5.0, "float", lo=0, lo_open=True, hi=60, unit="seconds")
     did_cache_ttl: float = _opt(300.0, "float", lo=1, unit="seconds")
     did_ca_file: str | None = _opt(None, "path")  # gateway: CA bundle for fetching documents
+    did_failure_ttl: float = _opt(30.0, "float", lo=1, unit="seconds")
+    did_max_pending: int = _opt(64, "int", lo=1)  # documents being fetched at once
+    did_max_document_bytes: int = _opt(64 * 1024, "int", lo=256, hi=16 * MiB, unit="bytes")
+    did_cache_capacity: int = _opt(10_000, "int", lo=1)  # fetched documents kept
+    did_nonce_capacity: int = _opt(100_000, "int", lo=1)  # nonces remembered in the window
     did_header: str = _opt("legacy", "choice", choices=("legacy", "1.1"))  # receiver's form
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from .auth import SharedSecretClient, SharedSecretServer
 from .config import AuthConfig, ConfigError, GatewayConfig
 from .didwba import (
+    DEFAULT_MAX_DOCUMENT_BYTES,
     DidError,
     DidWbaClient,
     DidWbaServer,
@@ -52,7 +53,9 @@ def service_domains(g: GatewayConfig) -> list[str]:
     return [host]
 
 
-def load_pinned(directory: str) -> dict[str, dict[str, Any]]:
+def load_pinned(
+    directory: str, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+) -> dict[str, dict[str, Any]]:
     """Every ``*.json`` DID document in ``directory``, by its ``id``."""
     pinned: dict[str, dict[str, Any]] = {}
     try:
@@ -70,7 +73,7 @@ def load_pinned(directory: str) -> dict[str, dict[str, Any]]:
             if not isinstance(did, str):
                 raise DidError("no id")
             did_document_url(did)
-            pinned[did] = parse_document(did, body)
+            pinned[did] = parse_document(did, body, max_bytes)
         except (OSError, ValueError, AttributeError) as exc:
             raise ConfigError(
                 f"[gateway.auth] did_documents_dir: {path} is not a DID document: {exc}"
@@ -81,8 +84,18 @@ def load_pinned(directory: str) -> dict[str, dict[str, Any]]:
 def gateway_auth(g: GatewayConfig, secret: SharedSecretServer | None) -> DidWbaServer:
     require_cryptography()
     a = g.auth
-    pinned = load_pinned(a.did_documents_dir) if a.did_documents_dir else {}
-    cache = DocumentCache(pinned, fetch=a.did_fetch, ttl=a.did_cache_ttl)
+    pinned = (
+        load_pinned(a.did_documents_dir, a.did_max_document_bytes) if a.did_documents_dir else {}
+    )
+    cache = DocumentCache(
+        pinned,
+        fetch=a.did_fetch,
+        ttl=a.did_cache_ttl,
+        failure_ttl=a.did_failure_ttl,
+        capacity=a.did_cache_capacity,
+        max_pending=a.did_max_pending,
+        max_document_bytes=a.did_max_document_bytes,
+    )
     cache.fetch_timeout = a.did_fetch_timeout
     cache.ca_file = a.did_ca_file
     return DidWbaServer(
@@ -92,6 +105,7 @@ def gateway_auth(g: GatewayConfig, secret: SharedSecretServer | None) -> DidWbaS
         max_age=float(a.nonce_window_seconds),
         max_future=a.did_max_future,
         max_attempts=a.max_attempts,
+        nonce_capacity=a.did_nonce_capacity,
         secret=secret,
     )
 

@@ -58,7 +58,7 @@ DEFAULT_CACHE_TTL = 300.0  # seconds a fetched document is trusted before it is 
 DEFAULT_FAILURE_TTL = 30.0  # seconds a failed fetch is remembered (no refetch storm)
 DEFAULT_CACHE_CAPACITY = 10_000  # documents kept (fetched ones; pinned ones always stay)
 DEFAULT_MAX_PENDING = 64  # DIDs being fetched at once; more handshakes wait their turn or fail
-MAX_DOCUMENT_BYTES = 64 * 1024
+DEFAULT_MAX_DOCUMENT_BYTES = 64 * 1024
 MAX_HEADER_LENGTH = 8192
 MAX_DID_LENGTH = 512
 _ATTEMPT_WINDOW = 60.0
@@ -97,10 +97,12 @@ def did_document_url(did: str) -> str:
     return f"https://{host}/.well-known/did.json"
 
 
-def parse_document(did: str, body: bytes) -> dict[str, Any]:
+def parse_document(
+    did: str, body: bytes, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+) -> dict[str, Any]:
     """A fetched or pinned document, checked to be a JSON object whose ``id`` is ``did``."""
-    if len(body) > MAX_DOCUMENT_BYTES:
-        raise DidError(f"the DID document of {did} is over {MAX_DOCUMENT_BYTES} bytes")
+    if len(body) > max_bytes:
+        raise DidError(f"the DID document of {did} is over {max_bytes} bytes")
     try:
         document = json.loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -500,6 +502,7 @@ class DocumentCache:
         failure_ttl: float = DEFAULT_FAILURE_TTL,
         capacity: int = DEFAULT_CACHE_CAPACITY,
         max_pending: int = DEFAULT_MAX_PENDING,
+        max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
     ) -> None:
         self.pinned = dict(pinned or {})
         self.fetch = fetch
@@ -507,6 +510,7 @@ class DocumentCache:
         self.failure_ttl = failure_ttl
         self.capacity = capacity
         self.max_pending = max_pending
+        self.max_document_bytes = max_document_bytes
         self.on_wanted: Callable[[str], None] | None = None
         # how the driver fetches: its timeout, and a CA bundle (None: the system's)
         self.fetch_timeout = 5.0
@@ -542,7 +546,7 @@ class DocumentCache:
         """The driver fetched ``did``'s document (bytes as served); checks and caches it."""
         self.pending.discard(did)
         try:
-            document = parse_document(did, body)
+            document = parse_document(did, body, self.max_document_bytes)
         except DidError as exc:
             self.failed(did, str(exc), wall)
             return

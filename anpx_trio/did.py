@@ -14,7 +14,7 @@ import urllib.request
 
 import trio
 
-from anpx_core.didwba import MAX_DOCUMENT_BYTES, DocumentCache, did_document_url
+from anpx_core.didwba import DocumentCache, did_document_url
 from anpx_core.gateway import GatewayCore
 
 log = logging.getLogger("anpx.gateway")
@@ -29,8 +29,8 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None  # a 3xx becomes an HTTPError: the document must be where the DID says
 
 
-def fetch_document(url: str, timeout: float, ca_file: str | None = None) -> bytes:
-    """GET ``url`` over verified HTTPS (no proxies, no redirects), at most MAX_DOCUMENT_BYTES."""
+def fetch_document(url: str, timeout: float, ca_file: str | None, max_bytes: int) -> bytes:
+    """GET ``url`` over verified HTTPS (no proxies, no redirects), at most ``max_bytes``."""
     try:
         context = ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:
@@ -44,15 +44,15 @@ def fetch_document(url: str, timeout: float, ca_file: str | None = None) -> byte
     )
     try:
         with opener.open(request, timeout=timeout) as response:
-            body = response.read(MAX_DOCUMENT_BYTES + 1)
+            body = response.read(max_bytes + 1)
     except urllib.error.HTTPError as exc:
         raise DocumentUnavailable(f"{url} answered HTTP {exc.code}") from None
     except urllib.error.URLError as exc:
         raise DocumentUnavailable(f"{url} is unreachable: {exc.reason}") from None
     except (OSError, ValueError) as exc:  # timeouts, resets, a malformed answer
         raise DocumentUnavailable(f"{url} is unreachable: {exc or type(exc).__name__}") from None
-    if len(body) > MAX_DOCUMENT_BYTES:
-        raise DocumentUnavailable(f"{url} served more than {MAX_DOCUMENT_BYTES} bytes")
+    if len(body) > max_bytes:
+        raise DocumentUnavailable(f"{url} served more than {max_bytes} bytes")
     return body
 
 
@@ -75,7 +75,12 @@ async def _fetch(core: GatewayCore, pump, cache: DocumentCache, did: str) -> Non
     with trio.move_on_after(cache.fetch_timeout * 2) as scope:
         try:
             body = await trio.to_thread.run_sync(
-                fetch_document, url, cache.fetch_timeout, cache.ca_file, abandon_on_cancel=True
+                fetch_document,
+                url,
+                cache.fetch_timeout,
+                cache.ca_file,
+                cache.max_document_bytes,
+                abandon_on_cancel=True,
             )
         except DocumentUnavailable as exc:
             cache.failed(did, str(exc), _wall(core, pump))

@@ -492,3 +492,68 @@ def test_document_cache_ttl_edge():
     parse_config({"gateway": {"auth": {"did_cache_ttl": 1}}})
     with pytest.raises(ConfigError, match="did_cache_ttl"):
         parse_config({"gateway": {"auth": {"did_cache_ttl": 0.5}}})
+
+
+def _asking_cache(**kwargs) -> DocumentCache:
+    cache = DocumentCache(**kwargs)
+    cache.on_wanted = lambda did: None
+    return cache
+
+
+def test_failure_ttl_edge():
+    cache = _asking_cache(failure_ttl=10)
+    srv = DidWbaServer(cache, ["gw.example.com"], max_attempts=100)
+    assert check(srv, client().request_headers(HOST, "/", NOW)).wait
+    cache.failed(DID, "https://agents.example.com/alice/did.json answered HTTP 500", NOW)
+    assert (
+        "HTTP 500" in check(srv, client().request_headers(HOST, "/", NOW + 9.9), NOW + 9.9).reason
+    )
+    assert check(srv, client().request_headers(HOST, "/", NOW + 10), NOW + 10).wait
+
+
+def test_document_size_edge():
+    body = json.dumps(ALICE[0]).encode()
+    exact = _asking_cache(max_document_bytes=len(body))
+    exact.store(DID, body, NOW)
+    assert exact.lookup(DID, NOW) == ALICE[0]
+    over = _asking_cache(max_document_bytes=len(body) - 1)
+    over.store(DID, body, NOW)
+    with pytest.raises(DidError, match="is over"):
+        over.lookup(DID, NOW)
+
+
+def test_cache_capacity_edge():
+    cache = _asking_cache(capacity=2)
+    for who in (ALICE, BOB):
+        cache.store(who[0]["id"], json.dumps(who[0]).encode(), NOW)
+    assert cache.lookup(DID, NOW) and cache.lookup(OTHER, NOW)
+    carol = make_document("did:wba:agents.example.com:carol")[0]
+    cache.store(carol["id"], json.dumps(carol).encode(), NOW)
+    assert cache.lookup(DID, NOW) is None  # the oldest went: fetched again
+    assert cache.lookup(OTHER, NOW) and cache.lookup(carol["id"], NOW)
+
+
+def test_limits_come_from_the_config(tmp_path):
+    from anpx_core.didfiles import gateway_auth
+
+    cfg = parse_config(
+        {
+            "gateway": {
+                "auth": {
+                    "did_wba_enabled": True,
+                    "did_failure_ttl": 7,
+                    "did_max_pending": 3,
+                    "did_max_document_bytes": 4096,
+                    "did_cache_capacity": 5,
+                    "did_nonce_capacity": 6,
+                    "did_cache_ttl": 8,
+                }
+            }
+        }
+    )
+    srv = gateway_auth(cfg.gateway, None)
+    cache = srv.cache
+    assert (cache.failure_ttl, cache.max_pending, cache.max_document_bytes) == (7, 3, 4096)
+    assert (cache.capacity, cache.ttl, srv.nonce_capacity) == (5, 8, 6)
+    with pytest.raises(ConfigError, match="did_max_document_bytes"):
+        parse_config({"gateway": {"auth": {"did_max_document_bytes": 255}}})
