@@ -557,3 +557,46 @@ def test_limits_come_from_the_config(tmp_path):
     assert (cache.capacity, cache.ttl, srv.nonce_capacity) == (5, 8, 6)
     with pytest.raises(ConfigError, match="did_max_document_bytes"):
         parse_config({"gateway": {"auth": {"did_max_document_bytes": 255}}})
+
+
+def _upgrade_bytes(headers) -> bytes:
+    lines = [
+        "GET / HTTP/1.1",
+        f"Host: {HOST}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        *(f"{n}: {v}" for n, v in headers),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _parked_gateway():
+    from anpx_core.gateway import GatewayCore, GatewaySettings
+
+    cache = DocumentCache()
+    wanted: list[str] = []
+    cache.on_wanted = wanted.append
+    core = GatewayCore(GatewaySettings(auth=DidWbaServer(cache, ["gw.example.com"])))
+    core.set_wall_clock(0.0, NOW)
+    cid = core.open_tunnel(0.0, ("192.0.2.1", 50000))
+    core.receive(cid, _upgrade_bytes(client().request_headers(HOST, "/", NOW)), 0.0)
+    return core, cache, cid, wanted
+
+
+def test_the_gateway_answers_a_parked_handshake_once_the_document_arrives():
+    core, cache, cid, wanted = _parked_gateway()
+    assert wanted == [DID] and core.take_output(cid)[0] == b""  # nothing said yet
+    cache.store(DID, json.dumps(ALICE[0]).encode(), NOW)
+    core.resume_handshakes(0.1)
+    assert core.take_output(cid)[0].startswith(b"HTTP/1.1 101")
+    assert [r["id"] for r in core.receivers] == [DID]
+
+
+def test_a_parked_handshake_whose_peer_left_is_forgotten():
+    core, cache, cid, _ = _parked_gateway()
+    core.closed(cid, 0.05)
+    cache.store(DID, json.dumps(ALICE[0]).encode(), NOW)
+    core.resume_handshakes(0.1)
+    assert core.receivers == [] and core.stats.tunnels_opened == 0
