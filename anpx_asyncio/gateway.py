@@ -11,6 +11,7 @@ from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
 from anpx_host.launch import BoundPorts, Listen, bind_failure
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump, TaskSet
+from .did import serve_documents
 
 log = logging.getLogger("anpx.gateway")
 
@@ -88,6 +89,9 @@ class GatewayServer:
                 self.ports.tunnel,
             )
             self._tasks.spawn(self.pump.ticker(TICK_INTERVAL))
+            documents = getattr(self.core.settings.auth, "cache", None)  # DID-WBA
+            if documents is not None:
+                self._tasks.spawn(serve_documents(self.core, self.pump, documents))
             if not self.started.done():
                 self.started.set_result(self.ports)
             await self._stopped.wait()

@@ -51,6 +51,7 @@ class Verdict:
     identity: str = ""  # who the receiver is, for logs and stats
     headers: Headers = field(default_factory=list)  # added to the 101 or to the refusal
     reason: str = ""  # for the gateway's log only; never sent to the peer
+    wait: bool = False  # undecided: ask again after the driver fetched what it needs (didwba)
 
 
 class ClientAuth(Protocol):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from . import messages as M
 from .auth import NoAuth, ServerAuth
+from .didwba import DID_REFUSAL
 from .http1 import (
     ClientGone,
     FrontLimits,
@@ -163,6 +164,8 @@ class GatewayCore:
         self._clients = 0
         self._now = 0.0  # the time of the call being handled, for access-log durations
         self.wall_offset = 0.0  # Unix time minus the driver's clock (set by tick)
+        # Tunnel handshakes waiting for the authenticator (a DID document being fetched).
+        self._parked: dict[int, tuple[_Tunnel, HandshakeRequested]] = {}
         # Fronts whose response just ended: a pipelined request may be waiting in them.
         self._fronts_due: list[_Client | _Admin] = []
         self.routes = RouteTable()
@@ -323,12 +326,22 @@ class GatewayCore:
         """The driver closed the socket: forget the connection."""
         self._now = now
         conn = self._conns.pop(cid, None)
+        self._parked.pop(cid, None)
         if isinstance(conn, _Client):
             self._clients -= 1
             self._abandon_client(conn, "client connection closed")
         elif isinstance(conn, _Tunnel):
             self._tunnel_gone(conn, "receiver disconnected")
         self._serve_due_fronts()
+
+    def resume_handshakes(self, now: float) -> None:
+        """The authenticator got what it waited for (a DID document): decide parked handshakes."""
+        self._now = now
+        parked, self._parked = self._parked, {}
+        for cid, (tunnel, event) in parked.items():
+            if self._conns.get(cid) is tunnel:
+                self._handshake(tunnel, event, now)
+                self._wakeups.add(cid)
 
     def pop_wakeups(self) -> set[int]:
         woken, self._wakeups = self._wakeups, set()
@@ -657,6 +670,9 @@ class GatewayCore:
         verdict = self.settings.auth.check_request(
             event.host, event.path, event.headers, tunnel.peer, now + self.wall_offset
         )
+        if verdict.wait:  # the authenticator needs a DID document first: resume_handshakes
+            self._parked[tunnel.cid] = (tunnel, event)
+            return
         if not verdict.ok:
             self.stats.auth_failures += 1
             log.warning(
@@ -664,7 +680,11 @@ class GatewayCore:
                 tunnel.peer,
                 verdict.reason or verdict.status,
             )
-            tunnel.ws.reject(verdict.status, "", verdict.headers)
+            if verdict.status >= 4000:  # DID-WBA: close the upgraded socket, as anp-proxy does
+                tunnel.ws.accept()
+                tunnel.ws.close(verdict.status, DID_REFUSAL)
+            else:
+                tunnel.ws.reject(verdict.status, "", verdict.headers)
             return
         try:
             routes = parse_routes_header(_header_of(event.headers, ROUTES_HEADER))
@@ -794,7 +814,11 @@ class GatewayCore:
                 receivers=self.receivers, routes=self.routes.routes, in_flight=self.in_flight
             )
         elif path == "/metrics":
-            body = self.stats.prometheus(receivers=receivers, in_flight=self.in_flight)
+            body = self.stats.prometheus(
+                receivers=receivers,
+                in_flight=self.in_flight,
+                identities=tuple(t.identity for t in self._tunnels if t.session is not None),
+            )
             content_type = "text/plain; version=0.0.4; charset=utf-8"
         else:
             conn.front.send_error(404, "unknown admin path; try /health, /stats or /metrics")

@@ -108,7 +108,9 @@ class Stats:
             }
         ).encode()
 
-    def prometheus(self, *, receivers: int, in_flight: int) -> bytes:
+    def prometheus(
+        self, *, receivers: int, in_flight: int, identities: tuple[str, ...] = ()
+    ) -> bytes:
         """The Prometheus text exposition format, version 0.0.4."""
         lines: list[str] = []
 
@@ -177,6 +179,11 @@ class Stats:
         ):
             metric(name, kind, help_text)
             lines.append(f"{name} {value}")
+        # who is connected: the client id, or the DID a DID-WBA receiver proved
+        metric("anpx_receiver_tunnels", "gauge", "Tunnels open now, by receiver identity.")
+        for identity in sorted(set(identities)):
+            count = identities.count(identity)
+            lines.append(f'anpx_receiver_tunnels{{id="{_escape(identity)}"}} {count}')
         return ("\n".join(lines) + "\n").encode()
 
 

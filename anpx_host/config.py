@@ -154,6 +154,22 @@ def _client_id(value: str) -> str | None:
     return "expected printable ASCII without leading or trailing spaces, at most 128 characters"
 
 
+def _did(value: str) -> str | None:
+    from anpx_core.didwba import DidError, did_document_url
+
+    try:
+        did_document_url(value)
+    except DidError:
+        return 'expected a did:wba DID, e.g. "did:wba:example.com:agents:alice"'
+    return None
+
+
+def _host_ok(value: object) -> bool:
+    return isinstance(value, str) and bool(
+        re.fullmatch(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:]+", value)
+    )
+
+
 def _ws_url(value: str) -> str | None:
     expected = "expected a ws:// or wss:// URL with a host, e.g. ws://127.0.0.1:8765"
     try:
@@ -249,6 +265,26 @@ class AuthConfig(_Section):
     # difference between the receiver's and the gateway's clocks
     shared_secret_file: str | None = _opt(None, "path")
     clock_skew: float = _opt(300.0, "float", lo=1, unit="seconds")
+    # DID-WBA (anpx_core.didwba); the seed's key names, then ours (did_*)
+    did_wba_enabled: bool = _opt(False, "bool")
+    did: str | None = _opt(None, "str", extra=_did)  # receiver: must match the document's id
+    did_document_path: str | None = _opt(None, "path")  # receiver: its DID document
+    private_key_path: str | None = _opt(None, "path")  # receiver: its PEM private key
+    nonce_window_seconds: int = _opt(300, "int", lo=1, unit="seconds")  # gateway: max age
+    allowed_dids: tuple[str, ...] = _opt((), "dids")  # gateway: (): any verified DID
+    did_max_future: float = _opt(60.0, "float", lo=0, unit="seconds")
+    did_service_domains: tuple[str, ...] = _opt((), "hosts")  # gateway: its public host names
+    did_documents_dir: str | None = _opt(None, "path")  # gateway: pinned documents (*.json)
+    did_fetch: bool = _opt(True, "bool")  # gateway: fetch unpinned documents over HTTPS
+    did_fetch_timeout: float = _opt(5.0, "float", lo=0, lo_open=True, hi=60, unit="seconds")
+    did_cache_ttl: float = _opt(300.0, "float", lo=1, unit="seconds")
+    did_ca_file: str | None = _opt(None, "path")  # gateway: CA bundle for fetching documents
+    did_failure_ttl: float = _opt(30.0, "float", lo=1, unit="seconds")
+    did_max_pending: int = _opt(64, "int", lo=1)  # documents being fetched at once
+    did_max_document_bytes: int = _opt(64 * 1024, "int", lo=256, hi=16 * MiB, unit="bytes")
+    did_cache_capacity: int = _opt(10_000, "int", lo=1)  # fetched documents kept
+    did_nonce_capacity: int = _opt(100_000, "int", lo=1)  # nonces remembered in the window
+    did_header: str = _opt("legacy", "choice", choices=("legacy", "1.1"))  # receiver's form
 
 
 def _gateway_tls() -> TlsConfig:
@@ -369,13 +405,7 @@ class Config(_Section):
 # Seed keys of features anpx does not have: accepted, reported in Config.ignored.
 _SEED_AUTH_EXTRAS = frozenset(
     {
-        "did_wba_enabled",
-        "did",
-        "did_document_path",
-        "private_key_path",
         "resolver_base_url",
-        "nonce_window_seconds",
-        "allowed_dids",
         "jwt_private_key_path",
         "jwt_public_key_path",
     }
@@ -444,6 +474,10 @@ def _expected(check: _Check) -> str:
         return 'expected an array of routes like "api.example.com/", "/agents/bob"'
     if check.kind == "claims":
         return 'expected a table of receiver id = array of routes, e.g. {"rc-1" = ["api.example.com/"]}'
+    if check.kind == "dids":
+        return 'expected an array of did:wba DIDs, e.g. ["did:wba:example.com:agents:alice"]'
+    if check.kind == "hosts":
+        return 'expected an array of host names without port, e.g. ["gw.example.com"]'
     if check.kind == "str":
         return "expected a non-empty string" if check.nonempty else "expected a string"
     noun = "an integer" if check.kind == "int" else "a number"
@@ -542,6 +576,14 @@ def _convert(check: _Check, value: Any) -> tuple[bool, Any]:
             for k, v in value.items()
         )
         return ok, {k: tuple(v) for k, v in value.items()} if ok else value
+    if kind == "dids":
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(v, str) and _did(v) is None for v in value
+        )
+        return ok, tuple(value) if ok else value
+    if kind == "hosts":
+        ok = isinstance(value, (list, tuple)) and all(_host_ok(v) for v in value)
+        return ok, tuple(v.lower() for v in value) if ok else value
     if kind == "str":
         ok = isinstance(value, str) and (not check.nonempty or value != "")
         return ok, value
@@ -577,13 +619,6 @@ class _Parser:
             if spec is None:
                 given_key = str(key)
                 if given_key in ignorable:
-                    if given_key == "did_wba_enabled" and value is True:
-                        raise self.fail(
-                            path,
-                            given_key,
-                            "DID-WBA authentication is not supported by anpx; "
-                            "set it to false and use shared_secret",
-                        )
                     self.ignored.append(_where(path, given_key))
                     continue
                 raise self._unknown(known, given_key, value, path)
@@ -724,6 +759,7 @@ def _cross_check(cfg: Config, merged: Mapping[str, Any], parser: _Parser) -> Non
             raise fail(side, "shared_secret_file", "conflicts with shared_secret; set only one")
     if g.admin_token and g.admin_token_file:
         raise fail(("gateway",), "admin_token_file", "conflicts with admin_token; set only one")
+    _cross_check_did(cfg, fail)
     if g.chunk_size > g.max_frame_size:
         raise fail(
             ("gateway",), "chunk_size", f"must not exceed max_frame_size ({g.max_frame_size})"
@@ -754,6 +790,24 @@ def _cross_check(cfg: Config, merged: Mapping[str, Any], parser: _Parser) -> Non
                 key,
                 f"must be wss:// when [receiver.tls] enabled = true, got {_show(url)}",
             )
+
+
+def _cross_check_did(cfg: Config, fail: Callable[..., ConfigError]) -> None:
+    g, r = cfg.gateway.auth, cfg.receiver.auth
+    if cfg.mode in ("gateway", "both") and g.did_wba_enabled:
+        if not g.did_fetch and not g.did_documents_dir:
+            raise fail(("gateway", "auth"), "did_fetch", "false needs did_documents_dir")
+        if not g.did_service_domains and cfg.gateway.wss_host in _WILDCARD_HOSTS:
+            raise fail(
+                ("gateway", "auth"),
+                "did_service_domains",
+                "required with did_wba_enabled when wss_host is a wildcard: "
+                "the gateway's public host name(s), which receivers sign",
+            )
+    if cfg.mode in ("receiver", "both") and r.did_wba_enabled:
+        for key in ("did_document_path", "private_key_path"):
+            if not getattr(r, key):
+                raise fail(("receiver", "auth"), key, "required when did_wba_enabled = true")
 
 
 def load_config(

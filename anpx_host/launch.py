@@ -149,7 +149,12 @@ def _gateway_plan(cfg: Config, warnings: list[str]) -> GatewayPlan:
             clock_skew=g.auth.clock_skew,
             max_attempts=g.auth.max_attempts,
         )
-    elif exposed:
+    if g.auth.did_wba_enabled:  # alone, or on top of the shared secret
+        from .didfiles import gateway_auth
+
+        secret = settings.auth if isinstance(settings.auth, SharedSecretServer) else None
+        settings.auth = gateway_auth(g, secret)
+    elif not g.auth.enabled and exposed:
         warnings.append(
             "[gateway.auth] is disabled: any host that reaches the tunnel listener can register "
             "as a receiver and answer your users' requests"
@@ -176,6 +181,13 @@ def _receiver_plan(cfg: Config, *, both: bool) -> ReceiverPlan:
         auth = cfg.gateway.auth  # the built-in receiver knows its own gateway's secret
     if auth.enabled:
         settings.auth = SharedSecretClient(resolve_secret(auth, "receiver.auth", []), client_id)
+    if r.auth.did_wba_enabled:  # signs with its DID, plus the shared secret when enabled
+        from .didfiles import receiver_auth, service_domains
+
+        secret = settings.auth if isinstance(settings.auth, SharedSecretClient) else None
+        # `both` dials its own gateway on loopback: sign the name that gateway checks
+        service = service_domains(cfg.gateway)[0] if both else None
+        settings.auth = receiver_auth(r.auth, secret, service)
     verify = "none" if r.tls.verify_mode == "none" else "required"
     check_hostname = verify != "none"
     if both:

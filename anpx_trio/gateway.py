@@ -11,6 +11,7 @@ from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
 from anpx_host.launch import BoundPorts, Listen, bind_failure
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump
+from .did import serve_documents
 
 log = logging.getLogger("anpx.gateway")
 
@@ -45,6 +46,9 @@ class GatewayServer:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.pump.ticker, TICK_INTERVAL)
+            documents = getattr(self.core.settings.auth, "cache", None)  # DID-WBA
+            if documents is not None:
+                nursery.start_soon(serve_documents, self.core, self.pump, documents)
             self.core.set_wall_clock(self.pump.now(), time.time())
             self._listeners = trio.CancelScope()
             bound: dict[str, int | None] = {"admin": None}

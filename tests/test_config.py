@@ -166,7 +166,14 @@ def test_seed_config_with_every_seed_key_loads_unchanged(tmp_path: Path) -> None
     assert (g.max_connections, g.timeout, g.keepalive_timeout) == (100, 30.0, 60.0)
     assert (g.chunk_size, g.ping_interval) == (65536, 10.0)
     assert g.tls == TlsConfig(True, "server.crt", "server.key", "ca.crt", "optional")
-    assert g.auth == AuthConfig(True, "gateway-secret", 3600, 3)
+    assert g.auth == AuthConfig(
+        True,
+        "gateway-secret",
+        3600,
+        3,
+        did_document_path="docs/did_info/doc.json",
+        allowed_dids=("did:wba:example.com:one",),
+    )
     r = cfg.receiver
     # An explicit gateway_url is kept in `both` mode.
     assert r.gateway_url == "wss://gateway.example.com:8789"
@@ -179,20 +186,24 @@ def test_seed_config_with_every_seed_key_loads_unchanged(tmp_path: Path) -> None
     assert r.auth == AuthConfig(True, "receiver-secret", 600, 5)
     # An app module wins over the seed's local_host/local_port.
     assert r.backend == "app" and r.forward is None
-    assert cfg.ignored == (
-        "[gateway.auth] did_wba_enabled",
-        "[gateway.auth] did_document_path",
-        "[gateway.auth] allowed_dids",
-        "[gateway] database",
+    assert cfg.ignored == ("[gateway] database",)
+
+
+def test_did_wba_keys_are_checked() -> None:
+    e = err({"gateway": {"auth": {"allowed_dids": ["alice"]}}})
+    assert str(e).startswith(
+        "config error: [gateway.auth] allowed_dids: expected an array of did:wba"
     )
-
-
-def test_did_wba_enabled_true_is_refused_not_ignored() -> None:
-    e = err({"gateway": {"auth": {"did_wba_enabled": True}}})
+    e = err({"mode": "receiver", "receiver": {"auth": {"did_wba_enabled": True}}})
     assert str(e) == (
-        "config error: [gateway.auth] did_wba_enabled: DID-WBA authentication is not supported "
-        "by anpx; set it to false and use shared_secret"
+        "config error: [receiver.auth] did_document_path: required when did_wba_enabled = true"
     )
+    e = err({"gateway": {"wss_host": "0.0.0.0", "auth": {"did_wba_enabled": True}}})
+    assert "did_service_domains: required with did_wba_enabled when wss_host is a wildcard" in str(
+        e
+    )
+    e = err({"gateway": {"auth": {"did_wba_enabled": True, "did_fetch": False}}})
+    assert str(e) == "config error: [gateway.auth] did_fetch: false needs did_documents_dir"
 
 
 def test_seed_keys_are_ignored_only_where_the_seed_had_them() -> None:
