@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 
+from anpx_command import create_app
 from anpx_core.launch import (
     Plan,
     StartupFailure,
@@ -23,7 +24,7 @@ log = logging.getLogger("anpx")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(argv, PROG, lambda plan, app: asyncio.run(_run(plan, app)))
+    return run_cli(argv, PROG, lambda plan, app: asyncio.run(_run(plan, app)), create_app)
 
 
 async def _run(plan: Plan, app) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from .auth import SharedSecretClient, SharedSecretServer
 from .config import (
     AuthConfig,
+    CommandConfig,
     Config,
     ConfigError,
     GatewayConfig,
@@ -28,6 +29,8 @@ from .gateway import GatewaySettings
 from .receiver import ReceiverSettings
 
 SECRET_ENV = "ANPX_SHARED_SECRET"
+COMMAND_TOKEN_ENV = "ANPX_COMMAND_TOKEN"
+MIN_COMMAND_TOKEN = 16
 EXIT_OK = 0
 EXIT_FAILURE = 1  # start-up failed (port in use, bad certificate, gateway unreachable)
 
@@ -94,6 +97,8 @@ class ReceiverPlan:
     tls: TlsPolicy
     grace: float
     interface: str = "auto"  # how to call the app: "auto", "asgi" or "wsgi"
+    command: CommandConfig | None = None  # command mode (anpx_command) instead of an app
+    command_token: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -120,7 +125,27 @@ def make_plan(mode: str, cfg: Config) -> Plan:
         plan.gateway = _gateway_plan(cfg, plan.warnings)
     if mode in ("receiver", "both"):
         plan.receiver = _receiver_plan(cfg, both=mode == "both")
+        if cfg.command.enabled:
+            _command_plan(cfg, plan.receiver, plan.warnings)
+    elif cfg.command.enabled:
+        plan.warnings.append("command mode runs in the receiver: it has no effect in gateway mode")
+    if not cfg.command.enabled and (cfg.command.enable_mcp or cfg.command.mcp_port):
+        plan.warnings.append("MCP is part of command mode: it is off without --command-mode")
     return plan
+
+
+def _command_plan(cfg: Config, plan: ReceiverPlan, warnings: list[str]) -> None:
+    """Command mode replaces the served app; it refuses to start without an API token."""
+    r = cfg.receiver
+    if r.local_app_module is not None or r.forward is not None:
+        raise ConfigError(
+            "[command] enabled: command mode is the app this receiver serves; "
+            "remove local_app_module / local_url / local_port",
+            path="command.enabled",
+        )
+    plan.command = cfg.command
+    plan.command_token = resolve_command_token(cfg.command, warnings)
+    plan.demo = False
 
 
 def _gateway_plan(cfg: Config, warnings: list[str]) -> GatewayPlan:
@@ -228,9 +253,17 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def resolve_app(plan: ReceiverPlan):
-    """The ASGI app the receiver serves: the user's (a WSGI app wrapped), the demo, or None
+def resolve_app(plan: ReceiverPlan, command_app=None):
+    """The ASGI app the receiver serves: the user's (a WSGI app wrapped), command mode (built
+    by ``command_app(config, token)``, which the driver passes in), the demo, or None
     (forward mode)."""
+    if plan.command is not None:
+        if command_app is None:
+            raise ConfigError("[command] enabled: command mode is not available here")
+        try:
+            return command_app(plan.command, plan.command_token)
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigError(f"[command] {exc}", path="command") from None
     if plan.app_spec is not None:
         from .apploader import load_app
 
@@ -313,6 +346,43 @@ def resolve_secret(auth: AuthConfig, section: str, warnings: list[str]) -> bytes
     )
 
 
+def resolve_command_token(command: CommandConfig, warnings: list[str]) -> bytes:
+    """The command-mode API token: ``token``, else ``token_file``, else ``ANPX_COMMAND_TOKEN``.
+    Command mode runs programs: without a token of at least 16 characters it does not start."""
+    token = b""
+    if command.token:
+        token = command.token.encode()
+    elif command.token_file:
+        path = command.token_file
+        try:
+            with open(path, "rb") as f:
+                token = f.read().strip()
+            if os.stat(path).st_mode & 0o077:
+                warnings.append(
+                    f"{path} (the command-mode token) can be read by other users: chmod 600 it"
+                )
+        except OSError as exc:
+            raise ConfigError(
+                f"[command] token_file: cannot read {path}: {exc.strerror}",
+                path="command.token_file",
+            ) from None
+    else:
+        token = os.environ.get(COMMAND_TOKEN_ENV, "").strip().encode()
+    if not token:
+        raise ConfigError(
+            "[command] token: command mode runs programs on this machine and will not start "
+            f"without an API token (token, token_file, or the {COMMAND_TOKEN_ENV} environment variable)",
+            path="command.token",
+        )
+    if len(token) < MIN_COMMAND_TOKEN:
+        raise ConfigError(
+            f"[command] token: expected at least {MIN_COMMAND_TOKEN} characters "
+            "(e.g. from: python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+            path="command.token",
+        )
+    return token
+
+
 def default_client_id() -> str:
     """A receiver id stable per machine and user: UUID v5 of host name, machine id and user."""
     import getpass
@@ -335,7 +405,7 @@ def default_client_id() -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_DNS, name))
 
 
-def run_cli(argv: list[str] | None, prog: str, execute) -> int:
+def run_cli(argv: list[str] | None, prog: str, execute, command_app=None) -> int:
     """``python -m <driver>``: parse, plan, then ``execute(plan, app)`` on the driver's loop.
 
     Returns the exit code: 0 after a clean drain, 1 when start-up failed (one line on
@@ -352,7 +422,7 @@ def run_cli(argv: list[str] | None, prog: str, execute) -> int:
     try:
         plan = make_plan(mode, cfg)
         check_files(plan)
-        app = resolve_app(plan.receiver) if plan.receiver is not None else None
+        app = resolve_app(plan.receiver, command_app) if plan.receiver is not None else None
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2

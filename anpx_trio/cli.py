@@ -7,6 +7,7 @@ import signal
 
 import trio
 
+from anpx_command import create_app
 from anpx_core.launch import (
     Plan,
     StartupFailure,
@@ -24,7 +25,7 @@ log = logging.getLogger("anpx")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(argv, PROG, lambda plan, app: trio.run(_run, plan, app))
+    return run_cli(argv, PROG, lambda plan, app: trio.run(_run, plan, app), create_app)
 
 
 async def _run(plan: Plan, app) -> None:

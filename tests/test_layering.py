@@ -18,9 +18,19 @@ REPO = Path(__file__).resolve().parent.parent
 CORE = REPO / "anpx_core"
 CORE_MODULES = sorted(CORE.glob("*.py"))
 
-#: I/O, threads and event loops belong to the drivers.
+#: I/O, threads and event loops belong to the drivers (command mode too: the drivers pass it in).
 FORBIDDEN = frozenset(
-    {"socket", "ssl", "select", "selectors", "threading", "asyncio", "trio", "anyio"}
+    {
+        "socket",
+        "ssl",
+        "select",
+        "selectors",
+        "threading",
+        "asyncio",
+        "trio",
+        "anyio",
+        "anpx_command",
+    }
 )
 #: Modules that can tell the time; anpx_core is given ``now`` instead.
 CLOCK_MODULES = frozenset({"time", "datetime"})
