@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 __all__ = ["BUILTIN", "Executor", "Request", "RequestError", "executors_from"]
 
-_RESUME_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_RESUME_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _PLACEHOLDER = re.compile(r"\{prompt\}|\{project_path\}")
 
 
@@ -45,7 +45,7 @@ class Executor:
             if not self.resumable:
                 raise RequestError(f"executor {self.name} cannot resume a session")
             if not _RESUME_ID.fullmatch(request.resume):
-                raise RequestError("resume: expected a session id of letters, digits, - and _")
+                raise RequestError("resume: expected a session id of letters, digits, - and _ (not starting with -)")
         return self.build(request)
 
 

@@ -284,9 +284,12 @@ class SessionManager:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                if process.returncode is None:  # shutting down: nothing may outlive the app
-                    _signal_group(process.pid, signal.SIGKILL)
+                # Shutting down or not, nothing of the session outlives it: a session that
+                # reads as ended has no process left in its group.
+                _signal_group(process.pid, signal.SIGKILL)
                 await process.aclose()
+                with anyio.move_on_after(self.limits.cancel_grace):
+                    await _group_gone(process.pid)
             s._exited.set()
             s.exit_code = process.returncode
             s.status = s._stop_reason or "exited"
@@ -308,6 +311,16 @@ class SessionManager:
             pass
         finally:
             pumped.set()
+
+
+async def _group_gone(pgid: int) -> None:
+    """Return once no process is left in the group (SIGKILL is delivered asynchronously)."""
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        await anyio.sleep(0.005)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -60,7 +60,9 @@ async def running(app: Any) -> AsyncIterator[Any]:
     from_app_send, from_app = anyio.create_memory_object_stream[dict](4)
 
     async def lifespan() -> None:
-        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, to_app.receive, from_app_send.send)
+        await app(
+            {"type": "lifespan", "asgi": {"version": "3.0"}}, to_app.receive, from_app_send.send
+        )
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(lifespan)
