@@ -45,7 +45,9 @@ class Executor:
             if not self.resumable:
                 raise RequestError(f"executor {self.name} cannot resume a session")
             if not _RESUME_ID.fullmatch(request.resume):
-                raise RequestError("resume: expected a session id of letters, digits, - and _ (not starting with -)")
+                raise RequestError(
+                    "resume: expected a session id of letters, digits, - and _ (not starting with -)"
+                )
         return self.build(request)
 
 

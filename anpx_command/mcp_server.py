@@ -9,7 +9,6 @@ checked the bearer token, ``allowed_hosts`` and ``allowed_origins`` before this 
 Install with ``pip install 'anpx[mcp]'``.
 """
 
-
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
