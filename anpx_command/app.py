@@ -31,6 +31,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from anpx_core.launch import first_error
+
 from .claude_store import ClaudeStore, StoreNotFound
 from .executors import RequestError
 from .guard import Guard, Refusal, audit, client_of
@@ -130,6 +132,7 @@ class CommandApp:
                 await receive()  # lifespan.shutdown
                 tg.cancel_scope.cancel()
         except Exception as exc:
+            exc = first_error(exc)  # task groups wrap the error that matters
             log.error("command mode stopped: %s", exc)
             if not started:
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import Any
 from urllib.parse import unquote
 
@@ -42,7 +43,13 @@ class LocalListener:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        try:
+            listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        except OSError as exc:
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise RuntimeError(
+                f"mcp_port: cannot listen on {self.host}:{self.port}: {reason}"
+            ) from None
         log.info("command mode also listens on http://%s:%d/", self.host, self.port)
         task_status.started()
         async with listener:

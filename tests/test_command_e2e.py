@@ -10,6 +10,7 @@ own client lists and calls the tools through the tunnel, with a public Host head
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,3 +221,31 @@ async def _mcp_client(stack: Stack) -> None:
         assert sid in [s["id"] for s in listed.structured_content["sessions"]]
         refused = await client.call_tool("start_session", {**args, "project_path": "/"})
         assert refused.is_error and "roots" in refused.content[0].text
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_refusals_at_start_are_one_line(driver: str, tmp_path: Path) -> None:
+    base = [
+        "python",
+        "-m",
+        driver,
+        "receiver",
+        "--command-mode",
+        "--gateway-url",
+        "ws://127.0.0.1:1",
+    ]
+    no_token = Proc([*base, "--command-root", str(tmp_path)], env={"ANPX_COMMAND_TOKEN": ""})
+    assert no_token.finish() == 2
+    assert "will not start without an API token" in no_token.lines[-1]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = Proc(
+            [*base, "--command-root", str(tmp_path), "--mcp-port", str(port)],
+            env={"ANPX_COMMAND_TOKEN": TOKEN},
+        )
+        assert busy.finish() == 1
+    assert busy.lines[-1].endswith(
+        f"mcp_port: cannot listen on 127.0.0.1:{port}: address already in use"
+    )
