@@ -16,7 +16,7 @@ class OutputLog:
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self._data = bytearray()
-        self._changed = anyio.Event()
+        self._changed: anyio.Event | None = None  # made when someone waits
         self.closed = False
         self.truncated = False
 
@@ -46,8 +46,11 @@ class OutputLog:
     async def wait_beyond(self, offset: int) -> None:
         """Return once the log is longer than ``offset`` or closed."""
         while len(self._data) <= offset and not self.closed:
+            if self._changed is None:
+                self._changed = anyio.Event()
             await self._changed.wait()
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
