@@ -94,6 +94,32 @@ OPTIONS: tuple[Option, ...] = (
         metavar="ROUTE",
     ),
     _opt(
+        "--command-mode",
+        key="command.enabled",
+        help="serve command mode: run coding agents here (needs a token and --command-root)",
+        action="store_true",
+    ),
+    _opt(
+        "--command-root",
+        key="command.roots",
+        help="a directory command-mode sessions may use (repeat for several)",
+        action="append",
+        metavar="DIR",
+    ),
+    _opt(
+        "--enable-mcp",
+        key="command.enable_mcp",
+        help="serve MCP (Streamable HTTP) at [command] mcp_path in command mode",
+        action="store_true",
+    ),
+    _opt(
+        "--mcp-port",
+        key="command.mcp_port",
+        help="also serve command mode and MCP on 127.0.0.1:PORT",
+        type=int,
+        metavar="PORT",
+    ),
+    _opt(
         "--log-level",
         key="logging.level",
         help="log level",

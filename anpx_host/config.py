@@ -43,6 +43,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 __all__ = [
     "MODES",
     "AuthConfig",
+    "CommandConfig",
     "Config",
     "ConfigError",
     "GatewayConfig",
@@ -391,6 +392,48 @@ class ReceiverConfig(_Section):
         return "forward" if self.forward is not None else "demo"
 
 
+def _executor_name(value: str) -> str | None:
+    if re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", value):
+        return None
+    return "expected a name of lowercase letters, digits, - and _"
+
+
+_DEFAULT_ENV_ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ")
+
+
+@dataclass(frozen=True, slots=True)
+class CommandConfig(_Section):
+    """``[command]``: the command-mode app (anpx_command) the receiver serves; off by default."""
+
+    enabled: bool = _opt(False, "bool")
+    # the API credential: inline, from a file, or from ANPX_COMMAND_TOKEN (see launch.py)
+    token: str | None = _opt(None, "str", nonempty=True, secret=True)
+    token_file: str | None = _opt(None, "path")
+    roots: tuple[str, ...] = _opt((), "strs")  # project_path must lie under one of these
+    max_sessions: int = _opt(4, "int", lo=1, hi=1000)  # running at once
+    max_retained: int = _opt(32, "int", lo=1, hi=100_000)  # kept, finished ones included
+    time_limit: float = _opt(3600.0, "float", lo=0, lo_open=True, unit="seconds")
+    cancel_grace: float = _opt(5.0, "float", lo=0, unit="seconds")  # SIGTERM, then SIGKILL
+    max_output_bytes: int = _opt(8 * MiB, "size")  # per session; the process is stopped beyond
+    max_prompt_bytes: int = _opt(256 * 1024, "int", lo=1, hi=64 * MiB, unit="bytes")
+    env_allow: tuple[str, ...] = _opt(_DEFAULT_ENV_ALLOW, "strs")  # variables executors inherit
+    # executables of the built-in executors, and user-defined executors (name = argv template)
+    claude_path: str = _opt("claude", "str", nonempty=True)
+    codex_path: str = _opt("codex", "str", nonempty=True)
+    gemini_path: str = _opt("gemini", "str", nonempty=True)
+    executors: dict[str, tuple[str, ...]] | None = _opt(None, "argvs")  # noqa: RUF009
+    claude_home: str = _opt("~/.claude", "str", nonempty=True)  # Claude Code's own store
+    # failed authentications per client address: a token bucket
+    auth_failure_rate: float = _opt(0.1, "float", lo=0, lo_open=True, unit="per second")
+    auth_failure_burst: int = _opt(5, "int", lo=1)
+    allowed_hosts: tuple[str, ...] = _opt((), "strs")  # Host header values; (): any
+    allowed_origins: tuple[str, ...] = _opt((), "strs")  # browser Origins; (): none
+    enable_mcp: bool = _opt(False, "bool")
+    mcp_path: str = _opt("/mcp", "str", nonempty=True, extra=_root_path)
+    mcp_port: int = _opt(0, "int", lo=0, hi=65535)  # 0: no loopback listener of its own
+    audit_log: str | None = _opt(None, "path")  # also a file of its own (else the log only)
+
+
 @dataclass(frozen=True, slots=True)
 class Config(_Section):
     mode: str = _opt("gateway", "choice", choices=MODES)
@@ -398,6 +441,7 @@ class Config(_Section):
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata=_SECTION)
     gateway: GatewayConfig = field(default_factory=GatewayConfig, metadata=_SECTION)
     receiver: ReceiverConfig = field(default_factory=ReceiverConfig, metadata=_SECTION)
+    command: CommandConfig = field(default_factory=CommandConfig, metadata=_SECTION)
     #: Seed keys accepted but without effect in anpx, e.g. "[gateway.auth] did_document_path".
     ignored: tuple[str, ...] = field(default=(), metadata={"internal": True})
 
@@ -472,6 +516,10 @@ def _expected(check: _Check) -> str:
         return 'expected an array of IP addresses or networks, e.g. ["127.0.0.1", "10.0.0.0/8"]'
     if check.kind == "routes":
         return 'expected an array of routes like "api.example.com/", "/agents/bob"'
+    if check.kind == "strs":
+        return "expected an array of non-empty strings"
+    if check.kind == "argvs":
+        return 'expected a table of name = argv array, e.g. {aider = ["aider", "--message", "{prompt}"]}'
     if check.kind == "claims":
         return 'expected a table of receiver id = array of routes, e.g. {"rc-1" = ["api.example.com/"]}'
     if check.kind == "dids":
@@ -567,6 +615,19 @@ def _convert(check: _Check, value: Any) -> tuple[bool, Any]:
     if kind == "routes":
         ok = isinstance(value, (list, tuple)) and all(_route_ok(r) for r in value)
         return ok, tuple(value) if ok else value
+    if kind == "strs":
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value)
+        return ok, tuple(value) if ok else value
+    if kind == "argvs":
+        ok = isinstance(value, dict) and all(
+            isinstance(k, str)
+            and _executor_name(k) is None
+            and isinstance(v, (list, tuple))
+            and len(v) > 0
+            and all(isinstance(a, str) and a for a in v)
+            for k, v in value.items()
+        )
+        return ok, {k: tuple(v) for k, v in value.items()} if ok else value
     if kind == "claims":
         ok = isinstance(value, dict) and all(
             isinstance(k, str)
@@ -649,7 +710,7 @@ class _Parser:
         if close:
             hint = f" (did you mean {_where((*path, close[0]))}?)"
         elif not path:
-            hint = " (sections are [logging], [gateway] and [receiver])"
+            hint = " (sections are [logging], [gateway], [receiver] and [command])"
         else:
             hint = ""
         dotted = ".".join((*path, key))
@@ -776,6 +837,7 @@ def _cross_check(cfg: Config, merged: Mapping[str, Any], parser: _Parser) -> Non
             overlap = host == other_host or host in _WILDCARD_HOSTS or other_host in _WILDCARD_HOSTS
             if port and port == other_port and overlap:
                 raise fail(("gateway",), name, f"{port} is already taken by {other}")
+    _check_command(cfg.command, fail)
     if r.local_app_module is not None and r.local_url is not None:
         raise fail(("receiver",), "local_url", "conflicts with local_app_module; set only one")
     if r.local_url is not None and _has_path(merged, "receiver.local_port"):
@@ -808,6 +870,26 @@ def _cross_check_did(cfg: Config, fail: Callable[..., ConfigError]) -> None:
         for key in ("did_document_path", "private_key_path"):
             if not getattr(r, key):
                 raise fail(("receiver", "auth"), key, "required when did_wba_enabled = true")
+
+
+def _check_command(c: CommandConfig, fail: Callable[..., ConfigError]) -> None:
+    section = ("command",)
+    if c.token and c.token_file:
+        raise fail(section, "token_file", "conflicts with token; set only one")
+    for root in c.roots:
+        if not Path(root).expanduser().is_absolute():
+            raise fail(section, "roots", f"expected absolute paths, got {_show(root)}")
+    if c.enabled and not c.roots:
+        raise fail(
+            section, "roots", "required when enabled = true: the directories sessions may use"
+        )
+    if c.max_sessions > c.max_retained:
+        raise fail(section, "max_sessions", f"must not exceed max_retained ({c.max_retained})")
+    if c.max_output_bytes < 1024:
+        raise fail(section, "max_output_bytes", "expected at least 1024 bytes")
+    taken = {"claude", "codex", "gemini"} & set(c.executors or {})
+    if taken:
+        raise fail(section, "executors", f"{sorted(taken)[0]} is a built-in executor")
 
 
 def load_config(

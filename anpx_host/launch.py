@@ -20,6 +20,7 @@ from anpx_core.receiver import ReceiverSettings
 
 from .config import (
     AuthConfig,
+    CommandConfig,
     Config,
     ConfigError,
     GatewayConfig,
@@ -31,6 +32,9 @@ from .errors import StartupError
 
 SECRET_ENV = "ANPX_SHARED_SECRET"
 ADMIN_TOKEN_ENV = "ANPX_ADMIN_TOKEN"
+
+COMMAND_TOKEN_ENV = "ANPX_COMMAND_TOKEN"
+MIN_COMMAND_TOKEN = 16
 EXIT_OK = 0
 EXIT_FAILURE = 1  # start-up failed (port in use, bad certificate, gateway unreachable)
 
@@ -93,6 +97,8 @@ class ReceiverPlan:
     tls: TlsPolicy
     grace: float
     interface: str = "auto"  # how to call the app: "auto", "asgi" or "wsgi"
+    command: CommandConfig | None = None  # command mode (anpx_command) instead of an app
+    command_token: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -119,7 +125,27 @@ def make_plan(mode: str, cfg: Config) -> Plan:
         plan.gateway = _gateway_plan(cfg, plan.warnings)
     if mode in ("receiver", "both"):
         plan.receiver = _receiver_plan(cfg, both=mode == "both")
+        if cfg.command.enabled:
+            _command_plan(cfg, plan.receiver, plan.warnings)
+    elif cfg.command.enabled:
+        plan.warnings.append("command mode runs in the receiver: it has no effect in gateway mode")
+    if not cfg.command.enabled and (cfg.command.enable_mcp or cfg.command.mcp_port):
+        plan.warnings.append("MCP is part of command mode: it is off without --command-mode")
     return plan
+
+
+def _command_plan(cfg: Config, plan: ReceiverPlan, warnings: list[str]) -> None:
+    """Command mode replaces the served app; it refuses to start without an API token."""
+    r = cfg.receiver
+    if r.local_app_module is not None or r.forward is not None:
+        raise ConfigError(
+            "[command] enabled: command mode is the app this receiver serves; "
+            "remove local_app_module / local_url / local_port",
+            path="command.enabled",
+        )
+    plan.command = cfg.command
+    plan.command_token = resolve_command_token(cfg.command, warnings)
+    plan.demo = False
 
 
 def _gateway_plan(cfg: Config, warnings: list[str]) -> GatewayPlan:
@@ -242,8 +268,15 @@ def _hostport(host: str, port: int) -> str:
 
 
 def resolve_app(plan: ReceiverPlan):
-    """The ASGI app the receiver serves: the user's (a WSGI app wrapped), the demo, or None
-    (forward mode)."""
+    """The ASGI app the receiver serves: the user's (a WSGI app wrapped), command mode
+    (:mod:`anpx_command`, imported only when enabled), the demo, or None (forward mode)."""
+    if plan.command is not None:
+        from anpx_command import create_app
+
+        try:
+            return create_app(plan.command, plan.command_token)
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigError(f"[command] {exc}", path="command") from None
     if plan.app_spec is not None:
         from .apploader import load_app
 
@@ -361,6 +394,43 @@ def resolve_admin_token(g: GatewayConfig, warnings: list[str]) -> bytes | None:
             path="gateway.admin_token",
         )
     return None
+
+
+def resolve_command_token(command: CommandConfig, warnings: list[str]) -> bytes:
+    """The command-mode API token: ``token``, else ``token_file``, else ``ANPX_COMMAND_TOKEN``.
+    Command mode runs programs: without a token of at least 16 characters it does not start."""
+    token = b""
+    if command.token:
+        token = command.token.encode()
+    elif command.token_file:
+        path = command.token_file
+        try:
+            with open(path, "rb") as f:
+                token = f.read().strip()
+            if os.stat(path).st_mode & 0o077:
+                warnings.append(
+                    f"{path} (the command-mode token) can be read by other users: chmod 600 it"
+                )
+        except OSError as exc:
+            raise ConfigError(
+                f"[command] token_file: cannot read {path}: {exc.strerror}",
+                path="command.token_file",
+            ) from None
+    else:
+        token = os.environ.get(COMMAND_TOKEN_ENV, "").strip().encode()
+    if not token:
+        raise ConfigError(
+            "[command] token: command mode runs programs on this machine and will not start "
+            f"without an API token (token, token_file, or the {COMMAND_TOKEN_ENV} environment variable)",
+            path="command.token",
+        )
+    if len(token) < MIN_COMMAND_TOKEN:
+        raise ConfigError(
+            f"[command] token: expected at least {MIN_COMMAND_TOKEN} characters "
+            "(e.g. from: python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+            path="command.token",
+        )
+    return token
 
 
 def default_client_id() -> str:

@@ -245,7 +245,7 @@ ERRORS = [
     ({"gateway": {"tls": True}}, "config error: [gateway] tls: expected a table [gateway.tls], got true"),
     ({"gateway": {"tsl": {"enabled": True}}}, "config error: [gateway.tsl]: unknown section (did you mean [gateway.tls]?)"),
     ({"gatewy": {}}, "config error: [gatewy]: unknown section (did you mean [gateway]?)"),
-    ({"extras": {}}, "config error: [extras]: unknown section (sections are [logging], [gateway] and [receiver])"),
+    ({"extras": {}}, "config error: [extras]: unknown section (sections are [logging], [gateway], [receiver] and [command])"),
     ({"verbose": True}, "config error: verbose: unknown key"),
     ({"gateway": 5}, "config error: gateway: expected a table [gateway], got 5"),
     ({"gateway": {"odd key": 1}}, 'config error: [gateway] "odd key": unknown key'),
@@ -738,7 +738,7 @@ def _default_of(key: str) -> object:
     if isinstance(node, str):
         return f'"{node}"'
     if isinstance(node, tuple):
-        return "[]" if not node else list(node)
+        return "[" + ", ".join(f'"{x}"' for x in node) + "]"  # as written in TOML
     return node
 
 

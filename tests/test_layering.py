@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 CORE = REPO / "anpx_core"
 CORE_MODULES = sorted(CORE.glob("*.py"))
 
-#: I/O, threads and event loops belong to the drivers; process concerns to the host layer.
+#: I/O, threads and event loops belong to the drivers; process concerns to the host layer;
+#: apps behind the receiver (command mode) to their own package.
 FORBIDDEN = frozenset(
     {
         "socket",
@@ -34,6 +35,7 @@ FORBIDDEN = frozenset(
         "anpx_host",
         "anpx_trio",
         "anpx_asyncio",
+        "anpx_command",
     }
 )
 #: Modules that can tell the time; anpx_core is given ``now`` instead.
