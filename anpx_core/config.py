@@ -287,6 +287,10 @@ class GatewayConfig(_Section):
     route_claims: dict[str, tuple[str, ...]] | None = _opt(None, "claims")  # noqa: RUF009 - default None
     # reverse proxies (e.g. nginx) whose X-Forwarded-For/-Proto/-Host/-Port the gateway believes
     trusted_proxies: tuple[str, ...] = _opt((), "networks")
+    # hostile clients (docs/security.md#hostile-http-clients); 0 in a per-address cap: no cap
+    max_output_bytes: int = _opt(MiB, "int", lo=1024, hi=2**31 - 1, unit="bytes")
+    max_connections_per_address: int = _opt(100, "int", lo=0)
+    max_streams_per_address: int = _opt(20, "int", lo=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -796,6 +800,9 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
         if g.route_claims is None
         else {rid: [parse_route(r) for r in routes] for rid, routes in g.route_claims.items()},
         rate_limit=make_limiter(g.rate_limit, g.rate_burst),
+        max_output_bytes=g.max_output_bytes,
+        max_connections_per_address=g.max_connections_per_address,
+        max_streams_per_address=g.max_streams_per_address,
     )
 
 

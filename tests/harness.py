@@ -349,6 +349,8 @@ class HttpClient(Task):
         read_pauses: list[tuple[int, int]] = (),
         read_at: int = 0,
         keep_open: bool = False,
+        leave_at: float | None = None,
+        leave_reset: bool = False,
     ) -> None:
         self.world = world
         self.exchanges = exchanges
@@ -374,6 +376,8 @@ class HttpClient(Task):
         self.closed = False
         self.write_dead = False
         self.keep_open = keep_open  # after the last response, wait for the server to close
+        # leave at this fake time whatever the state (e.g. a client that never reads)
+        self.leave_at, self.leave_reset = leave_at, leave_reset
         self.server_closed = False
         world.tasks.append(self)
 
@@ -453,6 +457,9 @@ class HttpClient(Task):
         if self.closed:
             self.done = True
             return
+        if self.leave_at is not None and world.now >= self.leave_at:
+            self._leave_now()
+            return
         if not self.out and not self.write_dead:
             self._produce()
         if self.out:
@@ -482,6 +489,17 @@ class HttpClient(Task):
             elif self.end.inbox.eof and not self.end.inbox.size:
                 self.server_closed = True
                 self._close()
+
+    def _leave_now(self) -> None:
+        for ex in self.exchanges:
+            if ex.sent and not ex.finished:
+                ex.client_left = True
+                ex.ended = self.world.now
+        if self.leave_reset:
+            self.end.reset()
+        else:
+            self.end.close()
+        self.closed = True
 
     def _maybe_leave(self, phase: str) -> None:
         plan = self.disconnect
