@@ -11,7 +11,8 @@ Driver contract (the receiver core offers the same one):
 * ``take_output(cid) -> (data, close)``: write ``data``, then call ``written(cid, now)``;
   once ``data`` is empty and ``close`` is true, close the socket and call ``closed(cid, now)``;
 * read from a socket only while ``can_read(cid)``;
-* after each call, fire the wake-ups named by ``pop_wakeups()`` (connection ids);
+* after each call, fire the wake-ups named by ``pop_wakeups()`` (connection ids), and reset
+  (abort: close without flushing, even mid-write) the sockets named by ``pop_aborts()``;
 * call ``tick(now)`` every ``TICK_INTERVAL`` seconds.
 """
 
@@ -104,6 +105,9 @@ class GatewaySettings:
     # (connections from trusted proxies are not counted) and in-flight requests; 0: no cap.
     max_connections_per_address: int = 100
     max_streams_per_address: int = 20
+    # A client connection whose pending output makes no progress for this long (the client
+    # stopped reading but keeps the connection open) is reset; 0: never.
+    send_timeout: float = 60.0
 
 
 @dataclass(slots=True, eq=False)
@@ -122,6 +126,7 @@ class _Client:
     backlog: int = 0  # response body handed to the front, not yet written by the driver
     taken: int = 0
     on_wire: int = 0  # bytes take_output handed to the driver, not yet written
+    on_wire_since: float = 0.0  # when those bytes were handed out
     over_limit: str = ""  # why the connection is refused (answered 503 at its first request)
     conn_key: str | None = None  # the address counted against max_connections_per_address
     stream_key: str | None = None  # the address counted for the current stream
@@ -164,6 +169,7 @@ class GatewayCore:
         self._tunnels: list[_Tunnel] = []
         self._next_id = 1
         self._wakeups: set[int] = set()
+        self._aborts: set[int] = set()
         self._clients = 0
         self._admitted = 0  # client connections within the caps (max_connections counts these)
         self._conns_by_address: dict[str, int] = {}
@@ -292,9 +298,16 @@ class GatewayCore:
             if conn.session is not None:
                 conn.taken_mark = conn.session.bytes_out
             return data, conn.ws.closed
-        data = conn.front.data_to_send()
-        if isinstance(conn, _Client):
-            conn.taken = conn.backlog
+        if isinstance(conn, _Admin):
+            return conn.front.data_to_send(), conn.front.closed
+        # In pieces, so that send_timeout measures a client's reading, not one large write.
+        data = conn.front.data_to_send(WRITE_CHUNK)
+        if data:
+            # Body bytes come out in order after their head: counting the first ones of
+            # the piece as body may return credit a head's worth early, never leaves it stuck.
+            conn.taken = min(conn.backlog, len(data))
+            if not conn.on_wire:
+                conn.on_wire_since = self._now
             conn.on_wire += len(data)
         return data, conn.front.closed
 
@@ -325,6 +338,18 @@ class GatewayCore:
             tunnel.session.consumed(conn.rid, nbytes)
             tunnel.session.flush_credits()
             self._wakeups.add(tunnel.cid)
+
+    def _stalled(self, conn: _Client, now: float) -> bool:
+        """Reset a connection whose client has taken none of its output for send_timeout."""
+        limit = self.settings.send_timeout
+        if not (limit > 0 and conn.on_wire and now - conn.on_wire_since >= limit):
+            return False
+        log.info("client %s read nothing for %.0fs: connection reset", conn.peer, limit)
+        self._abandon_client(conn, "client stopped reading")
+        conn.front.abort()
+        self._aborts.add(conn.cid)
+        self._wakeups.add(conn.cid)
+        return True
 
     def _update_hold(self, conn: _Client) -> bool:
         """Hold further pipelined requests while the client's unwritten output is over
@@ -368,6 +393,11 @@ class GatewayCore:
         woken, self._wakeups = self._wakeups, set()
         return woken
 
+    def pop_aborts(self) -> set[int]:
+        """Connections to reset now: the driver aborts the socket (a pending write too)."""
+        aborts, self._aborts = self._aborts, set()
+        return aborts
+
     def set_wall_clock(self, now: float, wall: float) -> None:
         """Tell the core the Unix time ``wall`` at driver time ``now`` (auth timestamps)."""
         self.wall_offset = wall - now
@@ -385,6 +415,8 @@ class GatewayCore:
                 self._wakeups.add(conn.cid)
                 continue
             if isinstance(conn, _Client):
+                if self._stalled(conn, now):
+                    continue
                 self._update_hold(conn)
             events = conn.front.tick(now)
             if events or conn.front.closed:  # an idle keep-alive connection closes silently
@@ -873,6 +905,7 @@ def _addr(addr: tuple[str, int] | None) -> str:
 
 
 REQUEST_ID_HEADER = "x-request-id"
+WRITE_CHUNK = 256 * 1024  # the most take_output hands out for a client at once
 _REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/+=@")
 
 

@@ -269,10 +269,20 @@ class HttpFront:
     def resume_reading(self) -> None:
         self._paused = False
 
-    def data_to_send(self) -> bytes:
+    def data_to_send(self, max_bytes: int | None = None) -> bytes:
+        """The bytes to write now: all of them, or the first ``max_bytes``."""
+        if max_bytes is not None and len(self._out) > max_bytes:
+            out = bytes(self._out[:max_bytes])
+            del self._out[:max_bytes]
+            return out
         out = bytes(self._out)
         self._out.clear()
         return out
+
+    def abort(self) -> None:
+        """Give up on the connection: nothing more is sent, the driver closes it."""
+        self._closed = True
+        self._out.clear()
 
     # -- input ------------------------------------------------------------------------
 

@@ -137,6 +137,7 @@ class CoreConnection:
         self.pending = b""  # taken from the core, not yet in the pipe
         self.max_pending = 0
         world.tasks += [self.reader, self.writer]
+        world.connections[(id(core), cid)] = self
 
     def finish(self) -> None:
         """The writer returned: close the socket, tell the core (``serve``'s finally)."""
@@ -733,6 +734,7 @@ class World:
         run_probability: float | None = None,
     ) -> None:
         self.rng = random.Random(seed)
+        self.connections: dict[tuple[int, int], CoreConnection] = {}
         self.now = 1000.0
         self.steps = 0
         self.next_tick = self.now + TICK_INTERVAL
@@ -796,6 +798,11 @@ class World:
         for key in core.pop_wakeups():
             for task in self._parked.pop((id(core), key), ()):
                 task.woken()
+        for cid in getattr(core, "pop_aborts", set)():
+            conn = self.connections.get((id(core), cid))
+            if conn is not None and not conn.finished:
+                conn.end.reset()  # as a driver aborts the socket, a pending write too
+                conn.finish()
         if isinstance(core, ReceiverCore):
             for request in core.pop_connects():
                 self._connect(core, request)

@@ -193,10 +193,10 @@ def test_pipelined_responses_never_read_are_held_to_the_output_cap(driver):
         assert conn.on_wire + conn.front.output_pending <= cap + 1_000_000 + 64 * 1024
         assert dep.core.stats.requests < 40
         served = dep.core.stats.requests
-        # the client reads one response: the gateway serves on, still bounded
-        first = c.response()
-        assert first.status == 200 and len(first.body) == 1_000_000
-        wait_until(lambda: dep.core.stats.requests > served)
+        # the client reads: the gateway serves on
+        while dep.core.stats.requests <= served:
+            r = c.response()
+            assert r.status == 200 and len(r.body) == 1_000_000
         c.close()
         wait_until(lambda: dep.core.in_flight == 0 and not client_conns(dep.core))
         assert dep.core.stats.requests < 80
@@ -235,6 +235,59 @@ def test_output_cap_holds_pipelined_requests_in_the_harness():
     client.resume_reading()
     world.run(lambda: client.done, max_time=120)
     assert all(bytes(ex.response_body) == expected(ex) for ex in exchanges)
+    world.settle()
+    world.assert_no_leaks()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_client_that_stops_reading_is_reset_after_send_timeout(driver):
+    settings = GatewaySettings(send_timeout=0.5)
+    with deployed(driver, settings) as dep:
+        c = dep.connect(rcvbuf=16 * 1024)
+        c.send(get(f"/download?n={BIG}"))  # then reads nothing, and keeps the connection
+        wait_until(lambda: dep.core.in_flight == 1)
+        # the stream and the connection end: nothing stays pinned by a client that never reads
+        wait_until(lambda: dep.core.in_flight == 0 and not client_conns(dep.core))
+        wait_until(lambda: dep.receiver.obj.core.in_flight == 0)
+        with pytest.raises(ConnectionError):  # the client sees a reset or a cut response
+            while True:
+                c.response()
+        assert httpx.get(dep.url("/download?n=10"), timeout=5).status_code == 200
+
+
+def test_send_timeout_edge_in_fake_time():
+    """A client that stops reading is reset send_timeout after its output stopped moving;
+    one that reads slowly but steadily is not."""
+    timeout = 2.0
+    gw = GatewaySettings(send_timeout=timeout, stream_window=8192, send_frame_size=4096)
+    rx = ReceiverSettings(gateway_urls=["ws://gateway.test/"], stream_window=8192)
+    world = World(seed=9, gateway=gw, receivers=[rx], capacity=(4096, 4096), io_size=(1024, 1024))
+    world.app = make_app(world)
+    world.wait_connected()
+    stuck_ex, slow_ex = big("stuck", 100_000), big("slow", 100_000)
+    stuck = HttpClient(world, [stuck_ex], index=0, read_pauses=[(10_000, 10**9)])
+    # pauses shorter than the timeout (1 fake second each: 1000 steps)
+    slow = HttpClient(
+        world, [slow_ex], index=1, read_pauses=[(n, 1000) for n in range(0, 100_000, 8192)]
+    )
+    since: list[float] = []  # when the stuck client's pending output was handed out
+    reset: list[float] = []
+
+    def watch(w: World) -> None:
+        conn = w.gateway._conns.get(stuck.cid)
+        if conn is not None:
+            since[:] = [conn.on_wire_since] if conn.on_wire else []
+        elif not reset:
+            reset.append(w.now)
+
+    world.hooks.append(watch)
+    world.run(lambda: bool(reset) and slow.done, max_time=300)
+    # reset within a tick of send_timeout after its output stopped moving, not before
+    assert since and timeout <= reset[0] - since[0] <= timeout + 0.2
+    stuck.resume_reading()
+    world.run(lambda: stuck.done)
+    assert stuck_ex.aborted == "connection reset" and not stuck_ex.complete
+    assert slow_ex.complete and bytes(slow_ex.response_body) == expected(slow_ex)
     world.settle()
     world.assert_no_leaks()
 
@@ -418,7 +471,16 @@ def test_receiver_reset_reason_stays_out_of_the_page(driver):
 
 # --- accounting invariants under random client behaviour (deliverable 4) ----------------------
 
-BEHAVIOURS = ("normal", "pipeline", "early-close", "reset", "never-read", "slow-read")
+STAY = 30.0  # fake seconds a client that never reads keeps its connection open
+BEHAVIOURS = (
+    "normal",
+    "pipeline",
+    "early-close",
+    "reset",
+    "never-read",
+    "never-read-stay",
+    "slow-read",
+)
 
 
 @st.composite
@@ -461,12 +523,14 @@ def test_every_stream_ends_and_frees_what_it_held(sc: dict) -> None:
         high_water=32 * 1024,
         max_streams_per_address=3,
         max_connections_per_address=3,
+        send_timeout=2.0,
     )
     rx = ReceiverSettings(gateway_urls=["ws://gateway.test/"], stream_window=window)
     world = World(seed=sc["seed"], gateway=gw, receivers=[rx], capacity=(1024, 16_384))
     world.app = make_app(world)
     world.wait_connected()
-    clients = []
+    clients: list[HttpClient] = []
+    stays: list[HttpClient] = []
     for i, plan in enumerate(sc["clients"]):
         exchanges = [
             big(f"c{i}x{j}", size, method) for j, (method, size) in enumerate(plan["exchanges"])
@@ -479,9 +543,13 @@ def test_every_stream_ends_and_frees_what_it_held(sc: dict) -> None:
             kw["disconnect"] = Disconnect(0, "response", 100, reset=behaviour == "reset")
         elif behaviour == "never-read":
             kw.update(pipeline=True, read_at=10**9, leave_at=world.now + plan["leave_after"])
+        elif behaviour == "never-read-stay":  # the gateway must end it (send_timeout...)
+            kw.update(pipeline=True, read_at=10**9, leave_at=world.now + STAY)
         elif behaviour == "slow-read":
             kw["read_pauses"] = [(0, 200), (1000, 500)]
         clients.append(HttpClient(world, exchanges, **kw))
+        if behaviour == "never-read-stay":
+            stays.append(clients[-1])
     core = world.gateway
     # what one response may queue before it stops: its credit (v1: high water and one read)
     window_bound = window + 4096 if window else 32 * 1024 + 65536
@@ -491,6 +559,8 @@ def test_every_stream_ends_and_frees_what_it_held(sc: dict) -> None:
         for conn in streams:  # no stream outlives its connection
             assert core._conns.get(conn.cid) is conn, "a stream outlived its client connection"
         assert sum(core._streams_by_address.values()) == len(streams) == core.in_flight
+        for client in stays:  # a client that never reads nor leaves is let go in time
+            assert w.now < client.leave_at - 1 or client.cid not in core._conns
         for conn in client_conns(core):  # buffered bytes stay bounded
             assert conn.on_wire + conn.front.output_pending <= gw.max_output_bytes + window_bound
             assert len(conn.front._inbuf) <= gw.front.max_header_bytes + 65536
