@@ -291,6 +291,7 @@ class GatewayConfig(_Section):
     max_output_bytes: int = _opt(MiB, "int", lo=1024, hi=2**31 - 1, unit="bytes")
     max_connections_per_address: int = _opt(100, "int", lo=0)
     max_streams_per_address: int = _opt(20, "int", lo=0)
+    send_timeout: float = _opt(60.0, "float", lo=0, unit="seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -803,6 +804,7 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
         max_output_bytes=g.max_output_bytes,
         max_connections_per_address=g.max_connections_per_address,
         max_streams_per_address=g.max_streams_per_address,
+        send_timeout=g.send_timeout,
     )
 
 

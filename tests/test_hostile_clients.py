@@ -405,20 +405,16 @@ def test_per_address_caps_count_the_clients_of_trusted_proxies(driver):
 def test_per_address_settings_are_configurable():
     s = to_gateway_settings(
         GatewayConfig(
-            max_output_bytes=4096, max_connections_per_address=0, max_streams_per_address=7
+            max_output_bytes=4096,
+            max_connections_per_address=0,
+            max_streams_per_address=7,
+            send_timeout=0,
         )
     )
-    assert (s.max_output_bytes, s.max_connections_per_address, s.max_streams_per_address) == (
-        4096,
-        0,
-        7,
-    )
-    d = GatewaySettings()
-    assert (d.max_output_bytes, d.max_connections_per_address, d.max_streams_per_address) == (
-        1024 * 1024,
-        100,
-        20,
-    )
+    keys = ("max_output_bytes", "max_connections_per_address", "max_streams_per_address")
+    assert [getattr(s, k) for k in (*keys, "send_timeout")] == [4096, 0, 7, 0]
+    d = GatewaySettings()  # the documented defaults
+    assert [getattr(d, k) for k in (*keys, "send_timeout")] == [1024 * 1024, 100, 20, 60.0]
 
 
 # --- error pages (exposure) -----------------------------------------------------------------
