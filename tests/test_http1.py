@@ -284,7 +284,13 @@ def test_send_data_reports_what_reaches_the_client():
     front.send_response(ResponseHead(200, "", [("content-length", "5")]))
     assert front.send_data(b"hello") == 0  # dropped: a HEAD response has no body
     front.end_response()
+    front.tick(1.0)
     front.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", 1.0)
+    front.send_response(ResponseHead(304, "", []))
+    assert front.send_data(b"hello") == 0  # a 304 has no body either
+    front.end_response()
+    front.tick(2.0)
+    front.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", 2.0)
     front.send_response(ResponseHead(200, "", [("content-length", "5")]))
     assert front.send_data(b"hello") == 5
     assert front.output_pending == len(front.data_to_send()) > 0 == front.output_pending
