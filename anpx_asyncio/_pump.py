@@ -80,6 +80,8 @@ class Pump:
         self.core = core
         self.wakers = Wakers()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._writers: dict[int, asyncio.StreamWriter] = {}  # connections being served
+        self._pop_aborts = getattr(core, "pop_aborts", None)
 
     def now(self) -> float:
         # The loop is looked up once: asyncio.get_running_loop() costs a getpid() on 3.11.
@@ -90,6 +92,11 @@ class Pump:
 
     def sync(self) -> None:
         self.wakers.fire(self.core.pop_wakeups())
+        if self._pop_aborts is not None:
+            for cid in self._pop_aborts():
+                writer = self._writers.get(cid)
+                if writer is not None:
+                    writer.transport.abort()  # a drain blocked on a client reading nothing, too
 
     async def serve(
         self,
@@ -100,9 +107,11 @@ class Pump:
     ) -> None:
         """Pump one connection until the core closes it or the peer goes away."""
         read_task = asyncio.get_running_loop().create_task(self._reader(cid, reader, read_size))
+        self._writers[cid] = writer
         try:
             await self._writer(cid, writer)
         finally:
+            self._writers.pop(cid, None)
             read_task.cancel()
             with contextlib.suppress(BaseException):
                 await read_task

@@ -11,7 +11,8 @@ Driver contract (the receiver core offers the same one):
 * ``take_output(cid) -> (data, close)``: write ``data``, then call ``written(cid, now)``;
   once ``data`` is empty and ``close`` is true, close the socket and call ``closed(cid, now)``;
 * read from a socket only while ``can_read(cid)``;
-* after each call, fire the wake-ups named by ``pop_wakeups()`` (connection ids);
+* after each call, fire the wake-ups named by ``pop_wakeups()`` (connection ids), and reset
+  (abort: close without flushing, even mid-write) the sockets named by ``pop_aborts()``;
 * call ``tick(now)`` every ``TICK_INTERVAL`` seconds.
 """
 
@@ -38,6 +39,7 @@ from .http1 import (
     RequestStarted,
 )
 from .meta import RequestHead, ResponseHead
+from .ratelimit import address_key
 from .routing import (
     ROUTES_HEADER,
     Route,
@@ -102,6 +104,16 @@ class GatewaySettings:
     trusted_proxies: list[IPNetwork] = field(default_factory=list)
     # /stats and /metrics need "Authorization: Bearer <token>" when set (/health stays open)
     admin_token: bytes | None = None
+    # Response bytes queued for one client connection and not yet written to it; above
+    # this no further pipelined request is served until the client reads.
+    max_output_bytes: int = 1024 * 1024
+    # Fairness: one client address (IPv6: its /64) holds at most this many connections
+    # (connections from trusted proxies are not counted) and in-flight requests; 0: no cap.
+    max_connections_per_address: int = 100
+    max_streams_per_address: int = 20
+    # A client connection whose pending output makes no progress for this long (the client
+    # stopped reading but keeps the connection open) is reset; 0: never.
+    send_timeout: float = 60.0
 
 
 @dataclass(slots=True, eq=False)
@@ -119,7 +131,11 @@ class _Client:
     body_out: int = 0
     backlog: int = 0  # response body handed to the front, not yet written by the driver
     taken: int = 0
-    over_limit: bool = False
+    on_wire: int = 0  # bytes take_output handed to the driver, not yet written
+    on_wire_since: float = 0.0  # when those bytes were handed out
+    over_limit: str = ""  # why the connection is refused (answered 503 at its first request)
+    conn_key: str | None = None  # the address counted against max_connections_per_address
+    stream_key: str | None = None  # the address counted for the current stream
     behind_proxy: bool = False  # the peer is a trusted proxy: the client is in X-Forwarded-For
     request_id: str = ""  # X-Request-ID: the client's, or the stream's request_id
     route: str = "-"
@@ -161,7 +177,11 @@ class GatewayCore:
         self._tunnels: list[_Tunnel] = []
         self._next_id = 1
         self._wakeups: set[int] = set()
+        self._aborts: set[int] = set()
         self._clients = 0
+        self._admitted = 0  # client connections within the caps (max_connections counts these)
+        self._conns_by_address: dict[str, int] = {}
+        self._streams_by_address: dict[str, int] = {}
         self._now = 0.0  # the time of the call being handled, for access-log durations
         self.wall_offset = 0.0  # Unix time minus the driver's clock (set by tick)
         # Tunnel handshakes waiting for the authenticator (a DID document being fetched).
@@ -198,9 +218,21 @@ class GatewayCore:
         conn = _Client(cid, front, client[0] if client else "-", behind_proxy=proxied)
         self._conns[cid] = conn
         self._clients += 1
-        # Over the limit, the connection's first request is answered 503 and it closes:
-        # a clear answer costs less than a client retrying a silently dropped socket.
-        conn.over_limit = self._clients > self.settings.max_connections
+        # Over a limit, the connection's first request is answered 503 and it closes: a clear
+        # answer costs less than a client retrying a silently dropped socket. A refused
+        # connection takes no place, so one address over its share cannot fill the gateway.
+        # Behind a trusted proxy the address is the proxy's: its connections are not capped.
+        key = None if proxied or client is None else address_key(client[0])
+        per_address = self.settings.max_connections_per_address
+        if key is not None and per_address and self._conns_by_address.get(key, 0) >= per_address:
+            conn.over_limit = "too many connections from your address"
+        elif self._admitted >= self.settings.max_connections:
+            conn.over_limit = "too many connections"
+        else:
+            self._admitted += 1
+            if key is not None:
+                conn.conn_key = key
+                self._conns_by_address[key] = self._conns_by_address.get(key, 0) + 1
         return cid
 
     def open_tunnel(self, now: float, peer: tuple[str, int] | None) -> int:
@@ -230,6 +262,7 @@ class GatewayCore:
             return
         self._wakeups.add(cid)
         if isinstance(conn, _Client):
+            self._update_hold(conn)
             for event in conn.front.receive_data(data, now):
                 self._client_event(conn, event, now)
             self._flush_upload(conn)
@@ -256,6 +289,8 @@ class GatewayCore:
             if conn.cid not in self._conns:
                 continue
             self._wakeups.add(conn.cid)
+            if isinstance(conn, _Client) and self._update_hold(conn):
+                continue  # served once the client has read enough (see written)
             for event in conn.front.tick(self._now):
                 if isinstance(conn, _Admin):
                     self._admin_event(conn, event, self._now)
@@ -277,9 +312,17 @@ class GatewayCore:
             if conn.session is not None:
                 conn.taken_mark = conn.session.bytes_out
             return data, conn.ws.closed
-        data = conn.front.data_to_send()
-        if isinstance(conn, _Client):
-            conn.taken = conn.backlog
+        if isinstance(conn, _Admin):
+            return conn.front.data_to_send(), conn.front.closed
+        # In pieces, so that send_timeout measures a client's reading, not one large write.
+        data = conn.front.data_to_send(WRITE_CHUNK)
+        if data:
+            # Body bytes come out in order after their head: counting the first ones of
+            # the piece as body may return credit a head's worth early, never leaves it stuck.
+            conn.taken = min(conn.backlog, len(data))
+            if not conn.on_wire:
+                conn.on_wire_since = self._now
+            conn.on_wire += len(data)
         return data, conn.front.closed
 
     def written(self, cid: int, now: float) -> None:
@@ -294,15 +337,44 @@ class GatewayCore:
             if conn.paused and conn.backlog < self.settings.high_water:
                 self._wakeups.update(conn.paused)
                 conn.paused.clear()
-        elif isinstance(conn, _Client) and conn.taken:
-            conn.backlog -= conn.taken
-            delivered, conn.taken = conn.taken, 0
-            tunnel = conn.tunnel
-            if tunnel is not None and tunnel.session is not None and conn.rid is not None:
-                tunnel.session.consumed(conn.rid, delivered)
-                tunnel.session.flush_credits()
-                self._wakeups.add(tunnel.cid)
-            self._update_congestion(conn)
+        elif isinstance(conn, _Client):
+            conn.on_wire = 0
+            if conn.taken:
+                conn.backlog -= conn.taken
+                delivered, conn.taken = conn.taken, 0
+                self._consumed(conn, delivered)
+                self._update_congestion(conn)
+            if conn.front.holding and not self._update_hold(conn):
+                self._fronts_due.append(conn)  # the client read: serve what it pipelined
+                self._serve_due_fronts()
+
+    def _consumed(self, conn: _Client, nbytes: int) -> None:
+        """``nbytes`` of the current response left the gateway (written, or dropped by the
+        front for HEAD, 204 and 304): the receiver may send that much more."""
+        tunnel = conn.tunnel
+        if tunnel is not None and tunnel.session is not None and conn.rid is not None:
+            tunnel.session.consumed(conn.rid, nbytes)
+            tunnel.session.flush_credits()
+            self._wakeups.add(tunnel.cid)
+
+    def _stalled(self, conn: _Client, now: float) -> bool:
+        """Reset a connection whose client has taken none of its output for send_timeout."""
+        limit = self.settings.send_timeout
+        if not (limit > 0 and conn.on_wire and now - conn.on_wire_since >= limit):
+            return False
+        log.info("client %s read nothing for %.0fs: connection reset", conn.peer, limit)
+        self._abandon_client(conn, "client stopped reading")
+        conn.front.abort()
+        self._aborts.add(conn.cid)
+        self._wakeups.add(conn.cid)
+        return True
+
+    def _update_hold(self, conn: _Client) -> bool:
+        """Hold further pipelined requests while the client's unwritten output is over
+        ``max_output_bytes``; True while held."""
+        held = conn.on_wire + conn.front.output_pending > self.settings.max_output_bytes
+        conn.front.hold_requests(held)
+        return held
 
     def can_read(self, cid: int) -> bool:
         conn = self._conns.get(cid)
@@ -329,6 +401,11 @@ class GatewayCore:
         self._parked.pop(cid, None)
         if isinstance(conn, _Client):
             self._clients -= 1
+            if not conn.over_limit:
+                self._admitted -= 1
+            if conn.conn_key is not None:
+                _uncount(self._conns_by_address, conn.conn_key)
+                conn.conn_key = None
             self._abandon_client(conn, "client connection closed")
         elif isinstance(conn, _Tunnel):
             self._tunnel_gone(conn, "receiver disconnected")
@@ -347,6 +424,11 @@ class GatewayCore:
         woken, self._wakeups = self._wakeups, set()
         return woken
 
+    def pop_aborts(self) -> set[int]:
+        """Connections to reset now: the driver aborts the socket (a pending write too)."""
+        aborts, self._aborts = self._aborts, set()
+        return aborts
+
     def set_wall_clock(self, now: float, wall: float) -> None:
         """Tell the core the Unix time ``wall`` at driver time ``now`` (auth timestamps)."""
         self.wall_offset = wall - now
@@ -363,6 +445,10 @@ class GatewayCore:
                 # a keepalive ping or a close timeout changes the output without an event
                 self._wakeups.add(conn.cid)
                 continue
+            if isinstance(conn, _Client):
+                if self._stalled(conn, now):
+                    continue
+                self._update_hold(conn)
             events = conn.front.tick(now)
             if events or conn.front.closed:  # an idle keep-alive connection closes silently
                 self._wakeups.add(conn.cid)
@@ -461,9 +547,7 @@ class GatewayCore:
         self.stats.requests += 1
         if conn.over_limit:
             self.stats.rejected_connections += 1
-            self._reply(
-                conn, 503, "too many connections", [("retry-after", "1"), ("connection", "close")]
-            )
+            self._reply(conn, 503, conn.over_limit, [("retry-after", "1"), ("connection", "close")])
             return
         if self.draining:
             self._reply(
@@ -492,6 +576,14 @@ class GatewayCore:
                 self._reply(conn, 404, f"no route for {host or '(no host)'}{path}")
             return
         conn.route = str(route)
+        key = address_key(conn.peer)
+        per_address = self.settings.max_streams_per_address
+        if per_address and self._streams_by_address.get(key, 0) >= per_address:
+            self.stats.rate_limited += 1
+            self._reply(
+                conn, 429, "too many requests in progress from your address", [("retry-after", "1")]
+            )
+            return
         tunnel = self._pick_tunnel(route)
         if tunnel is None:
             if any(t.session is not None for t in self.routes.receivers(route)):
@@ -507,6 +599,8 @@ class GatewayCore:
         rid = str(uuid.uuid4())
         conn.rid, conn.tunnel = rid, tunnel
         tunnel.streams[rid] = conn
+        conn.stream_key = key
+        self._streams_by_address[key] = self._streams_by_address.get(key, 0) + 1
         conn.deadline = now + self.settings.timeout if self.settings.timeout > 0 else None
         head = event.head
         if _header(head, REQUEST_ID_HEADER) is None:
@@ -517,6 +611,7 @@ class GatewayCore:
         except M.ProtocolError:
             tunnel.streams.pop(rid, None)
             conn.rid = conn.tunnel = None
+            self._release_stream_slot(conn)
             self._reply(conn, 431, "request head too large for the tunnel")
             return
         if event.expect_continue:
@@ -529,6 +624,7 @@ class GatewayCore:
         """Answer the current request from the gateway itself."""
         if not conn.request_id:
             conn.request_id = str(uuid.uuid4())
+        text = _error_text(text, conn.request_id)
         conn.front.send_error(status, text, [*headers, (REQUEST_ID_HEADER, conn.request_id)])
         conn.body_out = len(text.rstrip("\n").encode()) + 1  # the front's text/plain body
         self._fronts_due.append(conn)
@@ -549,6 +645,7 @@ class GatewayCore:
         is the reason the peer gets), answer ``status`` with ``error`` as the text, or cut a
         response that has started (``abort``)."""
         tunnel, rid = conn.tunnel, conn.rid
+        self._release_stream_slot(conn)
         if tunnel is not None and rid is not None:
             tunnel.streams.pop(rid, None)
             tunnel.congested.discard(conn.cid)
@@ -560,12 +657,20 @@ class GatewayCore:
         conn.deadline = None
         conn.backlog = conn.taken = 0
         if error is not None or abort:
-            conn.front.send_error(status, error or "")  # once a response started, it cuts it
+            # once a response started, it cuts it
+            text = _error_text(error, conn.request_id) if error is not None else ""
+            ids = [(REQUEST_ID_HEADER, conn.request_id)] if conn.request_id else []
+            conn.front.send_error(status, text, ids)
             self._fronts_due.append(conn)
             conn.status = status
         if conn.head is not None:
             self._log_access(conn, conn.status or status)
         self._wakeups.add(conn.cid)
+
+    def _release_stream_slot(self, conn: _Client) -> None:
+        if conn.stream_key is not None:
+            _uncount(self._streams_by_address, conn.stream_key)
+            conn.stream_key = None
 
     def _abandon_client(self, conn: _Client, why: str) -> None:
         if conn.rid is not None:
@@ -754,10 +859,14 @@ class GatewayCore:
             conn.front.send_response(head)
             self._wakeups.add(conn.cid)
         elif isinstance(event, StreamData):
-            conn.front.send_data(event.data)
-            conn.body_out += len(event.data)
-            conn.backlog += len(event.data)
-            self.stats.bytes_out += len(event.data)
+            queued = conn.front.send_data(event.data)
+            conn.body_out += queued
+            conn.backlog += queued
+            if queued < len(event.data):
+                # Dropped by the front (HEAD, 204, 304): no write will ever report these
+                # bytes, so they count as consumed now, or the stream's credit never returns.
+                self._consumed(conn, len(event.data) - queued)
+            self.stats.bytes_out += queued
             self._update_congestion(conn)
             self._wakeups.add(conn.cid)
         elif isinstance(event, StreamEnd):
@@ -766,7 +875,15 @@ class GatewayCore:
             # the stream is over unless the upload still runs: the response is complete, stop it
             self._finish(conn, conn.status, cancel="response complete")
         elif isinstance(event, StreamReset):
-            self._fail(conn, f"receiver failed the request: {event.reason}")
+            # The reason may describe the receiver's inside (an app's exception, a local
+            # service's address): it goes to the log, the client gets a generic reason.
+            log.info(
+                "request %s reset by receiver %s: %s",
+                conn.request_id or rid,
+                tunnel.identity or tunnel.peer,
+                event.reason,
+            )
+            self._fail(conn, "the receiver failed the request")
 
     def _fail(self, conn: _Client, why: str) -> None:
         """The receiver side failed the exchange: 502 before the response began, else a cut."""
@@ -846,6 +963,20 @@ class GatewayCore:
         )
 
 
+def _uncount(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+def _error_text(reason: str, request_id: str) -> str:
+    """The body of an error the gateway answers itself: a short reason and the request id
+    (to quote when reporting it), nothing about the deployment's inside."""
+    return f"{reason}\nrequest id: {request_id}" if request_id else reason
+
+
 def _addr(addr: tuple[str, int] | None) -> str:
     if not addr:
         return "-"
@@ -854,6 +985,7 @@ def _addr(addr: tuple[str, int] | None) -> str:
 
 
 REQUEST_ID_HEADER = "x-request-id"
+WRITE_CHUNK = 256 * 1024  # the most take_output hands out for a client at once
 _REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/+=@")
 
 

@@ -16,7 +16,11 @@ Pipelining. The next request is surfaced only after :meth:`HttpFront.end_respons
 ``end_response`` cannot return events, so if the next request is already buffered,
 :meth:`HttpFront.next_deadline` becomes due at once and the following ``tick(now)``
 (or ``receive_data``) surfaces it. That tick also stamps the time the response ended,
-from which the header and keep-alive deadlines of the next request count.
+from which the header and keep-alive deadlines of the next request count. While the
+engine holds requests (:meth:`HttpFront.hold_requests`: the client has not read enough
+of what was sent), no further request is surfaced. Bytes of requests not yet surfaced
+are read on (so an EOF or a reset is noticed while a response is under way) until
+``max_header_bytes`` of them are held, then reading pauses.
 
 Headers. Names are lower case, values the field bytes read as latin-1. Going in, the
 hop-by-hop fields (Connection and the names it lists -- except Content-Length and Host,
@@ -214,6 +218,7 @@ class HttpFront:
         self._cl_left: int | None = None  # body bytes still due (None: chunked)
         self._body_bytes = 0
         self._paused = False
+        self._held = False  # hold_requests(True): surface no further request for now
         self._closed = False
 
     def _new_conn(self) -> h11.Connection:
@@ -232,10 +237,31 @@ class HttpFront:
     def wants_read(self) -> bool:
         if self._closed or self._paused:
             return False
-        if self._phase == _WAIT or (self._phase == _HEAD and self._idle_since is None):
-            # Read (to notice EOF) unless a pipelined request is already held back.
-            return not self._inbuf
+        if self._phase == _WAIT or (
+            self._phase == _HEAD and (self._idle_since is None or self._held)
+        ):
+            # Requests wait their turn: read on (to notice EOF or a reset), but hold at
+            # most a head's worth of what comes after the current request.
+            return len(self._inbuf) < self._limits.max_header_bytes
         return True
+
+    @property
+    def output_pending(self) -> int:
+        """Bytes queued for the client that data_to_send() has not handed out yet."""
+        return len(self._out)
+
+    @property
+    def holding(self) -> bool:
+        return self._held
+
+    def hold_requests(self, held: bool) -> None:
+        """While held, no further (pipelined) request is surfaced and no head deadline
+        runs: the engine waits for the client to read what it was sent."""
+        if held == self._held:
+            return
+        self._held = held
+        if not held and self._phase == _HEAD:
+            self._idle_since = None  # the next tick stamps the time and surfaces what waits
 
     def pause_reading(self) -> None:
         self._paused = True
@@ -243,10 +269,20 @@ class HttpFront:
     def resume_reading(self) -> None:
         self._paused = False
 
-    def data_to_send(self) -> bytes:
+    def data_to_send(self, max_bytes: int | None = None) -> bytes:
+        """The bytes to write now: all of them, or the first ``max_bytes``."""
+        if max_bytes is not None and len(self._out) > max_bytes:
+            out = bytes(self._out[:max_bytes])
+            del self._out[:max_bytes]
+            return out
         out = bytes(self._out)
         self._out.clear()
         return out
+
+    def abort(self) -> None:
+        """Give up on the connection: nothing more is sent, the driver closes it."""
+        self._closed = True
+        self._out.clear()
 
     # -- input ------------------------------------------------------------------------
 
@@ -263,7 +299,7 @@ class HttpFront:
             return events
         if self._phase == _HEAD:
             self._seen = True
-            if self._idle_since is None:
+            if self._idle_since is None and not self._held:
                 self._idle_since = now
         self._inbuf += data
         self._pump(events)
@@ -271,7 +307,7 @@ class HttpFront:
         return events
 
     def next_deadline(self) -> float | None:
-        if self._closed or self._phase != _HEAD:
+        if self._closed or self._phase != _HEAD or self._held:
             return None
         if self._idle_since is None:
             return self._now  # due now: stamp the end of the response, surface what waits
@@ -284,14 +320,14 @@ class HttpFront:
         events: list[FrontEvent] = []
         if self._closed:
             return events
-        if self._phase == _HEAD and self._idle_since is None:
+        if self._phase == _HEAD and self._idle_since is None and not self._held:
             self._idle_since = now
             self._pump(events)
         self._check_timeouts(now, events)
         return events
 
     def _check_timeouts(self, now: float, events: list[FrontEvent]) -> None:
-        if self._closed or self._phase != _HEAD or self._idle_since is None:
+        if self._closed or self._phase != _HEAD or self._idle_since is None or self._held:
             return
         if self._seen:
             if now >= self._idle_since + self._limits.header_timeout:
@@ -304,7 +340,7 @@ class HttpFront:
     def _pump(self, events: list[FrontEvent]) -> None:
         while not self._closed:
             if self._phase == _HEAD:
-                if self._idle_since is None or not self._read_head(events):
+                if self._idle_since is None or self._held or not self._read_head(events):
                     return
             elif self._phase == _BODY:
                 if not self._read_body(events):
@@ -522,15 +558,18 @@ class HttpFront:
             self._send(h11.Data(data=body))
         self._send(h11.EndOfMessage())
 
-    def send_data(self, data: bytes) -> None:
-        """A piece of the response body (dropped for HEAD, 204 and 304)."""
+    def send_data(self, data: bytes) -> int:
+        """A piece of the response body; returns how many of its bytes will reach the
+        client. The rest is dropped here (HEAD, 204, 304, a closed connection): the
+        engine must count it as consumed, as no write will ever report it."""
         if self._closed or not data:
-            return
+            return 0
         self._require_request()
         if not self._response_started:
             raise RuntimeError("send_response() first")
-        if not self._suppress_body:
-            self._send(h11.Data(data=data))
+        if self._suppress_body:
+            return 0
+        return len(data) if self._send(h11.Data(data=data)) else 0
 
     def end_response(self) -> None:
         if self._closed:

@@ -809,11 +809,23 @@ class ReceiverCore:
         if call is None:
             return
         call.upstream = None
-        log.warning("forwarding %s %s failed: %s", call.head.method, call.head.target, reason)
+        request_id = _header(call.head, "x-request-id") or call.rid
+        log.warning(
+            "forwarding %s %s (request %s) failed: %s",
+            call.head.method,
+            call.head.target,
+            request_id,
+            reason,
+        )
         if call.response_started:
             self._cancel(call, reason)
         else:
-            body = f"Bad Gateway: {reason}".encode()
+            # Internet clients read this page: the local service's address and the OS error
+            # stay in the log above; the request id ties the two together.
+            body = (
+                f"Bad Gateway: no valid answer from the local service\nrequest id: {request_id}\n"
+            )
+            body = body.encode("utf-8", "replace")
             head = ResponseHead(
                 502,
                 "Bad Gateway",

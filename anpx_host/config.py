@@ -332,6 +332,11 @@ class GatewayConfig(_Section):
     max_body_before_head: int = _opt(64 * MiB, "size")
     max_pings_per_minute: int = _opt(60, "int", lo=0)
     max_tunnel_backlog: int = _opt(16 * MiB, "size")
+    # hostile clients (docs/security.md#hostile-http-clients); 0 in a per-address cap: no cap
+    max_output_bytes: int = _opt(MiB, "int", lo=1024, hi=2**31 - 1, unit="bytes")
+    max_connections_per_address: int = _opt(100, "int", lo=0)
+    max_streams_per_address: int = _opt(20, "int", lo=0)
+    send_timeout: float = _opt(60.0, "float", lo=0, unit="seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -951,6 +956,10 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
         if g.route_claims is None
         else {rid: [parse_route(r) for r in routes] for rid, routes in g.route_claims.items()},
         rate_limit=make_limiter(g.rate_limit, g.rate_burst),
+        max_output_bytes=g.max_output_bytes,
+        max_connections_per_address=g.max_connections_per_address,
+        max_streams_per_address=g.max_streams_per_address,
+        send_timeout=g.send_timeout,
     )
 
 

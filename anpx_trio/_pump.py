@@ -52,6 +52,8 @@ class Pump:
     def __init__(self, core: Any) -> None:
         self.core = core
         self.wakers = Wakers()
+        self._scopes: dict[int, trio.CancelScope] = {}  # connections being served
+        self._pop_aborts = getattr(core, "pop_aborts", None)
 
     @staticmethod
     def now() -> float:
@@ -60,16 +62,23 @@ class Pump:
     def sync(self) -> None:
         """Propagate what the last core call changed; drivers extend this."""
         self.wakers.fire(self.core.pop_wakeups())
+        if self._pop_aborts is not None:
+            for cid in self._pop_aborts():
+                scope = self._scopes.get(cid)
+                if scope is not None:
+                    scope.cancel()  # a write blocked on a client that reads nothing, too
 
     async def serve(self, cid: int, stream: trio.abc.Stream, read_size: int = READ_SIZE) -> None:
         """Pump one connection until the core closes it or the peer goes away."""
         core = self.core
         try:
             async with trio.open_nursery() as nursery:
+                self._scopes[cid] = nursery.cancel_scope
                 nursery.start_soon(self._reader, cid, stream, read_size)
                 await self._writer(cid, stream)
                 nursery.cancel_scope.cancel()
         finally:
+            self._scopes.pop(cid, None)
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(1):
                     with contextlib.suppress(STREAM_ERRORS):

@@ -137,6 +137,7 @@ class CoreConnection:
         self.pending = b""  # taken from the core, not yet in the pipe
         self.max_pending = 0
         world.tasks += [self.reader, self.writer]
+        world.connections[(id(core), cid)] = self
 
     def finish(self) -> None:
         """The writer returned: close the socket, tell the core (``serve``'s finally)."""
@@ -349,6 +350,8 @@ class HttpClient(Task):
         read_pauses: list[tuple[int, int]] = (),
         read_at: int = 0,
         keep_open: bool = False,
+        leave_at: float | None = None,
+        leave_reset: bool = False,
     ) -> None:
         self.world = world
         self.exchanges = exchanges
@@ -374,6 +377,8 @@ class HttpClient(Task):
         self.closed = False
         self.write_dead = False
         self.keep_open = keep_open  # after the last response, wait for the server to close
+        # leave at this fake time whatever the state (e.g. a client that never reads)
+        self.leave_at, self.leave_reset = leave_at, leave_reset
         self.server_closed = False
         world.tasks.append(self)
 
@@ -453,6 +458,9 @@ class HttpClient(Task):
         if self.closed:
             self.done = True
             return
+        if self.leave_at is not None and world.now >= self.leave_at:
+            self._leave_now()
+            return
         if not self.out and not self.write_dead:
             self._produce()
         if self.out:
@@ -482,6 +490,17 @@ class HttpClient(Task):
             elif self.end.inbox.eof and not self.end.inbox.size:
                 self.server_closed = True
                 self._close()
+
+    def _leave_now(self) -> None:
+        for ex in self.exchanges:
+            if ex.sent and not ex.finished:
+                ex.client_left = True
+                ex.ended = self.world.now
+        if self.leave_reset:
+            self.end.reset()
+        else:
+            self.end.close()
+        self.closed = True
 
     def _maybe_leave(self, phase: str) -> None:
         plan = self.disconnect
@@ -715,6 +734,7 @@ class World:
         run_probability: float | None = None,
     ) -> None:
         self.rng = random.Random(seed)
+        self.connections: dict[tuple[int, int], CoreConnection] = {}
         self.now = 1000.0
         self.steps = 0
         self.next_tick = self.now + TICK_INTERVAL
@@ -778,6 +798,11 @@ class World:
         for key in core.pop_wakeups():
             for task in self._parked.pop((id(core), key), ()):
                 task.woken()
+        for cid in getattr(core, "pop_aborts", set)():
+            conn = self.connections.get((id(core), cid))
+            if conn is not None and not conn.finished:
+                conn.end.reset()  # as a driver aborts the socket, a pending write too
+                conn.finish()
         if isinstance(core, ReceiverCore):
             for request in core.pop_connects():
                 self._connect(core, request)

@@ -158,7 +158,10 @@ def test_forward_mode_service_down_is_502(driver):
         proc.wait_for("tunnel to")
         r = httpx.get(f"http://127.0.0.1:{ports['http']}/")
         assert r.status_code == 502
-        assert "local service unreachable" in r.text
+        # the page is generic; the reason, with the same request id, is in the log
+        assert str(dead) not in r.text and r.headers["x-request-id"] in r.text
+        line = proc.wait_for("local service unreachable")
+        assert r.headers["x-request-id"] in line
         assert proc.stop() == 0
 
 

@@ -304,7 +304,9 @@ def test_no_receiver_is_503_and_the_connection_stays_usable() -> None:
     client = HttpClient(world, [request("c"), request("d")], index=1)
     world.run(lambda: client.done)
     for ex in client.exchanges:
-        assert (ex.status, bytes(ex.response_body)) == (503, b"no receiver connected\n")
+        assert ex.status == 503
+        rid = ex.header("x-request-id")
+        assert bytes(ex.response_body) == f"no receiver connected\nrequest id: {rid}\n".encode()
         assert ex.header("retry-after") == "5"
     assert world.gateway.stats.requests >= 2
 
@@ -351,7 +353,8 @@ def test_receiver_timeout_is_504_and_the_app_sees_the_disconnect() -> None:
     world.run(app_started(world))
     started = world.now
     world.run(lambda: ex.finished, max_time=30)
-    assert (ex.status, bytes(ex.response_body)) == (504, b"receiver did not answer in time\n")
+    assert ex.status == 504
+    assert bytes(ex.response_body).startswith(b"receiver did not answer in time\nrequest id: ")
     assert 5.0 <= world.now - started < 5.5
     world.run(lambda: client.done)
     # the request was read completely: the connection stays open for the next one
@@ -666,8 +669,9 @@ def test_forward_mode_property(seed: int, flow: str, idle_close: bool, plans: li
             raced = idle_close and ex.body and ex.status == 502 and mode != "garbage"
             if raced:
                 # the service closed the pooled connection as the request went out on it: a
-                # request whose body was already sent is not replayed (not idempotent)
-                assert b"closed the connection" in ex.response_body, ex.response_body
+                # request whose body was already sent is not replayed (not idempotent); the
+                # client's page is generic (the detail is logged)
+                assert ex.complete and bytes(ex.response_body).startswith(b"Bad Gateway: ")
             elif mode == "echo":
                 assert ex.status == 200 and bytes(ex.response_body) == answer
             elif mode == "close-mid":

@@ -229,10 +229,11 @@ PIPELINE = (
 def test_pipelined_requests_answered_in_order():
     front = make()
     events = front.receive_data(PIPELINE, 0.0)
-    # Only the first request surfaces; the rest waits, and reading pauses meanwhile.
+    # Only the first request surfaces; the rest waits. Reading goes on (to notice the client
+    # leaving) while less than a head's worth of waiting requests is held.
     assert [type(e) for e in events] == [RequestStarted, RequestEnded]
     assert events[0].head.target == "/one"
-    assert not front.wants_read and front.next_deadline() is None
+    assert front.wants_read and front.next_deadline() is None
     targets = []
     for _ in range(3):
         front.send_response(ResponseHead(200, "", [("x-n", events[0].head.target)]))
@@ -249,6 +250,50 @@ def test_pipelined_requests_answered_in_order():
     assert [r.body for r in replies] == [b"/one", b"/two", b"/three"]
     assert all(r.complete for r in replies)
     assert front.wants_read and not front.closed
+
+
+def test_waiting_requests_are_read_up_to_a_head_worth_then_reading_pauses():
+    limits = FrontLimits(max_header_bytes=1024)
+    front = make(limits)
+    one = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n"
+    front.receive_data(one, 0.0)  # the first request is served; the next ones wait
+    while front.wants_read:
+        front.receive_data(one, 0.0)
+    assert 1024 <= len(front._inbuf) < 1024 + len(one)  # white box: held, bounded
+    # the client leaving is noticed while requests wait and the response is under way
+    assert front.receive_data(b"", 0.0) == [ClientGone()] and front.closed
+
+
+def test_held_requests_are_surfaced_only_when_released():
+    front = make()
+    events = front.receive_data(PIPELINE, 0.0)
+    front.send_response(ResponseHead(200, "", [("content-length", "2")]))
+    front.send_data(b"ok")
+    front.end_response()
+    front.hold_requests(True)
+    assert front.holding and front.next_deadline() is None
+    assert front.tick(100.0) == []  # no head timeout runs while held: the wait is ours
+    front.hold_requests(False)
+    events = front.tick(101.0)
+    assert isinstance(events[0], RequestStarted) and events[0].head.target == "/two"
+
+
+def test_send_data_reports_what_reaches_the_client():
+    front = make()
+    front.receive_data(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n", 0.0)
+    front.send_response(ResponseHead(200, "", [("content-length", "5")]))
+    assert front.send_data(b"hello") == 0  # dropped: a HEAD response has no body
+    front.end_response()
+    front.tick(1.0)
+    front.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", 1.0)
+    front.send_response(ResponseHead(304, "", []))
+    assert front.send_data(b"hello") == 0  # a 304 has no body either
+    front.end_response()
+    front.tick(2.0)
+    front.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", 2.0)
+    front.send_response(ResponseHead(200, "", [("content-length", "5")]))
+    assert front.send_data(b"hello") == 5
+    assert front.output_pending == len(front.data_to_send()) > 0 == front.output_pending
 
 
 def test_pipelined_bodies_reach_their_own_request():
