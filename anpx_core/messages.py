@@ -35,6 +35,8 @@ MAX_REQUEST_ID_BYTES = 128
 _CHUNK_TLV = F.TLV_HEADER_SIZE + 4  # chunk_idx / chunk_tot
 _FINAL_TLV = F.TLV_HEADER_SIZE + 1
 _FINAL_VALUE = b"\x01"
+# The reference at 62776d6 packs final_chunk through its u32 helper: accepted, never sent.
+_FINAL_VALUES = (_FINAL_VALUE, b"\x00\x00\x00\x01")
 _IDX_HEAD = F.tlv_header(F.TAG_CHUNK_IDX, 4)
 _TOT_HEAD = F.tlv_header(F.TAG_CHUNK_TOT, 4)
 _FINAL_TLV_BYTES = F.tlv_header(F.TAG_FINAL_CHUNK, 1) + _FINAL_VALUE
@@ -468,8 +470,8 @@ class MessageDecoder:
             raise ProtocolError("missing_field", "chunked frame has no chunk_idx", rid)
         total = _u32(fields, F.TAG_CHUNK_TOT, "chunk_tot", rid)
         final_raw = fields.get(F.TAG_FINAL_CHUNK)
-        if final_raw is not None and final_raw != _FINAL_VALUE:
-            raise ProtocolError("bad_tlv", "final_chunk must be the single byte 0x01", rid)
+        if final_raw is not None and final_raw not in _FINAL_VALUES:
+            raise ProtocolError("bad_tlv", "final_chunk must be 01 (or the reference's 00000001)", rid)
         part = self._partials.get(rid)
         if part is None:
             if idx != 0:
