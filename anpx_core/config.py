@@ -278,6 +278,8 @@ class GatewayConfig(_Section):
     header_timeout: float = _opt(10.0, "float", lo=0, lo_open=True, unit="seconds")
     stream_window: int = _opt(MiB, "int", lo=0, hi=2**31 - 1, unit="bytes")
     max_frame_size: int = _opt(16 * MiB, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
+    # a v1 receiver sends each response as one frame (docs/protocol.md section 12)
+    v1_max_frame_size: int = _opt(100 * MiB, "int", lo=MIN_FRAME_SIZE, unit="bytes")
     insecure: bool = _opt(False, "bool")
     # per-client-address token bucket (anpx_core.ratelimit); 0: off, see docs/security.md
     rate_limit: float = _opt(0.0, "float", lo=0, unit="requests per second")
@@ -311,6 +313,9 @@ class ReceiverConfig(_Section):
     gateway_urls: tuple[str, ...] = _opt((), "urls")
     stream_window: int = _opt(MiB, "int", lo=0, hi=2**31 - 1, unit="bytes")
     max_frame_size: int = _opt(16 * MiB, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
+    v1_max_frame_size: int = _opt(100 * MiB, "int", lo=MIN_FRAME_SIZE, unit="bytes")
+    # JSON ping period towards a v1 gateway, which drops receivers silent for 2 x its interval
+    v1_ping_interval: float = _opt(5.0, "float", lo=0, unit="seconds")
     app_factory: bool = _opt(False, "bool")
     interface: str = _opt("auto", "choice", choices=APP_INTERFACES)  # how to call the app
     routes: tuple[str, ...] = _opt((), "routes")  # claimed in the handshake; (): the default route
@@ -790,7 +795,7 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
         ws=WsLimits(max_message_size=g.max_frame_size, ping_interval=g.ping_interval),
         stream_window=g.stream_window or None,
         send_frame_size=g.chunk_size,
-        codec=M.Limits(max_frame_size=g.max_frame_size),
+        codec=M.Limits(max_frame_size=g.max_frame_size, v1_max_frame_size=g.v1_max_frame_size),
         trusted_proxies=[ipaddress.ip_network(n, strict=False) for n in g.trusted_proxies],
         route_claims=None
         if g.route_claims is None
@@ -823,7 +828,8 @@ def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
         ),
         stream_window=r.stream_window or None,
         send_frame_size=r.chunk_size,
-        codec=M.Limits(max_frame_size=r.max_frame_size),
+        codec=M.Limits(max_frame_size=r.max_frame_size, v1_max_frame_size=r.v1_max_frame_size),
+        v1_ping_interval=r.v1_ping_interval,
         # With flow control the gateway may send a whole window before the app reads.
         max_buffered_body=max(r.stream_window, DEFAULT_STREAM_WINDOW),
         root_path=r.root_path,

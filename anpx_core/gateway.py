@@ -60,6 +60,7 @@ from .tunnel import (
     parse_extensions,
 )
 from .websocket import (
+    BinaryDiscarded,
     BinaryReceived,
     Closed,
     ControlReceived,
@@ -583,6 +584,10 @@ class GatewayCore:
                 return
             for sev in tunnel.session.receive_binary(event.data):
                 self._stream_event(tunnel, sev)
+        elif isinstance(event, BinaryDiscarded):
+            if tunnel.session is not None:
+                for sev in tunnel.session.receive_discarded(event.prefix, event.size):
+                    self._stream_event(tunnel, sev)
         elif isinstance(event, ControlReceived):
             if tunnel.session is None:
                 return

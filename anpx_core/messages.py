@@ -28,6 +28,8 @@ from .meta import (
 DEFAULT_SEND_FRAME_SIZE = 256 * 1024  # well below the 1 MiB message limit of common v1 peers
 DEFAULT_MAX_META_SIZE = 1024 * 1024
 DEFAULT_MAX_PARTIAL_MESSAGES = 10_000
+#: Largest frame from a v1 peer, which sends a whole body in one frame (the tunnel's limit).
+DEFAULT_V1_MAX_FRAME_SIZE = 100 * 1024 * 1024
 #: Body a v1 peer may send before the resp_meta it puts in its last chunk.
 DEFAULT_MAX_HEADLESS_BODY = 32 * 1024 * 1024
 MAX_REQUEST_ID_BYTES = 128
@@ -109,6 +111,8 @@ class Limits:
     max_meta_size: int = DEFAULT_MAX_META_SIZE
     max_partial_messages: int = DEFAULT_MAX_PARTIAL_MESSAGES
     max_headless_body: int = DEFAULT_MAX_HEADLESS_BODY
+    #: max_frame_size on a tunnel to a v1 peer (the larger of the two applies)
+    v1_max_frame_size: int = DEFAULT_V1_MAX_FRAME_SIZE
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -471,7 +475,9 @@ class MessageDecoder:
         total = _u32(fields, F.TAG_CHUNK_TOT, "chunk_tot", rid)
         final_raw = fields.get(F.TAG_FINAL_CHUNK)
         if final_raw is not None and final_raw not in _FINAL_VALUES:
-            raise ProtocolError("bad_tlv", "final_chunk must be 01 (or the reference's 00000001)", rid)
+            raise ProtocolError(
+                "bad_tlv", "final_chunk must be 01 (or the reference's 00000001)", rid
+            )
         part = self._partials.get(rid)
         if part is None:
             if idx != 0:

@@ -57,6 +57,7 @@ from .tunnel import (
     parse_extensions,
 )
 from .websocket import (
+    BinaryDiscarded,
     BinaryReceived,
     Closed,
     ControlReceived,
@@ -114,6 +115,7 @@ class ReceiverSettings:
     high_water: int = DEFAULT_HIGH_WATER  # tunnel output backlog at which producers pause
     max_idle_upstreams: int = 8  # forward mode: keep-alive connections kept for reuse
     max_concurrent_requests: int = 1000  # beyond it the receiver itself answers 503
+    v1_ping_interval: float = 5.0  # JSON ping period towards a v1 gateway (its window: 20 s)
     auth: ClientAuth = field(default_factory=NoAuth)
     root_path: str = ""
     routes: list[str] = field(
@@ -494,6 +496,10 @@ class ReceiverCore:
             if link.session is not None:
                 for sev in link.session.receive_binary(event.data):
                     self._stream_event(link, sev, now)
+        elif isinstance(event, BinaryDiscarded):
+            if link.session is not None:
+                for sev in link.session.receive_discarded(event.prefix, event.size):
+                    self._stream_event(link, sev, now)
         elif isinstance(event, ControlReceived):
             if link.session is not None:
                 for sev in link.session.receive_control(event.message):
@@ -518,6 +524,8 @@ class ReceiverCore:
             link.written_mark = link.taken_mark = 0
             if peer_window is None:
                 link.session.greet_v1_gateway()
+                # a v1 gateway drops receivers whose JSON pings stop for 2 x its ping interval
+                link.ws.ping_every(self.settings.v1_ping_interval, now)  # type: ignore[union-attr]
             link.state = "open"
             link.attempts = 0
             log.info(
