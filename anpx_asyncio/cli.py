@@ -11,7 +11,9 @@ from anpx_core.launch import (
     Plan,
     StartupFailure,
     ready_lines,
+    receiver_lines,
     run_cli,
+    use_bound_ports,
 )
 
 from .gateway import GatewayServer, Listen
@@ -50,9 +52,12 @@ async def _run(plan: Plan, app) -> None:
             ports = gateway.started.result()
             for line in ready_lines(plan, ports.http, ports.tunnel, ports.admin):
                 print(line, flush=True)
+            use_bound_ports(plan, ports.tunnel)
         if plan.receiver is not None:
             r = plan.receiver
             receiver = ReceiverClient(r.settings, app, tls=make_context(r.tls))
+            for line in receiver_lines(plan):
+                print(line, flush=True)
             rc_task = loop.create_task(receiver.run())
             tasks.append(rc_task)
             rc_task.add_done_callback(lambda _t: stop.set())

@@ -182,8 +182,10 @@ def _http_url(value: str) -> str | None:
 
 def _log_format(value: str) -> str | None:
     try:
-        logging.Formatter(value, validate=True)
-    except (ValueError, TypeError):
+        # validate= checks the syntax only; formatting a record also catches unknown fields
+        record = logging.LogRecord("anpx", logging.INFO, __file__, 1, "message", None, None)
+        logging.Formatter(value, validate=True).format(record)
+    except (ValueError, TypeError, KeyError, AttributeError):
         return 'expected a logging format string such as "%(asctime)s %(levelname)s %(message)s"'
     return None
 
@@ -712,6 +714,14 @@ def _cross_check(cfg: Config, merged: Mapping[str, Any], parser: _Parser) -> Non
             raise fail(side, "key_file", "needs cert_file as well")
     if g.tls.enabled and not g.tls.cert_file:
         raise fail(("gateway", "tls"), "cert_file", "required when enabled = true")
+    if g.tls.cert_file and not g.tls.enabled and not _has_path(merged, "gateway.tls.enabled"):
+        # anp-proxy's default was enabled = true: never serve plaintext by an omission
+        raise fail(
+            ("gateway", "tls"),
+            "enabled",
+            "cert_file is set but enabled is not: set enabled = true to serve HTTPS and wss://"
+            " (or false for plain HTTP)",
+        )
     for side, auth in ((("gateway", "auth"), g.auth), (("receiver", "auth"), r.auth)):
         if auth.shared_secret and auth.shared_secret_file:
             raise fail(side, "shared_secret_file", "conflicts with shared_secret; set only one")

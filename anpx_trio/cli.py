@@ -12,7 +12,9 @@ from anpx_core.launch import (
     StartupFailure,
     first_error,
     ready_lines,
+    receiver_lines,
     run_cli,
+    use_bound_ports,
 )
 
 from .gateway import GatewayServer, Listen
@@ -48,9 +50,12 @@ async def _run(plan: Plan, app) -> None:
                 raise
             for line in ready_lines(plan, ports.http, ports.tunnel, ports.admin):
                 print(line, flush=True)
+            use_bound_ports(plan, ports.tunnel)
         if plan.receiver is not None:
             r = plan.receiver
             receiver = ReceiverClient(r.settings, app, tls=make_context(r.tls))
+            for line in receiver_lines(plan):
+                print(line, flush=True)
             nursery.start_soon(_run_receiver, receiver, failure, nursery.cancel_scope)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
