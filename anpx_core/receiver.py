@@ -25,6 +25,7 @@ from . import messages as M
 from .asgi import (
     AsgiError,
     AsgiHttpCall,
+    ClientDisconnected,
     ResponseAborted,
     ResponseBody,
     ResponsePart,
@@ -174,6 +175,7 @@ class _Call:
     head_flush_due: bool = False
     body_upstream: int = 0  # request body bytes handed to an upstream connection
     request_ended: bool = False
+    gone_reason: str = ""  # why the stream ended before the app did, if it did
 
 
 @dataclass(slots=True, eq=False)
@@ -709,6 +711,7 @@ class ReceiverCore:
     def _call_gone(self, call: _Call, reason: str) -> None:
         """The stream is over from the tunnel's point of view."""
         call.done = True
+        call.gone_reason = reason
         call.link.calls.pop(call.rid, None)
         if call.asgi is not None:
             call.asgi.disconnected()
@@ -759,7 +762,16 @@ class ReceiverCore:
         call = self._calls.pop(call_id, None)
         if call is None or call.asgi is None:
             return
-        if exc is not None:
+        if isinstance(exc, ClientDisconnected) and call.gone_reason:
+            # the stream ended first (client gone, gateway timeout, reset): the app only learnt
+            # it at its next send/receive, which is the ASGI way, not an app failure
+            log.debug(
+                "app stopped on %s %s: %s",
+                call.head.method,
+                call.head.target,
+                call.gone_reason,
+            )
+        elif exc is not None:
             log.error("app failed on %s %s", call.head.method, call.head.target, exc_info=exc)
         self._respond(call, call.asgi.app_returned(exc))
         if not call.done:
