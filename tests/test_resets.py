@@ -121,3 +121,27 @@ def test_a_bad_frame_reset_is_logged_with_its_code_and_sent_to_the_peer(driver, 
     resets = [r for r in _records(caplog, "anpx.tunnel") if "r1" in r.getMessage()]
     assert len(resets) == 1 and resets[0].levelno == logging.WARNING  # the peer's fault
     assert "bad_tlv" in resets[0].getMessage()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_413_and_431_are_in_the_access_log_stats_and_metrics(driver, caplog):
+    """Item 12: answers refused before a request began were invisible to operators."""
+    from anpx_core.http1 import FrontLimits
+
+    caplog.set_level(logging.INFO, logger="anpx.access")
+    front = FrontLimits(max_header_bytes=1024, max_body_bytes=10)
+    gateway = start_gateway(driver, GatewaySettings(front=front))
+    ports = gateway.obj.ports
+    try:
+        url = f"http://127.0.0.1:{ports.http}/x"
+        assert httpx.get(url, headers={"x-big": "a" * 2000}).status_code == 431
+        assert httpx.post(url, content=b"b" * 100).status_code == 413
+        stats = httpx.get(f"http://127.0.0.1:{ports.admin}/stats").json()
+        metrics = httpx.get(f"http://127.0.0.1:{ports.admin}/metrics").text
+    finally:
+        gateway.stop()
+    by_status = stats["responses_by_status"]
+    assert by_status.get("413") == 1 and by_status.get("431") == 1, stats
+    assert 'status="413"} 1' in metrics and 'status="431"} 1' in metrics
+    lines = [r.getMessage() for r in _records(caplog, "anpx.access")]
+    assert sum(" 413 " in m for m in lines) == 1 and sum(" 431 " in m for m in lines) == 1, lines
