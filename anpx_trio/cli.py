@@ -25,8 +25,19 @@ PROG = "python -m anpx_trio"
 log = logging.getLogger("anpx")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_cli(argv, PROG, lambda plan, app: trio.run(_run, plan, app))
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    return run_cli(argv, prog, lambda plan, app: trio.run(_run, plan, app))
+
+
+def anpx() -> int:
+    """The ``anpx`` console script: this driver's command line."""
+    return main(prog="anpx")
+
+
+def anp_proxy() -> int:
+    """The ``anp-proxy`` console script, for the seed's command lines
+    (``anp-proxy --mode gateway|receiver|both --config FILE``): the same options."""
+    return main(prog="anp-proxy")
 
 
 async def _run(plan: Plan, app) -> None:

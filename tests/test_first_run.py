@@ -185,3 +185,56 @@ def test_load_config_reports_the_seed_example_precisely(tmp_path):
     cfg = load_config(seed)
     with pytest.raises(ConfigError, match="refusing plaintext"):
         make_plan(cfg.mode, cfg)
+
+
+def _script(name: str) -> list[str]:
+    """The installed console script, else the same entry point through this interpreter."""
+    import shutil
+
+    if shutil.which(name):
+        return [shutil.which(name)]  # type: ignore[list-item]
+    func = {"anpx": "anpx", "anp-proxy": "anp_proxy"}[name]
+    return ["python", "-c", f"import sys; from anpx_trio.cli import {func}; sys.exit({func}())"]
+
+
+def test_pyproject_declares_the_console_scripts():
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"anpx": "anpx_trio.cli:anpx", "anp-proxy": "anpx_trio.cli:anp_proxy"}
+
+
+@pytest.mark.parametrize("name", ["anp-proxy", "anpx"])
+def test_seed_command_line_mode_and_config(name, tmp_path):
+    """Item 6 (console scripts): `anp-proxy --mode both --config FILE`, the seed's way."""
+    http, tunnel = free_port(), free_port()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f"[gateway]\nport = {http}\nwss_port = {tunnel}\nadmin_port = 0\n"
+        '[receiver]\nlocal_app_module = "anpx_core.demo:app"\n'
+    )
+    proc = Proc([*_script(name), "--mode", "both", "--config", str(cfg)])
+    try:
+        proc.wait_for("gateway ready")
+        proc.wait_for("tunnel to")
+        assert httpx.get(f"http://127.0.0.1:{http}/echo", timeout=10).status_code == 200
+    finally:
+        proc.kill()
+    out = (
+        subprocess.run(
+            [*_script(name), "--mode", "receiver"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+        )
+        if _script(name)[0] != "python"
+        else subprocess.run(
+            [sys.executable, *_script(name)[1:], "--mode", "receiver"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+        )
+    )
+    assert out.returncode == 2 and out.stderr.startswith(f"{name}: ")
