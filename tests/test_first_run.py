@@ -194,11 +194,17 @@ def _script(name: str) -> list[str]:
     if shutil.which(name):
         return [shutil.which(name)]  # type: ignore[list-item]
     func = {"anpx": "anpx", "anp-proxy": "anp_proxy"}[name]
-    return ["python", "-c", f"import sys; from anpx_trio.cli import {func}; sys.exit({func}())"]
+    code = (
+        f"import sys; from anpx_trio.cli import {func}; sys.argv[0] = {name!r}; sys.exit({func}())"
+    )
+    return [sys.executable, "-c", code]
 
 
 def test_pyproject_declares_the_console_scripts():
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"anpx": "anpx_trio.cli:anpx", "anp-proxy": "anpx_trio.cli:anp_proxy"}
@@ -220,21 +226,7 @@ def test_seed_command_line_mode_and_config(name, tmp_path):
         assert httpx.get(f"http://127.0.0.1:{http}/echo", timeout=10).status_code == 200
     finally:
         proc.kill()
-    out = (
-        subprocess.run(
-            [*_script(name), "--mode", "receiver"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=ROOT,
-        )
-        if _script(name)[0] != "python"
-        else subprocess.run(
-            [sys.executable, *_script(name)[1:], "--mode", "receiver"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=ROOT,
-        )
+    out = subprocess.run(
+        [*_script(name), "--mode", "receiver"], capture_output=True, text=True, timeout=30, cwd=ROOT
     )
     assert out.returncode == 2 and out.stderr.startswith(f"{name}: ")
