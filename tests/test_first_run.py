@@ -230,3 +230,37 @@ def test_seed_command_line_mode_and_config(name, tmp_path):
         [*_script(name), "--mode", "receiver"], capture_output=True, text=True, timeout=30, cwd=ROOT
     )
     assert out.returncode == 2 and out.stderr.startswith(f"{name}: ")
+
+
+DEPLOY = ROOT / "deploy"
+
+
+@pytest.mark.parametrize("side", ["gateway", "receiver"])
+def test_systemd_unit_reads_nothing_its_dynamic_user_cannot(side):
+    """Item 8: /etc/anpx was root:root 750 while the units ran as DynamicUser=yes and read
+    the config there (exit 2, then RestartPreventExitStatus=2 kept them down). Now every file
+    the service reads comes in through LoadCredential= (read by systemd as root, copied for
+    this service alone), and deploy/README.md installs each source file."""
+    import re
+
+    from anpx_core.config import load_config
+
+    unit_name = f"anpx-{side}.service"
+    unit = (DEPLOY / "systemd" / unit_name).read_text()
+    assert "\nDynamicUser=yes\n" in unit
+    exec_start = re.search(r"^ExecStart=(.*)$", unit, re.M).group(1)  # type: ignore[union-attr]
+    assert "/etc/" not in exec_start  # nothing read straight from root-only /etc/anpx
+    config_cred = re.search(r"--config %d/(\S+)", exec_start).group(1)  # type: ignore[union-attr]
+    creds = dict(re.findall(r"^LoadCredential=([^:\s]+):(\S+)$", unit, re.M))
+    assert creds[config_cred] == f"/etc/anpx/{side}.toml"
+    cfg = load_config(DEPLOY / f"{side}.toml")
+    secret = getattr(cfg, side).auth.shared_secret_file
+    prefix = f"/run/credentials/{unit_name}/"
+    assert secret.startswith(prefix) and secret[len(prefix) :] in creds
+    readme = (DEPLOY / "README.md").read_text()
+    assert "install -d -m 700 /etc/anpx" in readme
+    for source in creds.values():
+        assert source.startswith("/etc/anpx/")
+        name = source.rsplit("/", 1)[1]
+        # the README creates it: the secret by redirect, a config by install -m 600
+        assert f"> {source}" in readme or f"deploy/{name} /etc/anpx/" in readme, source
