@@ -3,6 +3,7 @@ at its next send is not blamed with a traceback (issue 14, items 4 and 7)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import httpx
@@ -145,3 +146,59 @@ def test_413_and_431_are_in_the_access_log_stats_and_metrics(driver, caplog):
     assert 'status="413"} 1' in metrics and 'status="431"} 1' in metrics
     lines = [r.getMessage() for r in _records(caplog, "anpx.access")]
     assert sum(" 413 " in m for m in lines) == 1 and sum(" 431 " in m for m in lines) == 1, lines
+
+
+# --- keepalive towards a v1 gateway (item 3), in fake time --------------------------------------
+
+
+def _json_ping_times(v1: bool, until: float = 65.0) -> list[float]:
+    """When a ReceiverCore (ping_interval 30 s) sends JSON pings to a gateway that answers
+    its upgrade as v1 (no anpx-extensions) or as anpx; the gateway side is plain wsproto."""
+    import json
+
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request, TextMessage
+
+    from anpx_core.receiver import ReceiverCore
+    from anpx_core.websocket import WsLimits
+
+    settings = ReceiverSettings(
+        gateway_urls=["ws://gw.test:8765/"],
+        ws=WsLimits(ping_interval=30.0, ping_timeout=0),
+        stream_window=None if v1 else 1 << 20,
+    )
+    core = ReceiverCore(settings)
+    core.start(0.0)
+    cid = core.pop_connects()[0].cid
+    core.connected(cid, 0.0)
+    gateway = WSConnection(ConnectionType.SERVER)
+    gateway.receive_data(core.take_output(cid)[0])
+    assert any(isinstance(e, Request) for e in gateway.events())
+    extra = [] if v1 else [(b"anpx-extensions", b"flow=1048576")]
+    core.receive(cid, gateway.send(AcceptConnection(extra_headers=extra)), 0.0)
+    times: list[float] = []
+    now = 0.0
+    while now < until:
+        now += 0.5  # the drivers tick more often than this
+        core.tick(now)
+        gateway.receive_data(core.take_output(cid)[0])
+        for event in gateway.events():
+            if isinstance(event, TextMessage) and json.loads(event.data).get("type") == "ping":
+                times.append(now)
+                # answer, as the reference gateway does
+                pong = json.dumps({"type": "pong"})
+                core.receive(cid, gateway.send(TextMessage(data=pong)), now)
+    return times
+
+
+def test_json_pings_to_a_v1_gateway_come_every_v1_ping_interval():
+    times = _json_ping_times(v1=True)
+    gaps = [b - a for a, b in itertools.pairwise([0.0, *times])]
+    # the reference drops receivers whose last JSON ping is older than 20 s
+    assert times and max(gaps) <= 5.0, times
+    assert len(times) >= 12
+
+
+def test_json_pings_to_an_anpx_gateway_keep_ping_interval():
+    times = _json_ping_times(v1=False)
+    assert times and min(b - a for a, b in itertools.pairwise(times)) >= 30.0, times
