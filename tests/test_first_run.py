@@ -264,3 +264,11 @@ def test_systemd_unit_reads_nothing_its_dynamic_user_cannot(side):
         name = source.rsplit("/", 1)[1]
         # the README creates it: the secret by redirect, a config by install -m 600
         assert f"> {source}" in readme or f"deploy/{name} /etc/anpx/" in readme, source
+
+
+def test_demo_shows_no_made_up_client_port():
+    """Item 14: the demo printed `client: 127.0.0.1:0` (the tunnel carries no client port)."""
+    from anpx_core.demo import _client
+
+    assert _client({"client": ("203.0.113.7", 0)}) == "203.0.113.7"
+    assert _client({"client": ("203.0.113.7", 5123)}) == "203.0.113.7:5123"
