@@ -46,7 +46,10 @@ def lock_requirements(lock: Path) -> list[str]:
 
     Markers on each edge are evaluated for this interpreter; extras are followed.
     """
-    from packaging.markers import Marker  # pip's own dependency; present wherever pip is
+    try:
+        from packaging.markers import Marker
+    except ImportError:  # pip vendors it
+        from pip._vendor.packaging.markers import Marker
 
     data = tomllib.loads(lock.read_text())
     packages = {p["name"]: p for p in data["package"]}
@@ -113,6 +116,7 @@ def ensure_env(reference: Path) -> Path:
 
 if __name__ == "__main__":
     ref = find_reference()
-    if ref is None:
-        sys.exit(f"the reference is not at ../shared/peers/{NAME} nor $ANPX_REFERENCE_DIR")
-    print(ensure_env(ref))
+    if ref is None:  # not an error: the interop tests skip, saying so
+        print(f"the reference is not at ../shared/peers/{NAME} nor $ANPX_REFERENCE_DIR")
+    else:
+        print(ensure_env(ref))
