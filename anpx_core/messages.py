@@ -25,7 +25,7 @@ from .meta import (
 )
 
 #: Default size of the frames we send, header included (the seed's chunk_size).
-DEFAULT_SEND_FRAME_SIZE = 256 * 1024  # well below the 1 MiB message limit of common v1 peers
+DEFAULT_SEND_FRAME_SIZE = 256 * 1024  # the reference sets no WebSocket message limit
 DEFAULT_MAX_META_SIZE = 1024 * 1024
 DEFAULT_MAX_PARTIAL_MESSAGES = 10_000
 #: Largest frame from a v1 peer, which sends a whole body in one frame (the tunnel's limit).
