@@ -10,7 +10,9 @@ import signal
 from anpx_host.launch import (
     Plan,
     ready_lines,
+    receiver_lines,
     run_cli,
+    use_bound_ports,
 )
 from anpx_host.tls import make_context
 
@@ -49,9 +51,12 @@ async def _run(plan: Plan, app) -> None:
             ports = gateway.started.result()
             for line in ready_lines(plan, ports.http, ports.tunnel, ports.admin):
                 print(line, flush=True)
+            use_bound_ports(plan, ports.tunnel)
         if plan.receiver is not None:
             r = plan.receiver
             receiver = ReceiverClient(r.settings, app, tls=make_context(r.tls))
+            for line in receiver_lines(plan):
+                print(line, flush=True)
             rc_task = loop.create_task(receiver.run())
             tasks.append(rc_task)
             rc_task.add_done_callback(lambda _t: stop.set())

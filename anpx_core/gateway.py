@@ -64,6 +64,7 @@ from .tunnel import (
     parse_extensions,
 )
 from .websocket import (
+    BinaryDiscarded,
     BinaryReceived,
     Closed,
     ControlReceived,
@@ -505,6 +506,15 @@ class GatewayCore:
                 conn.tunnel.session.end(conn.rid)
                 self._wakeups.add(conn.tunnel.cid)
         elif isinstance(event, RequestFailed):
+            if conn.head is None:  # refused before a request began (413, 431): count it too
+                self.stats.record(conn.route, event.status, 0.0)
+                access_log.info(
+                    "- %s - - %d 0B 0.0ms route=%s (%s)",
+                    conn.peer,
+                    event.status,
+                    conn.route,
+                    event.reason,
+                )
             self._finish(conn, event.status, cancel=f"client request failed: {event.reason}")
         elif isinstance(event, ClientGone):
             self._abandon_client(conn, "client went away")
@@ -719,6 +729,10 @@ class GatewayCore:
                 return
             for sev in tunnel.session.receive_binary(event.data):
                 self._stream_event(tunnel, sev)
+        elif isinstance(event, BinaryDiscarded):
+            if tunnel.session is not None:
+                for sev in tunnel.session.receive_discarded(event.prefix, event.size):
+                    self._stream_event(tunnel, sev)
         elif isinstance(event, ControlReceived):
             if tunnel.session is None:
                 return

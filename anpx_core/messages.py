@@ -25,9 +25,11 @@ from .meta import (
 )
 
 #: Default size of the frames we send, header included (the seed's chunk_size).
-DEFAULT_SEND_FRAME_SIZE = 256 * 1024  # well below the 1 MiB message limit of common v1 peers
+DEFAULT_SEND_FRAME_SIZE = 256 * 1024  # the reference sets no WebSocket message limit
 DEFAULT_MAX_META_SIZE = 1024 * 1024
 DEFAULT_MAX_PARTIAL_MESSAGES = 10_000
+#: Largest frame from a v1 peer, which sends a whole body in one frame (the tunnel's limit).
+DEFAULT_V1_MAX_FRAME_SIZE = 100 * 1024 * 1024
 #: Body a v1 peer may send before the resp_meta it puts in its last chunk.
 DEFAULT_MAX_HEADLESS_BODY = 32 * 1024 * 1024
 #: Body held before their meta across all messages of one decoder (one tunnel).
@@ -37,6 +39,8 @@ MAX_REQUEST_ID_BYTES = 128
 _CHUNK_TLV = F.TLV_HEADER_SIZE + 4  # chunk_idx / chunk_tot
 _FINAL_TLV = F.TLV_HEADER_SIZE + 1
 _FINAL_VALUE = b"\x01"
+# The reference at 62776d6 packs final_chunk through its u32 helper: accepted, never sent.
+_FINAL_VALUES = (_FINAL_VALUE, b"\x00\x00\x00\x01")
 _IDX_HEAD = F.tlv_header(F.TAG_CHUNK_IDX, 4)
 _TOT_HEAD = F.tlv_header(F.TAG_CHUNK_TOT, 4)
 _FINAL_TLV_BYTES = F.tlv_header(F.TAG_FINAL_CHUNK, 1) + _FINAL_VALUE
@@ -112,6 +116,8 @@ class Limits:
     #: the same, summed over every message in progress: one peer cannot hold
     #: max_headless_body in each of many streams at once
     max_headless_total: int = DEFAULT_MAX_HEADLESS_TOTAL
+    #: max_frame_size on a tunnel to a v1 peer (the larger of the two applies)
+    v1_max_frame_size: int = DEFAULT_V1_MAX_FRAME_SIZE
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -486,8 +492,10 @@ class MessageDecoder:
             raise ProtocolError("missing_field", "chunked frame has no chunk_idx", rid)
         total = _u32(fields, F.TAG_CHUNK_TOT, "chunk_tot", rid)
         final_raw = fields.get(F.TAG_FINAL_CHUNK)
-        if final_raw is not None and final_raw != _FINAL_VALUE:
-            raise ProtocolError("bad_tlv", "final_chunk must be the single byte 0x01", rid)
+        if final_raw is not None and final_raw not in _FINAL_VALUES:
+            raise ProtocolError(
+                "bad_tlv", "final_chunk must be 01 (or the reference's 00000001)", rid
+            )
         part = self._partials.get(rid)
         if part is None:
             if idx != 0:

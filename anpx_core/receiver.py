@@ -25,6 +25,7 @@ from . import messages as M
 from .asgi import (
     AsgiError,
     AsgiHttpCall,
+    ClientDisconnected,
     ResponseAborted,
     ResponseBody,
     ResponsePart,
@@ -57,6 +58,7 @@ from .tunnel import (
     parse_extensions,
 )
 from .websocket import (
+    BinaryDiscarded,
     BinaryReceived,
     Closed,
     ControlReceived,
@@ -114,6 +116,7 @@ class ReceiverSettings:
     high_water: int = DEFAULT_HIGH_WATER  # tunnel output backlog at which producers pause
     max_idle_upstreams: int = 8  # forward mode: keep-alive connections kept for reuse
     max_concurrent_requests: int = 1000  # beyond it the receiver itself answers 503
+    v1_ping_interval: float = 5.0  # JSON ping period towards a v1 gateway (its window: 20 s)
     auth: ClientAuth = field(default_factory=NoAuth)
     root_path: str = ""
     routes: list[str] = field(
@@ -173,6 +176,7 @@ class _Call:
     head_flush_due: bool = False
     body_upstream: int = 0  # request body bytes handed to an upstream connection
     request_ended: bool = False
+    gone_reason: str = ""  # why the stream ended before the app did, if it did
 
 
 @dataclass(slots=True, eq=False)
@@ -503,6 +507,10 @@ class ReceiverCore:
             if link.session is not None:
                 for sev in link.session.receive_binary(event.data):
                     self._stream_event(link, sev, now)
+        elif isinstance(event, BinaryDiscarded):
+            if link.session is not None:
+                for sev in link.session.receive_discarded(event.prefix, event.size):
+                    self._stream_event(link, sev, now)
         elif isinstance(event, ControlReceived):
             if link.session is not None:
                 for sev in link.session.receive_control(event.message):
@@ -527,6 +535,8 @@ class ReceiverCore:
             link.written_mark = link.taken_mark = 0
             if peer_window is None:
                 link.session.greet_v1_gateway()
+                # a v1 gateway drops receivers whose JSON pings stop for 2 x its ping interval
+                link.ws.ping_every(self.settings.v1_ping_interval, now)  # type: ignore[union-attr]
             link.state = "open"
             link.attempts = 0
             log.info(
@@ -710,6 +720,7 @@ class ReceiverCore:
     def _call_gone(self, call: _Call, reason: str) -> None:
         """The stream is over from the tunnel's point of view."""
         call.done = True
+        call.gone_reason = reason
         call.link.calls.pop(call.rid, None)
         if call.asgi is not None:
             call.asgi.disconnected()
@@ -760,7 +771,16 @@ class ReceiverCore:
         call = self._calls.pop(call_id, None)
         if call is None or call.asgi is None:
             return
-        if exc is not None:
+        if isinstance(exc, ClientDisconnected) and call.gone_reason:
+            # the stream ended first (client gone, gateway timeout, reset): the app only learnt
+            # it at its next send/receive, which is the ASGI way, not an app failure
+            log.debug(
+                "app stopped on %s %s: %s",
+                call.head.method,
+                call.head.target,
+                call.gone_reason,
+            )
+        elif exc is not None:
             log.error("app failed on %s %s", call.head.method, call.head.target, exc_info=exc)
         self._respond(call, call.asgi.app_returned(exc))
         if not call.done:

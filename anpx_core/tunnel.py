@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import frames as F
 from . import messages as M
@@ -35,6 +35,9 @@ DEFAULT_STREAM_WINDOW = 1024 * 1024  # bulk needs ~1 MiB in flight; see docs/per
 #: Output backlog (bytes not yet taken by the driver) above which a
 #: connection counts as full and producers are paused.
 DEFAULT_HIGH_WATER = 1024 * 1024
+_BAD_FRAME = "bad frame from peer: "
+#: Cancellations that are part of a normal exchange (logged at debug level only).
+_ROUTINE_CANCELS = frozenset({"response complete"})
 #: Recently ended streams whose late frames are dropped quietly.
 _RECENTLY_CLOSED = 4096
 
@@ -156,6 +159,15 @@ class TunnelSession:
         self.local_window = local_window or 0
         self.peer_window = peer_window or 0
         self.send_frame_size = send_frame_size
+        limits = limits or M.Limits()
+        if peer_window is None:
+            # A v1 peer sends whole bodies in one frame: allow up to v1_max_frame_size, and drop
+            # a larger one as it arrives (resetting only its stream) rather than the tunnel.
+            size = max(limits.max_frame_size, limits.v1_max_frame_size)
+            limits = replace(limits, max_frame_size=size)
+            if hasattr(ws, "discard_oversized"):
+                ws.max_message_size = size
+                ws.discard_oversized = True
         self._decoder = M.MessageDecoder(limits)
         self._streams: dict[str, _Stream] = {}
         self._closed: OrderedDict[str, None] = OrderedDict()
@@ -261,6 +273,8 @@ class TunnelSession:
     def cancel(self, request_id: str, reason: str) -> None:
         """Abort a stream and tell the peer with an ERROR frame."""
         if request_id in self._streams:
+            level = logging.DEBUG if reason in _ROUTINE_CANCELS else logging.INFO
+            log.log(level, "stream %s cancelled: %s", request_id, reason)
             self._finish(request_id)
             self.ws.send_binary(M.encode_error(reason, request_id))
 
@@ -284,14 +298,20 @@ class TunnelSession:
                 return [TunnelBroken(str(exc))]
             if exc.request_id in self._closed:
                 return []  # the rest of a message we stopped decoding when its stream ended
-            return self._reset(exc.request_id, f"bad frame from peer: {exc}")
+            return self._reset(exc.request_id, f"{_BAD_FRAME}{exc}")
         events: list[StreamEvent] = []
         for event in decoded:
             rid = event.request_id
             if isinstance(event, M.ErrorReceived):
                 if rid is not None and rid in self._streams:
                     self._finish(rid)
-                    events.append(StreamReset(rid, event.text or "reset by peer"))
+                    text = event.text or "reset by peer"
+                    # the peer refused a frame of ours: our fault, so louder than a plain cancel
+                    level = logging.ERROR if text.startswith(_BAD_FRAME) else logging.INFO
+                    log.log(level, "stream %s reset by peer: %s", rid, text)
+                    events.append(StreamReset(rid, text))
+                elif rid is None:
+                    log.warning("peer reported an error for no stream: %s", event.text)
                 continue
             assert rid is not None
             if rid in self._closed:
@@ -325,8 +345,24 @@ class TunnelSession:
                 self._maybe_finish(rid, stream)
         return events
 
+    def receive_discarded(self, prefix: bytes, size: int) -> list[StreamEvent]:
+        """A binary message over the size limit was dropped unread: reset only its stream."""
+        self.bytes_in += size
+        rid = _prefix_request_id(prefix)
+        limit = self._decoder.limits.max_frame_size
+        why = f"message of over {size} bytes exceeds the {limit}-byte limit"
+        # A receiver answers even a request it never saw begin, so the gateway can fail it.
+        if rid is None or (rid not in self._streams and self._accepts is ResponseHead):
+            log.warning("dropped a %s", why)
+            return []
+        if rid not in self._streams:
+            log.warning("stream %s reset: %s", rid, why)
+        return self._reset(rid, why)
+
     def _reset(self, request_id: str, reason: str) -> list[StreamEvent]:
         known = request_id in self._streams
+        if known:
+            log.warning("stream %s reset: %s", request_id, reason)
         self._finish(request_id)
         self.ws.send_binary(M.encode_error(reason, request_id))
         return [StreamReset(request_id, reason, by_peer=False)] if known else []
@@ -416,6 +452,23 @@ class TunnelSession:
         for rid in ids:
             self._finish(rid)
         return ids
+
+
+def _prefix_request_id(prefix: bytes) -> str | None:
+    """The request_id of a frame from its first bytes: the first TLV, as every sender puts it."""
+    head = F.HEADER_SIZE
+    if len(prefix) < head + F.TLV_HEADER_SIZE or prefix[:4] != F.MAGIC:
+        return None
+    tag, length = prefix[head], int.from_bytes(prefix[head + 1 : head + 5], "big")
+    start = head + F.TLV_HEADER_SIZE
+    if tag != F.TAG_REQUEST_ID or not 0 < length <= M.MAX_REQUEST_ID_BYTES:
+        return None
+    if len(prefix) < start + length:
+        return None
+    try:
+        return prefix[start : start + length].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _frame_request_id(frame: F.Frame) -> str | None:

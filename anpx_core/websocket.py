@@ -57,7 +57,7 @@ import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any
 
@@ -103,6 +103,8 @@ POLICY = 1008
 TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 
+#: Bytes of a discarded oversized message kept to name its stream (header, request_id TLV).
+DISCARD_PREFIX = 512
 #: Longest rejection body a client keeps (the rest is dropped).
 MAX_REJECT_BODY = 64 * KiB
 
@@ -183,6 +185,14 @@ class BinaryReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class BinaryDiscarded:
+    """A binary message over the limit was dropped as it arrived (``discard_oversized``)."""
+
+    prefix: bytes  # its first DISCARD_PREFIX bytes, enough to name its ANPX stream
+    size: int  # bytes it had when dropped (at least; the rest was never counted)
+
+
+@dataclass(frozen=True, slots=True)
 class ControlReceived:
     message: dict[str, Any]  # one JSON object with a str "type" (never ping / pong)
 
@@ -199,6 +209,7 @@ WsEvent = (
     | HandshakeAccepted
     | HandshakeRejected
     | BinaryReceived
+    | BinaryDiscarded
     | ControlReceived
     | Closed
 )
@@ -275,6 +286,11 @@ class _WsConnection(ABC):
         self._discarding = False  # True after we failed the connection: ignore messages
         self._parts: list[Any] = []  # fragments of the message being reassembled
         self._size = 0
+        # Largest message; the tunnel raises it for v1 peers. With discard_oversized, a binary
+        # message over it is dropped as it arrives (BinaryDiscarded) instead of closing 1009.
+        self.max_message_size = limits.max_message_size
+        self.discard_oversized = False
+        self._dropping: bytes | None = None  # prefix of the binary message being dropped
         # keepalive
         self._last_recv = now
         self._ping_sent_at: float | None = None
@@ -494,8 +510,13 @@ class _WsConnection(ABC):
 
     def _on_message(self, data: Any, finished: bool, text: bool) -> None:
         size = self._size + (len(data.encode()) if text else len(data))
-        if size > self._limits.max_message_size:
-            self._fail(TOO_BIG, f"message larger than {self._limits.max_message_size} bytes")
+        if self._dropping is not None or (
+            size > self.max_message_size and self.discard_oversized and not text
+        ):
+            self._drop(data, finished, size)
+            return
+        if size > self.max_message_size:
+            self._fail(TOO_BIG, f"message larger than {self.max_message_size} bytes")
             return
         if not finished:
             self._parts.append(data)
@@ -510,6 +531,16 @@ class _WsConnection(ABC):
             self._on_text(data)
         else:
             self._events.append(BinaryReceived(data))
+
+    def _drop(self, data: bytes, finished: bool, size: int) -> None:
+        """Count and forget an oversized binary message, keeping only its first bytes."""
+        if self._dropping is None:
+            self._dropping = b"".join([*self._parts, data[:DISCARD_PREFIX]])[:DISCARD_PREFIX]
+            self._parts = []
+        self._size = size
+        if finished:
+            self._events.append(BinaryDiscarded(self._dropping, size))
+            self._dropping, self._size = None, 0
 
     def _on_text(self, text: str) -> None:
         try:
@@ -808,6 +839,14 @@ class WsClient(_WsConnection):
                 self._rejected()
             return
         super()._eof()
+
+    def ping_every(self, interval: float, now: float) -> None:
+        """Send the JSON ping at least every ``interval`` seconds from now on (v1 gateways)."""
+        if interval > 0 and (
+            self._limits.ping_interval <= 0 or interval < self._limits.ping_interval
+        ):
+            self._limits = replace(self._limits, ping_interval=interval)
+            self._next_ping = min(self._next_ping, now + interval)
 
     def _keepalive(self, now: float) -> None:
         interval = self._limits.ping_interval

@@ -199,8 +199,10 @@ def _http_url(value: str) -> str | None:
 
 def _log_format(value: str) -> str | None:
     try:
-        logging.Formatter(value, validate=True)
-    except (ValueError, TypeError):
+        # validate= checks the syntax only; formatting a record also catches unknown fields
+        record = logging.LogRecord("anpx", logging.INFO, __file__, 1, "message", None, None)
+        logging.Formatter(value, validate=True).format(record)
+    except (ValueError, TypeError, KeyError, AttributeError):
         return 'expected a logging format string such as "%(asctime)s %(levelname)s %(message)s"'
     return None
 
@@ -315,6 +317,8 @@ class GatewayConfig(_Section):
     header_timeout: float = _opt(10.0, "float", lo=0, lo_open=True, unit="seconds")
     stream_window: int = _opt(MiB, "int", lo=0, hi=2**31 - 1, unit="bytes")
     max_frame_size: int = _opt(16 * MiB, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
+    # a v1 receiver sends each response as one frame (docs/protocol.md section 12)
+    v1_max_frame_size: int = _opt(100 * MiB, "int", lo=MIN_FRAME_SIZE, unit="bytes")
     insecure: bool = _opt(False, "bool")
     # per-client-address token bucket (anpx_core.ratelimit); 0: off, see docs/security.md
     rate_limit: float = _opt(0.0, "float", lo=0, unit="requests per second")
@@ -361,6 +365,9 @@ class ReceiverConfig(_Section):
     gateway_urls: tuple[str, ...] = _opt((), "urls")
     stream_window: int = _opt(MiB, "int", lo=0, hi=2**31 - 1, unit="bytes")
     max_frame_size: int = _opt(16 * MiB, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
+    v1_max_frame_size: int = _opt(100 * MiB, "int", lo=MIN_FRAME_SIZE, unit="bytes")
+    # JSON ping period towards a v1 gateway, which drops receivers silent for 2 x its interval
+    v1_ping_interval: float = _opt(5.0, "float", lo=0, unit="seconds")
     app_factory: bool = _opt(False, "bool")
     interface: str = _opt("auto", "choice", choices=APP_INTERFACES)  # how to call the app
     routes: tuple[str, ...] = _opt((), "routes")  # claimed in the handshake; (): the default route
@@ -820,6 +827,14 @@ def _cross_check(cfg: Config, merged: Mapping[str, Any], parser: _Parser) -> Non
             raise fail(side, "key_file", "needs cert_file as well")
     if g.tls.enabled and not g.tls.cert_file:
         raise fail(("gateway", "tls"), "cert_file", "required when enabled = true")
+    if g.tls.cert_file and not g.tls.enabled and not _has_path(merged, "gateway.tls.enabled"):
+        # anp-proxy's default was enabled = true: never serve plaintext by an omission
+        raise fail(
+            ("gateway", "tls"),
+            "enabled",
+            "cert_file is set but enabled is not: set enabled = true to serve HTTPS and wss://"
+            " (or false for plain HTTP)",
+        )
     for side, auth in ((("gateway", "auth"), g.auth), (("receiver", "auth"), r.auth)):
         if auth.shared_secret and auth.shared_secret_file:
             raise fail(side, "shared_secret_file", "conflicts with shared_secret; set only one")
@@ -950,7 +965,11 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
         ),
         stream_window=g.stream_window or None,
         send_frame_size=g.chunk_size,
-        codec=M.Limits(max_frame_size=g.max_frame_size, max_headless_total=g.max_body_before_head),
+        codec=M.Limits(
+            max_frame_size=g.max_frame_size,
+            max_headless_total=g.max_body_before_head,
+            v1_max_frame_size=g.v1_max_frame_size,
+        ),
         trusted_proxies=[ipaddress.ip_network(n, strict=False) for n in g.trusted_proxies],
         route_claims=None
         if g.route_claims is None
@@ -989,7 +1008,12 @@ def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
         ),
         stream_window=r.stream_window or None,
         send_frame_size=r.chunk_size,
-        codec=M.Limits(max_frame_size=r.max_frame_size, max_headless_total=r.max_body_before_head),
+        codec=M.Limits(
+            max_frame_size=r.max_frame_size,
+            max_headless_total=r.max_body_before_head,
+            v1_max_frame_size=r.v1_max_frame_size,
+        ),
+        v1_ping_interval=r.v1_ping_interval,
         # With flow control the gateway may send a whole window before the app reads.
         max_buffered_body=max(r.stream_window, DEFAULT_STREAM_WINDOW),
         root_path=r.root_path,

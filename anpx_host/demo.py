@@ -95,7 +95,10 @@ async def _respond(
 
 def _client(scope: Scope) -> str:
     client = scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else "unknown"
+    if not client:
+        return "unknown"
+    # the tunnel carries the client's address, not its port (0 here): show what is known
+    return f"{client[0]}:{client[1]}" if client[1] else str(client[0])
 
 
 async def _index(scope: Scope, receive: Receive, send: Send) -> None:

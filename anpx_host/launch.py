@@ -13,6 +13,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from anpx_core.auth import SharedSecretClient, SharedSecretServer
 from anpx_core.gateway import GatewaySettings
@@ -131,6 +132,14 @@ def make_plan(mode: str, cfg: Config) -> Plan:
         plan.warnings.append("command mode runs in the receiver: it has no effect in gateway mode")
     if not cfg.command.enabled and (cfg.command.enable_mcp or cfg.command.mcp_port):
         plan.warnings.append("MCP is part of command mode: it is off without --command-mode")
+    if mode == "receiver" and plan.receiver is not None and plan.receiver.demo:
+        # a receiver alone would publish the demo's /echo to the gateway's users unasked
+        raise ConfigError(
+            "[receiver] nothing to serve: set local_app_module (--local-app module:attr) or "
+            "local_url (--local-url http://127.0.0.1:PORT); for the demo: "
+            "--local-app anpx_host.demo:app",
+            path="receiver.local_app_module",
+        )
     return plan
 
 
@@ -249,18 +258,59 @@ def check_files(plan: Plan) -> None:
                 )
 
 
+def _local_name(host: str, tls: bool) -> str:
+    """A host to print in a URL for this machine: never a wildcard address; with TLS the name
+    certificates for local use carry (``localhost``), not an address they rarely list."""
+    if host in _WILDCARDS or is_loopback(host):
+        return "localhost" if tls else ("127.0.0.1" if host in _WILDCARDS else host)
+    return host
+
+
+_WILDCARDS = ("0.0.0.0", "::", "[::]", "")
+
+
 def ready_lines(plan: Plan, http_port: int, tunnel_port: int, admin_port: int | None) -> list[str]:
     """What a user sees once the gateway is up: where to point a browser or a receiver."""
     assert plan.gateway is not None
     g = plan.gateway
     scheme = "https" if g.http.tls else "http"
-    host = "127.0.0.1" if g.http.host in ("0.0.0.0", "") else g.http.host
+    host = _local_name(g.http.host, g.http.tls is not None)
     lines = [f"anpx gateway ready: open {scheme}://{_hostport(host, http_port)}/"]
     ws = "wss" if g.tunnel.tls else "ws"
-    lines.append(f"  receivers connect to {ws}://{_hostport(g.tunnel.host, tunnel_port)}/")
+    tunnel_host = _local_name(g.tunnel.host, g.tunnel.tls is not None)
+    where = f"{ws}://{_hostport(tunnel_host, tunnel_port)}/"
+    if g.tunnel.host in _WILDCARDS:
+        where += " (listening on every address: use this machine's public name)"
+    lines.append(f"  receivers connect to {where}")
     if admin_port:
         lines.append(f"  health and stats: http://{_hostport(g.admin.host, admin_port)}/stats")  # type: ignore[union-attr]
     return lines
+
+
+def use_bound_ports(plan: Plan, tunnel_port: int) -> None:
+    """``both``: the built-in receiver dials the tunnel port the gateway actually bound (the
+    configured one may be 0, "pick a free port")."""
+    if plan.mode != "both" or plan.receiver is None:
+        return
+    settings = plan.receiver.settings
+    url = urlsplit(settings.gateway_urls[0])
+    host = url.netloc.rpartition(":")[0] or url.netloc
+    settings.gateway_urls = [f"{url.scheme}://{host}:{tunnel_port}/"]
+
+
+def receiver_lines(plan: Plan) -> list[str]:
+    """What a receiver-only user sees at start: what it serves and which gateways it dials."""
+    if plan.receiver is None or plan.mode != "receiver":
+        return []
+    r = plan.receiver
+    if r.app_spec is not None:
+        what = f"app {r.app_spec}"
+    elif r.settings.forward is not None:
+        host, port = r.settings.forward
+        what = f"http://{_hostport(host, port)}"
+    else:
+        what = "the demo app"
+    return [f"anpx receiver: serving {what} through {', '.join(r.settings.gateway_urls)}"]
 
 
 def _hostport(host: str, port: int) -> str:
@@ -468,12 +518,21 @@ def run_cli(argv: list[str] | None, prog: str, execute) -> int:
     from .logsetup import setup_logging
 
     mode, cfg = parse_or_exit(argv, prog)
-    setup_logging(cfg.logging, debug=cfg.debug)
+    try:
+        setup_logging(cfg.logging, debug=cfg.debug)
+    except OSError as exc:  # e.g. the log file's directory does not exist
+        reason = exc.strerror or str(exc)
+        print(f"{prog}: [logging] file: cannot open {cfg.logging.file}: {reason}", file=sys.stderr)
+        return 2
     try:
         plan = make_plan(mode, cfg)
         check_files(plan)
         app = resolve_app(plan.receiver) if plan.receiver is not None else None
     except ConfigError as exc:
+        if cfg.debug:  # the whole story, e.g. where inside the user's module an import failed
+            import traceback
+
+            traceback.print_exception(exc)
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     for warning in plan.warnings:

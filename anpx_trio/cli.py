@@ -12,7 +12,9 @@ from anpx_host.launch import (
     Plan,
     first_error,
     ready_lines,
+    receiver_lines,
     run_cli,
+    use_bound_ports,
 )
 from anpx_host.tls import make_context
 
@@ -23,8 +25,19 @@ PROG = "python -m anpx_trio"
 log = logging.getLogger("anpx")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_cli(argv, PROG, lambda plan, app: trio.run(_run, plan, app))
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    return run_cli(argv, prog, lambda plan, app: trio.run(_run, plan, app))
+
+
+def anpx() -> int:
+    """The ``anpx`` console script: this driver's command line."""
+    return main(prog="anpx")
+
+
+def anp_proxy() -> int:
+    """The ``anp-proxy`` console script, for the seed's command lines
+    (``anp-proxy --mode gateway|receiver|both --config FILE``): the same options."""
+    return main(prog="anp-proxy")
 
 
 async def _run(plan: Plan, app) -> None:
@@ -48,9 +61,12 @@ async def _run(plan: Plan, app) -> None:
                 raise
             for line in ready_lines(plan, ports.http, ports.tunnel, ports.admin):
                 print(line, flush=True)
+            use_bound_ports(plan, ports.tunnel)
         if plan.receiver is not None:
             r = plan.receiver
             receiver = ReceiverClient(r.settings, app, tls=make_context(r.tls))
+            for line in receiver_lines(plan):
+                print(line, flush=True)
             nursery.start_soon(_run_receiver, receiver, failure, nursery.cancel_scope)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:

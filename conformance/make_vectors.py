@@ -13,6 +13,7 @@ The worked example is asserted against the 203 bytes quoted from the reference.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import struct
 import zlib
@@ -1632,7 +1633,134 @@ def invalid_file() -> VectorFile:
     return f
 
 
-FILES = (frames_file, requests_file, responses_file, chunking_file, extensions_file, invalid_file)
+# --- the reference's actual bytes ------------------------------------------------------------
+# Printed by tests/v1ref_capture.py from anp-proxy at 62776d6 (ANPXEncoder with
+# chunk_size=300, request_id RID, the body every byte value twice). reference_file() rebuilds
+# each frame from first principles and asserts it equals these bytes.
+
+REFERENCE_CHUNKED_REQUEST = [
+    "414e50580101010000000147749157c2a63f772700000000010000002435353065383430302d653239622d343164342d613731362d3434363635353434303030300a00000004000000000b0000000400000003020000006b7b226d6574686f64223a2022504f5354222c202270617468223a20222f75706c6f6164222c202268656164657273223a207b22636f6e74656e742d74797065223a20226170706c69636174696f6e2f6f637465742d73747265616d227d2c20227175657279223a207b7d7d030000007f000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e",
+    "414e50580101010000000147749157c29244d08600000000010000002435353065383430302d653239622d343164342d613731362d3434363635353434303030300a00000004000000010b000000040000000303000000ef7f808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedfe0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f606162636465666768696a6b6c6d",
+    "414e505801010100000000f3a1861116ff91051a00000000010000002435353065383430302d653239622d343164342d613731362d3434363635353434303030300a00000004000000020b000000040000000303000000926e6f707172737475767778797a7b7c7d7e7f808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedfe0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff0c0000000400000001",
+]
+REFERENCE_CHUNKED_RESPONSE = [
+    "414e5058010201000000014cd2ab94d7a550f1dd00000000010000002435353065383430302d653239622d343164342d613731362d3434363635353434303030300a00000004000000000b000000040000000303000000f4000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedfe0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3",
+    "414e5058010201000000014cd2ab94d70a15f34400000000010000002435353065383430302d653239622d343164342d613731362d3434363635353434303030300a00000004000000010b000000040000000303000000f4f4f5f6f7f8f9fafbfcfdfeff000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedfe0e1e2e3e4e5e6e7",
+    "414e505801020100000000d6db6adfcc0952c07700000000010000002435353065383430302d653239622d343164342d613731362d3434363635353434303030300a00000004000000020b000000040000000304000000587b22737461747573223a203230302c2022726561736f6e223a20224f4b222c202268656164657273223a207b22636f6e74656e742d74797065223a20226170706c69636174696f6e2f6f637465742d73747265616d227d7d0c00000004000000010300000018e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff",
+]
+REFERENCE_CHUNKED_ERROR = [
+    "414e505801ff00000000003bcb24c9b57372077a00000000030000001e4661696c656420746f206465636f6465206d6573736167653a20626f6f6d",
+]
+
+REF_BODY = bytes(range(256)) * 2
+REF_FINAL = u32(1)  # the reference packs final_chunk through its u32 helper (fixed at HEAD)
+
+
+def ref_request_frames(split: list[int]) -> list[bytes]:
+    """The reference's chunked request: meta in chunk 0, chunk_tot everywhere, 4-byte final."""
+    meta = req_meta("POST", "/upload", {"content-type": "application/octet-stream"})
+    bounds = [0, *split, len(REF_BODY)]
+    parts = [REF_BODY[a:b] for a, b in itertools.pairwise(bounds)]
+    out = []
+    for i, part in enumerate(parts):
+        tlvs = [(T_RID, RIDB), (T_IDX, u32(i)), (T_TOT, u32(len(parts)))]
+        if i == 0:
+            tlvs.append((T_META, meta))
+        tlvs.append((T_BODY, part))
+        if i == len(parts) - 1:
+            tlvs.append((T_FINAL, REF_FINAL))
+        out.append(frame(REQ, tlvs, 1))
+    return out
+
+
+def ref_response_frames(split: list[int]) -> list[bytes]:
+    """The reference's chunked response: resp_meta and a 4-byte final_chunk in the last chunk."""
+    meta = resp_meta(200, "OK", {"content-type": "application/octet-stream"})
+    bounds = [0, *split, len(REF_BODY)]
+    parts = [REF_BODY[a:b] for a, b in itertools.pairwise(bounds)]
+    out = []
+    for i, part in enumerate(parts):
+        tlvs = [(T_RID, RIDB), (T_IDX, u32(i)), (T_TOT, u32(len(parts)))]
+        if i == len(parts) - 1:
+            tlvs += [(T_RESP_META, meta), (T_FINAL, REF_FINAL)]
+        tlvs.append((T_BODY, part))
+        out.append(frame(RESP, tlvs, 1))
+    return out
+
+
+def reference_file() -> VectorFile:
+    f = VectorFile(
+        "reference.json",
+        "Bytes the v1 reference (anp-proxy 62776d6) actually sends, quirks included "
+        "(docs/protocol.md section 12).",
+    )
+    ref_req = [bytes.fromhex(h) for h in REFERENCE_CHUNKED_REQUEST]
+    assert ref_request_frames(_split(ref_req)) == ref_req, "reference request drifted"
+    f.decode_message(
+        "reference_chunked_request_u32_final_chunk",
+        "The reference gateway's chunked request: final_chunk is the 4-byte u32 00000001, "
+        "not the single byte 01 (accepted; never sent).",
+        ref_req,
+        request("/upload", "POST", [("content-type", "application/octet-stream")], REF_BODY),
+    )
+    ref_rsp = [bytes.fromhex(h) for h in REFERENCE_CHUNKED_RESPONSE]
+    assert ref_response_frames(_split(ref_rsp)) == ref_rsp, "reference response drifted"
+    f.decode_message(
+        "reference_chunked_response_meta_last_u32_final_chunk",
+        "The reference's chunked response: resp_meta and a 4-byte final_chunk in the last "
+        "chunk, body held until the meta arrives.",
+        ref_rsp,
+        response(200, "OK", [("content-type", "application/octet-stream")], REF_BODY),
+    )
+    ref_err = [bytes.fromhex(h) for h in REFERENCE_CHUNKED_ERROR]
+    text = "Failed to decode message: boom"
+    assert ref_err == [err_frame(text, None)], "reference error drifted"
+    f.decode_message(
+        "reference_error_without_request_id",
+        "The reference gateway's answer to a frame it cannot decode: an ERROR frame with no "
+        "request_id (a tunnel-level complaint, no stream is reset).",
+        ref_err,
+        error(text, None),
+    )
+    for name, value in (("u32_two", u32(2)), ("u32_zero", u32(0)), ("two_bytes", b"\x00\x01")):
+        tlvs = [(T_RID, RIDB), (T_IDX, u32(0)), (T_TOT, u32(1))]
+        meta = req_meta("POST", "/upload", {})
+        bad = [frame(REQ, [*tlvs, (T_META, meta), (T_FINAL, value)], 1)]
+        f.decode_message(
+            f"reference_final_chunk_{name}_rejected",
+            "Only 01 and the reference's 00000001 mean final_chunk; any other value is bad_tlv.",
+            bad,
+            error="bad_tlv",
+        )
+    return f
+
+
+def _split(wire: list[bytes]) -> list[int]:
+    """Where the reference cut the body: the end offset of every part but the last."""
+    sizes = [len(_body_of(w)) for w in wire]
+    return [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
+
+
+def _body_of(wire: bytes) -> bytes:
+    """The http_body value of one frame built by frame()."""
+    pos, end = 24, len(wire)
+    while pos < end:
+        tag, length = struct.unpack(">BI", wire[pos : pos + 5])
+        if tag == T_BODY:
+            return wire[pos + 5 : pos + 5 + length]
+        pos += 5 + length
+    return b""
+
+
+FILES = (
+    frames_file,
+    requests_file,
+    responses_file,
+    chunking_file,
+    extensions_file,
+    invalid_file,
+    reference_file,
+)
 
 
 def render(vf: VectorFile) -> str:

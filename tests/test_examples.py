@@ -188,7 +188,7 @@ def test_production_config_with_tls_and_auth(procs, tmp_path: Path) -> None:
 
     gateway = procs(documented("python -m anpx_trio gateway --config gateway.toml"), tmp_path)
     assert gateway.wait_for("anpx gateway ready") == (
-        f"anpx gateway ready: open https://127.0.0.1:{http}/"
+        f"anpx gateway ready: open https://localhost:{http}/"
     )
     service = documented("python -m http.server 8000 --bind 127.0.0.1")
     service[3] = str(app)

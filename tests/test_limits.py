@@ -625,6 +625,7 @@ def _exact_frame(message_with_body, size: int) -> tuple[bytes, int]:
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_gateway_closes_1009_on_a_message_over_max_frame_size(driver):
+    """An anpx receiver (flow extension) chunks its bodies: an oversized frame is a broken peer."""
     settings = GatewaySettings(
         ws=WsLimits(max_message_size=FRAME_LIMIT), codec=M.Limits(max_frame_size=FRAME_LIMIT)
     )
@@ -633,15 +634,14 @@ def test_gateway_closes_1009_on_a_message_over_max_frame_size(driver):
     sock = socket.create_connection(("127.0.0.1", ports.tunnel), timeout=5)
     try:
         peer = WsPeer(sock, ConnectionType.CLIENT)
-        peer.send(Request(host=f"127.0.0.1:{ports.tunnel}", target="/"))
+        flow = [(b"anpx-extensions", b"flow=1048576")]
+        peer.send(Request(host=f"127.0.0.1:{ports.tunnel}", target="/", extra_headers=flow))
         assert isinstance(peer.event(), AcceptConnection)
         decoder = M.MessageDecoder()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             for size, expect in ((FRAME_LIMIT, 200), (FRAME_LIMIT + 1, 502)):
                 answer = pool.submit(httpx.get, f"http://127.0.0.1:{ports.http}/", timeout=10)
-                rid = next(
-                    e.request_id for e in decoder.receive_bytes(peer.message()) if e.request_id
-                )
+                rid = _next_request_id(peer, decoder)
                 frame, body = _exact_frame(
                     lambda n, rid=rid: M.Response(rid, 200, "OK", [], b"r" * n), size
                 )
@@ -659,6 +659,53 @@ def test_gateway_closes_1009_on_a_message_over_max_frame_size(driver):
         gateway.stop()
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_v1_receiver_whole_body_frame_over_the_v1_limit_fails_only_its_request(driver):
+    """A v1 receiver sends whole bodies in one frame: up to v1_max_frame_size they pass; a larger
+    one is dropped unbuffered, its client gets 502, the peer an ERROR frame, the tunnel stays."""
+    settings = GatewaySettings(
+        ws=WsLimits(max_message_size=1024),
+        codec=M.Limits(max_frame_size=1024, v1_max_frame_size=FRAME_LIMIT),
+    )
+    gateway = start_gateway(driver, settings, admin=False)
+    ports = gateway.obj.ports
+    sock = socket.create_connection(("127.0.0.1", ports.tunnel), timeout=5)
+    try:
+        peer = WsPeer(sock, ConnectionType.CLIENT)
+        peer.send(Request(host=f"127.0.0.1:{ports.tunnel}", target="/"))
+        assert isinstance(peer.event(), AcceptConnection)
+        decoder = M.MessageDecoder()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            for size, expect in ((FRAME_LIMIT, 200), (FRAME_LIMIT + 1, 502), (FRAME_LIMIT, 200)):
+                answer = pool.submit(httpx.get, f"http://127.0.0.1:{ports.http}/", timeout=10)
+                rid = _next_request_id(peer, decoder)
+                frame, body = _exact_frame(
+                    lambda n, rid=rid: M.Response(rid, 200, "OK", [], b"r" * n), size
+                )
+                # in fragments, as a large message may come: the drop works across them
+                third = len(frame) // 3
+                peer.send(BytesMessage(data=frame[:third], message_finished=False))
+                peer.send(BytesMessage(data=frame[third:], message_finished=True))
+                r = answer.result()
+                assert r.status_code == expect
+                if expect == 200:
+                    assert len(r.content) == body
+                else:
+                    reset = M.decode_message([peer.message()])
+                    assert isinstance(reset, M.ErrorMessage) and reset.request_id == rid
+                    assert f"exceeds the {FRAME_LIMIT}-byte limit" in reset.text
+    finally:
+        sock.close()
+        gateway.stop()
+
+
+def _next_request_id(peer, decoder) -> str:
+    while True:
+        for e in decoder.receive_bytes(peer.message()):
+            if e.request_id:
+                return e.request_id
+
+
 class FakeGateway:
     """A tunnel listener that accepts one receiver and lets the test drive it."""
 
@@ -668,13 +715,15 @@ class FakeGateway:
         self.port = self.listener.getsockname()[1]
         self.peer: WsPeer | None = None
 
-    def accept(self) -> WsPeer:
+    def accept(self, flow: bool = False) -> WsPeer:
+        """Accept the receiver; ``flow``: answer as an anpx gateway, else as a v1 one."""
         sock, _ = self.listener.accept()
         sock.settimeout(10)
         peer = WsPeer(sock, ConnectionType.SERVER)
         request = peer.event()
         assert isinstance(request, Request)
-        peer.send(AcceptConnection())
+        extra = [(b"anpx-extensions", b"flow=1048576")] if flow else []
+        peer.send(AcceptConnection(extra_headers=extra))
         self.peer = peer
         return peer
 
@@ -684,9 +733,11 @@ class FakeGateway:
         self.listener.close()
 
 
-def _receiver_at_and_over_the_frame_limit(driver: str) -> tuple[CloseConnection, CountingApp]:
+def _receiver_at_and_over_the_frame_limit(
+    driver: str, v1: bool = False
+) -> tuple[CloseConnection | M.Message, CountingApp]:
     """A real receiver gets a request frame of exactly its limit (served), then one byte
-    more; returns how the tunnel ended and the app."""
+    more; returns how the tunnel ended (anpx gateway) or the answer (v1 gateway), and the app."""
     fake = FakeGateway()
     app = CountingApp()
     receiver = start_receiver(
@@ -694,13 +745,13 @@ def _receiver_at_and_over_the_frame_limit(driver: str) -> tuple[CloseConnection,
         ReceiverSettings(
             gateway_urls=[f"ws://127.0.0.1:{fake.port}/"],
             ws=WsLimits(max_message_size=FRAME_LIMIT),
-            codec=M.Limits(max_frame_size=FRAME_LIMIT),
+            codec=M.Limits(max_frame_size=FRAME_LIMIT, v1_max_frame_size=FRAME_LIMIT),
             reconnect_delay=30,
         ),
         app,
     )
     try:
-        peer = fake.accept()
+        peer = fake.accept(flow=not v1)
 
         def upload(rid: str):
             return lambda n: M.Request(rid, "POST", "/upload", [("host", "gw")], b"u" * n)
@@ -717,6 +768,8 @@ def _receiver_at_and_over_the_frame_limit(driver: str) -> tuple[CloseConnection,
         assert app.calls == 1
 
         peer.send(BytesMessage(data=_exact_frame(upload("r-over"), FRAME_LIMIT + 1)[0]))
+        if v1:  # the tunnel stays: the receiver refuses that request alone
+            return M.decode_message([peer.message()]), app
         close = peer.message()
         assert isinstance(close, CloseConnection)
         return close, app
@@ -734,4 +787,12 @@ def test_receiver_refuses_a_message_over_max_frame_size(driver):
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_receiver_sends_close_1009(driver):
     close, _app = _receiver_at_and_over_the_frame_limit(driver)
-    assert close.code == 1009
+    assert isinstance(close, CloseConnection) and close.code == 1009
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_receiver_refuses_only_the_request_over_v1_max_frame_size(driver):
+    answer, app = _receiver_at_and_over_the_frame_limit(driver, v1=True)
+    assert isinstance(answer, M.ErrorMessage) and answer.request_id == "r-over"
+    assert f"exceeds the {FRAME_LIMIT}-byte limit" in answer.text
+    assert app.calls == 1
