@@ -21,6 +21,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .strict import StrictError, parse_uint
+
 Headers = list[tuple[str, str]]
 
 H_CLIENT_ID = "anpx-client-id"
@@ -32,6 +34,7 @@ H_PROOF = "anpx-auth-proof"
 DEFAULT_CLOCK_SKEW = 300.0  # seconds a timestamp may differ from the gateway's clock
 DEFAULT_MAX_ATTEMPTS = 3  # failed handshakes per address per minute, then 429
 DEFAULT_NONCE_CAPACITY = 100_000  # nonces remembered within the skew window
+MAX_TIMESTAMP = 10**12 - 1  # Unix seconds: 12 ASCII digits at most (year 33658)
 _ATTEMPT_WINDOW = 60.0
 _MAX_TRACKED_ADDRESSES = 100_000
 
@@ -183,22 +186,26 @@ class SharedSecretServer:
         signature = _get(headers, H_SIGNATURE)
         if timestamp is None or nonce is None or signature is None:
             return self._fail(address, wall, "no authentication headers")
-        if not timestamp.isdigit() or len(nonce) < 16 or len(nonce) > 128:
+        try:
+            stamp = parse_uint(timestamp, MAX_TIMESTAMP, H_TIMESTAMP)
+        except StrictError as exc:
+            return self._fail(address, wall, f"malformed authentication headers: {exc}")
+        if len(nonce) < 16 or len(nonce) > 128:
             return self._fail(address, wall, "malformed authentication headers")
         expected = _mac(self._secret, request_string(host, path, client_id, timestamp, nonce))
         if not hmac.compare_digest(signature.lower().encode(), expected.encode()):
             return self._fail(address, wall, f"bad signature for client {client_id!r}")
-        if abs(int(timestamp) - wall) > self.clock_skew:
+        if abs(stamp - wall) > self.clock_skew:
             return self._fail(
                 address,
                 wall,
-                f"timestamp {timestamp} is {int(timestamp) - wall:+.0f}s from ours (allowed ±{self.clock_skew:.0f}s)",
+                f"timestamp {timestamp} is {stamp - wall:+.0f}s from ours (allowed ±{self.clock_skew:.0f}s)",
             )
         if nonce in self._nonces:
             return self._fail(address, wall, f"replayed nonce from client {client_id!r}")
         if len(self._nonces) >= self.nonce_capacity:
             return Verdict(False, 429, headers=[("retry-after", "5")], reason="nonce cache full")
-        self._nonces[nonce] = int(timestamp) + self.clock_skew
+        self._nonces[nonce] = stamp + self.clock_skew
         proof = _mac(self._secret, answer_string(host, path, client_id, nonce))
         return Verdict(True, identity=client_id or peer, headers=[(H_PROOF, proof)])
 

@@ -43,6 +43,7 @@ from .forward import (
 )
 from .meta import RequestHead, ResponseHead
 from .routing import ROUTES_HEADER
+from .strict import StrictError, parse_port, parse_scheme
 from .tunnel import (
     DEFAULT_HIGH_WATER,
     DEFAULT_STREAM_WINDOW,
@@ -617,12 +618,20 @@ class ReceiverCore:
             link.calls.pop(rid, None)
             return
         self._calls[call.cid] = call
+        try:
+            server = _server_from(head)
+            scheme = parse_scheme(_header(head, "x-forwarded-proto") or "http", "x-forwarded-proto")
+        except StrictError as exc:
+            # refused where it enters: the gateway sent a value no client of ours could have
+            log.warning("refusing request %s from the gateway: %s", rid, exc)
+            self._cancel(call, f"bad_meta: {exc}")
+            return
         if self.settings.forward is None:
             scope = build_scope(
                 head,
                 client=_client_from(head),
-                server=_server_from(head),
-                scheme=_header(head, "x-forwarded-proto") or "http",
+                server=server,
+                scheme=scheme,
                 root_path=self.settings.root_path,
                 state=self.lifespan_state,
             )
@@ -835,9 +844,12 @@ def _client_from(head: RequestHead) -> tuple[str, int] | None:
 
 
 def _server_from(head: RequestHead) -> tuple[str, int | None] | None:
+    """The server as the client addressed it; StrictError for an X-Forwarded-Port that is
+    not a port number (it is checked even when no host is known)."""
+    port = _header(head, "x-forwarded-port")
+    number = parse_port(port, "x-forwarded-port") if port is not None else None
     host = _header(head, "x-forwarded-host") or _header(head, "host")
     if not host:
         return None
-    port = _header(head, "x-forwarded-port")
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    return (name, int(port) if port and port.isdigit() else None)
+    return (name, number)

@@ -24,6 +24,7 @@ from . import frames as F
 from . import messages as M
 from .errors import ProtocolError
 from .meta import RequestHead, ResponseHead
+from .strict import StrictError, parse_uint
 
 log = logging.getLogger("anpx.tunnel")
 
@@ -35,6 +36,9 @@ DEFAULT_STREAM_WINDOW = 1024 * 1024  # bulk needs ~1 MiB in flight; see docs/per
 #: Output backlog (bytes not yet taken by the driver) above which a
 #: connection counts as full and producers are paused.
 DEFAULT_HIGH_WATER = 1024 * 1024
+#: The largest flow window or credit grant a peer may announce (2 GiB - 1); a larger
+#: value is refused as malformed, like any other non-number.
+MAX_WINDOW = 2**31 - 1
 #: Recently ended streams whose late frames are dropped quietly.
 _RECENTLY_CLOSED = 4096
 
@@ -51,12 +55,12 @@ def parse_extensions(headers: list[tuple[str, str]]) -> int | None:
             continue
         for item in value.split(","):
             key, _, arg = item.strip().partition("=")
-            arg = arg.strip()
-            # isascii: "²".isdigit() is true, but int() refuses it
-            if key.strip() == "flow" and arg.isascii() and arg.isdigit():
-                window = int(arg)
-                if window > 0:
-                    return window
+            if key.strip() != "flow":
+                continue
+            try:
+                return parse_uint(arg.strip(), MAX_WINDOW, "flow window", minimum=1)
+            except StrictError:
+                continue  # not a window we can use: as if not offered (v1 behaviour)
     return None
 
 
@@ -355,11 +359,11 @@ class TunnelSession:
             return []
         events: list[StreamEvent] = []
         for item in credits:
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], int)):
-                continue
+            if not (isinstance(item, list) and len(item) == 2 and type(item[1]) is int):
+                continue  # type() is int: a JSON true is not a credit of 1
             rid, amount = item
             stream = self._streams.get(rid) if isinstance(rid, str) else None
-            if stream is None or amount <= 0:
+            if stream is None or not 0 < amount <= MAX_WINDOW:
                 continue
             stream.send_credit += amount
             self._release_blocked(rid, stream)

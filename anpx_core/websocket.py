@@ -467,7 +467,12 @@ class _WsConnection(ABC):
         kind = message["type"]
         if kind == "ping":
             if self._state == "open":
-                pong = json.dumps({"type": "pong", "timestamp": message.get("timestamp")})
+                # echo a number or short string only: a nested value could be deeper than
+                # json.dumps may recurse, and nothing else is a timestamp anyway
+                stamp = message.get("timestamp")
+                if type(stamp) not in (int, float, str) or len(str(stamp)) > 64:
+                    stamp = None
+                pong = json.dumps({"type": "pong", "timestamp": stamp})
                 self._out.append(self._ws.send(TextMessage(data=pong)))
         elif kind != "pong":
             self._events.append(ControlReceived(message))
