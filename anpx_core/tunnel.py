@@ -272,6 +272,7 @@ class TunnelSession:
 
     def receive_binary(self, data: bytes) -> list[StreamEvent]:
         self.bytes_in += len(data)
+        frame = None
         try:
             frame = F.decode_frame(data, self._decoder.limits.max_frame_size)
             if self._accepts is ResponseHead and frame.type != F.TYPE_ERROR:
@@ -289,6 +290,12 @@ class TunnelSession:
             if exc.request_id in self._closed:
                 return []  # the rest of a message we stopped decoding when its stream ended
             return self._reset(exc.request_id, f"bad frame from peer: {exc}")
+        except Exception:  # the crash barrier: a bug decoding one frame resets its stream
+            rid = _frame_request_id(frame) if frame is not None else None
+            log.exception("internal error decoding a frame of stream %s", rid)
+            if rid is None:
+                return [TunnelBroken("internal error decoding a frame")]
+            return self._reset(rid, "internal error")
         events: list[StreamEvent] = []
         for event in decoded:
             rid = event.request_id
