@@ -49,7 +49,7 @@ from http import HTTPStatus
 import h11
 
 from .meta import Headers, RequestHead, ResponseHead
-from .strict import StrictError, parse_port, parse_scheme, parse_uint
+from .strict import StrictError, check_host, parse_port, parse_scheme, parse_uint
 
 __all__ = [
     "HOP_BY_HOP",
@@ -157,8 +157,6 @@ _WAIT = "wait"  # RequestEnded is out, the response is not finished yet
 
 #: The largest Content-Length read (19 digits fit in 63 bits; max_body_bytes is far below).
 MAX_CONTENT_LENGTH = 2**63 - 1
-# A Host / X-Forwarded-Host value: reg-name, IPv4 or [IPv6], optional port (RFC 9110 7.2).
-_HOST = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::([0-9]*))?")
 
 
 def _check_forwarded(name: str, value: str) -> str:
@@ -169,16 +167,6 @@ def _check_forwarded(name: str, value: str) -> str:
     if name == "x-forwarded-port":
         return str(parse_port(value.strip(), "X-Forwarded-Port"))
     return check_host(value.strip(), "X-Forwarded-Host")
-
-
-def check_host(value: str, what: str = "Host") -> str:
-    """A Host-like value: host name, IPv4 or [IPv6], optional port; StrictError if not."""
-    match = _HOST.fullmatch(value)
-    if match is None or not value or value.startswith(":"):
-        raise StrictError(f"{what} {value[:40]!r} is not a host[:port]")
-    if match.group(1):
-        parse_port(match.group(1), f"{what} port")
-    return value
 
 
 # RFC 9112 section 4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ); h11 does not check.

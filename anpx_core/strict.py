@@ -18,6 +18,7 @@ __all__ = [
     "StrictError",
     "check_field_value",
     "check_fields",
+    "check_host",
     "check_target",
     "check_text",
     "check_token",
@@ -39,6 +40,8 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_FIELD_CHAR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # A request-target never holds whitespace or control characters (RFC 9112 section 3.2).
 _TOKEN_LIST = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:,[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
+# A Host / X-Forwarded-Host value: reg-name, IPv4 or [IPv6], optional port (RFC 9110 7.2).
+_HOST = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::([0-9]*))?")
 _BAD_TARGET_CHAR = re.compile(r"[\x00-\x20\x7f]")
 
 
@@ -138,6 +141,16 @@ def check_target(text: str, what: str = "request-target") -> str:
     check_text(text, what)
     if not text or _BAD_TARGET_CHAR.search(text):
         raise StrictError(f"{what} is empty or holds whitespace or a control character")
+    return text
+
+
+def check_host(text: str, what: str = "Host") -> str:
+    """A Host-like value: host name, IPv4 or [IPv6], optional port."""
+    match = _HOST.fullmatch(text) if isinstance(text, str) else None
+    if match is None or not text or text.startswith(":"):
+        raise StrictError(f"{what} {_show(text)} is not a host[:port]")
+    if match.group(1):
+        parse_port(match.group(1), f"{what} port")
     return text
 
 
