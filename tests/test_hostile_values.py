@@ -40,6 +40,7 @@ from anpx_core.gateway import GatewayCore, GatewaySettings
 from anpx_core.http1 import HttpFront
 from anpx_core.meta import RequestHead, decode_request_meta, decode_response_meta
 from anpx_core.receiver import ReceiverCore, ReceiverSettings
+from anpx_core.routing import parse_routes_header
 from anpx_core.strict import (
     StrictError,
     check_field_value,
@@ -174,6 +175,18 @@ def test_auth_timestamp_of_any_text_is_a_verdict(timestamp) -> None:
     assert verdict.status in (101, 401)
 
 
+@HYPOTHESIS
+@given(ANY_TEXT)
+def test_route_claims_parse_to_routes_or_value_error(value) -> None:
+    try:
+        routes = parse_routes_header(value)
+    except ValueError:  # StrictError is one: the gateway refuses the handshake with 400
+        return
+    for route in routes:
+        assert route.host is None or check_host(route.host)
+        check_target(route.prefix)
+
+
 # --- helpers for the socket tests -------------------------------------------------------------
 
 
@@ -252,8 +265,17 @@ def test_forwarded_port_superscript_is_refused_at_the_gateway(driver):
         for bad in (b"\xb2", b"\xd9\xa3", b"99999", b"-1", b"1_0"):
             answer = raw_exchange(dep.http, head % bad)
             assert answer.startswith(b"HTTP/1.1 400 "), (bad, answer[:80])
-        answer = raw_exchange(dep.http, b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n")
-        assert answer.startswith(b"HTTP/1.1 400 ")  # RFC 9112: exactly one Host
+        for bad in (
+            b"X-Forwarded-Proto: gopher\r\n",
+            b"X-Forwarded-Proto: \xb2\r\n",
+            b"X-Forwarded-Host: a b\r\n",
+            b"X-Forwarded-Host: x:\xb2\r\n",
+            b"Host: y\r\n",  # RFC 9112: exactly one Host
+        ):
+            answer = raw_exchange(dep.http, b"GET / HTTP/1.1\r\nHost: x\r\n%s\r\n" % bad)
+            assert answer.startswith(b"HTTP/1.1 400 "), (bad, answer[:80])
+        answer = raw_exchange(dep.http, b"GET / HTTP/1.1\r\nHost: \xb2\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400 ")  # not a host name
         r = dep.client.get("/", headers={"x-forwarded-port": "8443", "x-forwarded-proto": "https"})
         assert r.status_code == 200
         assert r.json() == {"path": "/", "server": ["127.0.0.1", 8443], "scheme": "https"}
@@ -338,6 +360,69 @@ def test_receiver_refuses_hostile_metas_and_serves_on(driver, caplog):
         assert tracebacks(caplog) == []  # refused at the boundary: no crash anywhere
     finally:
         receiver.stop()
+
+
+# --- case 7 from a hostile receiver: the gateway answers 502 and serves on ------------------
+
+
+def _hostile_receiver(url: str, stop: threading.Event) -> None:
+    """A websockets client playing a v1 receiver: /bad gets a resp_meta with a lone
+    surrogate and a CR LF in header values, anything else a plain 200."""
+
+    async def main() -> None:
+        async with websockets.connect(url) as ws:
+            decoder = M.MessageDecoder()
+            targets: dict[str, str] = {}
+            while not stop.is_set():
+                try:
+                    message = await asyncio.wait_for(ws.recv(), 0.2)
+                except asyncio.TimeoutError:
+                    continue
+                if isinstance(message, str):
+                    continue
+                for event in decoder.receive_bytes(message):
+                    if isinstance(event, M.HeadReceived):
+                        targets[event.request_id] = event.head.target
+                    elif isinstance(event, M.MessageComplete):
+                        target = targets.pop(event.request_id)
+                        headers = {"x-a": "\ud800", "x-b": "1\r\nx-c: 2"}
+                        meta = {"status": 200, "reason": "OK"}
+                        meta["headers"] = headers if target == "/bad" else {"x-ok": "1"}
+                        await ws.send(
+                            F.encode_frame(
+                                F.TYPE_RESPONSE,
+                                0,
+                                [
+                                    (F.TAG_REQUEST_ID, event.request_id.encode()),
+                                    (F.TAG_RESP_META, json.dumps(meta).encode()),
+                                    (F.TAG_HTTP_BODY, b"hello"),
+                                ],
+                            )
+                        )
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_gateway_refuses_hostile_response_metas_and_serves_on(driver, caplog):
+    gateway = start_gateway(driver)
+    stop = threading.Event()
+    url = f"ws://127.0.0.1:{gateway.obj.ports.tunnel}/"
+    thread = threading.Thread(target=_hostile_receiver, args=(url, stop), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(gateway.obj.core.receivers) == 1)
+        with httpx.Client(base_url=f"http://127.0.0.1:{gateway.obj.ports.http}", timeout=10) as c:
+            assert c.get("/bad").status_code == 502
+            r = c.get("/good")
+            assert r.status_code == 200 and r.text == "hello" and r.headers["x-ok"] == "1"
+        assert len(gateway.obj.core.receivers) == 1  # the same tunnel serves on
+        assert not gateway.finished.is_set()
+        assert tracebacks(caplog) == []
+    finally:
+        stop.set()
+        thread.join(5)
+        gateway.stop()
 
 
 # --- case 6: a signed upgrade with anpx-auth-timestamp: ² -------------------------------------
