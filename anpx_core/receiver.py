@@ -308,7 +308,7 @@ class ReceiverCore(CrashBarrier):
             conn.connected = True
         self._wakeups.add(cid)
 
-    @guarded()
+    @guarded_close  # no socket: whatever happens, the attempt is forgotten
     def connect_failed(self, cid: int, now: float, reason: str) -> None:
         conn = self._conns.pop(cid, None)
         if isinstance(conn, _Link):
