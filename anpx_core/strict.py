@@ -119,8 +119,8 @@ def check_fields(headers: list[tuple[str, str]], what: str = "header") -> None:
     if not headers:
         return
     try:
-        names = ",".join(name for name, _ in headers)
-        values = "".join(value for _, value in headers)
+        names = ",".join([name for name, _ in headers])  # a list joins faster than a generator
+        values = "".join([value for _, value in headers])
         # no name holds the separator itself: "a,b" is not two tokens
         names_ok = names.count(",") == len(headers) - 1 and _TOKEN_LIST.fullmatch(names)
         values_ok = values.isascii() and not _BAD_FIELD_CHAR.search(values)

@@ -128,7 +128,7 @@ META_KEYS = st.sampled_from(
 )
 
 
-@HYPOTHESIS
+@settings(max_examples=150, deadline=None)
 @given(st.dictionaries(META_KEYS, JSON), st.binary(max_size=40))
 def test_meta_decoders_return_a_valid_head_or_a_protocol_error(obj, junk) -> None:
     for raw in (json.dumps(obj).encode(), junk):
