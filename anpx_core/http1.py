@@ -394,7 +394,8 @@ class HttpFront:
             )
             headers = self._forward_headers(raw)
         except StrictError as exc:
-            self._fail(400, f"bad request header: {exc}", events)
+            # the reason quotes only the client's own value: safe to tell it
+            self._fail(400, f"bad request header: {exc}", events, f"Bad Request: {exc}")
             return False
         if length is not None and length > self._limits.max_body_bytes:
             self._fail(413, f"Content-Length {length} over {self._limits.max_body_bytes}", events)
@@ -477,10 +478,13 @@ class HttpFront:
             return False
         return False
 
-    def _fail(self, status: int, reason: str, events: list[FrontEvent]) -> None:
+    def _fail(
+        self, status: int, reason: str, events: list[FrontEvent], text: str | None = None
+    ) -> None:
+        """``reason`` is for the log; ``text`` (default: the status phrase) for the client."""
         events.append(RequestFailed(status, reason))
         if not self._response_started:
-            self._queue_error(status, _phrase(status) or "Error", [], close=True)
+            self._queue_error(status, text or _phrase(status) or "Error", [], close=True)
         self._closed = True
 
     # -- output -----------------------------------------------------------------------

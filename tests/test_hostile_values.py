@@ -265,6 +265,7 @@ def test_forwarded_port_superscript_is_refused_at_the_gateway(driver):
         for bad in (b"\xb2", b"\xd9\xa3", b"99999", b"-1", b"1_0"):
             answer = raw_exchange(dep.http, head % bad)
             assert answer.startswith(b"HTTP/1.1 400 "), (bad, answer[:80])
+            assert b"Bad Request: X-Forwarded-Port" in answer  # a short, specific reason
         for bad in (
             b"X-Forwarded-Proto: gopher\r\n",
             b"X-Forwarded-Proto: \xb2\r\n",
