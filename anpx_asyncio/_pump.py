@@ -105,21 +105,40 @@ class Pump:
         writer: asyncio.StreamWriter,
         read_size: int = READ_SIZE,
     ) -> None:
-        """Pump one connection until the core closes it or the peer goes away."""
-        read_task = asyncio.get_running_loop().create_task(self._reader(cid, reader, read_size))
+        """Pump one connection until the core closes it or the peer goes away.
+
+        The crash barrier: an unexpected exception in the reader or the writer (from the
+        core or from here) closes this connection at once with one logged traceback; the
+        other half is never left waiting on a connection nobody serves.
+        """
+        loop = asyncio.get_running_loop()
+        read_task = loop.create_task(self._reader(cid, reader, read_size))
+        write_task = loop.create_task(self._writer(cid, writer))
         self._writers[cid] = writer
         try:
-            await self._writer(cid, writer)
+            await asyncio.wait((read_task, write_task), return_when=asyncio.FIRST_COMPLETED)
+            if read_task.done() and not read_task.cancelled():
+                failure = read_task.exception()
+                if failure is not None:
+                    raise failure
+            await write_task  # EOF was read: the writer flushes what is left, then ends
+        except Exception as exc:
+            log.error("internal error on connection %d; closing it", cid, exc_info=exc)
         finally:
             self._writers.pop(cid, None)
-            read_task.cancel()
-            with contextlib.suppress(BaseException):
-                await read_task
+            for task in (read_task, write_task):
+                task.cancel()
+            for task in (read_task, write_task):
+                with contextlib.suppress(BaseException):
+                    await task
             writer.close()
             with contextlib.suppress(*STREAM_ERRORS, asyncio.TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 1)
-            self.core.closed(cid, self.now())
-            self.sync()
+            try:
+                self.core.closed(cid, self.now())
+                self.sync()
+            except Exception:
+                log.exception("internal error closing connection %d", cid)
 
     async def _reader(self, cid: int, reader: asyncio.StreamReader, read_size: int) -> None:
         core = self.core
@@ -159,5 +178,8 @@ class Pump:
     async def ticker(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            self.core.tick(self.now(), time.time())
-            self.sync()
+            try:
+                self.core.tick(self.now(), time.time())
+                self.sync()
+            except Exception:  # the crash barrier: the timers must keep running
+                log.exception("internal error running timers")

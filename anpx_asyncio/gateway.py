@@ -117,13 +117,18 @@ class GatewayServer:
                 writer.close()
                 return
         now = self.pump.now()
-        if kind == "http":
-            cid = self.core.open_client(now, peer, local, "https" if spec.tls else "http")
-        elif kind == "tunnel":
-            cid = self.core.open_tunnel(now, peer)
-        else:
-            cid = self.core.open_admin(now, peer, local)
-        self.pump.sync()
+        try:
+            if kind == "http":
+                cid = self.core.open_client(now, peer, local, "https" if spec.tls else "http")
+            elif kind == "tunnel":
+                cid = self.core.open_tunnel(now, peer)
+            else:
+                cid = self.core.open_admin(now, peer, local)
+            self.pump.sync()
+        except Exception:  # the crash barrier: this connection only
+            log.exception("internal error accepting a %s connection from %s:%s", kind, *peer)
+            writer.close()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._tasks.adopt(task)

@@ -164,6 +164,11 @@ class ReceiverClient:
             self.core.connect_failed(request.cid, self.pump.now(), _describe(exc))
             self.pump.sync()
             return
+        except Exception:  # the crash barrier: a connection attempt never ends the receiver
+            log.exception("internal error connecting to %s:%d", request.host, request.port)
+            self.core.connect_failed(request.cid, self.pump.now(), "internal error")
+            self.pump.sync()
+            return
         self.core.connected(request.cid, self.pump.now())
         self.pump.sync()
         await self.pump.serve(request.cid, reader, writer, read_size)

@@ -27,6 +27,7 @@ from urllib.parse import unquote_to_bytes
 
 from .forward import strip_hop_by_hop
 from .meta import Headers, RequestHead, ResponseHead
+from .strict import wire_bytes
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 # The lifespan sub-specification is versioned separately; 2.0 is what apps check for.
@@ -67,13 +68,9 @@ class ResponseAborted:
 ResponsePart = ResponseStart | ResponseBody | ResponseAborted
 
 
-def _encode(text: str) -> bytes:
-    # Our strings are wire bytes read as latin-1; a str from a v1 peer may hold any
-    # character, and UTF-8 is the only sensible encoding for those.
-    try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError:
-        return text.encode("utf-8")
+# Our strings are wire bytes read as latin-1; a str from a v1 peer may hold any character,
+# and UTF-8 is the only sensible encoding for those (the meta decoder refused the rest).
+_encode = wire_bytes
 
 
 def build_scope(

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .ratelimit import address_key
+from .strict import StrictError, parse_uint
 
 Headers = list[tuple[str, str]]
 
@@ -36,9 +37,9 @@ H_PROOF = "anpx-auth-proof"
 DEFAULT_CLOCK_SKEW = 300.0  # seconds a timestamp may differ from the gateway's clock
 DEFAULT_MAX_ATTEMPTS = 3  # failed handshakes per address per minute, then 429
 DEFAULT_NONCE_CAPACITY = 100_000  # nonces remembered within the skew window
+MAX_TIMESTAMP = 10**12 - 1  # Unix seconds: 12 ASCII digits at most (year 33658)
 _ATTEMPT_WINDOW = 60.0
 _MAX_TRACKED_ADDRESSES = 100_000
-_TIMESTAMP = re.compile(r"[0-9]{1,16}")  # ASCII only; bounded, so int() is cheap
 _NONCE = re.compile(r"[!-~]{16,128}")  # visible ASCII, as our receivers send hex
 
 
@@ -200,23 +201,27 @@ class SharedSecretServer:
         if timestamp is None or nonce is None or signature is None:
             return self._fail(address, wall, "no authentication headers")
         # Strict ASCII digits: "²".isdigit() is true but int() refuses it.
-        if not _TIMESTAMP.fullmatch(timestamp) or not _NONCE.fullmatch(nonce):
+        try:
+            stamp = parse_uint(timestamp, MAX_TIMESTAMP, H_TIMESTAMP)
+        except StrictError as exc:
+            return self._fail(address, wall, f"malformed authentication headers: {exc}")
+        if not _NONCE.fullmatch(nonce):
             return self._fail(address, wall, "malformed authentication headers")
         expected = _mac(self._secret, request_string(host, path, client_id, timestamp, nonce))
         if not hmac.compare_digest(signature.lower().encode(), expected.encode()):
             return self._fail(address, wall, f"bad signature for client {client_id!r}")
         # Signed with the secret: never refused for what others did from this address.
-        if abs(int(timestamp) - wall) > self.clock_skew:
+        if abs(stamp - wall) > self.clock_skew:
             return self._fail(
                 address,
                 wall,
-                f"timestamp {timestamp} is {int(timestamp) - wall:+.0f}s from ours (allowed ±{self.clock_skew:.0f}s)",
+                f"timestamp {timestamp} is {stamp - wall:+.0f}s from ours (allowed ±{self.clock_skew:.0f}s)",
             )
         if nonce in self._nonces:
             return self._fail(address, wall, f"replayed nonce from client {client_id!r}")
         if len(self._nonces) >= self.nonce_capacity:
             return Verdict(False, 429, headers=[("retry-after", "5")], reason="nonce cache full")
-        self._nonces[nonce] = int(timestamp) + self.clock_skew
+        self._nonces[nonce] = stamp + self.clock_skew
         proof = _mac(self._secret, answer_string(host, path, client_id, nonce))
         return Verdict(True, identity=client_id or peer, headers=[(H_PROOF, proof)])
 

@@ -20,6 +20,7 @@ from typing import Any
 import h11
 
 from .meta import Headers, RequestHead, ResponseHead
+from .strict import StrictError, wire_bytes
 
 #: Header fields that describe one hop, never forwarded (RFC 9110 7.6.1), plus Proxy-*.
 HOP_BY_HOP = frozenset(
@@ -49,9 +50,9 @@ def strip_hop_by_hop(headers: Headers, keep: frozenset[str] = frozenset()) -> He
 
 def _encode(text: str) -> bytes:
     try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError:
-        return text.encode("utf-8")
+        return wire_bytes(text)
+    except StrictError as exc:
+        raise ForwardError(f"cannot forward this request: {exc}") from None
 
 
 class ForwardError(Exception):

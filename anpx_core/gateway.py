@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from . import messages as M
 from .auth import NoAuth, ServerAuth
+from .barrier import CrashBarrier, guarded, guarded_close
 from .didwba import DID_REFUSAL
 from .http1 import (
     ClientGone,
@@ -170,9 +171,12 @@ class _Admin:
     front: HttpFront
 
 
-class GatewayCore:
+class GatewayCore(CrashBarrier):
+    _barrier_log = log
+
     def __init__(self, settings: GatewaySettings | None = None) -> None:
         self.settings = settings or GatewaySettings()
+        self._doomed: set[int] = set()  # reset by the crash barrier, socket not closed yet
         self.stats = Stats()
         self._conns: dict[int, _Client | _Tunnel | _Admin] = {}
         self._tunnels: list[_Tunnel] = []
@@ -256,6 +260,7 @@ class GatewayCore:
         )
         return cid
 
+    @guarded()
     def receive(self, cid: int, data: bytes, now: float) -> None:
         self._now = now
         conn = self._conns.get(cid)
@@ -287,23 +292,27 @@ class GatewayCore:
         """Let fronts whose response ended surface their next (pipelined) request now."""
         while self._fronts_due:
             conn = self._fronts_due.pop()
-            if conn.cid not in self._conns:
+            if conn.cid not in self._conns or conn.cid in self._doomed:
                 continue
             self._wakeups.add(conn.cid)
             if isinstance(conn, _Client) and self._update_hold(conn):
                 continue  # served once the client has read enough (see written)
-            for event in conn.front.tick(self._now):
-                if isinstance(conn, _Admin):
-                    self._admin_event(conn, event, self._now)
-                else:
-                    self._client_event(conn, event, self._now)
-            if isinstance(conn, _Client):
-                self._flush_upload(conn)
+            try:
+                for event in conn.front.tick(self._now):
+                    if isinstance(conn, _Admin):
+                        self._admin_event(conn, event, self._now)
+                    else:
+                        self._client_event(conn, event, self._now)
+                if isinstance(conn, _Client):
+                    self._flush_upload(conn)
+            except Exception as exc:  # the crash barrier: this connection only
+                self._contain(conn.cid, exc, "a pipelined request")
 
     def lost(self, cid: int, now: float, reason: str = "") -> None:
         """The socket failed (``reason``: the error, for logs): same as EOF here."""
         self.receive(cid, b"", now)
 
+    @guarded((b"", True))
     def take_output(self, cid: int) -> tuple[bytes, bool]:
         conn = self._conns.get(cid)
         if conn is None:
@@ -326,6 +335,7 @@ class GatewayCore:
             conn.on_wire += len(data)
         return data, conn.front.closed
 
+    @guarded()
     def written(self, cid: int, now: float) -> None:
         self._now = now
         conn = self._conns.get(cid)
@@ -377,6 +387,7 @@ class GatewayCore:
         conn.front.hold_requests(held)
         return held
 
+    @guarded(False)
     def can_read(self, cid: int) -> bool:
         conn = self._conns.get(cid)
         if isinstance(conn, _Tunnel):
@@ -395,6 +406,7 @@ class GatewayCore:
                 return False
         return True
 
+    @guarded_close
     def closed(self, cid: int, now: float) -> None:
         """The driver closed the socket: forget the connection."""
         self._now = now
@@ -440,27 +452,35 @@ class GatewayCore:
         if wall is not None:
             self.set_wall_clock(now, wall)
         for conn in list(self._conns.values()):
-            if isinstance(conn, _Tunnel):
-                for event in conn.ws.tick(now):
-                    self._tunnel_event(conn, event, now)
-                # a keepalive ping or a close timeout changes the output without an event
-                self._wakeups.add(conn.cid)
+            if conn.cid in self._doomed:
                 continue
-            if isinstance(conn, _Client):
-                if self._stalled(conn, now):
-                    continue
-                self._update_hold(conn)
-            events = conn.front.tick(now)
-            if events or conn.front.closed:  # an idle keep-alive connection closes silently
-                self._wakeups.add(conn.cid)
-            if isinstance(conn, _Admin):
-                continue
-            for event in events:
-                self._client_event(conn, event, now)
-            self._flush_upload(conn)
-            if conn.deadline is not None and now >= conn.deadline:
-                self._timeout(conn)
+            try:
+                self._tick_conn(conn, now)
+            except Exception as exc:  # the crash barrier: this connection only
+                self._contain(conn.cid, exc, "tick")
         self._serve_due_fronts()
+
+    def _tick_conn(self, conn: _Client | _Tunnel | _Admin, now: float) -> None:
+        if isinstance(conn, _Tunnel):
+            for event in conn.ws.tick(now):
+                self._tunnel_event(conn, event, now)
+            # a keepalive ping or a close timeout changes the output without an event
+            self._wakeups.add(conn.cid)
+            return
+        if isinstance(conn, _Client):
+            if self._stalled(conn, now):
+                return
+            self._update_hold(conn)
+        events = conn.front.tick(now)
+        if events or conn.front.closed:  # an idle keep-alive connection closes silently
+            self._wakeups.add(conn.cid)
+        if isinstance(conn, _Admin):
+            return
+        for event in events:
+            self._client_event(conn, event, now)
+        self._flush_upload(conn)
+        if conn.deadline is not None and now >= conn.deadline:
+            self._timeout(conn)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -728,16 +748,16 @@ class GatewayCore:
             if tunnel.session is None:
                 return
             for sev in tunnel.session.receive_binary(event.data):
-                self._stream_event(tunnel, sev)
+                self._guarded_stream_event(tunnel, sev)
         elif isinstance(event, BinaryDiscarded):
             if tunnel.session is not None:
                 for sev in tunnel.session.receive_discarded(event.prefix, event.size):
-                    self._stream_event(tunnel, sev)
+                    self._guarded_stream_event(tunnel, sev)
         elif isinstance(event, ControlReceived):
             if tunnel.session is None:
                 return
             for sev in tunnel.session.receive_control(event.message):
-                self._stream_event(tunnel, sev)
+                self._guarded_stream_event(tunnel, sev)
         elif isinstance(event, HandshakeRequested):
             self._handshake(tunnel, event, now)
         elif isinstance(event, Closed):
@@ -898,6 +918,25 @@ class GatewayCore:
                 event.reason,
             )
             self._fail(conn, "the receiver failed the request")
+
+    def _guarded_stream_event(self, tunnel: _Tunnel, event: object) -> None:
+        """The crash barrier for one stream: an unexpected exception resets that stream
+        (and its client connection, whose response is in an unknown state), not the tunnel."""
+        try:
+            self._stream_event(tunnel, event)
+        except Exception as exc:
+            rid = getattr(event, "request_id", None)
+            conn = tunnel.streams.pop(rid, None) if rid is not None else None
+            if conn is None:
+                if rid is None or tunnel.session is None:
+                    self._contain(tunnel.cid, exc, "a tunnel event")
+                    return
+                log.error("internal error on stream %s; resetting it", rid, exc_info=exc)
+            else:
+                self._contain(conn.cid, exc, f"stream {rid}")
+            if tunnel.session is not None:
+                tunnel.session.cancel(rid, "internal error")  # type: ignore[arg-type]
+            self._wakeups.add(tunnel.cid)
 
     def _fail(self, conn: _Client, why: str) -> None:
         """The receiver side failed the exchange: 502 before the response began, else a cut."""

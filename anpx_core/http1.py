@@ -53,6 +53,7 @@ from http import HTTPStatus
 import h11
 
 from .meta import Headers, RequestHead, ResponseHead
+from .strict import StrictError, check_host, parse_port, parse_scheme, parse_uint
 
 __all__ = [
     "HOP_BY_HOP",
@@ -156,6 +157,20 @@ _FORWARDED = frozenset({"x-forwarded-proto", "x-forwarded-host", "x-forwarded-po
 _HEAD = "head"  # waiting for a request head
 _BODY = "body"  # RequestStarted is out, the body is being read
 _WAIT = "wait"  # RequestEnded is out, the response is not finished yet
+
+
+#: The largest Content-Length read (19 digits fit in 63 bits; max_body_bytes is far below).
+MAX_CONTENT_LENGTH = 2**63 - 1
+
+
+def _check_forwarded(name: str, value: str) -> str:
+    """An X-Forwarded-Proto/-Host/-Port value from a trusted proxy, or StrictError: the
+    receiver and the app rely on these, so a bad one is refused here with a 400."""
+    if name == "x-forwarded-proto":
+        return parse_scheme(value.strip(), "X-Forwarded-Proto")
+    if name == "x-forwarded-port":
+        return str(parse_port(value.strip(), "X-Forwarded-Port"))
+    return check_host(value.strip(), "X-Forwarded-Host")
 
 
 # RFC 9112 section 4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ); h11 does not check.
@@ -404,8 +419,20 @@ class HttpFront:
             # RFC 9112 section 6.1: both framings at once is a request-smuggling vector.
             self._fail(400, "both Transfer-Encoding and Content-Length", events)
             return False
-        # h11 already checked the Content-Length values agree and are digits.
-        length = None if chunked else int(length_values[0]) if length_values else 0
+        try:
+            # h11 checked the Content-Length values agree and are digits; bound them here
+            length = (
+                None
+                if chunked
+                else parse_uint(length_values[0], MAX_CONTENT_LENGTH, "Content-Length")
+                if length_values
+                else 0
+            )
+            headers = self._forward_headers(raw)
+        except StrictError as exc:
+            # the reason quotes only the client's own value: safe to tell it
+            self._fail(400, f"bad request header: {exc}", events, f"Bad Request: {exc}")
+            return False
         if length is not None and length > self._limits.max_body_bytes:
             self._fail(413, f"Content-Length {length} over {self._limits.max_body_bytes}", events)
             return False
@@ -416,7 +443,7 @@ class HttpFront:
         self._cl_left = length
         self._body_bytes = 0
         expect = self._conn.client_is_waiting_for_100_continue and length != 0
-        head = RequestHead(method, request.target.decode("latin-1"), self._forward_headers(raw))
+        head = RequestHead(method, request.target.decode("latin-1"), headers)
         events.append(RequestStarted(head, expect, length))
         return True
 
@@ -430,12 +457,14 @@ class HttpFront:
                 xff.append(value)
             elif name in _FORWARDED:
                 if self._trust_forwarded and name not in kept:
-                    kept[name] = value
+                    kept[name] = _check_forwarded(name, value)
             elif name == "expect":
                 continue  # Expect: 100-continue is answered here
             else:
-                if name == "host" and host is None:
-                    host = value
+                if name == "host":
+                    if host is not None:  # RFC 9112 section 3.2: exactly one Host
+                        raise StrictError("more than one Host header")
+                    host = check_host(value)
                 headers.append((name, value))
         if self._client is not None:
             xff.append(self._client[0])
@@ -485,10 +514,13 @@ class HttpFront:
             return False
         return False
 
-    def _fail(self, status: int, reason: str, events: list[FrontEvent]) -> None:
+    def _fail(
+        self, status: int, reason: str, events: list[FrontEvent], text: str | None = None
+    ) -> None:
+        """``reason`` is for the log; ``text`` (default: the status phrase) for the client."""
         events.append(RequestFailed(status, reason))
         if not self._response_started:
-            self._queue_error(status, _phrase(status) or "Error", [], close=True)
+            self._queue_error(status, text or _phrase(status) or "Error", [], close=True)
         self._closed = True
 
     # -- output -----------------------------------------------------------------------

@@ -127,7 +127,8 @@ def encode_error(text: str, request_id: str | None = None) -> bytes:
     tlvs: list[tuple[int, bytes]] = []
     if request_id is not None:
         tlvs.append((F.TAG_REQUEST_ID, request_id.encode()))
-    tlvs.append((F.TAG_HTTP_BODY, text.encode()))
+    # the reason may quote a peer's value: never fail to say why a stream ends
+    tlvs.append((F.TAG_HTTP_BODY, text.encode("utf-8", "replace")))
     return F.encode_frame(F.TYPE_ERROR, 0, tlvs)
 
 

@@ -12,6 +12,11 @@ and only when -- a message is not expressible in them we add:
 
 v1 decoders ignore unknown keys; our decoder prefers the extension keys.
 Header values are the field bytes read as ISO-8859-1, so any byte survives.
+
+Decoding is strict (:mod:`anpx_core.strict`): a method or header name that is not a token,
+a header value with a control character, a request-target with whitespace, or any string
+UTF-8 cannot encode (JSON can carry a lone surrogate) is ``bad_meta``, so the stream is
+refused where it enters instead of failing later in the app or the front.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from .errors import ProtocolError
+from .strict import StrictError, check_fields, check_target, check_text, check_token
 
 Headers = list[tuple[str, str]]
 
@@ -209,9 +215,14 @@ def decode_request_meta(raw: bytes, max_size: int) -> RequestHead:
             raise ProtocolError(
                 "bad_meta", "http_meta path or query is not valid Unicode"
             ) from None
-    if not target:
-        raise ProtocolError("bad_meta", "http_meta gives an empty request-target")
-    return RequestHead(method, target, _headers(obj, "http_meta"))
+    headers = _headers(obj, "http_meta")
+    try:
+        check_token(method, "http_meta 'method'")
+        check_target(target, "http_meta request-target")
+        check_fields(headers, "http_meta header")
+    except StrictError as exc:
+        raise ProtocolError("bad_meta", str(exc)) from None
+    return RequestHead(method, target, headers)
 
 
 def decode_response_meta(raw: bytes, max_size: int) -> ResponseHead:
@@ -220,4 +231,10 @@ def decode_response_meta(raw: bytes, max_size: int) -> ResponseHead:
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 999:
         raise ProtocolError("bad_meta", "resp_meta 'status' must be an integer from 100 to 999")
     reason = _str(obj, "reason", "resp_meta", default="")
-    return ResponseHead(status, reason, _headers(obj, "resp_meta"))
+    headers = _headers(obj, "resp_meta")
+    try:
+        check_text(reason, "resp_meta 'reason'")  # any phrase: the front replaces odd ones
+        check_fields(headers, "resp_meta header")
+    except StrictError as exc:
+        raise ProtocolError("bad_meta", str(exc)) from None
+    return ResponseHead(status, reason, headers)

@@ -33,6 +33,7 @@ from .asgi import (
     build_scope,
 )
 from .auth import H_CLIENT_ID, ClientAuth, NoAuth
+from .barrier import CrashBarrier, guarded, guarded_close
 from .forward import (
     ForwardConnection,
     ForwardError,
@@ -44,6 +45,7 @@ from .forward import (
 )
 from .meta import RequestHead, ResponseHead
 from .routing import ROUTES_HEADER
+from .strict import StrictError, parse_port, parse_scheme
 from .tunnel import (
     DEFAULT_HIGH_WATER,
     DEFAULT_STREAM_WINDOW,
@@ -190,11 +192,14 @@ class _Upstream:
     closing: bool = False
 
 
-class ReceiverCore:
+class ReceiverCore(CrashBarrier):
+    _barrier_log = log
+
     def __init__(
         self, settings: ReceiverSettings | None = None, *, rng: Callable[[], float] = random.random
     ) -> None:
         self.settings = settings or ReceiverSettings()
+        self._doomed: set[int] = set()  # reset by the crash barrier, socket not closed yet
         self._rng = rng
         self._links = [_Link(GatewayAddress.parse(u)) for u in self.settings.gateway_urls]
         self._conns: dict[int, _Link | _Upstream] = {}
@@ -247,17 +252,25 @@ class ReceiverCore:
         if wall is not None:
             self.wall_offset = wall - now
         for link in self._links:
-            if link.ws is not None:
-                for event in link.ws.tick(now):
-                    self._link_event(link, event, now)
-                self._wakeups.add(link.cid)  # type: ignore[arg-type]
-            elif (
-                link.state == "idle"
-                and link.retry_at is not None
-                and now >= link.retry_at
-                and not self.stopping
-            ):
-                self._dial(link)
+            if link.cid in self._doomed:
+                continue
+            try:
+                if link.ws is not None:
+                    for event in link.ws.tick(now):
+                        self._link_event(link, event, now)
+                    self._wakeups.add(link.cid)  # type: ignore[arg-type]
+                elif (
+                    link.state == "idle"
+                    and link.retry_at is not None
+                    and now >= link.retry_at
+                    and not self.stopping
+                ):
+                    self._dial(link)
+            except Exception as exc:  # the crash barrier: this tunnel only
+                if link.cid is None:
+                    log.error("internal error dialling %s", link.address.host_header, exc_info=exc)
+                else:
+                    self._contain(link.cid, exc, "tick")
         self.flush_heads()
 
     @property
@@ -273,9 +286,13 @@ class ReceiverCore:
         for call in due:
             if call.head_flush_due and call.link.session is not None and not call.done:
                 call.head_flush_due = False
-                call.link.session.flush(call.rid)
+                try:
+                    call.link.session.flush(call.rid)
+                except Exception as exc:  # the crash barrier: this stream only
+                    self._contain_call(call, exc, "flush_heads")
                 self._wakeups.add(call.link.cid)  # type: ignore[arg-type]
 
+    @guarded()
     def connected(self, cid: int, now: float) -> None:
         self._now = now
         conn = self._conns.get(cid)
@@ -295,6 +312,7 @@ class ReceiverCore:
             conn.connected = True
         self._wakeups.add(cid)
 
+    @guarded_close  # no socket: whatever happens, the attempt is forgotten
     def connect_failed(self, cid: int, now: float, reason: str) -> None:
         conn = self._conns.pop(cid, None)
         if isinstance(conn, _Link):
@@ -304,6 +322,7 @@ class ReceiverCore:
         elif isinstance(conn, _Upstream) and conn.call is not None:
             self._upstream_failed(conn, f"local service unreachable: {reason}")
 
+    @guarded()
     def receive(self, cid: int, data: bytes, now: float) -> None:
         self._now = now
         conn = self._conns.get(cid)
@@ -332,6 +351,7 @@ class ReceiverCore:
             conn.lost_reason = reason
         self.receive(cid, b"", now)
 
+    @guarded((b"", True))
     def take_output(self, cid: int) -> tuple[bytes, bool]:
         conn = self._conns.get(cid)
         if conn is None:
@@ -347,6 +367,7 @@ class ReceiverCore:
         conn.pending_body = 0
         return data, conn.closing
 
+    @guarded()
     def written(self, cid: int, now: float) -> None:
         self._now = now
         conn = self._conns.get(cid)
@@ -368,6 +389,7 @@ class ReceiverCore:
                 self._wakeups.add(call.link.cid)  # type: ignore[arg-type]
             conn.taken = 0
 
+    @guarded(False)
     def can_read(self, cid: int) -> bool:
         conn = self._conns.get(cid)
         if isinstance(conn, _Link):
@@ -400,6 +422,7 @@ class ReceiverCore:
                 return True
         return False
 
+    @guarded_close
     def closed(self, cid: int, now: float) -> None:
         self._now = now
         conn = self._conns.pop(cid, None)
@@ -506,15 +529,15 @@ class ReceiverCore:
         if isinstance(event, BinaryReceived):
             if link.session is not None:
                 for sev in link.session.receive_binary(event.data):
-                    self._stream_event(link, sev, now)
+                    self._guarded_stream_event(link, sev, now)
         elif isinstance(event, BinaryDiscarded):
             if link.session is not None:
                 for sev in link.session.receive_discarded(event.prefix, event.size):
-                    self._stream_event(link, sev, now)
+                    self._guarded_stream_event(link, sev, now)
         elif isinstance(event, ControlReceived):
             if link.session is not None:
                 for sev in link.session.receive_control(event.message):
-                    self._stream_event(link, sev, now)
+                    self._guarded_stream_event(link, sev, now)
         elif isinstance(event, HandshakeAccepted):
             problem = self.settings.auth.check_response(event.headers)
             if problem is not None:
@@ -560,6 +583,41 @@ class ReceiverCore:
             if link.state == "open":
                 link.state = "closed"
             self._link_lost(link)
+
+    def _guarded_stream_event(self, link: _Link, event: object, now: float) -> None:
+        """The crash barrier for one stream: an unexpected exception resets that stream
+        (the gateway answers its client 502), not the tunnel and its other streams."""
+        try:
+            self._stream_event(link, event, now)
+        except Exception as exc:
+            rid = getattr(event, "request_id", None)
+            call = link.calls.get(rid) if rid is not None else None
+            if call is not None:
+                self._contain_call(call, exc, f"stream {rid}")
+            elif rid is not None and link.session is not None:
+                log.error("internal error on stream %s; resetting it", rid, exc_info=exc)
+                link.session.cancel(rid, "internal error")
+                self._wakeups.add(link.cid)  # type: ignore[arg-type]
+            else:
+                self._contain(link.cid, exc, "a tunnel event")  # type: ignore[arg-type]
+
+    def _contain_call(self, call: _Call, exc: BaseException, where: str) -> None:
+        """Log ``exc`` once and reset the call's stream; its app learns at its next
+        receive / send (http.disconnect / ClientDisconnected)."""
+        log.error(
+            "internal error in %s for %s %s; resetting its stream",
+            where,
+            call.head.method,
+            call.head.target,
+            exc_info=exc,
+        )
+        try:
+            self._cancel(call, "internal error")
+        except Exception:  # state beyond repair: forget the call all the same
+            call.done = True
+            call.link.calls.pop(call.rid, None)
+            if call.asgi is None:
+                self._calls.pop(call.cid, None)
 
     def _stream_event(self, link: _Link, event: object, now: float) -> None:
         if isinstance(event, TunnelBroken):
@@ -636,12 +694,20 @@ class ReceiverCore:
             link.calls.pop(rid, None)
             return
         self._calls[call.cid] = call
+        try:
+            server = _server_from(head)
+            scheme = parse_scheme(_header(head, "x-forwarded-proto") or "http", "x-forwarded-proto")
+        except StrictError as exc:
+            # refused where it enters: the gateway sent a value no client of ours could have
+            log.warning("refusing request %s from the gateway: %s", rid, exc)
+            self._cancel(call, f"bad_meta: {exc}")
+            return
         if self.settings.forward is None:
             scope = build_scope(
                 head,
                 client=_client_from(head),
-                server=_server_from(head),
-                scheme=_header(head, "x-forwarded-proto") or "http",
+                server=server,
+                scheme=scheme,
                 root_path=self.settings.root_path,
                 state=self.lifespan_state,
             )
@@ -740,6 +806,14 @@ class ReceiverCore:
         call = self._calls.get(call_id)
         if call is None or call.asgi is None:
             return {"type": "http.disconnect"}
+        try:
+            return self._asgi_receive(call)
+        except Exception as exc:  # the crash barrier: this stream only
+            self._contain_call(call, exc, "receive")
+            return {"type": "http.disconnect"}
+
+    def _asgi_receive(self, call: _Call) -> dict | None:
+        assert call.asgi is not None
         before = call.asgi.consumed
         message = call.asgi.receive()
         taken = call.asgi.consumed - before
@@ -752,10 +826,15 @@ class ReceiverCore:
     def asgi_send(self, call_id: int, message: dict, now: float) -> None:
         """Hand one app message to the tunnel; raises AsgiError / ClientDisconnected into the app."""
         self._now = now
-        call = self._calls[call_id]
-        assert call.asgi is not None
-        parts = call.asgi.send(message)
-        self._respond(call, parts)
+        call = self._calls.get(call_id)
+        if call is None or call.asgi is None:
+            raise ClientDisconnected("the request is over")
+        parts = call.asgi.send(message)  # AsgiError / ClientDisconnected: the app's to handle
+        try:
+            self._respond(call, parts)
+        except Exception as exc:  # the crash barrier: this stream only
+            self._contain_call(call, exc, "send")
+            raise ClientDisconnected("the stream was reset after an internal error") from None
 
     def asgi_writable(self, call_id: int) -> bool:
         call = self._calls.get(call_id)
@@ -764,7 +843,11 @@ class ReceiverCore:
         if call.link.backlog >= self.settings.high_water:
             call.link.paused.add(call_id)  # woken by written() once the backlog drains
             return False
-        return call.link.session.writable(call.rid)
+        try:
+            return call.link.session.writable(call.rid)
+        except Exception as exc:  # the crash barrier: this stream only
+            self._contain_call(call, exc, "send")
+            return True
 
     def app_finished(self, call_id: int, exc: BaseException | None, now: float) -> None:
         self._now = now
@@ -782,9 +865,12 @@ class ReceiverCore:
             )
         elif exc is not None:
             log.error("app failed on %s %s", call.head.method, call.head.target, exc_info=exc)
-        self._respond(call, call.asgi.app_returned(exc))
-        if not call.done:
-            self._cancel(call, "app returned without completing the response")
+        try:
+            self._respond(call, call.asgi.app_returned(exc))
+            if not call.done:
+                self._cancel(call, "app returned without completing the response")
+        except Exception as err:  # the crash barrier: this stream only
+            self._contain_call(call, err, "the end of the app call")
         call.link.calls.pop(call.rid, None)
 
     # --- forward mode --------------------------------------------------------------------
@@ -876,9 +962,12 @@ def _client_from(head: RequestHead) -> tuple[str, int] | None:
 
 
 def _server_from(head: RequestHead) -> tuple[str, int | None] | None:
+    """The server as the client addressed it; StrictError for an X-Forwarded-Port that is
+    not a port number (it is checked even when no host is known)."""
+    port = _header(head, "x-forwarded-port")
+    number = parse_port(port, "x-forwarded-port") if port is not None else None
     host = _header(head, "x-forwarded-host") or _header(head, "host")
     if not host:
         return None
-    port = _header(head, "x-forwarded-port")
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    return (name, int(port) if port and port.isdigit() else None)
+    return (name, number)

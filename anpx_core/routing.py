@@ -15,6 +15,8 @@ from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
+from .strict import StrictError, check_host, check_target
+
 ROUTES_HEADER = "anpx-routes"
 DEFAULT_PREFIX = "/"
 MAX_KNOWN_ROUTES = 10_000  # routes remembered after their receivers left (for 503 vs 404)
@@ -53,9 +55,16 @@ def parse_route(spec: str) -> Route:
     if len(prefix) > 1:
         prefix = prefix.rstrip("/") or "/"
     if host:
-        host = normalize_host(host)
+        try:  # a receiver's claim is a network value: only a real host name may route
+            host = normalize_host(check_host(host))
+        except StrictError:
+            host = ""
         if not host:
             raise ValueError(f"route {spec!r} has an invalid host")
+    try:
+        check_target(prefix)
+    except StrictError:
+        raise ValueError(f"route {spec!r} has an invalid path prefix") from None
     return Route(host or None, prefix)
 
 

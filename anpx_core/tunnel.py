@@ -24,6 +24,7 @@ from . import frames as F
 from . import messages as M
 from .errors import ProtocolError
 from .meta import RequestHead, ResponseHead
+from .strict import StrictError, parse_uint
 
 log = logging.getLogger("anpx.tunnel")
 
@@ -38,6 +39,9 @@ DEFAULT_HIGH_WATER = 1024 * 1024
 _BAD_FRAME = "bad frame from peer: "
 #: Cancellations that are part of a normal exchange (logged at debug level only).
 _ROUTINE_CANCELS = frozenset({"response complete"})
+#: The largest flow window or credit grant a peer may announce (2 GiB - 1); a larger
+#: value is refused as malformed, like any other non-number.
+MAX_WINDOW = 2**31 - 1
 #: Recently ended streams whose late frames are dropped quietly.
 _RECENTLY_CLOSED = 4096
 
@@ -54,12 +58,12 @@ def parse_extensions(headers: list[tuple[str, str]]) -> int | None:
             continue
         for item in value.split(","):
             key, _, arg = item.strip().partition("=")
-            arg = arg.strip()
-            # isascii: "²".isdigit() is true, but int() refuses it
-            if key.strip() == "flow" and arg.isascii() and arg.isdigit():
-                window = int(arg)
-                if window > 0:
-                    return window
+            if key.strip() != "flow":
+                continue
+            try:
+                return parse_uint(arg.strip(), MAX_WINDOW, "flow window", minimum=1)
+            except StrictError:
+                continue  # not a window we can use: as if not offered (v1 behaviour)
     return None
 
 
@@ -282,6 +286,7 @@ class TunnelSession:
 
     def receive_binary(self, data: bytes) -> list[StreamEvent]:
         self.bytes_in += len(data)
+        frame = None
         try:
             frame = F.decode_frame(data, self._decoder.limits.max_frame_size)
             if self._accepts is ResponseHead and frame.type != F.TYPE_ERROR:
@@ -299,6 +304,12 @@ class TunnelSession:
             if exc.request_id in self._closed:
                 return []  # the rest of a message we stopped decoding when its stream ended
             return self._reset(exc.request_id, f"{_BAD_FRAME}{exc}")
+        except Exception:  # the crash barrier: a bug decoding one frame resets its stream
+            rid = _frame_request_id(frame) if frame is not None else None
+            log.exception("internal error decoding a frame of stream %s", rid)
+            if rid is None:
+                return [TunnelBroken("internal error decoding a frame")]
+            return self._reset(rid, "internal error")
         events: list[StreamEvent] = []
         for event in decoded:
             rid = event.request_id
@@ -391,11 +402,11 @@ class TunnelSession:
             return []
         events: list[StreamEvent] = []
         for item in credits:
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], int)):
-                continue
+            if not (isinstance(item, list) and len(item) == 2 and type(item[1]) is int):
+                continue  # type() is int: a JSON true is not a credit of 1
             rid, amount = item
             stream = self._streams.get(rid) if isinstance(rid, str) else None
-            if stream is None or amount <= 0:
+            if stream is None or not 0 < amount <= MAX_WINDOW:
                 continue
             stream.send_credit += amount
             self._release_blocked(rid, stream)

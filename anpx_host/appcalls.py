@@ -56,8 +56,11 @@ async def serve_http_call(app: Any, core: Any, call_id: int, scope: dict, pump: 
         await app(scope, receive, send)
     except Exception as err:  # the app's failure becomes a 500 or an abort, never ours
         exc = err
-    core.app_finished(call_id, exc, pump.now())
-    pump.sync()
+    try:
+        core.app_finished(call_id, exc, pump.now())
+        pump.sync()
+    except Exception:  # the crash barrier: never let one call end the driver's task group
+        log.exception("internal error ending app call %d", call_id)
 
 
 async def serve_lifespan(app: Any, cycle: LifespanCycle, wakers: Wakers) -> None:
@@ -113,5 +116,8 @@ async def flush_heads_forever(core: Any, pump: Pump) -> None:
     """
     while True:
         await pump.wakers.wait(HEADS_DUE)
-        core.flush_heads()
-        pump.sync()
+        try:
+            core.flush_heads()
+            pump.sync()
+        except Exception:  # the crash barrier: this task must outlive any one stream
+            log.exception("internal error sending response heads")

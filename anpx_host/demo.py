@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+from .strict import StrictError, parse_uint
+
 __all__ = ["ECHO_MAX_BODY", "STREAM_DEFAULT", "STREAM_MAX", "app"]
 
 Scope = dict[str, Any]
@@ -183,8 +185,8 @@ async def _echo(scope: Scope, receive: Receive, send: Send) -> None:
 async def _stream(scope: Scope, receive: Receive, send: Send) -> None:
     values = parse_qs(scope["query_string"].decode("latin-1")).get("n", [str(STREAM_DEFAULT)])
     try:
-        count = int(values[-1])
-    except ValueError:
+        count = parse_uint(values[-1], STREAM_MAX, "n")
+    except StrictError:
         count = 0
     if not 1 <= count <= STREAM_MAX:
         message = f"n must be an integer from 1 to {STREAM_MAX}\n".encode()

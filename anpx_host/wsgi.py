@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
+from .strict import StrictError, parse_uint
+
 __all__ = ["Threads", "WsgiApp", "build_environ"]
 
 log = logging.getLogger("anpx.wsgi")
@@ -146,9 +148,10 @@ def _status_code(status: str) -> int:
     if not isinstance(status, str):
         raise TypeError(f"WSGI status must be a str, got {type(status).__name__}")
     code = status.split(" ", 1)[0]
-    if len(code) != 3 or not code.isdigit():
-        raise ValueError(f"WSGI status must start with a 3-digit code, got {status!r}")
-    return int(code)
+    try:
+        return parse_uint(code, 999, "WSGI status", minimum=100)  # "²00".isdigit() is true
+    except StrictError:
+        raise ValueError(f"WSGI status must start with a 3-digit code, got {status!r}") from None
 
 
 def _header(pair: tuple[str, str]) -> tuple[bytes, bytes]:

@@ -69,7 +69,11 @@ class Pump:
                     scope.cancel()  # a write blocked on a client that reads nothing, too
 
     async def serve(self, cid: int, stream: trio.abc.Stream, read_size: int = READ_SIZE) -> None:
-        """Pump one connection until the core closes it or the peer goes away."""
+        """Pump one connection until the core closes it or the peer goes away.
+
+        The crash barrier: an unexpected exception (from the core or from here) closes
+        this connection with one logged traceback; it never reaches the nursery above.
+        """
         core = self.core
         try:
             async with trio.open_nursery() as nursery:
@@ -77,14 +81,19 @@ class Pump:
                 nursery.start_soon(self._reader, cid, stream, read_size)
                 await self._writer(cid, stream)
                 nursery.cancel_scope.cancel()
+        except Exception as exc:  # an ExceptionGroup from the nursery too
+            log.error("internal error on connection %d; closing it", cid, exc_info=exc)
         finally:
             self._scopes.pop(cid, None)
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(1):
                     with contextlib.suppress(STREAM_ERRORS):
                         await stream.aclose()
-                core.closed(cid, self.now())
-                self.sync()
+                try:
+                    core.closed(cid, self.now())
+                    self.sync()
+                except Exception:
+                    log.exception("internal error closing connection %d", cid)
 
     async def _reader(self, cid: int, stream: trio.abc.Stream, read_size: int) -> None:
         core = self.core
@@ -123,5 +132,8 @@ class Pump:
     async def ticker(self, interval: float) -> None:
         while True:
             await trio.sleep(interval)
-            self.core.tick(self.now(), time.time())
-            self.sync()
+            try:
+                self.core.tick(self.now(), time.time())
+                self.sync()
+            except Exception:  # the crash barrier: the timers must keep running
+                log.exception("internal error running timers")

@@ -126,13 +126,18 @@ class GatewayServer:
                 return
             conn = tls_stream
         now = self.pump.now()
-        if kind == "http":
-            cid = self.core.open_client(now, peer, local, "https" if spec.tls else "http")
-        elif kind == "tunnel":
-            cid = self.core.open_tunnel(now, peer)
-        else:
-            cid = self.core.open_admin(now, peer, local)
-        self.pump.sync()
+        try:
+            if kind == "http":
+                cid = self.core.open_client(now, peer, local, "https" if spec.tls else "http")
+            elif kind == "tunnel":
+                cid = self.core.open_tunnel(now, peer)
+            else:
+                cid = self.core.open_admin(now, peer, local)
+            self.pump.sync()
+        except Exception:  # the crash barrier: this connection only
+            log.exception("internal error accepting a %s connection from %s:%s", kind, *peer)
+            await conn.aclose()
+            return
         await self.pump.serve(cid, conn, TUNNEL_READ_SIZE if kind == "tunnel" else READ_SIZE)
 
     async def shutdown(self, grace: float = 10.0) -> None:

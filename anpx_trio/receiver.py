@@ -142,6 +142,11 @@ class ReceiverClient:
             self.core.connect_failed(request.cid, now(), _describe(exc))
             self.pump.sync()
             return
+        except Exception:  # the crash barrier: a connection attempt never ends the receiver
+            log.exception("internal error connecting to %s:%d", request.host, request.port)
+            self.core.connect_failed(request.cid, now(), "internal error")
+            self.pump.sync()
+            return
         self.core.connected(request.cid, now())
         self.pump.sync()
         read_size = TUNNEL_READ_SIZE if request.purpose == "gateway" else READ_SIZE

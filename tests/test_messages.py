@@ -64,13 +64,19 @@ TARGETS = st.one_of(
     ),
     st.builds(lambda p, q: f"/{p}?{q}", PLAIN, st.lists(st.tuples(PLAIN, PLAIN)).map(urlencode)),
     st.text(min_size=1, max_size=20),
-)
+).filter(lambda t: not any(c <= " " or c == "\x7f" for c in t))  # valid request-targets
 TOKEN = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 NAMES = st.one_of(
     st.sampled_from(["set-cookie", "content-type", "x-dup"]), st.text(TOKEN, min_size=1, max_size=8)
 )
 LATIN1 = st.text(st.characters(max_codepoint=255), max_size=16)
-HEADERS = st.lists(st.tuples(NAMES, LATIN1), max_size=6)
+# field values the decoder accepts (anpx_core.strict): no control character but HTAB
+FIELD_VALUES = st.text(
+    st.characters(max_codepoint=255, blacklist_characters=[*map(chr, range(32)), "\x7f"])
+    | st.just("\t"),
+    max_size=16,
+)
+HEADERS = st.lists(st.tuples(NAMES, FIELD_VALUES), max_size=6)
 METHODS = st.text(TOKEN.upper(), min_size=1, max_size=8)
 RIDS = st.one_of(
     st.uuids().map(str), st.text(min_size=1, max_size=32).filter(lambda s: len(s.encode()) <= 128)
@@ -339,7 +345,7 @@ def ref_single(m: Message) -> bytes:
     return ref_frame(ftype, tlv_list)
 
 
-V1_HEADERS = st.lists(st.tuples(NAMES, LATIN1), max_size=6, unique_by=lambda pair: pair[0])
+V1_HEADERS = st.lists(st.tuples(NAMES, FIELD_VALUES), max_size=6, unique_by=lambda pair: pair[0])
 V1_BODIES = st.one_of(st.just(b""), st.binary(max_size=300))
 V1_MESSAGES = st.one_of(
     st.builds(Request, RIDS, METHODS, TARGETS.filter(ref_lossless), V1_HEADERS, V1_BODIES),
