@@ -139,6 +139,7 @@ class _Client:
     conn_key: str | None = None  # the address counted against max_connections_per_address
     stream_key: str | None = None  # the address counted for the current stream
     behind_proxy: bool = False  # the peer is a trusted proxy: the client is in X-Forwarded-For
+    proxy: str = "-"  # the socket's address when behind_proxy (peer is then the client's)
     request_id: str = ""  # X-Request-ID: the client's, or the stream's request_id
     route: str = "-"
 
@@ -220,7 +221,8 @@ class GatewayCore(CrashBarrier):
             scheme=scheme,
             trust_forwarded=proxied,
         )
-        conn = _Client(cid, front, client[0] if client else "-", behind_proxy=proxied)
+        address = client[0] if client else "-"
+        conn = _Client(cid, front, address, behind_proxy=proxied, proxy=address)
         self._conns[cid] = conn
         self._clients += 1
         # Over a limit, the connection's first request is answered 503 and it closes: a clear
@@ -562,9 +564,7 @@ class GatewayCore(CrashBarrier):
         conn.body_out = 0
         conn.route = "-"
         if conn.behind_proxy:
-            conn.peer = self._client_behind_proxies(
-                _header(event.head, "x-forwarded-for"), conn.peer
-            )
+            conn.peer = self._forwarded_client(conn.proxy, _header(event.head, "x-forwarded-for"))
         conn.request_id = _valid_request_id(_header(event.head, REQUEST_ID_HEADER)) or ""
         # A client's X-Request-ID stays only when sane (ours replaces it); X-Real-IP is always
         # the client as the gateway determined it, never what a client claims.
@@ -772,16 +772,9 @@ class GatewayCore(CrashBarrier):
             return False
         return any(ip in net for net in self.settings.trusted_proxies)
 
-    def _client_behind_proxies(self, xff: str | None, peer: str) -> str:
-        """The rightmost X-Forwarded-For address that is not a trusted proxy."""
-        hops = [h.strip() for h in (xff or "").split(",") if h.strip()]
-        for hop in reversed(hops):
-            if not self._trusted(hop):
-                return hop
-        return hops[0] if hops else peer
-
-    def _tunnel_client(self, peer_host: str, forwarded: str | None) -> str:
-        """The address a tunnel handshake comes from, for logs and the failure limit.
+    def _forwarded_client(self, peer_host: str, forwarded: str | None) -> str:
+        """The address a request or tunnel handshake comes from, for logs, per-address caps,
+        the rate limit, X-Real-IP and the failure limit.
 
         Behind a trusted proxy it is the rightmost X-Forwarded-For hop that is not a trusted
         proxy (the one the nearest proxy appended). A hop that is not an IP address, or an
@@ -803,7 +796,9 @@ class GatewayCore(CrashBarrier):
         return peer_host
 
     def _handshake(self, tunnel: _Tunnel, event: HandshakeRequested, now: float) -> None:
-        client = self._tunnel_client(tunnel.peer_host, _header_of(event.headers, "x-forwarded-for"))
+        client = self._forwarded_client(
+            tunnel.peer_host, _header_of(event.headers, "x-forwarded-for")
+        )
         if client != tunnel.peer_host:
             tunnel.peer = client  # else keep the port too, for the logs
         verdict = self.settings.auth.check_request(

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from .strict import StrictError, parse_uint
+from anpx_core.strict import StrictError, parse_uint
 
 __all__ = ["ECHO_MAX_BODY", "STREAM_DEFAULT", "STREAM_MAX", "app"]
 

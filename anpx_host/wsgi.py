@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
-from .strict import StrictError, parse_uint
+from anpx_core.strict import StrictError, parse_uint
 
 __all__ = ["Threads", "WsgiApp", "build_environ"]
 

@@ -85,3 +85,25 @@ def test_trusted_proxy_forwarded_headers_are_believed(caplog):
     finally:
         receiver.stop()
         gateway.stop()
+
+
+def test_a_forwarded_for_hop_that_is_no_address_counts_as_the_proxy():
+    # A trusted proxy appends the address it saw; anything else in that place (a made-up
+    # name, a header the proxy passed through untouched) must not become the client: it would
+    # be a fresh key for every per-address cap and the app's X-Real-IP.
+    gateway, receiver = serve(
+        GatewaySettings(trusted_proxies=[ipaddress.ip_network("127.0.0.0/8")])
+    )
+    try:
+        port = gateway.obj.ports.http
+        for made_up in ("evil.example", "203.0.113.9, not-an-address", "x" * 2000):
+            seen = echo_headers(port, {"x-forwarded-for": made_up})
+            assert seen["x-real-ip"] == "127.0.0.1" == seen["_client"], made_up
+        # a keep-alive connection of the proxy serving two clients in turn: each is itself
+        with httpx.Client() as proxy:
+            for client in ("203.0.113.9", "198.51.100.7"):
+                r = proxy.get(f"http://127.0.0.1:{port}/echo", headers={"x-forwarded-for": client})
+                assert dict(r.json()["headers"])["x-real-ip"] == client
+    finally:
+        receiver.stop()
+        gateway.stop()
