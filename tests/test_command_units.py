@@ -202,7 +202,8 @@ def test_token_from_file_env_or_key_and_refusals(tmp_path, monkeypatch):
 
 
 def test_command_mode_replaces_the_app_and_is_off_by_default(tmp_path):
-    assert make_plan("receiver", parse_config({})).receiver.command is None
+    forward = {"local_url": "http://127.0.0.1:3000"}  # a receiver alone must serve something
+    assert make_plan("receiver", parse_config({"receiver": forward})).receiver.command is None
     cfg = parse_config(
         {"receiver": {"local_app_module": "m:app"}, "command": {"enabled": True, "roots": [str(tmp_path)], "token": "h" * 20}}
     )  # fmt: skip
@@ -213,5 +214,7 @@ def test_command_mode_replaces_the_app_and_is_off_by_default(tmp_path):
         parse_config({"command": {"enabled": True, "roots": [str(tmp_path)], "token": "h" * 20}}),
     )
     assert plan.receiver.command is not None and not plan.receiver.demo
-    plan = make_plan("receiver", parse_config({"command": {"enable_mcp": True}}))
+    plan = make_plan(
+        "receiver", parse_config({"receiver": forward, "command": {"enable_mcp": True}})
+    )
     assert any("MCP is part of command mode" in w for w in plan.warnings)
