@@ -32,6 +32,7 @@ from .asgi import (
     build_scope,
 )
 from .auth import H_CLIENT_ID, ClientAuth, NoAuth
+from .didwba import DID_REFUSAL_CODE
 from .forward import (
     ForwardConnection,
     ForwardError,
@@ -140,8 +141,10 @@ class _Link:
     session: TunnelSession | None = None
     attempts: int = 0  # failures since the last successful handshake
     retry_at: float | None = 0.0  # when to connect next; None: connected or given up
-    state: str = "idle"  # idle | connecting | handshake | open | closed (flushing its Close)
+    # idle | connecting | handshake | open | closed (flushing its Close) | refused (DID, 4003)
+    state: str = "idle"
     close_reason: str = ""
+    warned: str = ""  # the refusal last logged at warning (once per run of the same one)
     lost_reason: str = ""  # the socket error that ended it, if any (e.g. a TLS alert)
     calls: dict[str, _Call] = field(default_factory=dict)
     written_mark: int = 0  # session.bytes_out the driver has written
@@ -471,6 +474,7 @@ class ReceiverCore:
             level = logging.INFO if self.stopping else logging.WARNING
             log.log(level, "tunnel to %s closed: %s", link.address.host_header, why)
             link.attempts = 0
+            link.warned = ""  # a tunnel was up: a refusal after it is news again
         else:
             self.last_error = why
         link.attempts += 1
@@ -527,8 +531,9 @@ class ReceiverCore:
             link.written_mark = link.taken_mark = 0
             if peer_window is None:
                 link.session.greet_v1_gateway()
+            # attempts are reset when an open tunnel goes down: a gateway that accepts and then
+            # refuses the DID (4003) is a failed attempt, with the backoff that goes with it
             link.state = "open"
-            link.attempts = 0
             log.info(
                 "tunnel to %s open (%s)",
                 link.address.host_header,
@@ -545,11 +550,30 @@ class ReceiverCore:
         elif isinstance(event, Closed):
             # Streams fail now; the socket stays until the driver has written our Close
             # frame (take_output reports close) and called closed().
-            if not link.close_reason:  # a refusal we logged already says more
+            if event.code == DID_REFUSAL_CODE and link.state == "open":
+                self._did_refused(link, event)
+            elif not link.close_reason:  # a refusal we logged already says more
                 link.close_reason = f"closed ({event.code} {event.reason})".strip()
             if link.state == "open":
                 link.state = "closed"
             self._link_lost(link)
+
+    def _did_refused(self, link: _Link, event: Closed) -> None:
+        """The gateway accepted the upgrade, then closed it with 4003: it refused our DID.
+
+        A failed attempt (backed off like any other), logged at warning once while the same
+        refusal repeats; the gateway's log says which check failed.
+        """
+        reason = event.reason.encode("ascii", "backslashreplace").decode()[:123]  # one line
+        why = (
+            f"gateway {link.address.host_header} refused our DID ({event.code} {reason}): "
+            "check [gateway.auth] allowed_dids, did_fetch_hosts and did_service_domains there"
+        )
+        if link.warned != why:
+            log.warning("%s", why)
+            link.warned = why
+        self.last_error = link.close_reason = why
+        link.state = "refused"
 
     def _stream_event(self, link: _Link, event: object, now: float) -> None:
         if isinstance(event, TunnelBroken):

@@ -161,13 +161,69 @@ def test_allowed_dids():
     assert not verdict.ok and "allowed_dids" in verdict.reason
 
 
-def test_failed_attempts_per_address_are_limited():
+def test_failed_attempts_follow_the_shared_secret_rules():
     srv = server(max_attempts=2)
+    stale = [check(srv, client().request_headers(HOST, "/", NOW - 3600)) for _ in range(3)]
+    assert [v.status for v in stale] == [DID_REFUSAL_CODE, DID_REFUSAL_CODE, 429]
+    assert ("retry-after", "60") in stale[2].headers
+    # verified first: a correctly signed receiver is admitted from the failing address
+    assert check(srv, client().request_headers(HOST, "/", NOW)).ok
+    # only failures count; another address has its own count; IPv6 by /64, ports ignored
+    assert check(srv, [], peer="10.0.0.2:5").status == DID_REFUSAL_CODE
+    v6 = [
+        check(srv, [], peer=p).status for p in ("[2001:db8::1]:1", "2001:db8::2", "[2001:db8::3]:9")
+    ]
+    assert v6 == [DID_REFUSAL_CODE, DID_REFUSAL_CODE, 429]
+    # the window is a minute (fake time): at 59.999 s still over, at 60 s counting again
+    late = check(srv, [], NOW + 59.999)
+    assert late.status == 429 and ("retry-after", "1") in late.headers
+    assert check(srv, [], NOW + 60).status == DID_REFUSAL_CODE
+
+
+def test_an_address_over_the_limit_gets_no_document_fetched():
+    cache = DocumentCache(pinned={OTHER: BOB[0]})
+    wanted: list[str] = []
+    cache.on_wanted = wanted.append
+    srv = DidWbaServer(cache, ["gw.example.com"], max_attempts=1)
     for _ in range(2):
-        check(srv, client().request_headers(HOST, "/", NOW - 3600))
-    verdict = check(srv, client().request_headers(HOST, "/", NOW))
-    assert not verdict.ok and verdict.status == 429
-    assert check(srv, client().request_headers(HOST, "/", NOW), peer="10.0.0.2:5").ok
+        check(srv, client(BOB).request_headers(HOST, "/", NOW - 3600))
+    # alice's document is not cached: not fetched for this address, a failure (429) instead
+    blocked = check(srv, client().request_headers(HOST, "/", NOW))
+    assert blocked.status == 429 and "too many failed handshakes" in blocked.reason
+    assert wanted == []
+    # a pinned (or cached) document needs no fetch: bob is admitted from the same address
+    assert check(srv, client(BOB).request_headers(HOST, "/", NOW)).ok
+    # from another address alice's document is fetched, and then she is admitted anywhere
+    assert check(srv, client().request_headers(HOST, "/", NOW), peer="10.0.0.2:5").wait
+    cache.store(DID, json.dumps(ALICE[0]).encode(), NOW)
+    assert check(srv, client().request_headers(HOST, "/", NOW)).ok
+    assert wanted == [DID]
+
+
+def test_with_allowed_dids_a_blocked_address_still_gets_its_document_fetched():
+    cache = DocumentCache()
+    wanted: list[str] = []
+    cache.on_wanted = wanted.append
+    srv = DidWbaServer(cache, ["gw.example.com"], max_attempts=1, allowed_dids=[DID])
+    assert [check(srv, []).status for _ in range(2)] == [DID_REFUSAL_CODE, 429]
+    assert check(srv, client().request_headers(HOST, "/", NOW)).wait and wanted == [DID]
+    cache.store(DID, json.dumps(ALICE[0]).encode(), NOW)
+    assert check(srv, client().request_headers(HOST, "/", NOW)).ok
+
+
+def test_with_the_shared_secret_there_is_one_failure_limiter():
+    secret = b"correct horse battery staple"
+    hmac_server = SharedSecretServer(secret, max_attempts=2)
+    srv = server(secret=hmac_server, max_attempts=100)  # the secret's limiter is the one
+    assert srv.attempts is hmac_server.attempts and srv.max_attempts == 2
+    good_did_wrong_secret = client(secret=SharedSecretClient(b"wrong", "rc"))
+    assert check(srv, good_did_wrong_secret.request_headers(HOST, "/", NOW)).status == 401
+    bad_did = client(secret=SharedSecretClient(secret, "rc"))
+    assert check(srv, bad_did.request_headers(HOST, "/", NOW - 3600)).status == DID_REFUSAL_CODE
+    assert check(srv, []).status == 429  # the third failure, whichever scheme refused
+    both = client(secret=SharedSecretClient(secret, "rc"))
+    assert check(srv, both.request_headers(HOST, "/", NOW)).ok
+    assert hmac_server.tracked_addresses == 1
 
 
 def test_nonce_memory_is_bounded():
