@@ -829,9 +829,9 @@ def _cross_check_did(cfg: Config, fail: Callable[..., ConfigError]) -> None:
         for key in ("did_document_path", "private_key_path"):
             if not getattr(r, key):
                 raise fail(("receiver", "auth"), key, "required when did_wba_enabled = true")
-    if cfg.mode == "both" and g.did_wba_enabled and g.allowed_dids and r.did:
-        if r.did not in g.allowed_dids:
-            raise fail(("receiver", "auth"), "did", "is not in [gateway.auth] allowed_dids")
+    both_did = cfg.mode == "both" and g.did_wba_enabled
+    if both_did and g.allowed_dids and r.did and r.did not in g.allowed_dids:
+        raise fail(("receiver", "auth"), "did", "is not in [gateway.auth] allowed_dids")
 
 
 def load_config(

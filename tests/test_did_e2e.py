@@ -314,6 +314,22 @@ def test_listed_hosts_are_fetched_from_wherever_they_are(driver, did_host, caplo
         listed.stop()
 
 
+def test_the_fetch_checks_the_address_it_connects_to(did_host):
+    from anpx_host.didfetch import DocumentUnavailable, fetch_document
+
+    did_host.publish("direct", host="localhost")
+    url = f"https://localhost:{did_host.port}/agents/direct/did.json"
+    before = len(did_host.requested)
+    with pytest.raises(DocumentUnavailable, match="not a public address") as exc:
+        fetch_document(url, 5.0, did_host.ca_file, 65536, public_only=True)
+    assert "127.0.0.1" in str(exc.value) and len(did_host.requested) == before
+    body = fetch_document(url, 5.0, did_host.ca_file, 65536, public_only=False)
+    assert json.loads(body)["id"] == did_host.did("direct", "localhost")
+    # the certificate is still checked against the name
+    with pytest.raises(DocumentUnavailable, match="unreachable"):
+        fetch_document(url, 5.0, None, 65536, public_only=False)
+
+
 # --- failed handshakes: the shared secret's rules, behind a trusted proxy -------------------
 
 
