@@ -370,6 +370,39 @@ def test_failures_are_counted_per_client_behind_a_trusted_proxy(driver, did_host
         gateway.stop()
 
 
+# --- the receiver's side of a refusal -------------------------------------------------------
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_refused_receiver_backs_off_and_gives_up_like_after_any_failure(driver, did_host, caplog):
+    caplog.set_level(logging.INFO, "anpx")
+    alice = did_host.publish(f"refused-{driver}")
+    gateway = did_gateway(driver, did_host, allowed_dids=[did_host.did("someone-else")])
+    receiver = start_receiver(
+        driver,
+        ReceiverSettings(
+            gateway_urls=[f"ws://127.0.0.1:{gateway.obj.ports.tunnel}/"],
+            auth=DidWbaClient(*alice, nonce_source=os.urandom),
+            reconnect_delay=0.05,
+            max_reconnect_attempts=2,  # counted: before, every 4003 reset the count
+        ),
+        app,
+    )
+    try:
+        wait_until(lambda: receiver.obj.core.given_up)
+        assert gateway.obj.core.stats.auth_failures == 3  # the first attempt and two more
+        warnings = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "anpx.receiver" and r.levelno == logging.WARNING
+        ]
+        assert len(warnings) == 1 and "refused our DID (4003" in warnings[0], warnings
+        assert "refused our DID" in receiver.obj.core.last_error
+    finally:
+        receiver.stop()
+        gateway.stop()
+
+
 # --- interop: the ecosystem's implementations -----------------------------------------------
 
 
