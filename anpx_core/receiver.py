@@ -139,7 +139,7 @@ class _Link:
     cid: int | None = None
     ws: WsClient | None = None
     session: TunnelSession | None = None
-    attempts: int = 0  # failures since the last successful handshake
+    attempts: int = 0  # failed attempts since a tunnel was last up (a 4003 is one)
     retry_at: float | None = 0.0  # when to connect next; None: connected or given up
     # idle | connecting | handshake | open | closed (flushing its Close) | refused (DID, 4003)
     state: str = "idle"
@@ -564,7 +564,7 @@ class ReceiverCore:
         A failed attempt (backed off like any other), logged at warning once while the same
         refusal repeats; the gateway's log says which check failed.
         """
-        reason = event.reason.encode("ascii", "backslashreplace").decode()[:123]  # one line
+        reason = "".join(c if " " <= c <= "~" else "?" for c in event.reason[:123])  # one line
         why = (
             f"gateway {link.address.host_header} refused our DID ({event.code} {reason}): "
             "check [gateway.auth] allowed_dids, did_fetch_hosts and did_service_domains there"
