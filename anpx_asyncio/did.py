@@ -43,7 +43,12 @@ async def _fetch(core: GatewayCore, pump, cache: DocumentCache, did: str) -> Non
     try:
         body = await asyncio.wait_for(
             asyncio.to_thread(
-                fetch_document, url, cache.fetch_timeout, cache.ca_file, cache.max_document_bytes
+                fetch_document,
+                url,
+                cache.fetch_timeout,
+                cache.ca_file,
+                cache.max_document_bytes,
+                public_only=cache.public_only,
             ),
             cache.fetch_timeout * 2,
         )

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .ratelimit import address_key
+from .attempts import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_TRACKED, FailedAttempts
 from .strict import StrictError, parse_uint
 
 Headers = list[tuple[str, str]]
@@ -35,11 +34,8 @@ H_SIGNATURE = "anpx-auth-signature"
 H_PROOF = "anpx-auth-proof"
 
 DEFAULT_CLOCK_SKEW = 300.0  # seconds a timestamp may differ from the gateway's clock
-DEFAULT_MAX_ATTEMPTS = 3  # failed handshakes per address per minute, then 429
 DEFAULT_NONCE_CAPACITY = 100_000  # nonces remembered within the skew window
 MAX_TIMESTAMP = 10**12 - 1  # Unix seconds: 12 ASCII digits at most (year 33658)
-_ATTEMPT_WINDOW = 60.0
-_MAX_TRACKED_ADDRESSES = 100_000
 _NONCE = re.compile(r"[!-~]{16,128}")  # visible ASCII, as our receivers send hex
 
 
@@ -76,12 +72,20 @@ def _get(headers: Headers, name: str) -> str | None:
     return None
 
 
-def _peer_host(peer: str) -> str:
-    """The address part of "host:port", "[v6]:port" or a bare address (limits are per
-    address, not per port)."""
-    if peer.startswith("["):
-        return peer[1:].partition("]")[0]
-    return peer.rsplit(":", 1)[0] if peer.count(":") == 1 else peer
+def refusal(
+    attempts: FailedAttempts, peer: str, wall: float, reason: str, status: int = 401
+) -> Verdict:
+    """A failed handshake: counted for ``peer``'s address, and 429 once it is over the limit."""
+    retry = attempts.record(peer, wall)
+    if retry is None:
+        return Verdict(False, status, reason=reason)
+    return Verdict(
+        False,
+        429,
+        headers=[("retry-after", str(retry))],
+        reason=f"{reason}; more than {attempts.max_attempts} failed attempts from "
+        f"{attempts.key(peer)} in a minute",
+    )
 
 
 class NoAuth:
@@ -152,15 +156,14 @@ class SharedSecretServer:
     """The gateway's side: constant-time check, clock skew, replayed nonces, failure limits.
 
     The signature is checked first: a correctly signed handshake is admitted whatever other
-    handshakes from its address did (subject to the skew and replay checks), so strangers
-    sharing an address with the receivers (everyone behind one reverse proxy) cannot lock
-    them out. Only failed handshakes count, ``max_attempts`` per address per minute, then
-    failing handshakes from that address get 429 instead of 401.
+    handshakes from its address did (subject to the skew and replay checks). Only failed
+    handshakes count, in ``attempts`` (:mod:`anpx_core.attempts`, shared with DID-WBA when
+    both are on): ``max_attempts`` per address per minute, then 429 instead of 401.
 
     Memory is bounded: nonces are kept only while their timestamp is inside the skew window
     (at most ``nonce_capacity``; when full, new handshakes are refused with 429 rather than
     forgetting a nonce that could then be replayed), and failure counters for at most
-    ``max_tracked`` addresses, expired windows and then the least recently failing first.
+    ``max_tracked`` addresses.
     """
 
     def __init__(
@@ -170,55 +173,55 @@ class SharedSecretServer:
         clock_skew: float = DEFAULT_CLOCK_SKEW,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         nonce_capacity: int = DEFAULT_NONCE_CAPACITY,
-        max_tracked: int = _MAX_TRACKED_ADDRESSES,
+        max_tracked: int = DEFAULT_MAX_TRACKED,
+        attempts: FailedAttempts | None = None,
     ) -> None:
         if not secret:
             raise ValueError("the shared secret is empty")
         self._secret = secret
         self.clock_skew = clock_skew
-        self.max_attempts = max_attempts
         self.nonce_capacity = nonce_capacity
-        self.max_tracked = max_tracked
         self._nonces: OrderedDict[str, float] = OrderedDict()  # nonce -> expiry (wall seconds)
-        # address key -> (window start, failures); least recently failing first
-        self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self.attempts = attempts or FailedAttempts(max_attempts, max_tracked=max_tracked)
+
+    @property
+    def max_attempts(self) -> int:
+        return self.attempts.max_attempts
 
     @property
     def tracked_addresses(self) -> int:
-        return len(self._failures)
+        return self.attempts.tracked
 
     def check_request(
         self, host: str, path: str, headers: Headers, peer: str, wall: float
     ) -> Verdict:
         """``peer``: the client's address (a port, if any, is ignored)."""
-        address = address_key(_peer_host(peer))
         self._expire_nonces(wall)
-        self._expire_failures(wall)
         client_id = _get(headers, H_CLIENT_ID) or ""
         timestamp = _get(headers, H_TIMESTAMP)
         nonce = _get(headers, H_NONCE)
         signature = _get(headers, H_SIGNATURE)
         if timestamp is None or nonce is None or signature is None:
-            return self._fail(address, wall, "no authentication headers")
+            return self._fail(peer, wall, "no authentication headers")
         # Strict ASCII digits: "²".isdigit() is true but int() refuses it.
         try:
             stamp = parse_uint(timestamp, MAX_TIMESTAMP, H_TIMESTAMP)
         except StrictError as exc:
-            return self._fail(address, wall, f"malformed authentication headers: {exc}")
+            return self._fail(peer, wall, f"malformed authentication headers: {exc}")
         if not _NONCE.fullmatch(nonce):
-            return self._fail(address, wall, "malformed authentication headers")
+            return self._fail(peer, wall, "malformed authentication headers")
         expected = _mac(self._secret, request_string(host, path, client_id, timestamp, nonce))
         if not hmac.compare_digest(signature.lower().encode(), expected.encode()):
-            return self._fail(address, wall, f"bad signature for client {client_id!r}")
+            return self._fail(peer, wall, f"bad signature for client {client_id!r}")
         # Signed with the secret: never refused for what others did from this address.
         if abs(stamp - wall) > self.clock_skew:
             return self._fail(
-                address,
+                peer,
                 wall,
                 f"timestamp {timestamp} is {stamp - wall:+.0f}s from ours (allowed ±{self.clock_skew:.0f}s)",
             )
         if nonce in self._nonces:
-            return self._fail(address, wall, f"replayed nonce from client {client_id!r}")
+            return self._fail(peer, wall, f"replayed nonce from client {client_id!r}")
         if len(self._nonces) >= self.nonce_capacity:
             return Verdict(False, 429, headers=[("retry-after", "5")], reason="nonce cache full")
         self._nonces[nonce] = stamp + self.clock_skew
@@ -234,29 +237,5 @@ class SharedSecretServer:
                 break
             self._nonces.popitem(last=False)
 
-    def _expire_failures(self, wall: float) -> None:
-        # Least recently failing first: its window started no later than its last failure,
-        # so once the first entry is still inside its window, most of the rest are too.
-        while self._failures:
-            start, _count = next(iter(self._failures.values()))
-            if wall - start < _ATTEMPT_WINDOW:
-                break
-            self._failures.popitem(last=False)
-
-    def _fail(self, address: str, wall: float, reason: str) -> Verdict:
-        start, count = self._failures.pop(address, (wall, 0))
-        if wall - start >= _ATTEMPT_WINDOW:
-            start, count = wall, 0
-        count += 1
-        self._failures[address] = (start, count)
-        while len(self._failures) > self.max_tracked:
-            self._failures.popitem(last=False)
-        if count > self.max_attempts:
-            retry = max(1, math.ceil(start + _ATTEMPT_WINDOW - wall))
-            return Verdict(
-                False,
-                429,
-                headers=[("retry-after", str(retry))],
-                reason=f"{reason}; more than {self.max_attempts} failed attempts from {address} in a minute",
-            )
-        return Verdict(False, 401, reason=reason)
+    def _fail(self, peer: str, wall: float, reason: str) -> Verdict:
+        return refusal(self.attempts, peer, wall, reason)

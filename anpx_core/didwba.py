@@ -34,12 +34,13 @@ import hashlib
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from .auth import Headers, SharedSecretClient, SharedSecretServer, Verdict, _get, _peer_host
+from .attempts import DEFAULT_MAX_ATTEMPTS, FailedAttempts
+from .auth import Headers, SharedSecretClient, SharedSecretServer, Verdict, _get, refusal
 
 SCHEME = "DIDWba"
 H_AUTHORIZATION = "authorization"
@@ -61,8 +62,6 @@ DEFAULT_MAX_PENDING = 64  # DIDs being fetched at once; more handshakes wait the
 DEFAULT_MAX_DOCUMENT_BYTES = 64 * 1024
 MAX_HEADER_LENGTH = 8192
 MAX_DID_LENGTH = 512
-_ATTEMPT_WINDOW = 60.0
-_MAX_TRACKED_ADDRESSES = 100_000
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]*")  # visible ASCII without '"' and '\'
@@ -95,6 +94,31 @@ def did_document_url(did: str) -> str:
     if segments:
         return f"https://{host}/{'/'.join(segments)}/did.json"
     return f"https://{host}/.well-known/did.json"
+
+
+def did_host(did: str) -> str:
+    """The host name a DID's document is fetched from, lower case, without the port."""
+    did_document_url(did)  # DidError unless well formed
+    host = unquote(did[len("did:wba:") :].split(":", 1)[0])
+    return host.rsplit(":", 1)[0].lower() if ":" in host else host.lower()
+
+
+def _ip_like(host: str) -> bool:
+    """An IPv4 address in any form getaddrinfo accepts ("127.0.0.1", "127.1", "2130706433",
+    "0x7f.1"): a DNS name never ends in a label of digits (top-level domains are letters).
+    ``host`` has passed ``_HOST`` (ASCII; IPv6 literals cannot occur in a did:wba)."""
+    last = host.rsplit(".", 1)[-1]
+    return last.isdigit() or last.startswith("0x")
+
+
+def host_matches(host: str, pattern: str) -> bool:
+    """``pattern``: a host name (exact), ``*.example.org`` (its subdomains, at any depth, not
+    example.org itself) or ``*`` (any host). Both lower case."""
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern
 
 
 def parse_document(
@@ -491,6 +515,13 @@ class DocumentCache:
     (set by the driver, which fetches it and calls :meth:`store` or :meth:`failed`). At most
     ``max_pending`` fetches are asked for at once; failures are remembered ``failure_ttl``
     seconds so a refused DID does not make the gateway fetch again and again.
+
+    Which hosts are fetched from (a peer chooses the DID, so the URL: server-side request
+    forgery): ``fetch_hosts`` lists host names and ``*.suffix`` patterns (``*`` alone: any
+    host), and the driver may then connect to whatever address they resolve to. None (the
+    default) means any host *name*: IP literals are refused here, and :attr:`public_only`
+    tells the driver to refuse loopback, private, link-local and other non-public addresses
+    when it connects.
     """
 
     def __init__(
@@ -503,8 +534,10 @@ class DocumentCache:
         capacity: int = DEFAULT_CACHE_CAPACITY,
         max_pending: int = DEFAULT_MAX_PENDING,
         max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+        fetch_hosts: Iterable[str] | None = None,
     ) -> None:
         self.pinned = dict(pinned or {})
+        self.fetch_hosts = None if fetch_hosts is None else tuple(h.lower() for h in fetch_hosts)
         self.fetch = fetch
         self.ttl = ttl
         self.failure_ttl = failure_ttl
@@ -518,8 +551,16 @@ class DocumentCache:
         self.pending: set[str] = set()
         self._fetched: OrderedDict[str, tuple[float, dict[str, Any] | None, str]] = OrderedDict()
 
-    def lookup(self, did: str, wall: float) -> dict[str, Any] | None:
-        """The document, or None while it is being fetched; DidError when it cannot be had."""
+    @property
+    def public_only(self) -> bool:
+        """The driver's fetch must connect to public addresses only (no explicit host list)."""
+        return self.fetch_hosts is None
+
+    def lookup(self, did: str, wall: float, *, may_fetch: bool = True) -> dict[str, Any] | None:
+        """The document, or None while it is being fetched; DidError when it cannot be had.
+
+        ``may_fetch`` false: answer only from what is pinned, cached or already being fetched.
+        """
         if did in self.pinned:
             return self.pinned[did]
         entry = self._fetched.get(did)
@@ -534,6 +575,9 @@ class DocumentCache:
             raise DidError(f"{did} is not among the pinned DID documents")
         url = did_document_url(did)  # DidError for a DID that cannot be fetched
         if did not in self.pending:
+            if not may_fetch:
+                raise DidError(f"{url} not fetched: too many failed handshakes from this address")
+            self._check_host(did)
             if self.on_wanted is None:
                 raise DidError(f"no resolver to fetch {url}")
             if len(self.pending) >= self.max_pending:
@@ -541,6 +585,17 @@ class DocumentCache:
             self.pending.add(did)
             self.on_wanted(did)
         return None
+
+    def _check_host(self, did: str) -> None:
+        host = did_host(did)
+        if self.fetch_hosts is None:
+            if _ip_like(host):  # names only: what they resolve to is checked on connecting
+                raise DidError(
+                    f"the host of {_short(did)} is an IP address: not fetched unless "
+                    "did_fetch_hosts lists it"
+                )
+        elif not any(host_matches(host, pattern) for pattern in self.fetch_hosts):
+            raise DidError(f"the host of {_short(did)} is not in did_fetch_hosts")
 
     def store(self, did: str, body: bytes, wall: float) -> None:
         """The driver fetched ``did``'s document (bytes as served); checks and caches it."""
@@ -572,6 +627,11 @@ class DidWbaServer:
 
     With ``secret`` (a :class:`SharedSecretServer`) the receiver must pass both checks and the
     gateway proves itself back with the HMAC answer; without, a verified DID is enough.
+
+    Failed handshakes are counted per address by the same rules as the shared secret's
+    (:mod:`anpx_core.attempts`; with ``secret``, in its limiter, so each failure counts once):
+    refused with a 4003 close, then 429 past ``max_attempts`` a minute. A correctly signed
+    handshake is admitted from any address.
     """
 
     def __init__(
@@ -583,7 +643,7 @@ class DidWbaServer:
         max_age: float = DEFAULT_MAX_AGE,
         max_future: float = DEFAULT_MAX_FUTURE,
         nonce_capacity: int = DEFAULT_NONCE_CAPACITY,
-        max_attempts: int = 3,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         secret: SharedSecretServer | None = None,
     ) -> None:
         if not service_domains:
@@ -594,23 +654,20 @@ class DidWbaServer:
         self.max_age = max_age
         self.max_future = max_future
         self.nonce_capacity = nonce_capacity
-        self.max_attempts = max_attempts
         self.secret = secret
+        # one failure limiter per gateway: the shared secret's when both schemes are on
+        self.attempts = secret.attempts if secret is not None else FailedAttempts(max_attempts)
         self._nonces: OrderedDict[str, float] = OrderedDict()  # did + nonce -> expiry
-        self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    @property
+    def max_attempts(self) -> int:
+        return self.attempts.max_attempts
 
     def check_request(
         self, host: str, path: str, headers: Headers, peer: str, wall: float
     ) -> Verdict:
-        address = _peer_host(peer)
+        """``peer``: the client's address (the gateway core resolves trusted proxies)."""
         self._expire(wall)
-        if self._blocked(address, wall):
-            return Verdict(
-                False,
-                429,
-                headers=[("retry-after", "60")],
-                reason=f"more than {self.max_attempts} failed DID-WBA attempts from {address} in a minute",
-            )
         try:
             proof = self._parse(headers)
             if self.allowed_dids and proof.did not in self.allowed_dids:
@@ -626,7 +683,11 @@ class DidWbaServer:
             key = f"{proof.did} {proof.nonce}"
             if key in self._nonces:
                 raise DidError(f"replayed nonce from {proof.did}")
-            document = self.cache.lookup(proof.did, wall)
+            # Verified first, whatever the address did. But when any DID may knock, an address
+            # over the failure limit gets no documents fetched on its behalf (pinned and cached
+            # ones still admit); with allowed_dids the fetches are few and cached anyway.
+            may_fetch = bool(self.allowed_dids) or not self.attempts.over_limit(peer, wall)
+            document = self.cache.lookup(proof.did, wall, may_fetch=may_fetch)
             if document is None:
                 return Verdict(
                     False, 503, reason=f"fetching the DID document of {proof.did}", wait=True
@@ -637,9 +698,9 @@ class DidWbaServer:
             if not self._signature_ok(proof, public_key(method), host, path, headers):
                 raise DidError(f"bad signature from {proof.did} (or signed for another host)")
         except DidError as exc:
-            return self._fail(address, wall, f"DID-WBA: {exc}")
+            return self._fail(peer, wall, f"DID-WBA: {exc}")
         except Exception as exc:  # a crypto library's surprise on hostile input stays a refusal
-            return self._fail(address, wall, f"DID-WBA: verification error {type(exc).__name__}")
+            return self._fail(peer, wall, f"DID-WBA: verification error {type(exc).__name__}")
         if len(self._nonces) >= self.nonce_capacity:
             return Verdict(
                 False, 429, headers=[("retry-after", "5")], reason="DID nonce cache full"
@@ -696,24 +757,8 @@ class DidWbaServer:
                 break
             self._nonces.popitem(last=False)
 
-    def _blocked(self, address: str, wall: float) -> bool:
-        entry = self._failures.get(address)
-        if entry is None:
-            return False
-        start, count = entry
-        if wall - start >= _ATTEMPT_WINDOW:
-            del self._failures[address]
-            return False
-        return count >= self.max_attempts
-
-    def _fail(self, address: str, wall: float, reason: str) -> Verdict:
-        start, count = self._failures.pop(address, (wall, 0))
-        if wall - start >= _ATTEMPT_WINDOW:
-            start, count = wall, 0
-        self._failures[address] = (start, count + 1)
-        while len(self._failures) > _MAX_TRACKED_ADDRESSES:
-            self._failures.popitem(last=False)
-        return Verdict(False, DID_REFUSAL_CODE, reason=reason)
+    def _fail(self, peer: str, wall: float, reason: str) -> Verdict:
+        return refusal(self.attempts, peer, wall, reason, DID_REFUSAL_CODE)
 
 
 # --- the receiver's side ---------------------------------------------------------------------

@@ -34,6 +34,7 @@ from .asgi import (
 )
 from .auth import H_CLIENT_ID, ClientAuth, NoAuth
 from .barrier import CrashBarrier, guarded, guarded_close
+from .didwba import DID_REFUSAL_CODE
 from .forward import (
     ForwardConnection,
     ForwardError,
@@ -143,10 +144,12 @@ class _Link:
     cid: int | None = None
     ws: WsClient | None = None
     session: TunnelSession | None = None
-    attempts: int = 0  # failures since the last successful handshake
+    attempts: int = 0  # failed attempts since a tunnel was last up (a 4003 is one)
     retry_at: float | None = 0.0  # when to connect next; None: connected or given up
-    state: str = "idle"  # idle | connecting | handshake | open | closed (flushing its Close)
+    # idle | connecting | handshake | open | closed (flushing its Close) | refused (DID, 4003)
+    state: str = "idle"
     close_reason: str = ""
+    warned: str = ""  # the refusal last logged at warning (once per run of the same one)
     lost_reason: str = ""  # the socket error that ended it, if any (e.g. a TLS alert)
     calls: dict[str, _Call] = field(default_factory=dict)
     written_mark: int = 0  # session.bytes_out the driver has written
@@ -498,6 +501,7 @@ class ReceiverCore(CrashBarrier):
             level = logging.INFO if self.stopping else logging.WARNING
             log.log(level, "tunnel to %s closed: %s", link.address.host_header, why)
             link.attempts = 0
+            link.warned = ""  # a tunnel was up: a refusal after it is news again
         else:
             self.last_error = why
         link.attempts += 1
@@ -560,8 +564,9 @@ class ReceiverCore(CrashBarrier):
                 link.session.greet_v1_gateway()
                 # a v1 gateway drops receivers whose JSON pings stop for 2 x its ping interval
                 link.ws.ping_every(self.settings.v1_ping_interval, now)  # type: ignore[union-attr]
+            # attempts are reset when an open tunnel goes down: a gateway that accepts and then
+            # refuses the DID (4003) is a failed attempt, with the backoff that goes with it
             link.state = "open"
-            link.attempts = 0
             log.info(
                 "tunnel to %s open (%s)",
                 link.address.host_header,
@@ -578,7 +583,9 @@ class ReceiverCore(CrashBarrier):
         elif isinstance(event, Closed):
             # Streams fail now; the socket stays until the driver has written our Close
             # frame (take_output reports close) and called closed().
-            if not link.close_reason:  # a refusal we logged already says more
+            if event.code == DID_REFUSAL_CODE and link.state == "open":
+                self._did_refused(link, event)
+            elif not link.close_reason:  # a refusal we logged already says more
                 link.close_reason = f"closed ({event.code} {event.reason})".strip()
             if link.state == "open":
                 link.state = "closed"
@@ -618,6 +625,23 @@ class ReceiverCore(CrashBarrier):
             call.link.calls.pop(call.rid, None)
             if call.asgi is None:
                 self._calls.pop(call.cid, None)
+
+    def _did_refused(self, link: _Link, event: Closed) -> None:
+        """The gateway accepted the upgrade, then closed it with 4003: it refused our DID.
+
+        A failed attempt (backed off like any other), logged at warning once while the same
+        refusal repeats; the gateway's log says which check failed.
+        """
+        reason = "".join(c if " " <= c <= "~" else "?" for c in event.reason[:123])  # one line
+        why = (
+            f"gateway {link.address.host_header} refused our DID ({event.code} {reason}): "
+            "check [gateway.auth] allowed_dids, did_fetch_hosts and did_service_domains there"
+        )
+        if link.warned != why:
+            log.warning("%s", why)
+            link.warned = why
+        self.last_error = link.close_reason = why
+        link.state = "refused"
 
     def _stream_event(self, link: _Link, event: object, now: float) -> None:
         if isinstance(event, TunnelBroken):

@@ -171,6 +171,12 @@ def _host_ok(value: object) -> bool:
     )
 
 
+def _host_pattern_ok(value: object) -> bool:
+    # a did:wba host: letters, digits, dots and hyphens (no port, no IPv6); "*" or "*.suffix"
+    name = r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?"
+    return isinstance(value, str) and bool(re.fullmatch(rf"\*|(?:\*\.)?{name}", value))
+
+
 def _ws_url(value: str) -> str | None:
     expected = "expected a ws:// or wss:// URL with a host, e.g. ws://127.0.0.1:8765"
     try:
@@ -279,6 +285,8 @@ class AuthConfig(_Section):
     did_service_domains: tuple[str, ...] = _opt((), "hosts")  # gateway: its public host names
     did_documents_dir: str | None = _opt(None, "path")  # gateway: pinned documents (*.json)
     did_fetch: bool = _opt(True, "bool")  # gateway: fetch unpinned documents over HTTPS
+    # gateway: hosts documents may be fetched from; (): allowed_dids' hosts, else public ones
+    did_fetch_hosts: tuple[str, ...] = _opt((), "hostpatterns")
     did_fetch_timeout: float = _opt(5.0, "float", lo=0, lo_open=True, hi=60, unit="seconds")
     did_cache_ttl: float = _opt(300.0, "float", lo=1, unit="seconds")
     did_ca_file: str | None = _opt(None, "path")  # gateway: CA bundle for fetching documents
@@ -538,6 +546,8 @@ def _expected(check: _Check) -> str:
         return 'expected an array of did:wba DIDs, e.g. ["did:wba:example.com:agents:alice"]'
     if check.kind == "hosts":
         return 'expected an array of host names without port, e.g. ["gw.example.com"]'
+    if check.kind == "hostpatterns":
+        return 'expected an array of host names or "*.domain" patterns, e.g. ["*.example.org"]'
     if check.kind == "str":
         return "expected a non-empty string" if check.nonempty else "expected a string"
     noun = "an integer" if check.kind == "int" else "a number"
@@ -656,6 +666,9 @@ def _convert(check: _Check, value: Any) -> tuple[bool, Any]:
         return ok, tuple(value) if ok else value
     if kind == "hosts":
         ok = isinstance(value, (list, tuple)) and all(_host_ok(v) for v in value)
+        return ok, tuple(v.lower() for v in value) if ok else value
+    if kind == "hostpatterns":
+        ok = isinstance(value, (list, tuple)) and all(_host_pattern_ok(v) for v in value)
         return ok, tuple(v.lower() for v in value) if ok else value
     if kind == "str":
         ok = isinstance(value, str) and (not check.nonempty or value != "")
@@ -886,10 +899,21 @@ def _cross_check_did(cfg: Config, fail: Callable[..., ConfigError]) -> None:
                 "required with did_wba_enabled when wss_host is a wildcard: "
                 "the gateway's public host name(s), which receivers sign",
             )
+    if cfg.mode == "both" and g.did_wba_enabled and not r.did_wba_enabled:
+        # the built-in receiver would be refused by its own gateway, one 4003 after another
+        raise fail(
+            ("receiver", "auth"),
+            "did_wba_enabled",
+            'must be true in mode "both" when [gateway.auth] did_wba_enabled = true: the '
+            "built-in receiver signs with a DID (did_document_path, private_key_path)",
+        )
     if cfg.mode in ("receiver", "both") and r.did_wba_enabled:
         for key in ("did_document_path", "private_key_path"):
             if not getattr(r, key):
                 raise fail(("receiver", "auth"), key, "required when did_wba_enabled = true")
+    both_did = cfg.mode == "both" and g.did_wba_enabled
+    if both_did and g.allowed_dids and r.did and r.did not in g.allowed_dids:
+        raise fail(("receiver", "auth"), "did", "is not in [gateway.auth] allowed_dids")
 
 
 def _check_command(c: CommandConfig, fail: Callable[..., ConfigError]) -> None:

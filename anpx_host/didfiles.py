@@ -27,6 +27,7 @@ from anpx_core.didwba import (
     DidWbaServer,
     DocumentCache,
     did_document_url,
+    did_host,
     parse_document,
 )
 
@@ -52,6 +53,16 @@ def service_domains(g: GatewayConfig) -> list[str]:
     if host in _LOOPBACK_NAMES or host.startswith("127."):
         return sorted({host, *_LOOPBACK_NAMES} - {"[::1]"})
     return [host]
+
+
+def fetch_hosts(a: AuthConfig) -> list[str] | None:
+    """The hosts DID documents may be fetched from: ``did_fetch_hosts``, else the hosts of
+    ``allowed_dids``, else None (any public host name; see DocumentCache)."""
+    if a.did_fetch_hosts:
+        return list(a.did_fetch_hosts)
+    if a.allowed_dids:
+        return sorted({did_host(did) for did in a.allowed_dids})
+    return None
 
 
 def load_pinned(
@@ -96,6 +107,7 @@ def gateway_auth(g: GatewayConfig, secret: SharedSecretServer | None) -> DidWbaS
         capacity=a.did_cache_capacity,
         max_pending=a.did_max_pending,
         max_document_bytes=a.did_max_document_bytes,
+        fetch_hosts=fetch_hosts(a),
     )
     cache.fetch_timeout = a.did_fetch_timeout
     cache.ca_file = a.did_ca_file

@@ -8,6 +8,7 @@ the handshakes that waited for it. The asyncio driver mirrors this file.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import trio
 
@@ -37,11 +38,14 @@ async def _fetch(core: GatewayCore, pump, cache: DocumentCache, did: str) -> Non
     with trio.move_on_after(cache.fetch_timeout * 2) as scope:
         try:
             body = await trio.to_thread.run_sync(
-                fetch_document,
-                url,
-                cache.fetch_timeout,
-                cache.ca_file,
-                cache.max_document_bytes,
+                partial(
+                    fetch_document,
+                    url,
+                    cache.fetch_timeout,
+                    cache.ca_file,
+                    cache.max_document_bytes,
+                    public_only=cache.public_only,
+                ),
                 abandon_on_cancel=True,
             )
         except DocumentUnavailable as exc:

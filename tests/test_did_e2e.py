@@ -35,8 +35,10 @@ from .deploy import DRIVERS, start_gateway, start_receiver, wait_until
 
 class _Documents(BaseHTTPRequestHandler):
     documents: dict[str, bytes] = {}
+    requested: list[str] = []  # paths asked for, to show what was never fetched
 
     def do_GET(self) -> None:
+        self.requested.append(self.path)
         body = self.documents.get(self.path)
         self.send_response(200 if body is not None else 404)
         self.send_header("content-type", "application/json")
@@ -56,13 +58,14 @@ class DidHost:
     ca_file: str
     documents: dict[str, bytes]
     folder: Path
+    requested: list[str]
 
-    def did(self, name: str) -> str:
-        return f"did:wba:127.0.0.1%3A{self.port}:agents:{name}"
+    def did(self, name: str, host: str = "127.0.0.1") -> str:
+        return f"did:wba:{host}%3A{self.port}:agents:{name}"
 
-    def publish(self, name: str, key: str = "secp256k1") -> tuple[dict, object]:
+    def publish(self, name: str, key: str = "secp256k1", host: str = "127.0.0.1"):
         """A new identity whose document is served at /agents/<name>/did.json."""
-        document, pem = make_document(self.did(name), key)
+        document, pem = make_document(self.did(name, host), key)
         self.documents[f"/agents/{name}/did.json"] = json.dumps(document).encode()
         (self.folder / f"{name}.json").write_text(json.dumps(document))
         (self.folder / f"{name}.pem").write_bytes(pem)
@@ -76,23 +79,37 @@ def did_host(tmp_path_factory) -> Iterator[DidHost]:
     ca_file = folder / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Documents)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield DidHost(server.server_address[1], str(ca_file), _Documents.documents, folder)
+        yield DidHost(
+            server.server_address[1],
+            str(ca_file),
+            _Documents.documents,
+            folder,
+            _Documents.requested,
+        )
     finally:
         server.shutdown()
         server.server_close()
 
 
-def did_gateway(driver: str, host: DidHost, **settings):
-    cache = DocumentCache()
+def did_gateway(
+    driver: str,
+    host: DidHost,
+    fetch_hosts: tuple[str, ...] | None = ("127.0.0.1",),
+    max_attempts: int = 100,
+    allowed_dids: list[str] | None = None,
+    **settings,
+):
+    """A gateway fetching documents from ``fetch_hosts`` (None: the default, public ones)."""
+    cache = DocumentCache(fetch_hosts=fetch_hosts)
     cache.ca_file = host.ca_file
     cache.fetch_timeout = 5.0
-    auth = DidWbaServer(cache, ["127.0.0.1"], max_attempts=100)
+    auth = DidWbaServer(cache, ["127.0.0.1"], max_attempts=max_attempts, allowed_dids=allowed_dids)
     return start_gateway(driver, GatewaySettings(auth=auth, **settings))
 
 
@@ -234,6 +251,155 @@ def test_an_unreachable_document_host_is_a_clear_refusal(driver, did_host, caplo
         (line,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
         assert f"https://127.0.0.1:{dead_port}/agents/x/did.json is unreachable" in line
     finally:
+        gateway.stop()
+
+
+# --- which hosts documents are fetched from (server-side request forgery) ------------------
+
+
+def signed_by(document: dict, pem: bytes, port: int) -> dict[str, str]:
+    signer = DidWbaClient(document, load_pem_private_key(pem, None), nonce_source=os.urandom)
+    return dict(signer.request_headers(f"127.0.0.1:{port}", "/", time.time()))
+
+
+def refusal_line(caplog) -> str:
+    (line,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    caplog.clear()
+    return line
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_by_default_only_public_addresses_are_fetched_from(driver, did_host, caplog):
+    caplog.set_level(logging.INFO, "anpx.gateway")
+    # the documents are there, on loopback: a peer must not make the gateway fetch them
+    literal = did_host.publish(f"ip-{driver}")
+    named = did_host.publish(f"name-{driver}", host="localhost")
+    gateway = did_gateway(driver, did_host, fetch_hosts=None)
+    port = gateway.obj.ports.tunnel
+    before = len(did_host.requested)
+    try:
+        # an IP literal is refused by the core before anything is asked
+        pem = (did_host.folder / f"ip-{driver}.pem").read_bytes()
+        assert upgrade(gateway, signed_by(literal[0], pem, port)) == ("closed", 4003, DID_REFUSAL)
+        line = refusal_line(caplog)
+        assert "is an IP address" in line and "did_fetch_hosts" in line
+        # a name is resolved by the fetch, which refuses to dial loopback
+        pem = (did_host.folder / f"name-{driver}.pem").read_bytes()
+        assert upgrade(gateway, signed_by(named[0], pem, port)) == ("closed", 4003, DID_REFUSAL)
+        line = refusal_line(caplog)
+        assert "not a public address" in line and "did_fetch_hosts" in line
+        assert len(did_host.requested) == before  # the document server saw nothing
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_listed_hosts_are_fetched_from_wherever_they_are(driver, did_host, caplog):
+    caplog.set_level(logging.INFO, "anpx.gateway")
+    named = did_host.publish(f"listed-{driver}", host="localhost")
+    pem = (did_host.folder / f"listed-{driver}.pem").read_bytes()
+    elsewhere = did_gateway(driver, did_host, fetch_hosts=("*.localhost", "example.org"))
+    try:
+        headers = signed_by(named[0], pem, elsewhere.obj.ports.tunnel)
+        assert upgrade(elsewhere, headers) == ("closed", 4003, DID_REFUSAL)
+        assert "is not in did_fetch_hosts" in refusal_line(caplog)
+    finally:
+        elsewhere.stop()
+    listed = did_gateway(driver, did_host, fetch_hosts=("localhost",))
+    try:
+        headers = signed_by(named[0], pem, listed.obj.ports.tunnel)
+        assert upgrade(listed, headers) == ("open", None, "")
+        assert f"/agents/listed-{driver}/did.json" in did_host.requested
+    finally:
+        listed.stop()
+
+
+def test_the_fetch_checks_the_address_it_connects_to(did_host):
+    from anpx_host.didfetch import DocumentUnavailable, fetch_document
+
+    did_host.publish("direct", host="localhost")
+    url = f"https://localhost:{did_host.port}/agents/direct/did.json"
+    before = len(did_host.requested)
+    with pytest.raises(DocumentUnavailable, match="not a public address") as exc:
+        fetch_document(url, 5.0, did_host.ca_file, 65536, public_only=True)
+    assert "127.0.0.1" in str(exc.value) and len(did_host.requested) == before
+    body = fetch_document(url, 5.0, did_host.ca_file, 65536, public_only=False)
+    assert json.loads(body)["id"] == did_host.did("direct", "localhost")
+    # the certificate is still checked against the name
+    with pytest.raises(DocumentUnavailable, match="unreachable"):
+        fetch_document(url, 5.0, None, 65536, public_only=False)
+
+
+# --- failed handshakes: the shared secret's rules, behind a trusted proxy -------------------
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_failures_are_counted_per_client_behind_a_trusted_proxy(driver, did_host):
+    import ipaddress
+
+    alice = did_host.publish(f"proxied-{driver}")
+    gateway = did_gateway(
+        driver,
+        did_host,
+        max_attempts=2,
+        allowed_dids=[alice[0]["id"]],
+        trusted_proxies=[ipaddress.ip_network("127.0.0.1/32")],
+    )
+    port = gateway.obj.ports.tunnel
+    signer = DidWbaClient(*alice, nonce_source=os.urandom)
+
+    def attempt(forwarded: str, signed: bool = False, wall: float | None = None):
+        headers = {"X-Forwarded-For": forwarded}
+        if signed or wall is not None:
+            now = time.time() if wall is None else wall
+            headers.update(signer.request_headers(f"127.0.0.1:{port}", "/", now))
+        return upgrade(gateway, headers)
+
+    refused = ("closed", 4003, DID_REFUSAL)
+    try:
+        # the client the proxy saw fails; what it claims further left does not matter
+        stale = time.time() - 3600
+        results = [attempt(f"198.51.100.{i}, 203.0.113.7", wall=stale) for i in range(3)]
+        assert results == [refused, refused, ("http", 429, "")]
+        assert attempt("203.0.113.8") == refused  # another client: its own count
+        # verified first: the blocked client signing correctly is admitted (its document
+        # fetched for it: it is in allowed_dids)
+        assert attempt("203.0.113.7", signed=True) == ("open", None, "")
+        assert attempt("203.0.113.7") == ("http", 429, "")  # and still blocked otherwise
+    finally:
+        gateway.stop()
+
+
+# --- the receiver's side of a refusal -------------------------------------------------------
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_refused_receiver_backs_off_and_gives_up_like_after_any_failure(driver, did_host, caplog):
+    caplog.set_level(logging.INFO, "anpx")
+    alice = did_host.publish(f"refused-{driver}")
+    gateway = did_gateway(driver, did_host, allowed_dids=[did_host.did("someone-else")])
+    receiver = start_receiver(
+        driver,
+        ReceiverSettings(
+            gateway_urls=[f"ws://127.0.0.1:{gateway.obj.ports.tunnel}/"],
+            auth=DidWbaClient(*alice, nonce_source=os.urandom),
+            reconnect_delay=0.05,
+            max_reconnect_attempts=2,  # counted: before, every 4003 reset the count
+        ),
+        app,
+    )
+    try:
+        wait_until(lambda: receiver.obj.core.given_up)
+        assert gateway.obj.core.stats.auth_failures == 3  # the first attempt and two more
+        warnings = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "anpx.receiver" and r.levelno == logging.WARNING
+        ]
+        assert len(warnings) == 1 and "refused our DID (4003" in warnings[0], warnings
+        assert "refused our DID" in receiver.obj.core.last_error
+    finally:
+        receiver.stop()
         gateway.stop()
 
 

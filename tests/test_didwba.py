@@ -161,13 +161,69 @@ def test_allowed_dids():
     assert not verdict.ok and "allowed_dids" in verdict.reason
 
 
-def test_failed_attempts_per_address_are_limited():
+def test_failed_attempts_follow_the_shared_secret_rules():
     srv = server(max_attempts=2)
+    stale = [check(srv, client().request_headers(HOST, "/", NOW - 3600)) for _ in range(3)]
+    assert [v.status for v in stale] == [DID_REFUSAL_CODE, DID_REFUSAL_CODE, 429]
+    assert ("retry-after", "60") in stale[2].headers
+    # verified first: a correctly signed receiver is admitted from the failing address
+    assert check(srv, client().request_headers(HOST, "/", NOW)).ok
+    # only failures count; another address has its own count; IPv6 by /64, ports ignored
+    assert check(srv, [], peer="10.0.0.2:5").status == DID_REFUSAL_CODE
+    v6 = [
+        check(srv, [], peer=p).status for p in ("[2001:db8::1]:1", "2001:db8::2", "[2001:db8::3]:9")
+    ]
+    assert v6 == [DID_REFUSAL_CODE, DID_REFUSAL_CODE, 429]
+    # the window is a minute (fake time): at 59.999 s still over, at 60 s counting again
+    late = check(srv, [], NOW + 59.999)
+    assert late.status == 429 and ("retry-after", "1") in late.headers
+    assert check(srv, [], NOW + 60).status == DID_REFUSAL_CODE
+
+
+def test_an_address_over_the_limit_gets_no_document_fetched():
+    cache = DocumentCache(pinned={OTHER: BOB[0]})
+    wanted: list[str] = []
+    cache.on_wanted = wanted.append
+    srv = DidWbaServer(cache, ["gw.example.com"], max_attempts=1)
     for _ in range(2):
-        check(srv, client().request_headers(HOST, "/", NOW - 3600))
-    verdict = check(srv, client().request_headers(HOST, "/", NOW))
-    assert not verdict.ok and verdict.status == 429
-    assert check(srv, client().request_headers(HOST, "/", NOW), peer="10.0.0.2:5").ok
+        check(srv, client(BOB).request_headers(HOST, "/", NOW - 3600))
+    # alice's document is not cached: not fetched for this address, a failure (429) instead
+    blocked = check(srv, client().request_headers(HOST, "/", NOW))
+    assert blocked.status == 429 and "too many failed handshakes" in blocked.reason
+    assert wanted == []
+    # a pinned (or cached) document needs no fetch: bob is admitted from the same address
+    assert check(srv, client(BOB).request_headers(HOST, "/", NOW)).ok
+    # from another address alice's document is fetched, and then she is admitted anywhere
+    assert check(srv, client().request_headers(HOST, "/", NOW), peer="10.0.0.2:5").wait
+    cache.store(DID, json.dumps(ALICE[0]).encode(), NOW)
+    assert check(srv, client().request_headers(HOST, "/", NOW)).ok
+    assert wanted == [DID]
+
+
+def test_with_allowed_dids_a_blocked_address_still_gets_its_document_fetched():
+    cache = DocumentCache()
+    wanted: list[str] = []
+    cache.on_wanted = wanted.append
+    srv = DidWbaServer(cache, ["gw.example.com"], max_attempts=1, allowed_dids=[DID])
+    assert [check(srv, []).status for _ in range(2)] == [DID_REFUSAL_CODE, 429]
+    assert check(srv, client().request_headers(HOST, "/", NOW)).wait and wanted == [DID]
+    cache.store(DID, json.dumps(ALICE[0]).encode(), NOW)
+    assert check(srv, client().request_headers(HOST, "/", NOW)).ok
+
+
+def test_with_the_shared_secret_there_is_one_failure_limiter():
+    secret = b"correct horse battery staple"
+    hmac_server = SharedSecretServer(secret, max_attempts=2)
+    srv = server(secret=hmac_server, max_attempts=100)  # the secret's limiter is the one
+    assert srv.attempts is hmac_server.attempts and srv.max_attempts == 2
+    good_did_wrong_secret = client(secret=SharedSecretClient(b"wrong", "rc"))
+    assert check(srv, good_did_wrong_secret.request_headers(HOST, "/", NOW)).status == 401
+    bad_did = client(secret=SharedSecretClient(secret, "rc"))
+    assert check(srv, bad_did.request_headers(HOST, "/", NOW - 3600)).status == DID_REFUSAL_CODE
+    assert check(srv, []).status == 429  # the third failure, whichever scheme refused
+    both = client(secret=SharedSecretClient(secret, "rc"))
+    assert check(srv, both.request_headers(HOST, "/", NOW)).ok
+    assert hmac_server.tracked_addresses == 1
 
 
 def test_nonce_memory_is_bounded():
@@ -393,6 +449,138 @@ def test_config_builds_both_sides(tmp_path):
     )
     with pytest.raises(ConfigError, match="is not the id of"):
         make_plan("receiver", wrong)
+
+
+def test_both_mode_with_gateway_did_needs_a_receiver_did(tmp_path):
+    gateway = {"auth": {"did_wba_enabled": True}}
+    for receiver in ({}, {"auth": {"enabled": True, "shared_secret": "s3cret"}}):
+        with pytest.raises(
+            ConfigError, match=r"\[receiver\.auth\] did_wba_enabled: must be true"
+        ) as exc:
+            parse_config({"mode": "both", "gateway": gateway, "receiver": receiver})
+        assert exc.value.path == "receiver.auth.did_wba_enabled"
+    # the same receiver section is fine for a gateway alone, or a receiver alone
+    assert parse_config({"mode": "gateway", "gateway": gateway}).gateway.auth.did_wba_enabled
+    # a receiver DID the gateway would refuse is named too
+    receiver = {
+        "auth": {
+            "did_wba_enabled": True,
+            "did": DID,
+            "did_document_path": "d.json",
+            "private_key_path": "k.pem",
+        }
+    }
+    only_bob = {"auth": {"did_wba_enabled": True, "allowed_dids": [OTHER]}}
+    with pytest.raises(ConfigError, match=r"\[receiver\.auth\] did: is not in"):
+        parse_config({"mode": "both", "gateway": only_bob, "receiver": receiver})
+    with_alice = {"auth": {"did_wba_enabled": True, "allowed_dids": [OTHER, DID]}}
+    assert parse_config({"mode": "both", "gateway": with_alice, "receiver": receiver})
+
+
+# --- which hosts documents are fetched from ------------------------------------------------
+
+
+def _asked(cache: DocumentCache, did: str) -> str:
+    """ "asked" when the cache asks the driver for ``did``'s document, else why not."""
+    cache.on_wanted = lambda did: None
+    try:
+        cache.lookup(did, NOW)
+    except DidError as exc:
+        return str(exc)
+    return "asked"
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "10.1.2.3", "2130706433", "127.1", "0x7f.1", "169.254.169.254", "8.8.8.8"],
+)
+def test_by_default_ip_literal_hosts_are_not_fetched(host):
+    why = _asked(DocumentCache(), f"did:wba:{host}:agents:x")
+    assert "is an IP address" in why and "did_fetch_hosts" in why
+
+
+@pytest.mark.parametrize("host", ["agents.example.com", "localhost", "a1.example", "x.y.z"])
+def test_by_default_host_names_are_fetched_from_public_addresses_only(host):
+    cache = DocumentCache()
+    assert _asked(cache, f"did:wba:{host}%3A8443:agents:x") == "asked" and cache.public_only
+
+
+@pytest.mark.parametrize(
+    ("patterns", "host", "allowed"),
+    [
+        (["*.example.org"], "a.example.org", True),
+        (["*.example.org"], "a.b.example.org", True),
+        (["*.example.org"], "example.org", False),  # the suffix only, not the domain itself
+        (["*.example.org"], "badexample.org", False),
+        (["*.example.org"], "a.example.org.evil.com", False),
+        (["example.org"], "EXAMPLE.org", True),  # host names are not case-sensitive
+        (["example.org"], "www.example.org", False),
+        (["127.0.0.1"], "127.0.0.1", True),  # listed: fetched, wherever it is
+        (["*"], "10.0.0.1", True),
+        ([], "example.org", False),  # an empty list fetches nothing
+    ],
+)
+def test_did_fetch_hosts_patterns(patterns, host, allowed):
+    cache = DocumentCache(fetch_hosts=patterns)
+    why = _asked(cache, f"did:wba:{host}%3A8443:agents:x")
+    assert (why == "asked") is allowed, why
+    assert not cache.public_only
+    if not allowed:
+        assert "is not in did_fetch_hosts" in why
+
+
+def test_pinned_documents_need_no_fetch_host():
+    cache = DocumentCache({DID: ALICE[0]}, fetch_hosts=[])
+    assert cache.lookup(DID, NOW) == ALICE[0]
+
+
+def test_fetch_hosts_from_the_config():
+    from anpx_host.didfiles import fetch_hosts, gateway_auth
+
+    def auth(**keys):
+        return parse_config({"gateway": {"auth": {"did_wba_enabled": True, **keys}}}).gateway
+
+    assert fetch_hosts(auth().auth) is None  # public host names
+    assert gateway_auth(auth(), None).cache.public_only
+    dids = ["did:wba:A.example.com:x", "did:wba:b.example.com%3A8443:y", "did:wba:a.example.com"]
+    assert fetch_hosts(auth(allowed_dids=dids).auth) == ["a.example.com", "b.example.com"]
+    listed = auth(allowed_dids=dids, did_fetch_hosts=["*.Example.NET", "*"])
+    assert gateway_auth(listed, None).cache.fetch_hosts == ("*.example.net", "*")
+    for bad in (["a.example:443"], ["*example.org"], ["**.x"], ["http://x"], "x", [""], ["a..*"]):
+        with pytest.raises(ConfigError, match="did_fetch_hosts"):
+            auth(did_fetch_hosts=bad)
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("93.184.216.34", True),
+        ("2606:4700::1111", True),
+        ("127.0.0.1", False),
+        ("127.255.255.254", False),
+        ("10.0.0.1", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),  # cloud metadata
+        ("100.64.0.1", False),  # shared address space (CGNAT)
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("255.255.255.255", False),
+        ("::1", False),
+        ("::", False),
+        ("fe80::1%eth0", False),
+        ("fc00::1", False),
+        ("ff02::1", False),
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped: judged as IPv4
+        ("::ffff:93.184.216.34", True),
+        ("64:ff9b::10.0.0.1", False),  # NAT64 of a private address
+        ("64:ff9b::93.184.216.34", True),
+    ],
+)
+def test_which_addresses_are_public(address, public):
+    from anpx_host.didfetch import is_public
+
+    assert is_public(address) is public
 
 
 def test_seed_config_keys_load(tmp_path):
