@@ -132,9 +132,14 @@ class GatewayServer:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.adopt(task)
-        await self.pump.serve(
-            cid, reader, writer, TUNNEL_READ_SIZE if kind == "tunnel" else READ_SIZE
-        )
+        try:
+            await self.pump.serve(
+                cid, reader, writer, TUNNEL_READ_SIZE if kind == "tunnel" else READ_SIZE
+            )
+        except asyncio.CancelledError:
+            # Shutdown cancels connection tasks; Python 3.11's start_server callback would log
+            # a cancelled handler as an error with a traceback. serve() has cleaned up.
+            return
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Drain and stop: the SIGTERM path."""
