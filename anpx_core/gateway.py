@@ -67,6 +67,8 @@ __all__ = [
 
 log = logging.getLogger("anpx.gateway")
 
+MIN_TIMER_STEP = 0.01  # a connection's timer runs at most this often if it stays due
+
 
 def counter_request_ids() -> Callable[[], str]:
     """Request ids from a counter, formatted like UUIDs (deterministic: for tests and
@@ -314,7 +316,8 @@ class GatewayCore(CrashBarrier):
     def handle_timer(self, now: float) -> None:
         """Run every timer due at ``now`` (cheap when none is)."""
         self._now = now
-        for cid in self._timers.pop_due(now):
+        ran = self._timers.pop_due(now)
+        for cid in ran:
             conn = self._conns.get(cid)
             if conn is None or cid in self._doomed:
                 continue
@@ -323,10 +326,11 @@ class GatewayCore(CrashBarrier):
                 conn.on_timer(now)
             except Exception as exc:  # the crash barrier: this connection only
                 self._contain(cid, exc, "a timer")
-        self._settle()
+        self._settle(set(ran))
 
-    def _settle(self) -> None:
-        """The end of every call: deferred work, deadlines, the TIMER and DRAINED signals."""
+    def _settle(self, ran: set[int] | None = None) -> None:
+        """The end of every call: deferred work, deadlines, the TIMER and DRAINED signals.
+        ``ran``: connections whose timer just ran (handle_timer)."""
         while self._due:
             conn = self._due.pop()
             cid = conn.cid
@@ -344,7 +348,13 @@ class GatewayCore(CrashBarrier):
                 self._timers.set(cid, None)
                 continue
             try:
-                self._timers.set(cid, touched.deadline_at(self._now))
+                when = touched.deadline_at(self._now)
+                if ran and cid in ran and when is not None and when <= self._now:
+                    # A timer that did not move its own deadline would spin the driver's
+                    # timer task: run it again a little later instead (a bug, not a plan).
+                    log.warning("connection %d: a timer left its deadline due", cid)
+                    when = self._now + MIN_TIMER_STEP
+                self._timers.set(cid, when)
             except Exception as exc:  # the crash barrier: this connection only
                 self._timers.set(cid, None)
                 self._contain(cid, exc, "arming a timer")

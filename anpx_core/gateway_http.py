@@ -479,6 +479,7 @@ class ClientConn:
         log.info("client %s read nothing for %.0fs: connection reset", self.peer, limit)
         self._abandon("client stopped reading")
         self.front.abort()
+        self.on_wire = 0  # the socket is reset: nothing is being written any more
         self.core.abort(self.cid)
         return True
 
