@@ -175,6 +175,28 @@ class Pump:
                 return
             await self.wakers.wait(cid)
 
+    async def timer(self) -> None:
+        """Run the core's timers at its next deadline; Signal.TIMER re-arms (gw stopgap:
+        drv's contract work replaces this)."""
+        from anpx_core.contract import Signal
+
+        loop = asyncio.get_running_loop()
+        while True:
+            deadline = self.core.next_deadline()
+            wait = self.wakers.wait(Signal.TIMER)  # type: ignore[arg-type]
+            with contextlib.suppress(asyncio.TimeoutError):
+                if deadline is None:
+                    await wait
+                else:
+                    await asyncio.wait_for(wait, max(0.0, deadline - loop.time()))
+            try:
+                now = self.now()
+                self.core.handle_timer(now)
+                self.core.set_wall_clock(now, time.time())
+                self.sync()
+            except Exception:  # the crash barrier: the timers must keep running
+                log.exception("internal error running timers")
+
     async def ticker(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)

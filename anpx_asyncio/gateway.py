@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
+from anpx_core.gateway import GatewayCore, GatewaySettings
 from anpx_host.launch import BoundPorts, Listen, bind_failure
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump, TaskSet
@@ -88,7 +88,7 @@ class GatewayServer:
                 self.tunnel.host,
                 self.ports.tunnel,
             )
-            self._tasks.spawn(self.pump.ticker(TICK_INTERVAL))
+            self._tasks.spawn(self.pump.timer())
             documents = getattr(self.core.settings.auth, "cache", None)  # DID-WBA
             if documents is not None:
                 self._tasks.spawn(serve_documents(self.core, self.pump, documents))

@@ -23,7 +23,7 @@ class CrashBarrier:
     """Mixin for the cores: they set ``_doomed``, ``_wakeups``, ``_conns`` and ``_barrier_log``."""
 
     _doomed: set[int]
-    _wakeups: set[int]
+    _wakeups: set[Any]  # connection ids, and contract.Signal keys
     _conns: dict[int, Any]
     _barrier_log: logging.Logger
 

@@ -25,6 +25,7 @@ import logging
 import math
 import re
 import sys
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
@@ -1003,6 +1004,7 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
         max_connections_per_address=g.max_connections_per_address,
         max_streams_per_address=g.max_streams_per_address,
         send_timeout=g.send_timeout,
+        new_request_id=lambda: str(uuid.uuid4()),
     )
 
 

@@ -129,6 +129,23 @@ class Pump:
                 return
             await self.wakers.wait(cid)
 
+    async def timer(self) -> None:
+        """Run the core's timers at its next deadline; Signal.TIMER re-arms (gw stopgap:
+        drv's contract work replaces this)."""
+        from anpx_core.contract import Signal
+
+        while True:
+            deadline = self.core.next_deadline()
+            with trio.move_on_at(deadline if deadline is not None else float("inf")):
+                await self.wakers.wait(Signal.TIMER)  # type: ignore[arg-type]
+            try:
+                now = self.now()
+                self.core.handle_timer(now)
+                self.core.set_wall_clock(now, time.time())
+                self.sync()
+            except Exception:  # the crash barrier: the timers must keep running
+                log.exception("internal error running timers")
+
     async def ticker(self, interval: float) -> None:
         while True:
             await trio.sleep(interval)

@@ -7,7 +7,7 @@ import time
 
 import trio
 
-from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
+from anpx_core.gateway import GatewayCore, GatewaySettings
 from anpx_host.launch import BoundPorts, Listen, bind_failure
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump
@@ -45,7 +45,7 @@ class GatewayServer:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.pump.ticker, TICK_INTERVAL)
+            nursery.start_soon(self.pump.timer)
             documents = getattr(self.core.settings.auth, "cache", None)  # DID-WBA
             if documents is not None:
                 nursery.start_soon(serve_documents, self.core, self.pump, documents)

@@ -15,8 +15,9 @@ order with random delays, from one seeded RNG:
 * ASGI apps are coroutines stepped by hand: ``receive``/``send`` suspend on a wake-up key
   when the core says "wait", and only a wake-up named by ``pop_wakeups()`` resumes them
   (a lost wake-up shows up as a stall, exactly as it would hang a real driver);
-* time is fake: each step advances it a little, an idle world jumps to the next tick, and
-  the cores' ``tick(now)`` runs every ``TICK_INTERVAL``.
+* time is fake: each step advances it a little, an idle world jumps to the next timer; the
+  gateway's ``handle_timer(now)`` runs once ``now`` reaches its ``next_deadline()``, the
+  receivers' ``tick(now)`` every ``TICK_INTERVAL``.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from typing import Any
 
 import h11
 
-from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
-from anpx_core.receiver import ConnectRequest, ReceiverCore, ReceiverSettings
+from anpx_core.gateway import GatewayCore, GatewaySettings
+from anpx_core.receiver import TICK_INTERVAL, ConnectRequest, ReceiverCore, ReceiverSettings
 
 STEP_TIME = 0.001  # fake seconds per scheduler step
 UPSTREAM = ("127.0.0.1", 9000)
@@ -845,11 +846,15 @@ class World:
         return True
 
     def tick(self) -> None:
-        self.gateway.tick(self.now)
-        self.sync(self.gateway)
         for core in self.receivers:
             core.tick(self.now)
             self.sync(core)
+
+    def run_gateway_timers(self) -> None:
+        deadline = self.gateway.next_deadline()
+        if deadline is not None and self.now >= deadline:
+            self.gateway.handle_timer(self.now)
+            self.sync(self.gateway)
 
     # -- running --
 
@@ -865,8 +870,11 @@ class World:
                     ran = True
             self.now += STEP_TIME
         else:
-            self.now = max(self.now, self.next_tick)
+            deadline = self.gateway.next_deadline()
+            wake_at = self.next_tick if deadline is None else min(self.next_tick, deadline)
+            self.now = max(self.now, wake_at)
         self.steps += 1
+        self.run_gateway_timers()
         if self.now >= self.next_tick:
             self.tick()
             self.next_tick = self.now + TICK_INTERVAL
@@ -933,8 +941,8 @@ class World:
         gateway = self.gateway
         assert gateway.in_flight == 0, self.describe()
         for conn in gateway._conns.values():
-            assert type(conn).__name__ == "_Tunnel", f"gateway still holds {conn!r}"
-        for tunnel in gateway._tunnels:
+            assert type(conn).__name__ == "TunnelConn", f"gateway still holds {conn!r}"
+        for tunnel in gateway.tunnels.open:
             session = tunnel.session
             assert session is not None
             assert session.stream_count == 0, f"gateway streams left: {list(session._streams)}"

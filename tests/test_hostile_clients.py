@@ -141,7 +141,7 @@ def get(path: str, method: str = "GET", extra: str = "") -> bytes:
 
 
 def client_conns(core) -> list:
-    return [c for c in list(core._conns.values()) if type(c).__name__ == "_Client"]
+    return [c for c in list(core._conns.values()) if type(c).__name__ == "ClientConn"]
 
 
 # --- HEAD of a large resource (issue 12, case 1) -------------------------------------------------
@@ -551,10 +551,10 @@ def test_every_stream_ends_and_frees_what_it_held(sc: dict) -> None:
     window_bound = window + 4096 if window else 32 * 1024 + 65536
 
     def invariants(w: World) -> None:
-        streams = [c for t in core._tunnels for c in t.streams.values()]
+        streams = [c for t in core.tunnels.open for c in t.streams.values()]
         for conn in streams:  # no stream outlives its connection
             assert core._conns.get(conn.cid) is conn, "a stream outlived its client connection"
-        assert sum(core._streams_by_address.values()) == len(streams) == core.in_flight
+        assert sum(core.http.streams_by_address.values()) == len(streams) == core.in_flight
         for client in stays:  # a client that never reads nor leaves is let go in time
             assert w.now < client.leave_at - 1 or client.cid not in core._conns
         for conn in client_conns(core):  # buffered bytes stay bounded
@@ -565,7 +565,7 @@ def test_every_stream_ends_and_frees_what_it_held(sc: dict) -> None:
     world.run(lambda: all(c.done for c in clients), max_time=120)
     world.settle(8.0)  # keep-alive and request timeouts fire, apps finish
     world.assert_no_leaks()
-    assert not core._streams_by_address and not core._conns_by_address
+    assert not core.http.streams_by_address and not core.http.conns_by_address
     for client in clients:
         for ex in client.exchanges:
             if ex.complete and ex.status == 200:
