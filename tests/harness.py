@@ -15,12 +15,14 @@ order with random delays, from one seeded RNG:
 * ASGI apps are coroutines stepped by hand: ``receive``/``send`` suspend on a wake-up key
   when the core says "wait", and only a wake-up named by ``pop_wakeups()`` resumes them
   (a lost wake-up shows up as a stall, exactly as it would hang a real driver);
-* time is fake: each step advances it a little, an idle world jumps to the next tick, and
-  the cores' ``tick(now)`` runs every ``TICK_INTERVAL``.
+* time is fake: each step advances it a little, an idle world jumps to the next timer; the
+  gateway's ``tick(now)`` runs every ``TICK_INTERVAL``, a receiver's ``handle_timer(now)``
+  at its ``next_deadline()``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections import deque
@@ -748,7 +750,7 @@ class World:
         )
         self.gateway = GatewayCore(gateway or GatewaySettings())
         self.receivers = [
-            ReceiverCore(s, rng=self.rng.random)
+            ReceiverCore(dataclasses.replace(s, jitter=self.rng.random))
             for s in ([ReceiverSettings()] if receivers is None else receivers)
         ]
         self.tunnels: list[tuple[CoreConnection, CoreConnection]] = []  # (gateway, receiver)
@@ -847,9 +849,18 @@ class World:
     def tick(self) -> None:
         self.gateway.tick(self.now)
         self.sync(self.gateway)
+
+    def run_due_timers(self) -> None:
+        """The receivers' timers, at their deadlines (the gateway still ticks)."""
         for core in self.receivers:
-            core.tick(self.now)
-            self.sync(core)
+            deadline = core.next_deadline()
+            if deadline is not None and deadline <= self.now:
+                core.handle_timer(self.now)
+                self.sync(core)
+
+    def next_timer(self) -> float:
+        deadlines = [d for core in self.receivers if (d := core.next_deadline()) is not None]
+        return min([self.next_tick, *deadlines])
 
     # -- running --
 
@@ -865,8 +876,9 @@ class World:
                     ran = True
             self.now += STEP_TIME
         else:
-            self.now = max(self.now, self.next_tick)
+            self.now = max(self.now, self.next_timer())
         self.steps += 1
+        self.run_due_timers()
         if self.now >= self.next_tick:
             self.tick()
             self.next_tick = self.now + TICK_INTERVAL
@@ -943,7 +955,7 @@ class World:
         for core in self.receivers:
             assert core.in_flight == 0, f"receiver calls left: {core._calls}"
             for link in core._links:
-                assert not link.calls, f"receiver link calls left: {link.calls}"
+                assert not link.streams, f"receiver link streams left: {link.streams}"
                 if link.session is not None:
                     session = link.session
                     assert session.stream_count == 0, f"receiver streams: {list(session._streams)}"
