@@ -30,6 +30,7 @@ from . import messages as M
 from .auth import NoAuth, ServerAuth
 from .barrier import CrashBarrier, guarded, guarded_close
 from .didwba import DID_REFUSAL
+from .endpoint import EndpointEvent, TunnelEndpoint
 from .http1 import (
     ClientGone,
     FrontLimits,
@@ -65,10 +66,9 @@ from .tunnel import (
     parse_extensions,
 )
 from .websocket import (
-    BinaryDiscarded,
-    BinaryReceived,
     Closed,
-    ControlReceived,
+    HandshakeAccepted,
+    HandshakeRejected,
     HandshakeRequested,
     WsLimits,
     WsServer,
@@ -146,24 +146,32 @@ class _Client:
 
 @dataclass(slots=True, eq=False)
 class _Tunnel:
-    cid: int
-    ws: WsServer
+    """A receiver's tunnel: the shared endpoint plus what the gateway knows of the receiver."""
+
+    end: TunnelEndpoint[WsServer]
     peer: str
     peer_host: str = "-"  # the socket's address, without the port
     identity: str = ""
-    session: TunnelSession | None = None
     streams: dict[str, _Client] = field(default_factory=dict)
-    written_mark: int = 0  # session.bytes_out the driver has written
-    taken_mark: int = 0
     congested: set[int] = field(default_factory=set)  # v1: clients with a full backlog
-    paused: set[int] = field(default_factory=set)  # clients waiting for our backlog to drain
     connected_at: float = 0.0
     routes: list[Route] = field(default_factory=list)
-    read_paused: bool = False  # can_read said no because of ws.over_backlog
 
     @property
-    def backlog(self) -> int:
-        return 0 if self.session is None else self.session.bytes_out - self.written_mark
+    def cid(self) -> int:
+        return self.end.cid
+
+    @property
+    def ws(self) -> WsServer:
+        return self.end.ws
+
+    @property
+    def session(self) -> TunnelSession | None:
+        return self.end.session
+
+    @property
+    def paused(self) -> set[int]:
+        return self.end.paused
 
 
 @dataclass(slots=True, eq=False)
@@ -245,8 +253,7 @@ class GatewayCore(CrashBarrier):
     def open_tunnel(self, now: float, peer: tuple[str, int] | None) -> int:
         cid = self._new_id()
         self._conns[cid] = _Tunnel(
-            cid,
-            WsServer(self.settings.ws, now),
+            TunnelEndpoint(cid, WsServer(self.settings.ws, now), self.settings.high_water),
             _addr(peer),
             peer_host=peer[0] if peer else "-",
             connected_at=now,
@@ -275,10 +282,8 @@ class GatewayCore(CrashBarrier):
                 self._client_event(conn, event, now)
             self._flush_upload(conn)
         elif isinstance(conn, _Tunnel):
-            for event in conn.ws.receive_data(data, now):
+            for event in conn.end.receive(data, now):
                 self._tunnel_event(conn, event, now)
-            if conn.session is not None:
-                conn.session.flush_credits()
         else:
             for event in conn.front.receive_data(data, now):
                 self._admin_event(conn, event, now)
@@ -320,10 +325,7 @@ class GatewayCore(CrashBarrier):
         if conn is None:
             return b"", True
         if isinstance(conn, _Tunnel):
-            data = conn.ws.data_to_send()
-            if conn.session is not None:
-                conn.taken_mark = conn.session.bytes_out
-            return data, conn.ws.closed
+            return conn.end.take_output()
         if isinstance(conn, _Admin):
             return conn.front.data_to_send(), conn.front.closed
         # In pieces, so that send_timeout measures a client's reading, not one large write.
@@ -342,14 +344,7 @@ class GatewayCore(CrashBarrier):
         self._now = now
         conn = self._conns.get(cid)
         if isinstance(conn, _Tunnel):
-            conn.written_mark = conn.taken_mark
-            conn.ws.sent()
-            if conn.read_paused and not conn.ws.over_backlog:
-                conn.read_paused = False
-                self._wakeups.add(cid)
-            if conn.paused and conn.backlog < self.settings.high_water:
-                self._wakeups.update(conn.paused)
-                conn.paused.clear()
+            self._wakeups |= conn.end.written()
         elif isinstance(conn, _Client):
             conn.on_wire = 0
             if conn.taken:
@@ -393,19 +388,11 @@ class GatewayCore(CrashBarrier):
     def can_read(self, cid: int) -> bool:
         conn = self._conns.get(cid)
         if isinstance(conn, _Tunnel):
-            if conn.ws.over_backlog:  # the peer does not read what we owe it: stop reading it
-                conn.read_paused = True
-                return False
-            return not conn.ws.closed and not conn.congested
+            return conn.end.can_read(held=bool(conn.congested))
         if conn is None or not conn.front.wants_read:
             return False
         if isinstance(conn, _Client) and conn.rid is not None and conn.tunnel is not None:
-            tunnel = conn.tunnel
-            if tunnel.session is None:
-                return True
-            if not tunnel.session.writable(conn.rid) or tunnel.backlog >= self.settings.high_water:
-                tunnel.paused.add(cid)
-                return False
+            return conn.tunnel.end.may_produce(cid, conn.rid)
         return True
 
     @guarded_close
@@ -464,7 +451,7 @@ class GatewayCore(CrashBarrier):
 
     def _tick_conn(self, conn: _Client | _Tunnel | _Admin, now: float) -> None:
         if isinstance(conn, _Tunnel):
-            for event in conn.ws.tick(now):
+            for event in conn.end.timers(now):
                 self._tunnel_event(conn, event, now)
             # a keepalive ping or a close timeout changes the output without an event
             self._wakeups.add(conn.cid)
@@ -679,7 +666,7 @@ class GatewayCore(CrashBarrier):
         if tunnel is not None and rid is not None:
             tunnel.streams.pop(rid, None)
             tunnel.congested.discard(conn.cid)
-            tunnel.paused.discard(conn.cid)
+            tunnel.end.unpause(conn.cid)
             if cancel is not None and tunnel.session is not None:
                 tunnel.session.cancel(rid, cancel)
                 self._wakeups.add(tunnel.cid)
@@ -742,26 +729,14 @@ class GatewayCore(CrashBarrier):
 
     # --- tunnels -----------------------------------------------------------------------------
 
-    def _tunnel_event(self, tunnel: _Tunnel, event: object, now: float) -> None:
+    def _tunnel_event(self, tunnel: _Tunnel, event: EndpointEvent, now: float) -> None:
         self._wakeups.add(tunnel.cid)
-        if isinstance(event, BinaryReceived):
-            if tunnel.session is None:
-                return
-            for sev in tunnel.session.receive_binary(event.data):
-                self._guarded_stream_event(tunnel, sev)
-        elif isinstance(event, BinaryDiscarded):
-            if tunnel.session is not None:
-                for sev in tunnel.session.receive_discarded(event.prefix, event.size):
-                    self._guarded_stream_event(tunnel, sev)
-        elif isinstance(event, ControlReceived):
-            if tunnel.session is None:
-                return
-            for sev in tunnel.session.receive_control(event.message):
-                self._guarded_stream_event(tunnel, sev)
-        elif isinstance(event, HandshakeRequested):
+        if isinstance(event, HandshakeRequested):
             self._handshake(tunnel, event, now)
         elif isinstance(event, Closed):
             self._tunnel_gone(tunnel, f"receiver disconnected ({event.code})")
+        elif not isinstance(event, HandshakeAccepted | HandshakeRejected):
+            self._guarded_stream_event(tunnel, event)
 
     def _trusted(self, address: str) -> bool:
         if not self.settings.trusted_proxies:
@@ -840,8 +815,7 @@ class GatewayCore(CrashBarrier):
         local_window = self.settings.stream_window if peer_window is not None else None
         tunnel.ws.accept(verdict.headers + offer_extensions(local_window))
         tunnel.identity = verdict.identity
-        tunnel.session = TunnelSession(
-            tunnel.ws,
+        session = tunnel.end.open_session(
             accepts=ResponseHead,
             local_window=local_window,
             peer_window=peer_window,
@@ -856,7 +830,7 @@ class GatewayCore(CrashBarrier):
             "receiver %s connected from %s (%s), routes %s",
             tunnel.identity,
             tunnel.peer,
-            "flow control" if tunnel.session.flow else "v1 peer",
+            "flow control" if session.flow else "v1 peer",
             format_routes(routes),
         )
 
@@ -946,13 +920,10 @@ class GatewayCore(CrashBarrier):
             self._tunnels.remove(tunnel)
             self.routes.remove(tunnel, tunnel.routes)
             log.info("receiver %s gone: %s", tunnel.identity or tunnel.peer, why)
-        if tunnel.session is not None:
-            tunnel.session.abandon()
+        self._wakeups |= tunnel.end.abandon()
         for conn in list(tunnel.streams.values()):
             self._fail(conn, why)
         tunnel.streams.clear()
-        self._wakeups.update(tunnel.paused)
-        tunnel.paused.clear()
         self._wakeups.add(tunnel.cid)
 
     # --- admin -------------------------------------------------------------------------------
