@@ -122,10 +122,8 @@ class AsgiCalls:
         call = self._call(call_id)
         if call is None or call.done or call.link.session is None:
             return True
-        if call.link.over_high_water(call_id):  # woken once the backlog drains
-            return False
         try:
-            return call.link.session.writable(call.rid)
+            return call.link.may_produce(call_id, call.rid)  # False: woken when it may
         except Exception as exc:  # the crash barrier: this stream only
             self.http.contain(call, exc, "send")
             return True

@@ -81,9 +81,7 @@ class Upstream:
         call = self.call
         if call is None or call.link.session is None:
             return not self.closing
-        if call.link.over_high_water(self.cid):
-            return False
-        return call.link.session.writable(call.rid)
+        return call.link.may_produce(self.cid, call.rid)
 
     def closed(self, now: float) -> None:
         self.unit.pool.discard(self.conn)

@@ -9,22 +9,21 @@ a v1 gateway needs, and the reconnect backoff). The streams its tunnel carries g
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..auth import H_CLIENT_ID
+from ..endpoint import EndpointEvent, TunnelEndpoint
 from ..meta import RequestHead
 from ..routing import ROUTES_HEADER
 from ..tunnel import StreamEvent, TunnelSession, offer_extensions, parse_extensions
 from ..websocket import (
-    BinaryDiscarded,
-    BinaryReceived,
     Closed,
-    ControlReceived,
     HandshakeAccepted,
     HandshakeRejected,
+    HandshakeRequested,
     WsClient,
-    WsEvent,
 )
 from .context import ReceiverContext
 from .settings import MAX_RECONNECT_DELAY, ConnectRequest, GatewayAddress
@@ -49,40 +48,37 @@ class GatewayLink:
     ctx: ReceiverContext
     owner: LinkOwner
     cid: int | None = None
-    ws: WsClient | None = None
-    session: TunnelSession | None = None
+    ep: TunnelEndpoint[WsClient] | None = None  # the tunnel, from connected() to down()
     attempts: int = 0  # failures since the last successful handshake
     retry_at: float | None = 0.0  # when to connect next; None: connected or given up
     state: str = "idle"  # idle | connecting | handshake | open | closed (flushing its Close)
     close_reason: str = ""
     lost_reason: str = ""  # the socket error that ended it, if any (e.g. a TLS alert)
     streams: dict[str, Any] = field(default_factory=dict)  # request id -> a stream kind's stream
-    written_mark: int = 0  # session.bytes_out the driver has written
-    taken_mark: int = 0
-    paused: set[int] = field(default_factory=set)  # producers waiting for our backlog to drain
-    read_paused: bool = False  # can_read said no because of ws.over_backlog
+
+    @property
+    def session(self) -> TunnelSession | None:
+        return None if self.ep is None else self.ep.session
 
     @property
     def backlog(self) -> int:
         """Frames we queued for the gateway that the driver has not written yet."""
-        return 0 if self.session is None else self.session.bytes_out - self.written_mark
+        return 0 if self.ep is None else self.ep.backlog
 
     @property
     def is_open(self) -> bool:
         return self.state == "open"
 
-    def over_high_water(self, producer: int) -> bool:
-        """True (and ``producer`` is woken once the backlog drains) if it must pause."""
-        if self.backlog >= self.ctx.settings.high_water:
-            self.paused.add(producer)
-            return True
-        return False
+    def may_produce(self, producer: int, rid: str) -> bool:
+        """May ``producer`` (an app call, an upstream) queue more on stream ``rid`` now?
+        If the tunnel's backlog is the reason it may not, it is woken once that drains."""
+        return True if self.ep is None else self.ep.may_produce(producer, rid)
 
     # --- timers ----------------------------------------------------------------------------
 
     def deadline(self) -> float | None:
-        if self.ws is not None:
-            return None if self.cid in self.ctx.doomed else self.ws.next_deadline()
+        if self.ep is not None:
+            return None if self.cid in self.ctx.doomed else self.ep.next_deadline()
         if self.state == "idle" and not self.ctx.stopping:
             return self.retry_at
         return None
@@ -93,9 +89,9 @@ class GatewayLink:
     def on_timer(self, now: float) -> None:
         if self.cid in self.ctx.doomed:
             return
-        if self.ws is not None:
-            self._ws_events(self.ws.tick(now), now)
-            self.ctx.wake(self.cid)
+        if self.ep is not None:
+            self._events(self.ep.timers(now), now)
+            self.ctx.wake(self.cid)  # a keepalive ping may be queued
         elif (
             self.state == "idle"
             and self.retry_at is not None
@@ -117,14 +113,16 @@ class GatewayLink:
         self.rearm()
 
     def connected(self, now: float) -> None:
+        assert self.cid is not None
         self.state = "handshake"
-        self.ws = WsClient(
+        ws = WsClient(
             self.address.host_header,
             self.address.path,
             self.ctx.settings.ws,
             now,
             headers=self._handshake_headers(now),
         )
+        self.ep = TunnelEndpoint(self.cid, ws, self.ctx.settings.high_water)
         self.rearm()
 
     def _handshake_headers(self, now: float) -> list[tuple[str, str]]:
@@ -147,40 +145,23 @@ class GatewayLink:
             self.lost_reason = reason
 
     def receive(self, data: bytes, now: float) -> None:
-        if self.ws is None:
+        if self.ep is None:
             return
-        self._ws_events(self.ws.receive_data(data, now), now)
-        if self.session is not None:
-            self.session.flush_credits()
+        self._events(self.ep.receive(data, now), now)
         self.rearm()
 
     def take_output(self) -> tuple[bytes, bool]:
-        if self.ws is None:
-            return b"", False
-        if self.session is not None:
-            self.taken_mark = self.session.bytes_out
-        return self.ws.data_to_send(), self.ws.closed
+        return (b"", False) if self.ep is None else self.ep.take_output()
 
     def written(self, now: float) -> None:
-        self.written_mark = self.taken_mark
-        if self.ws is not None:
-            self.ws.sent()
-            if self.read_paused and not self.ws.over_backlog:
-                self.read_paused = False
-                self.ctx.wake(self.cid)
-        if self.paused and self.backlog < self.ctx.settings.high_water:
-            self.ctx.wakeups.update(self.paused)
-            self.paused.clear()
+        if self.ep is not None:
+            self.ctx.wakeups.update(self.ep.written())
 
     def can_read(self) -> bool:
-        ws = self.ws
-        if ws is not None and ws.over_backlog:
-            self.read_paused = True  # the gateway does not read what we owe it
-            return False
-        return ws is not None and not ws.closed and not self.owner.holding_body(self)
+        return self.ep is not None and self.ep.can_read(held=self.owner.holding_body(self))
 
     def closed(self, now: float) -> None:
-        self.down(now, (self.ws and "tunnel closed") or "connection closed")
+        self.down(now, "tunnel closed" if self.ep is not None else "connection closed")
 
     # --- what the coordinator asks of every link -------------------------------------------
 
@@ -190,16 +171,14 @@ class GatewayLink:
             self.ctx.wake(self.cid)
 
     def close(self) -> None:
-        if self.ws is not None:
-            self.ws.close(1001, "receiver shutting down")
-            self.ctx.wake(self.cid)
+        self.fail(1001, "receiver shutting down")
         self.retry_at = None
         self.rearm()
 
     def fail(self, code: int, reason: str) -> None:
         """Close the tunnel with ``code`` (e.g. 1002 for frames we cannot parse)."""
-        if self.ws is not None:
-            self.ws.close(code, reason)
+        if self.ep is not None:
+            self.ep.ws.close(code, reason)
             self.ctx.wake(self.cid)
 
     def cancel_stream(self, rid: str, reason: str) -> None:
@@ -211,13 +190,10 @@ class GatewayLink:
 
     def lose(self) -> None:
         """The tunnel is over (its socket may still be flushing a Close): fail its streams."""
-        if self.session is not None:
-            self.session.abandon()
-            self.session = None
+        wake = self.ep.abandon() if self.ep is not None else set()
         self.owner.link_lost(self)
         self.streams.clear()
-        self.ctx.wakeups.update(self.paused)
-        self.paused.clear()
+        self.ctx.wakeups.update(wake)
 
     def down(self, now: float, why: str) -> None:
         """The socket is gone: forget it and schedule the next attempt."""
@@ -226,7 +202,7 @@ class GatewayLink:
         self.lose()
         if self.cid is not None:
             ctx.conns.pop(self.cid, None)
-        self.state, self.ws, self.cid = "idle", None, None
+        self.state, self.ep, self.cid = "idle", None, None
         why = self.close_reason or why
         if self.lost_reason:
             why += f" ({self.lost_reason})"
@@ -266,74 +242,56 @@ class GatewayLink:
                 why,
             )
 
-    def _ws_events(self, events: list[WsEvent], now: float) -> None:
-        for event in events:
-            self._ws_event(event, now)
-
-    def _ws_event(self, event: WsEvent, now: float) -> None:
-        session = self.session
-        if isinstance(event, BinaryReceived):
-            if session is not None:
-                self._streams(session.receive_binary(event.data), now)
-        elif isinstance(event, BinaryDiscarded):
-            if session is not None:
-                self._streams(session.receive_discarded(event.prefix, event.size), now)
-        elif isinstance(event, ControlReceived):
-            if session is not None:
-                self._streams(session.receive_control(event.message), now)
-        elif isinstance(event, HandshakeAccepted):
-            self._accepted(event, now)
-        elif isinstance(event, HandshakeRejected):
-            lines = event.body.decode("utf-8", "replace").strip().splitlines()
-            detail = lines[0][:200] if lines else ""  # one log line, whatever the server sent
-            why = f"gateway refused the tunnel: HTTP {event.status}" + (
-                f": {detail}" if detail else ""
-            )
-            log.error("%s", why)
-            self.ctx.last_error = self.close_reason = why
-        elif isinstance(event, Closed):
-            # Streams fail now; the socket stays until the driver has written our Close
-            # frame (take_output reports close) and called closed().
-            if not self.close_reason:  # a refusal we logged already says more
-                self.close_reason = f"closed ({event.code} {event.reason})".strip()
-            if self.state == "open":
-                self.state = "closed"
-            self.lose()
-
-    def _streams(self, events: list[StreamEvent], now: float) -> None:
-        for event in events:
-            self.owner.stream_event(self, event, now)
+    def _events(self, events: Iterator[EndpointEvent], now: float) -> None:
+        for event in events:  # lazily: the handshake opens the session for what follows
+            if isinstance(event, HandshakeAccepted):
+                self._accepted(event, now)
+            elif isinstance(event, HandshakeRejected):
+                lines = event.body.decode("utf-8", "replace").strip().splitlines()
+                detail = lines[0][:200] if lines else ""  # one log line, whatever it sent
+                why = f"gateway refused the tunnel: HTTP {event.status}" + (
+                    f": {detail}" if detail else ""
+                )
+                log.error("%s", why)
+                self.ctx.last_error = self.close_reason = why
+            elif isinstance(event, Closed):
+                # Streams fail now; the socket stays until the driver has written our Close
+                # frame (take_output reports close) and called closed().
+                if not self.close_reason:  # a refusal we logged already says more
+                    self.close_reason = f"closed ({event.code} {event.reason})".strip()
+                if self.state == "open":
+                    self.state = "closed"
+                self.lose()
+            elif not isinstance(event, HandshakeRequested):
+                self.owner.stream_event(self, event, now)
 
     def _accepted(self, event: HandshakeAccepted, now: float) -> None:
-        ws, settings = self.ws, self.ctx.settings
-        assert ws is not None
+        ep, settings = self.ep, self.ctx.settings
+        assert ep is not None
         problem = settings.auth.check_response(event.headers)
         if problem is not None:
             log.error("refusing gateway %s: %s", self.address.host_header, problem)
             self.ctx.last_error = self.close_reason = problem
-            ws.close(1008, "gateway failed authentication")
+            ep.ws.close(1008, "gateway failed authentication")
             return
         peer_window = parse_extensions(event.headers)
-        local_window = settings.stream_window if peer_window is not None else None
-        self.session = TunnelSession(
-            ws,
+        session = ep.open_session(
             accepts=RequestHead,
-            local_window=local_window,
+            local_window=settings.stream_window if peer_window is not None else None,
             peer_window=peer_window,
             send_frame_size=settings.send_frame_size,
             limits=settings.codec,
         )
-        self.written_mark = self.taken_mark = 0
         if peer_window is None:
-            self.session.greet_v1_gateway()
+            session.greet_v1_gateway()
             # a v1 gateway drops receivers whose JSON pings stop for 2 x its ping interval
-            ws.ping_every(settings.v1_ping_interval, now)
+            ep.ws.ping_every(settings.v1_ping_interval, now)
         self.state = "open"
         self.attempts = 0
         log.info(
             "tunnel to %s open (%s)",
             self.address.host_header,
-            "flow control" if self.session.flow else "v1 gateway",
+            "flow control" if session.flow else "v1 gateway",
         )
 
 
