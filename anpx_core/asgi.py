@@ -25,7 +25,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from .forward import strip_hop_by_hop
+from .headers import strip_hop_by_hop
 from .meta import Headers, RequestHead, ResponseHead
 from .strict import wire_bytes
 

@@ -19,33 +19,14 @@ from typing import Any
 
 import h11
 
-from .meta import Headers, RequestHead, ResponseHead
+from .headers import strip_hop_by_hop
+from .meta import RequestHead, ResponseHead
 from .strict import StrictError, wire_bytes
 
-#: Header fields that describe one hop, never forwarded (RFC 9110 7.6.1), plus Proxy-*.
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
-)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _NOT_VCHAR = re.compile(rb"[^\x21-\x7e]")
 
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
-
-
-def strip_hop_by_hop(headers: Headers, keep: frozenset[str] = frozenset()) -> Headers:
-    """``headers`` without hop-by-hop fields, the fields Connection names, and Proxy-*."""
-    named = {
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == "connection"
-        for token in value.split(",")
-    }
-    out = []
-    for name, value in headers:
-        low = name.lower()
-        if low in keep or not (low in HOP_BY_HOP or low in named or low.startswith("proxy-")):
-            out.append((name, value))
-    return out
 
 
 def _encode(text: str) -> bytes:

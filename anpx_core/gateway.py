@@ -31,6 +31,7 @@ from .auth import NoAuth, ServerAuth
 from .barrier import CrashBarrier, guarded, guarded_close
 from .didwba import DID_REFUSAL
 from .endpoint import EndpointEvent, TunnelEndpoint
+from .headers import get_header
 from .http1 import (
     ClientGone,
     FrontLimits,
@@ -551,8 +552,10 @@ class GatewayCore(CrashBarrier):
         conn.body_out = 0
         conn.route = "-"
         if conn.behind_proxy:
-            conn.peer = self._forwarded_client(conn.proxy, _header(event.head, "x-forwarded-for"))
-        conn.request_id = _valid_request_id(_header(event.head, REQUEST_ID_HEADER)) or ""
+            conn.peer = self._forwarded_client(
+                conn.proxy, get_header(event.head.headers, "x-forwarded-for")
+            )
+        conn.request_id = _valid_request_id(get_header(event.head.headers, REQUEST_ID_HEADER)) or ""
         # A client's X-Request-ID stays only when sane (ours replaces it); X-Real-IP is always
         # the client as the gateway determined it, never what a client claims.
         event.head.headers[:] = [
@@ -583,7 +586,7 @@ class GatewayCore(CrashBarrier):
                     conn, 429, "too many requests from your address", [("retry-after", retry)]
                 )
                 return
-        host = _header(event.head, "host")
+        host = get_header(event.head.headers, "host")
         path = event.head.target.partition("?")[0]
         route = self.routes.match(host, path)
         if route is None:
@@ -620,7 +623,7 @@ class GatewayCore(CrashBarrier):
         self._streams_by_address[key] = self._streams_by_address.get(key, 0) + 1
         conn.deadline = now + self.settings.timeout if self.settings.timeout > 0 else None
         head = event.head
-        if _header(head, REQUEST_ID_HEADER) is None:
+        if get_header(head.headers, REQUEST_ID_HEADER) is None:
             conn.request_id = rid
             head = RequestHead(head.method, head.target, [*head.headers, (REQUEST_ID_HEADER, rid)])
         try:
@@ -772,7 +775,7 @@ class GatewayCore(CrashBarrier):
 
     def _handshake(self, tunnel: _Tunnel, event: HandshakeRequested, now: float) -> None:
         client = self._forwarded_client(
-            tunnel.peer_host, _header_of(event.headers, "x-forwarded-for")
+            tunnel.peer_host, get_header(event.headers, "x-forwarded-for")
         )
         if client != tunnel.peer_host:
             tunnel.peer = client  # else keep the port too, for the logs
@@ -796,7 +799,7 @@ class GatewayCore(CrashBarrier):
                 tunnel.ws.reject(verdict.status, "", verdict.headers)
             return
         try:
-            routes = parse_routes_header(_header_of(event.headers, ROUTES_HEADER))
+            routes = parse_routes_header(get_header(event.headers, ROUTES_HEADER))
         except ValueError as exc:
             log.warning(
                 "tunnel handshake from %s refused: bad %s: %s", tunnel.peer, ROUTES_HEADER, exc
@@ -855,7 +858,7 @@ class GatewayCore(CrashBarrier):
             conn.response_started = True
             conn.status = event.head.status
             head = event.head
-            if conn.request_id and _header(head, REQUEST_ID_HEADER) is None:
+            if conn.request_id and get_header(head.headers, REQUEST_ID_HEADER) is None:
                 head = ResponseHead(
                     head.status, head.reason, [*head.headers, (REQUEST_ID_HEADER, conn.request_id)]
                 )
@@ -975,7 +978,7 @@ class GatewayCore(CrashBarrier):
         token = self.settings.admin_token
         if token is None:
             return True
-        scheme, _, given = (_header(head, "authorization") or "").strip().partition(" ")
+        scheme, _, given = (get_header(head.headers, "authorization") or "").strip().partition(" ")
         # compare_digest takes the same time whatever matches; the length may show, not the token
         return scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode("utf-8", "replace"), token
@@ -1013,14 +1016,3 @@ def _valid_request_id(value: str | None) -> str | None:
     if value and len(value) <= 200 and set(value) <= _REQUEST_ID_OK:
         return value
     return None
-
-
-def _header_of(headers: list[tuple[str, str]], name: str) -> str | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
-
-
-def _header(head: RequestHead | ResponseHead, name: str) -> str | None:
-    return _header_of(head.headers, name)

@@ -52,7 +52,8 @@ from http import HTTPStatus
 
 import h11
 
-from .meta import Headers, RequestHead, ResponseHead
+from .headers import HOP_BY_HOP, Headers, strip_hop_by_hop, wants_close
+from .meta import RequestHead, ResponseHead
 from .strict import StrictError, check_host, parse_port, parse_scheme, parse_uint
 
 __all__ = [
@@ -119,32 +120,6 @@ class ClientGone:
 
 
 FrontEvent = RequestStarted | RequestData | RequestEnded | RequestFailed | ClientGone
-
-#: Header fields that describe one connection, never forwarded (RFC 9110 section 7.6.1).
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
-)
-# Listing these in Connection does not remove them: dropping a request's Content-Length
-# would leave the receiver's side without the framing of a body that is still coming.
-_NEVER_LISTED = frozenset({"content-length", "host"})
-
-
-def strip_hop_by_hop(headers: Headers) -> Headers:
-    """``headers`` without hop-by-hop fields, those named in Connection, and Proxy-*."""
-    listed = {
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == "connection"
-        for token in value.split(",")
-    } - _NEVER_LISTED
-    kept = []
-    for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP or lname in listed or lname.startswith("proxy-"):
-            continue
-        kept.append((name, value))
-    return kept
-
 
 # The end of a head, as h11 finds it (bare LF line ends are accepted too).
 _BLANK_LINE = re.compile(rb"\n\r?\n")
@@ -647,10 +622,7 @@ class HttpFront:
         headers = list(headers)
         # "Connection: close" from the engine (too many connections, draining) is a wish to
         # end the connection; stripping hop-by-hop fields must not drop it.
-        close = self._phase == _BODY or any(
-            name.lower() == "connection" and "close" in value.lower().replace(" ", "").split(",")
-            for name, value in headers
-        )
+        close = self._phase == _BODY or wants_close(headers)
         self._queue_error(status, text, strip_hop_by_hop(headers), close=close)
         self._finish_cycle()
 

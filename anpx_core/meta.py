@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from .errors import ProtocolError
+from .headers import Headers
 from .strict import StrictError, check_fields, check_target, check_text, check_token
-
-Headers = list[tuple[str, str]]
 
 #: Characters left unescaped when a v1 path is turned back into a target
 #: (RFC 3986 pchar plus "/"); unreserved characters are always kept.
