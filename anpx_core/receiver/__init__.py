@@ -10,7 +10,7 @@ Units (each a module of this package):
 * :mod:`.asgi_calls` -- its in-process ASGI backend; :mod:`.forward_calls` -- its backend
   for a local HTTP service, with the upstream connection pool;
 * :mod:`.context` -- what the units share, and the seams between them (protocols);
-* :mod:`.settings`, :mod:`.deadlines`.
+* :mod:`.settings`; the deadline heap is :mod:`anpx_core.timers`, shared with the gateway.
 
 Driver contract: the one every core has (``receive``, ``take_output``, ``written``,
 ``can_read``, ``closed``, ``lost``, ``pop_wakeups``, ``next_deadline``/``handle_timer``,

@@ -12,9 +12,10 @@ import logging
 from typing import Any
 
 from ..asgi import AsgiError, AsgiHttpCall, ClientDisconnected, build_scope
+from ..headers import get_header
 from ..meta import RequestHead
 from .context import ReceiverContext
-from .http import HttpCall, HttpStreams, header
+from .http import HttpCall, HttpStreams
 
 log = logging.getLogger("anpx.receiver")
 
@@ -152,10 +153,10 @@ class AsgiCalls:
 def client_from(head: RequestHead) -> tuple[str, int] | None:
     """The client as the gateway determined it: X-Real-IP (an anpx gateway always sets it),
     else the last X-Forwarded-For hop (the one a v1 gateway added)."""
-    real = header(head, "x-real-ip")
+    real = get_header(head.headers, "x-real-ip")
     if real:
         return (real, 0)
-    xff = header(head, "x-forwarded-for")
+    xff = get_header(head.headers, "x-forwarded-for")
     if not xff:
         return None
     return (xff.rsplit(",", 1)[-1].strip(), 0)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..contract import Signal, WakeKey
 from ..meta import RequestHead
-from .deadlines import Deadlines
+from ..timers import Deadlines
 from .settings import ConnectRequest, ReceiverSettings
 
 if TYPE_CHECKING:
@@ -21,8 +21,9 @@ Scope = dict[str, Any]
 
 
 class Timed(Protocol):
-    """Owns a deadline in :attr:`ReceiverContext.timers`."""
+    """Owns a deadline in :attr:`ReceiverContext.timers` (keyed by identity)."""
 
+    def __hash__(self) -> int: ...
     def on_timer(self, now: float) -> None: ...
 
 
@@ -90,7 +91,9 @@ class ReceiverContext:
 
     def arm(self, owner: Timed, when: float | None) -> None:
         """(Re-)arm ``owner``'s deadline; wake the driver's timer if it moved earlier."""
-        if self.timers.set(owner, when):
+        before = self.timers.next()
+        self.timers.set(owner, when)
+        if when is not None and (before is None or when < before):
             self.wakeups.add(Signal.TIMER)
 
     def connect(self, request: ConnectRequest) -> None:

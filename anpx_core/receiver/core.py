@@ -131,7 +131,7 @@ class ReceiverCore(CrashBarrier):
     # --- driver contract: timers ------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        return self._ctx.timers.earliest()
+        return self._ctx.timers.next()
 
     def handle_timer(self, now: float) -> None:
         """Run every timer due at ``now``: reconnects, WebSocket pings and timeouts, heads."""

@@ -23,8 +23,9 @@ from ..forward import (
     UpstreamFailed,
     UpstreamResponse,
 )
+from ..headers import get_header
 from .context import ReceiverContext
-from .http import HttpCall, HttpStreams, error_page, header
+from .http import HttpCall, HttpStreams, error_page
 from .settings import ConnectRequest
 
 log = logging.getLogger("anpx.receiver")
@@ -212,7 +213,7 @@ class ForwardCalls:
         if call is None:
             return
         call.upstream = None
-        request_id = header(call.head, "x-request-id") or call.rid
+        request_id = get_header(call.head.headers, "x-request-id") or call.rid
         log.warning(
             "forwarding %s %s (request %s) failed: %s",
             call.head.method,

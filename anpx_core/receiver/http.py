@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ..asgi import AsgiHttpCall, ResponseAborted, ResponseBody, ResponsePart, ResponseStart
+from ..headers import get_header
 from ..meta import RequestHead, ResponseHead
 from ..strict import StrictError, parse_port, parse_scheme
 from .context import ReceiverContext
@@ -99,7 +100,9 @@ class HttpStreams:
         self.calls[call.cid] = call
         try:
             server = server_from(head)
-            scheme = parse_scheme(header(head, "x-forwarded-proto") or "http", "x-forwarded-proto")
+            scheme = parse_scheme(
+                get_header(head.headers, "x-forwarded-proto") or "http", "x-forwarded-proto"
+            )
         except StrictError as exc:
             # refused where it enters: the gateway sent a value no client of ours could have
             log.warning("refusing request %s from the gateway: %s", rid, exc)
@@ -154,7 +157,8 @@ class HttpStreams:
                 session.start(call.rid, part.head)
                 call.head_flush_due = True  # sent with the first body, or by flush_heads()
                 self._heads_due.append(call)
-                self.ctx.arm(self, self.ctx.now)  # the next timer run, unless a body comes first
+                if self.ctx.timers.get(self) is None:  # due now: the next timer run sends it
+                    self.ctx.arm(self, self.ctx.now)  # unless a body part carries it first
             elif isinstance(part, ResponseBody):
                 call.head_flush_due = False
                 call.body_out += len(part.data)
@@ -192,7 +196,7 @@ class HttpStreams:
         call.done = True
         access_log.info(
             "%s %s %s %d %dB %.1fms",
-            header(call.head, "x-request-id") or call.rid,
+            get_header(call.head.headers, "x-request-id") or call.rid,
             call.head.method,
             call.head.target,
             call.status,
@@ -228,19 +232,12 @@ def error_page(
     return [ResponseStart(head), ResponseBody(body, False)]
 
 
-def header(head: RequestHead, name: str) -> str | None:
-    for key, value in head.headers:
-        if key == name:
-            return value
-    return None
-
-
 def server_from(head: RequestHead) -> tuple[str, int | None] | None:
     """The server as the client addressed it; StrictError for an X-Forwarded-Port that is
     not a port number (it is checked even when no host is known)."""
-    port = header(head, "x-forwarded-port")
+    port = get_header(head.headers, "x-forwarded-port")
     number = parse_port(port, "x-forwarded-port") if port is not None else None
-    host = header(head, "x-forwarded-host") or header(head, "host")
+    host = get_header(head.headers, "x-forwarded-host") or get_header(head.headers, "host")
     if not host:
         return None
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
