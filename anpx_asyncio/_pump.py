@@ -13,6 +13,7 @@ import ssl
 import time
 from typing import Any
 
+from anpx_core.contract import Signal
 from anpx_host.tls import describe_error
 
 log = logging.getLogger("anpx.asyncio")
@@ -202,6 +203,22 @@ class Pump:
             await asyncio.sleep(interval)
             try:
                 self.core.tick(self.now(), time.time())
+                self.sync()
+            except Exception:  # the crash barrier: the timers must keep running
+                log.exception("internal error running timers")
+
+    async def timer(self) -> None:
+        """Run the core's timers at its next deadline; ``Signal.TIMER`` says it moved earlier."""
+        core = self.core
+        while True:
+            deadline = core.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - self.now())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wakers.wait(Signal.TIMER), timeout)
+            try:
+                now = self.now()
+                core.handle_timer(now)
+                core.set_wall_clock(now, time.time())
                 self.sync()
             except Exception:  # the crash barrier: the timers must keep running
                 log.exception("internal error running timers")

@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from anpx_core.asgi import LifespanCycle
-from anpx_core.receiver import TICK_INTERVAL, ConnectRequest, ReceiverCore, ReceiverSettings
+from anpx_core.contract import Signal
+from anpx_core.receiver import ConnectRequest, ReceiverCore, ReceiverSettings
 from anpx_host.appcalls import (
     HEADS_DUE,
     flush_heads_forever,
@@ -127,13 +128,12 @@ class ReceiverClient:
                     raise StartupError(f"app startup failed: {lifespan.message}")
                 self.core.lifespan_state = lifespan.state
             self._tasks = tasks
-            tasks.spawn(self.pump.ticker(TICK_INTERVAL))
+            tasks.spawn(self.pump.timer())
+            tasks.spawn(self._watch_give_up())
             tasks.spawn(flush_heads_forever(self.core, self.pump))
             self.core.start(self.pump.now(), time.time())
             self.pump.sync()
-            while not self._stopped.is_set() and not self.core.given_up:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stopped.wait(), TICK_INTERVAL)
+            await self._stopped.wait()
             if lifespan is not None:
                 try:
                     await asyncio.wait_for(lifespan_shutdown(lifespan, self.pump.wakers), 5)
@@ -144,6 +144,12 @@ class ReceiverClient:
             await tasks.cancel_all()
         if self.core.given_up:
             raise StartupError(f"gave up connecting to the gateway: {self.core.last_error}")
+
+    async def _watch_give_up(self) -> None:
+        while not self.core.given_up:
+            await self.pump.wakers.wait(Signal.GAVE_UP)
+        assert self._stopped is not None
+        self._stopped.set()
 
     async def _connect(self, request: ConnectRequest) -> None:
         read_size = TUNNEL_READ_SIZE if request.purpose == "gateway" else READ_SIZE
@@ -178,9 +184,8 @@ class ReceiverClient:
         loop = asyncio.get_running_loop()
         self.core.begin_drain()
         self.pump.sync()
-        deadline = loop.time() + grace
-        while self.core.in_flight and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._drained(), grace)
         self.core.close()
         self.pump.sync()
         deadline = loop.time() + 1.0
@@ -188,6 +193,10 @@ class ReceiverClient:
             await asyncio.sleep(0.02)
         if self._stopped is not None:
             self._stopped.set()
+
+    async def _drained(self) -> None:
+        while self.core.in_flight:
+            await self.pump.wakers.wait(Signal.DRAINED)
 
 
 def _describe(exc: BaseException) -> str:

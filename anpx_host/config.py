@@ -1010,6 +1010,8 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
 
 def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
     """The receiver core's settings from ``cfg`` (authentication is the driver's to attach)."""
+    import random
+
     from anpx_core import messages as M
     from anpx_core.receiver import ReceiverSettings
     from anpx_core.tunnel import DEFAULT_STREAM_WINDOW
@@ -1023,6 +1025,7 @@ def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
         reconnect_enabled=r.reconnect_enabled,
         reconnect_delay=r.reconnect_delay,
         max_reconnect_attempts=r.max_reconnect_attempts,
+        jitter=random.random,
         # The seed used `timeout` for the keepalive ping's answer and the handshake alike.
         ws=WsLimits(
             max_message_size=r.max_frame_size,

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import ssl
 import time
 from typing import Any
 
 import trio
 
+from anpx_core.contract import Signal
 from anpx_host.tls import describe_error
 
 log = logging.getLogger("anpx.trio")
@@ -151,6 +153,21 @@ class Pump:
             await trio.sleep(interval)
             try:
                 self.core.tick(self.now(), time.time())
+                self.sync()
+            except Exception:  # the crash barrier: the timers must keep running
+                log.exception("internal error running timers")
+
+    async def timer(self) -> None:
+        """Run the core's timers at its next deadline; ``Signal.TIMER`` says it moved earlier."""
+        core = self.core
+        while True:
+            deadline = core.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self.wakers.wait(Signal.TIMER)
+            try:
+                now = self.now()
+                core.handle_timer(now)
+                core.set_wall_clock(now, time.time())
                 self.sync()
             except Exception:  # the crash barrier: the timers must keep running
                 log.exception("internal error running timers")

@@ -10,7 +10,8 @@ from typing import Any
 import trio
 
 from anpx_core.asgi import LifespanCycle
-from anpx_core.receiver import TICK_INTERVAL, ConnectRequest, ReceiverCore, ReceiverSettings
+from anpx_core.contract import Signal
+from anpx_core.receiver import ConnectRequest, ReceiverCore, ReceiverSettings
 from anpx_host.appcalls import (
     HEADS_DUE,
     flush_heads_forever,
@@ -107,7 +108,7 @@ class ReceiverClient:
                     raise StartupError(f"app startup failed: {lifespan.message}")
                 self.core.lifespan_state = lifespan.state
             self._nursery = nursery
-            nursery.start_soon(self.pump.ticker, TICK_INTERVAL)
+            nursery.start_soon(self.pump.timer)
             nursery.start_soon(flush_heads_forever, self.core, self.pump)
             self.core.start(self.pump.now(), time.time())
             self.pump.sync()
@@ -123,7 +124,7 @@ class ReceiverClient:
 
     async def _watch_give_up(self) -> None:
         while not self.core.given_up:
-            await trio.sleep(TICK_INTERVAL)
+            await self.pump.wakers.wait(Signal.GAVE_UP)
         self._stopped.set()
 
     async def _connect(self, request: ConnectRequest) -> None:
@@ -158,7 +159,7 @@ class ReceiverClient:
         self.pump.sync()
         with trio.move_on_after(grace):
             while self.core.in_flight:
-                await trio.sleep(0.05)
+                await self.pump.wakers.wait(Signal.DRAINED)
         self.core.close()
         self.pump.sync()
         with trio.move_on_after(1.0):

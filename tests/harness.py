@@ -16,12 +16,12 @@ order with random delays, from one seeded RNG:
   when the core says "wait", and only a wake-up named by ``pop_wakeups()`` resumes them
   (a lost wake-up shows up as a stall, exactly as it would hang a real driver);
 * time is fake: each step advances it a little, an idle world jumps to the next timer; the
-  gateway's ``handle_timer(now)`` runs once ``now`` reaches its ``next_deadline()``, the
-  receivers' ``tick(now)`` every ``TICK_INTERVAL``.
+  cores' ``handle_timer(now)`` runs once ``now`` reaches their ``next_deadline()``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections import deque
@@ -32,7 +32,7 @@ from typing import Any
 import h11
 
 from anpx_core.gateway import GatewayCore, GatewaySettings
-from anpx_core.receiver import TICK_INTERVAL, ConnectRequest, ReceiverCore, ReceiverSettings
+from anpx_core.receiver import ConnectRequest, ReceiverCore, ReceiverSettings
 
 STEP_TIME = 0.001  # fake seconds per scheduler step
 UPSTREAM = ("127.0.0.1", 9000)
@@ -738,7 +738,6 @@ class World:
         self.connections: dict[tuple[int, int], CoreConnection] = {}
         self.now = 1000.0
         self.steps = 0
-        self.next_tick = self.now + TICK_INTERVAL
         self.app = app
         self.tasks: list[Task] = []
         self._parked: dict[tuple[int, int], list[Task]] = {}
@@ -749,7 +748,7 @@ class World:
         )
         self.gateway = GatewayCore(gateway or GatewaySettings())
         self.receivers = [
-            ReceiverCore(s, rng=self.rng.random)
+            ReceiverCore(dataclasses.replace(s, jitter=self.rng.random))
             for s in ([ReceiverSettings()] if receivers is None else receivers)
         ]
         self.tunnels: list[tuple[CoreConnection, CoreConnection]] = []  # (gateway, receiver)
@@ -845,16 +844,20 @@ class World:
         self.drops.append(self.now)
         return True
 
-    def tick(self) -> None:
-        for core in self.receivers:
-            core.tick(self.now)
-            self.sync(core)
+    def cores(self) -> list[GatewayCore | ReceiverCore]:
+        return [self.gateway, *self.receivers]
 
-    def run_gateway_timers(self) -> None:
-        deadline = self.gateway.next_deadline()
-        if deadline is not None and self.now >= deadline:
-            self.gateway.handle_timer(self.now)
-            self.sync(self.gateway)
+    def run_due_timers(self) -> None:
+        """Every core's timers, at their deadlines."""
+        for core in self.cores():
+            deadline = core.next_deadline()
+            if deadline is not None and deadline <= self.now:
+                core.handle_timer(self.now)
+                self.sync(core)
+
+    def next_timer(self) -> float:
+        deadlines = [d for core in self.cores() if (d := core.next_deadline()) is not None]
+        return min(deadlines, default=self.now + 3600.0)
 
     # -- running --
 
@@ -870,14 +873,9 @@ class World:
                     ran = True
             self.now += STEP_TIME
         else:
-            deadline = self.gateway.next_deadline()
-            wake_at = self.next_tick if deadline is None else min(self.next_tick, deadline)
-            self.now = max(self.now, wake_at)
+            self.now = max(self.now, self.next_timer())
         self.steps += 1
-        self.run_gateway_timers()
-        if self.now >= self.next_tick:
-            self.tick()
-            self.next_tick = self.now + TICK_INTERVAL
+        self.run_due_timers()
         self._track_outage()
         for hook in self.hooks:
             hook(self)
@@ -951,7 +949,7 @@ class World:
         for core in self.receivers:
             assert core.in_flight == 0, f"receiver calls left: {core._calls}"
             for link in core._links:
-                assert not link.calls, f"receiver link calls left: {link.calls}"
+                assert not link.streams, f"receiver link streams left: {link.streams}"
                 if link.session is not None:
                     session = link.session
                     assert session.stream_count == 0, f"receiver streams: {list(session._streams)}"

@@ -31,7 +31,7 @@ import websockets
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import anpx_core.receiver
+import anpx_core.receiver.asgi_calls
 from anpx_core import frames as F
 from anpx_core import messages as M
 from anpx_core.auth import SharedSecretClient, SharedSecretServer, request_string
@@ -506,14 +506,14 @@ def test_barrier_gateway_core_resets_one_stream(driver, caplog, monkeypatch):
 def test_barrier_receiver_core_resets_one_stream(driver, caplog, monkeypatch):
     """An exception while the receiver core opens one call resets that stream (the client
     gets 502); the tunnel and the process serve on."""
-    build_scope = anpx_core.receiver.build_scope
+    build_scope = anpx_core.receiver.asgi_calls.build_scope
 
     def faulty(head, **kwargs):
         if head.target == "/fault":
             raise RuntimeError("injected fault in the receiver core")
         return build_scope(head, **kwargs)
 
-    monkeypatch.setattr(anpx_core.receiver, "build_scope", faulty)
+    monkeypatch.setattr(anpx_core.receiver.asgi_calls, "build_scope", faulty)
     dep = Deployment(driver)
     try:
         assert dep.client.get("/fault").status_code == 502

@@ -1,67 +1,226 @@
-"""The receiver's reconnect policy, sans IO: exponential backoff, jitter, cap, giving up."""
+"""The receiver's timers and signals, sans IO and in fake time: reconnect backoff (doubling,
+injected jitter, cap, giving up), keepalive deadlines, drain (contract of issue 13)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
+from anpx_core import messages as M
+from anpx_core.contract import Signal
 from anpx_core.receiver import MAX_RECONNECT_DELAY, ReceiverCore, ReceiverSettings
+from anpx_core.websocket import WsLimits
+
+URL = "ws://gw.example:8765/"
 
 
-def failing_core(rng: float, **settings) -> tuple[ReceiverCore, list[float]]:
-    """Fail every connection attempt at once; return the delays the core chose."""
-    core = ReceiverCore(
-        ReceiverSettings(gateway_urls=["ws://gw.example:8765/"], **settings), rng=lambda: rng
-    )
-    now, delays = 0.0, []
+def core_with(jitter: float = 0.5, **settings) -> ReceiverCore:
+    return ReceiverCore(ReceiverSettings(gateway_urls=[URL], jitter=lambda: jitter, **settings))
+
+
+def attempts(core: ReceiverCore, count: int = 12) -> tuple[list[float], set]:
+    """Fail every connection attempt at once; run the timer exactly at each deadline.
+    Returns the delays the core chose and every signal it raised."""
+    now, delays, signals = 0.0, [], set()
     core.start(now)
-    for _ in range(12):
-        requests = core.pop_connects()
+    requests = core.pop_connects()
+    for _ in range(count):
         if not requests:
             break
         core.connect_failed(requests[0].cid, now, "connection refused")
-        link = core._links[0]
-        if link.retry_at is None:
+        signals |= {k for k in core.pop_wakeups() if isinstance(k, Signal)}
+        retry_at = core.next_deadline()
+        if retry_at is None:
             break
-        delays.append(link.retry_at - now)
-        now = link.retry_at
-        core.tick(now)
-    return core, delays
+        delays.append(retry_at - now)
+        core.handle_timer(retry_at - 1e-6)  # a hair early: nothing happens
+        assert core.pop_connects() == [] and core.next_deadline() == retry_at
+        now = retry_at
+        core.handle_timer(now)  # exactly at the deadline: the next attempt
+        requests = core.pop_connects()
+        assert len(requests) == 1 and core.next_deadline() is None
+    return delays, signals
 
 
-@pytest.mark.parametrize(("rng", "factor"), [(0.0, 0.5), (0.5, 1.0), (0.999, 1.499)])
-def test_backoff_doubles_with_jitter_and_is_capped(rng, factor):
-    _core, delays = failing_core(rng, reconnect_delay=1.0)
+@pytest.mark.parametrize(("jitter", "factor"), [(0.0, 0.5), (0.5, 1.0), (0.999, 1.499)])
+def test_backoff_fires_at_retry_at_doubling_within_the_jitter_bounds(jitter, factor):
+    delays, signals = attempts(core_with(jitter, reconnect_delay=1.0))
     expected = [min(2.0**i, MAX_RECONNECT_DELAY) * factor for i in range(len(delays))]
-    assert delays == pytest.approx(expected, rel=1e-3)
-    assert max(delays) <= MAX_RECONNECT_DELAY * 1.5
+    assert delays == pytest.approx(expected, rel=1e-9)
+    assert MAX_RECONNECT_DELAY * 0.5 <= max(delays) <= MAX_RECONNECT_DELAY * 1.5
     assert len(delays) == 12  # forever by default: it kept trying
+    assert Signal.TIMER in signals and Signal.GAVE_UP not in signals
 
 
-def test_gives_up_after_max_reconnect_attempts():
-    core, delays = failing_core(0.5, reconnect_delay=0.1, max_reconnect_attempts=3)
+def test_the_jitter_source_is_asked_once_per_retry():
+    drawn = iter([0.0, 0.999, 0.25])
+    core = ReceiverCore(ReceiverSettings(gateway_urls=[URL], jitter=lambda: next(drawn)))
+    delays, _signals = attempts(core, count=3)
+    assert delays == pytest.approx([0.5, 2 * 1.499, 4 * 0.75])
+
+
+def test_gives_up_after_max_reconnect_attempts_with_a_signal():
+    core = core_with(reconnect_delay=0.1, max_reconnect_attempts=3)
+    delays, signals = attempts(core)
     assert len(delays) == 3  # the first attempt, then three more, then no more
+    assert Signal.GAVE_UP in signals
     assert core.given_up and "connection refused" in core.last_error
-    assert core.pop_connects() == []
+    assert core.pop_connects() == [] and core.next_deadline() is None
 
 
 def test_reconnect_disabled_gives_up_after_the_first_failure():
-    core, delays = failing_core(0.5, reconnect_enabled=False)
-    assert delays == [] and core.given_up
+    core = core_with(reconnect_enabled=False)
+    delays, signals = attempts(core)
+    assert delays == [] and core.given_up and Signal.GAVE_UP in signals
+
+
+def test_one_gateway_given_up_is_not_giving_up():
+    settings = ReceiverSettings(
+        gateway_urls=[URL, "ws://other.example/"], max_reconnect_attempts=1, reconnect_delay=1
+    )
+    core = ReceiverCore(settings)
+    core.start(0.0)
+    first, second = core.pop_connects()
+    core.connect_failed(first.cid, 0.0, "refused")
+    core.handle_timer(1.0)
+    [again] = core.pop_connects()
+    core.connect_failed(again.cid, 1.0, "refused")  # the first gateway is given up on
+    assert not core.given_up and Signal.GAVE_UP not in core.pop_wakeups()
+    core.connect_failed(second.cid, 1.0, "refused")
+    core.handle_timer(core.next_deadline())
+    [last] = core.pop_connects()
+    core.connect_failed(last.cid, 3.0, "refused")
+    assert core.given_up and Signal.GAVE_UP in core.pop_wakeups()
+
+
+# --- an accepted tunnel -----------------------------------------------------------------------
+
+
+def open_tunnel(core: ReceiverCore, now: float, *, v1: bool = False) -> tuple[int, WSConnection]:
+    """Answer the core's pending gateway connection with a WebSocket 101 (anpx or v1)."""
+    [request] = core.pop_connects()
+    cid = request.cid
+    core.connected(cid, now)
+    gateway = WSConnection(ConnectionType.SERVER)
+    gateway.receive_data(core.take_output(cid)[0])
+    core.written(cid, now)
+    assert any(isinstance(e, Request) for e in gateway.events())
+    extra = [] if v1 else [(b"anpx-extensions", b"flow=1048576")]
+    core.receive(cid, gateway.send(AcceptConnection(extra_headers=extra)), now)
+    assert core.connected_links == 1
+    return cid, gateway
+
+
+def json_pings(core: ReceiverCore, cid: int, gateway: WSConnection) -> int:
+    gateway.receive_data(core.take_output(cid)[0])
+    return sum(
+        isinstance(e, TextMessage) and json.loads(e.data).get("type") == "ping"
+        for e in gateway.events()
+    )
 
 
 def test_a_successful_handshake_resets_the_backoff():
-    core = ReceiverCore(ReceiverSettings(gateway_urls=["ws://gw.example:8765/"]), rng=lambda: 0.5)
+    core = core_with()
     core.start(0.0)
-    for now in (0.0, 1.0):  # two failures: the next delay would be 4 s
+    for _ in range(2):  # two failures: the next delay would be 4 s
         [request] = core.pop_connects()
-        core.connect_failed(request.cid, now, "refused")
-        core.tick(core._links[0].retry_at)
+        core.connect_failed(request.cid, core.next_deadline() or 0.0, "refused")
+        core.handle_timer(core.next_deadline())
+    cid, _gateway = open_tunnel(core, 3.0)
+    core.closed(cid, 10.0)  # then the tunnel drops
+    assert core.next_deadline() == pytest.approx(10.0 + 1.0)  # back to reconnect_delay
+
+
+def test_an_idle_receivers_next_deadline_is_its_next_ping():
+    core = core_with(ws=WsLimits(ping_interval=30.0, ping_timeout=10.0, handshake_timeout=5.0))
+    core.start(100.0)
+    cid, gateway = open_tunnel(core, 100.0)
+    assert core.next_deadline() == 130.0  # nothing else to do until the ping
+    core.handle_timer(129.999)
+    assert json_pings(core, cid, gateway) == 0
+    core.handle_timer(130.0)
+    assert json_pings(core, cid, gateway) == 1
+    assert core.next_deadline() == 140.0  # the ping's answer is due within ping_timeout
+    core.receive(cid, gateway.send(TextMessage(data='{"type":"pong"}')), 131.0)
+    assert core.next_deadline() == 160.0  # answered: the next ping
+
+
+def test_a_v1_gateway_gets_json_pings_every_v1_ping_interval():
+    core = core_with(ws=WsLimits(ping_interval=30.0, ping_timeout=0), v1_ping_interval=5.0)
+    core.start(0.0)
+    cid, gateway = open_tunnel(core, 0.0, v1=True)
+    times = []
+    while (deadline := core.next_deadline()) is not None and deadline <= 21.0:
+        core.handle_timer(deadline)
+        if json_pings(core, cid, gateway):
+            times.append(deadline)
+    assert times == [5.0, 10.0, 15.0, 20.0]
+
+
+def test_a_handshake_that_never_comes_times_out_at_its_deadline():
+    core = core_with(ws=WsLimits(handshake_timeout=7.0), reconnect_delay=2.0)
+    core.start(0.0)
     [request] = core.pop_connects()
-    core.connected(request.cid, 3.0)
-    link = core._links[0]
-    link.state = "open"  # as after a 101; then the tunnel drops
-    core.closed(request.cid, 10.0)
-    assert link.retry_at == pytest.approx(10.0 + 1.0)  # back to reconnect_delay
+    core.connected(request.cid, 1.0)
+    core.take_output(request.cid)
+    assert core.next_deadline() == 8.0
+    core.handle_timer(8.0)
+    assert core.take_output(request.cid) == (b"", True)  # the driver closes the socket
+    core.closed(request.cid, 8.0)
+    assert core.next_deadline() == 10.0 and "handshake timeout" in core.last_error
+
+
+def test_drained_is_signalled_when_the_last_request_ends():
+    core = core_with()
+    core.start(0.0)
+    cid, gateway = open_tunnel(core, 0.0)
+    request = M.Request("r1", "GET", "/", [("host", "gw")], b"")
+    for frame in M.encode_message(request):
+        core.receive(cid, gateway.send(BytesMessage(data=frame)), 1.0)
+    [(call_id, scope)] = core.pop_app_calls()
+    assert scope["path"] == "/" and core.in_flight == 1
+    core.begin_drain()
+    assert Signal.DRAINED not in core.pop_wakeups()
+    core.asgi_send(call_id, {"type": "http.response.start", "status": 204}, 2.0)
+    core.asgi_send(call_id, {"type": "http.response.body"}, 2.0)
+    assert Signal.DRAINED not in core.pop_wakeups()  # the app has not returned yet
+    core.app_finished(call_id, None, 2.0)
+    assert core.in_flight == 0 and Signal.DRAINED in core.pop_wakeups()
+
+
+def test_drained_at_once_when_nothing_is_in_flight_and_no_reconnect_after():
+    core = core_with()
+    core.start(0.0)
+    cid, _gateway = open_tunnel(core, 0.0)
+    core.begin_drain()
+    assert Signal.DRAINED in core.pop_wakeups()
+    core.close()
+    core.closed(cid, 1.0)
+    assert core.next_deadline() is None and core.pop_connects() == []
+
+
+def test_a_queued_head_is_due_now_and_flushed_by_the_timer():
+    core = core_with()
+    core.start(0.0)
+    cid, gateway = open_tunnel(core, 0.0)
+    for frame in M.encode_message(M.Request("r1", "GET", "/", [("host", "gw")], b"")):
+        core.receive(cid, gateway.send(BytesMessage(data=frame)), 1.0)
+    [(call_id, _scope)] = core.pop_app_calls()
+    core.pop_wakeups()
+    core.take_output(cid)
+    core.asgi_send(call_id, {"type": "http.response.start", "status": 200}, 2.0)
+    assert Signal.TIMER in core.pop_wakeups() and core.next_deadline() == 2.0
+    assert core.take_output(cid)[0] == b""  # held for its first body part...
+    core.handle_timer(2.0)
+    data, _close = core.take_output(cid)
+    gateway.receive_data(data)
+    frames = [e.data for e in gateway.events() if isinstance(e, BytesMessage)]
+    decoder = M.MessageDecoder()
+    events = [ev for frame in frames for ev in decoder.receive_bytes(frame)]
+    assert any(isinstance(ev, M.HeadReceived) for ev in events)  # ...until the timer ran
 
 
 # --- a gateway that accepts the upgrade, then refuses the DID (4003) -----------------------
@@ -87,8 +246,12 @@ def _did_refusing_pair(max_attempts: int = 100):
     gateway = GatewayCore(GatewaySettings(auth=server))
     signer = DidWbaClient(alice, load_pem_private_key(alice_pem, None), nonce_source=os.urandom)
     receiver = ReceiverCore(
-        ReceiverSettings(gateway_urls=["ws://gw.example:8765/"], auth=signer, reconnect_delay=1.0),
-        rng=lambda: 0.5,  # no jitter: delays are reconnect_delay * 2**n
+        ReceiverSettings(
+            gateway_urls=["ws://gw.example:8765/"],
+            auth=signer,
+            reconnect_delay=1.0,
+            jitter=lambda: 0.5,  # no jitter: delays are reconnect_delay * 2**n
+        ),
     )
     return gateway, receiver
 
@@ -123,10 +286,11 @@ def test_a_did_refusal_is_a_failed_attempt_backed_off_and_logged_once(caplog):
     gateway.set_wall_clock(now, 1_800_000_000.0)
     for _ in range(5):
         _attempt(gateway, receiver, now)
-        retry_at = receiver._links[0].retry_at
+        retry_at = receiver.next_deadline()  # idle: the next attempt
+        assert retry_at is not None
         delays.append(retry_at - now)
         now = retry_at
-        receiver.tick(now)
+        receiver.handle_timer(now)
     assert delays == pytest.approx([1.0, 2.0, 4.0, 8.0, 16.0])  # not once a second
     assert gateway.stats.auth_failures == 5 and gateway.receivers == []
     refusals = [r for r in caplog.records if "refused our DID" in r.getMessage()]
@@ -145,8 +309,9 @@ def test_a_did_refusal_counts_towards_max_reconnect_attempts():
     gateway.set_wall_clock(now, 1_800_000_000.0)
     for _ in range(3):
         _attempt(gateway, receiver, now)
-        if receiver._links[0].retry_at is None:
+        retry_at = receiver.next_deadline()
+        if retry_at is None:
             break
-        now = receiver._links[0].retry_at
-        receiver.tick(now)
+        now = retry_at
+        receiver.handle_timer(now)
     assert receiver.given_up and receiver.pop_connects() == []

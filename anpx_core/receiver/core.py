@@ -1,0 +1,336 @@
+"""The receiver's coordinator: the connection table, the driver contract, stream dispatch.
+
+:class:`ReceiverCore` owns no protocol logic of its own. The driver's calls for a socket
+go to the connection that owns its id (a :class:`.links.GatewayLink` or a
+:class:`.forward_calls.Upstream`); each tunnel stream goes to the first registered stream
+kind that claims its head (HTTP today, :mod:`.http`); timers run from one deadline heap.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..asgi import ClientDisconnected
+from ..barrier import CrashBarrier, guarded, guarded_close
+from ..contract import Signal, WakeKey
+from ..meta import RequestHead
+from ..tunnel import (
+    StreamData,
+    StreamEnd,
+    StreamEvent,
+    StreamHead,
+    StreamReset,
+    StreamWritable,
+    TunnelBroken,
+)
+from .asgi_calls import AsgiCalls, Message
+from .context import ReceiverContext, Scope, StreamKind, Timed
+from .forward_calls import ForwardCalls
+from .http import HttpBackend, HttpStreams
+from .links import GatewayLink
+from .settings import ConnectRequest, GatewayAddress, ReceiverSettings
+
+log = logging.getLogger("anpx.receiver")
+
+
+class ReceiverCore(CrashBarrier):
+    """Tunnels to gateways, calls into the app (see the package docstring for the contract)."""
+
+    _barrier_log = log
+
+    def __init__(self, settings: ReceiverSettings | None = None) -> None:
+        self.settings = settings or ReceiverSettings()
+        ctx = self._ctx = ReceiverContext(self.settings)
+        self._doomed = ctx.doomed
+        self._wakeups = ctx.wakeups  # type: ignore[assignment]  # the barrier adds ints
+        self._conns = ctx.conns
+        self._links = [
+            GatewayLink(GatewayAddress.parse(u), ctx, self) for u in self.settings.gateway_urls
+        ]
+        self._asgi: AsgiCalls | None = None
+        self._http = HttpStreams(ctx, self._http_backend)
+        self._calls = self._http.calls
+        # stream kinds in the order they are asked to claim a head; HTTP takes the rest
+        self._kinds: list[StreamKind] = [self._http]
+        self._drained = False
+
+    def _http_backend(self, http: HttpStreams) -> HttpBackend:
+        if self.settings.forward is not None:
+            return ForwardCalls(self._ctx, http)
+        self._asgi = AsgiCalls(self._ctx, http)
+        return self._asgi
+
+    # --- state the drivers and tests read ---------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._ctx.stopping
+
+    @property
+    def given_up(self) -> bool:
+        return self._ctx.given_up
+
+    @property
+    def last_error(self) -> str:
+        return self._ctx.last_error
+
+    @property
+    def wall_offset(self) -> float:
+        return self._ctx.wall_offset
+
+    @property
+    def requests(self) -> int:
+        return self._http.requests
+
+    @property
+    def rejected(self) -> int:
+        return self._http.rejected
+
+    @property
+    def connected_links(self) -> int:
+        return sum(1 for link in self._links if link.is_open)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(kind.in_flight for kind in self._kinds)
+
+    @property
+    def lifespan_state(self) -> dict[str, Any] | None:
+        return None if self._asgi is None else self._asgi.lifespan_state
+
+    @lifespan_state.setter
+    def lifespan_state(self, state: dict[str, Any] | None) -> None:
+        if self._asgi is not None:
+            self._asgi.lifespan_state = state
+
+    # --- driver contract: queues and wake-ups -----------------------------------------------
+
+    def pop_connects(self) -> list[ConnectRequest]:
+        out, self._ctx.connects = self._ctx.connects, []
+        return out
+
+    def pop_app_calls(self) -> list[tuple[int, Scope]]:
+        out, self._ctx.app_calls = self._ctx.app_calls, []
+        return out
+
+    def pop_wakeups(self) -> set[WakeKey]:
+        ctx = self._ctx
+        if not ctx.stopping or self.in_flight:
+            self._drained = False
+        elif not self._drained:
+            self._drained = True
+            ctx.wakeups.add(Signal.DRAINED)
+        out = set(ctx.wakeups)
+        ctx.wakeups.clear()  # the same set object: the barrier holds it too
+        return out
+
+    def pop_aborts(self) -> set[int]:
+        return set()  # the receiver never abandons a socket mid-write
+
+    # --- driver contract: timers ------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        return self._ctx.timers.next()
+
+    def handle_timer(self, now: float) -> None:
+        """Run every timer due at ``now``: reconnects, WebSocket pings and timeouts, heads."""
+        self._ctx.now = now
+        for owner in self._ctx.timers.pop_due(now):
+            try:
+                owner.on_timer(now)
+            except Exception as exc:  # the crash barrier: this owner only
+                self._timer_failed(owner, exc)
+
+    def _timer_failed(self, owner: Timed, exc: BaseException) -> None:
+        if isinstance(owner, GatewayLink):
+            if owner.cid is not None:
+                self._contain(owner.cid, exc, "a timer")
+                return
+            log.error("internal error dialling %s", owner.address.host_header, exc_info=exc)
+            owner.rearm()  # a later retry may go better
+        else:
+            log.error("internal error running a timer", exc_info=exc)
+
+    def set_wall_clock(self, now: float, wall: float) -> None:
+        """``wall`` (Unix seconds) at driver time ``now``: keeps auth timestamps current."""
+        self._ctx.wall_offset = wall - now
+
+    # --- driver contract: sockets -----------------------------------------------------------
+
+    @guarded()
+    def connected(self, cid: int, now: float) -> None:
+        self._ctx.now = now
+        conn = self._conns.get(cid)
+        if conn is not None:
+            conn.connected(now)
+        self._ctx.wake(cid)
+
+    @guarded_close  # no socket: whatever happens, the attempt is forgotten
+    def connect_failed(self, cid: int, now: float, reason: str) -> None:
+        self._ctx.now = now
+        conn = self._conns.pop(cid, None)
+        if conn is not None:
+            conn.connect_failed(now, reason)
+
+    @guarded()
+    def receive(self, cid: int, data: bytes, now: float) -> None:
+        self._ctx.now = now
+        conn = self._conns.get(cid)
+        if conn is None:
+            return
+        self._ctx.wake(cid)
+        conn.receive(data, now)
+
+    def lost(self, cid: int, now: float, reason: str = "") -> None:
+        """The socket failed; ``reason`` (e.g. a TLS alert) ends up in the tunnel's log line."""
+        conn = self._conns.get(cid)
+        if conn is not None and cid not in self._doomed:
+            conn.note_lost(reason)
+        self.receive(cid, b"", now)
+
+    @guarded((b"", True))
+    def take_output(self, cid: int) -> tuple[bytes, bool]:
+        conn = self._conns.get(cid)
+        return (b"", True) if conn is None else conn.take_output()
+
+    @guarded()
+    def written(self, cid: int, now: float) -> None:
+        self._ctx.now = now
+        conn = self._conns.get(cid)
+        if conn is not None:
+            conn.written(now)
+
+    @guarded(False)
+    def can_read(self, cid: int) -> bool:
+        conn = self._conns.get(cid)
+        return conn is not None and conn.can_read()
+
+    @guarded_close
+    def closed(self, cid: int, now: float) -> None:
+        self._ctx.now = now
+        conn = self._conns.pop(cid, None)
+        if conn is not None:
+            conn.closed(now)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self, now: float, wall: float | None = None) -> None:
+        """Begin connecting to every gateway. ``wall``: Unix time now, for auth timestamps."""
+        self._ctx.now = now
+        if wall is not None:
+            self.set_wall_clock(now, wall)
+        for link in self._links:
+            if link.state == "idle":
+                link.dial()
+
+    def begin_drain(self) -> None:
+        """Tell the gateways to send no new requests; in-flight ones finish."""
+        self._ctx.stopping = True
+        for link in self._links:
+            link.send_drain()
+            link.rearm()  # no more reconnects
+
+    def close(self) -> None:
+        """Close every tunnel (after draining)."""
+        self._ctx.stopping = True
+        for link in self._links:
+            link.close()
+        self._http.backend.stop()
+
+    # --- ASGI (the app's receive / send) ----------------------------------------------------
+
+    def asgi_receive(self, call_id: int) -> Message | None:
+        """The app's next message; None: wait for the wake-up ``call_id``."""
+        if self._asgi is None:
+            return {"type": "http.disconnect"}
+        return self._asgi.receive(call_id)
+
+    def asgi_send(self, call_id: int, message: Message, now: float) -> None:
+        """Hand one app message to the tunnel; raises AsgiError / ClientDisconnected into the app."""
+        self._ctx.now = now
+        if self._asgi is None:
+            raise ClientDisconnected("the request is over")
+        self._asgi.send(call_id, message)
+
+    def asgi_writable(self, call_id: int) -> bool:
+        """False: wait for the wake-up ``call_id`` before the app sends more."""
+        return True if self._asgi is None else self._asgi.writable_now(call_id)
+
+    def app_finished(self, call_id: int, exc: BaseException | None, now: float) -> None:
+        self._ctx.now = now
+        if self._asgi is not None:
+            self._asgi.finished(call_id, exc)
+
+    @property
+    def heads_pending(self) -> bool:
+        """A response head waits for its first body part. It goes out at the next timer run
+        (its deadline is "now"); drivers may also call :meth:`flush_heads` after one turn of
+        their loop, so an app that sends its body right away still gets a single frame."""
+        return self._http.heads_pending
+
+    def flush_heads(self) -> None:
+        """Send every response head still waiting for a body part."""
+        self._http.flush_heads()
+
+    # --- LinkOwner: what the gateway links ask of us ----------------------------------------
+
+    def stream_event(self, link: GatewayLink, event: StreamEvent, now: float) -> None:
+        """The crash barrier for one stream: an unexpected exception resets that stream
+        (the gateway answers its client 502), not the tunnel and its other streams."""
+        try:
+            self._dispatch(link, event, now)
+        except Exception as exc:
+            rid = getattr(event, "request_id", None)
+            stream = link.streams.get(rid) if rid is not None else None
+            if stream is not None:
+                stream.kind.contain(stream, exc, f"stream {rid}")
+            elif rid is not None and link.session is not None:
+                log.error("internal error on stream %s; resetting it", rid, exc_info=exc)
+                link.cancel_stream(rid, "internal error")
+            else:
+                assert link.cid is not None
+                self._contain(link.cid, exc, "a tunnel event")
+
+    def _dispatch(self, link: GatewayLink, event: StreamEvent, now: float) -> None:
+        if isinstance(event, TunnelBroken):
+            log.warning("gateway sent unframeable data: %s", event.reason)
+            link.fail(1002, "bad ANPX frame")
+            return
+        if isinstance(event, StreamHead):
+            head = event.head
+            assert isinstance(head, RequestHead)
+            kind = next(k for k in self._kinds if k.claims(head))
+            kind.open(link, event.request_id, head, now)
+            return
+        rid = getattr(event, "request_id", None)
+        stream = link.streams.get(rid) if rid is not None else None
+        if stream is None:
+            return
+        kind = stream.kind
+        if isinstance(event, StreamData):
+            kind.data(stream, event.data, now)
+        elif isinstance(event, StreamEnd):
+            kind.end(stream, now)
+        elif isinstance(event, StreamReset):
+            kind.reset(stream, event.reason)
+        elif isinstance(event, StreamWritable):
+            kind.writable(stream)
+
+    def link_lost(self, link: GatewayLink) -> None:
+        for stream in list(link.streams.values()):
+            stream.kind.reset(stream, "tunnel lost")
+
+    def holding_body(self, link: GatewayLink) -> bool:
+        """v1 gateway (no flow control): stop reading the tunnel while a request body
+        waits for its consumer (the app or the local service) to take it."""
+        session = link.session
+        if session is None or session.flow:
+            return False
+        limit = self.settings.max_buffered_body
+        return any(s.kind.holding_body(s, limit) for s in link.streams.values())
+
+    def link_gave_up(self) -> None:
+        if all(link.retry_at is None and link.state == "idle" for link in self._links):
+            self._ctx.given_up = True
+            self._ctx.wake(Signal.GAVE_UP)

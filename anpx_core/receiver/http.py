@@ -1,0 +1,244 @@
+"""The HTTP stream kind: one request from the gateway, one response back.
+
+:class:`HttpStreams` opens a call for each request head (refusing bad forwarded values,
+answering 503 itself over ``max_concurrent_requests``), puts the response into the tunnel
+(a head waits for its first body part, or for the next timer run), writes the access log
+and resets streams. Who produces the response is an :class:`HttpBackend`: the in-process
+ASGI app (:mod:`.asgi_calls`) or the local HTTP service (:mod:`.forward_calls`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from ..asgi import AsgiHttpCall, ResponseAborted, ResponseBody, ResponsePart, ResponseStart
+from ..headers import get_header
+from ..meta import RequestHead, ResponseHead
+from ..strict import StrictError, parse_port, parse_scheme
+from .context import ReceiverContext
+
+if TYPE_CHECKING:
+    from .forward_calls import Upstream
+    from .links import GatewayLink
+
+log = logging.getLogger("anpx.receiver")
+access_log = logging.getLogger("anpx.access.receiver")
+
+BUSY_BODY = b"receiver busy: too many requests in progress\n"
+
+
+@dataclass(slots=True, eq=False)
+class HttpCall:
+    """One request being served: by the in-process app or by an upstream connection."""
+
+    cid: int
+    rid: str
+    link: GatewayLink
+    head: RequestHead
+    started: float
+    kind: HttpStreams
+    asgi: AsgiHttpCall | None = None  # ASGI backend
+    upstream: Upstream | None = None  # forward backend: the connection serving it
+    body_upstream: int = 0  # forward backend: request body bytes handed to the upstream
+    request_ended: bool = False  # forward backend: the request body is complete
+    response_started: bool = False
+    status: int = 0
+    body_out: int = 0
+    done: bool = False  # our response is complete or the stream is gone
+    head_flush_due: bool = False
+    gone_reason: str = ""  # why the stream ended before the app did, if it did
+
+
+class HttpBackend(Protocol):
+    """What produces responses for the HTTP stream kind."""
+
+    def start(self, call: HttpCall, server: tuple[str, int | None] | None, scheme: str) -> None: ...
+    def body(self, call: HttpCall, data: bytes) -> None: ...
+    def end(self, call: HttpCall) -> None: ...
+    def writable(self, call: HttpCall) -> None: ...  # the stream has credit again
+    def gone(self, call: HttpCall) -> bool: ...  # the stream is over; True: keep it in flight
+    def buffered(self, call: HttpCall) -> int: ...  # request body held for the consumer
+    def stop(self) -> None: ...  # the receiver is closing
+
+
+class HttpStreams:
+    """The HTTP stream kind (see the module docstring)."""
+
+    def __init__(self, ctx: ReceiverContext, backend: Callable[[HttpStreams], HttpBackend]) -> None:
+        self.ctx = ctx
+        self.calls: dict[int, HttpCall] = {}  # in flight, by call id
+        self._heads_due: list[HttpCall] = []
+        self.requests = 0
+        self.rejected = 0  # requests answered 503 at max_concurrent_requests
+        self.backend = backend(self)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.calls)
+
+    # --- the stream kind --------------------------------------------------------------------
+
+    def claims(self, head: RequestHead) -> bool:
+        return True  # the default kind: every request the other kinds leave
+
+    def open(self, link: GatewayLink, rid: str, head: RequestHead, now: float) -> None:
+        self.requests += 1
+        settings = self.ctx.settings
+        call = HttpCall(self.ctx.new_id(), rid, link, head, now, self)
+        link.streams[rid] = call
+        if len(self.calls) >= settings.max_concurrent_requests:
+            # A gateway that does not limit what it sends us (a v1 one) must not make us
+            # start unbounded work: answer 503 ourselves.
+            self.rejected += 1
+            busy = error_page(503, "Service Unavailable", BUSY_BODY, [("retry-after", "1")])
+            self.respond(call, busy)
+            link.streams.pop(rid, None)
+            return
+        self.calls[call.cid] = call
+        try:
+            server = server_from(head)
+            scheme = parse_scheme(
+                get_header(head.headers, "x-forwarded-proto") or "http", "x-forwarded-proto"
+            )
+        except StrictError as exc:
+            # refused where it enters: the gateway sent a value no client of ours could have
+            log.warning("refusing request %s from the gateway: %s", rid, exc)
+            self.cancel(call, f"bad_meta: {exc}")
+            return
+        self.backend.start(call, server, scheme)
+
+    def data(self, stream: HttpCall, data: bytes, now: float) -> None:
+        self.backend.body(stream, data)
+
+    def end(self, stream: HttpCall, now: float) -> None:
+        self.backend.end(stream)
+
+    def reset(self, stream: HttpCall, reason: str) -> None:
+        self.gone(stream, reason)
+
+    def writable(self, stream: HttpCall) -> None:
+        self.backend.writable(stream)
+
+    def holding_body(self, stream: HttpCall, limit: int) -> bool:
+        return self.backend.buffered(stream) >= limit
+
+    def contain(self, stream: HttpCall, exc: BaseException, where: str) -> None:
+        """Log ``exc`` once and reset the call's stream; its app learns at its next
+        receive / send (http.disconnect / ClientDisconnected)."""
+        call = stream
+        log.error(
+            "internal error in %s for %s %s; resetting its stream",
+            where,
+            call.head.method,
+            call.head.target,
+            exc_info=exc,
+        )
+        try:
+            self.cancel(call, "internal error")
+        except Exception:  # state beyond repair: forget the call all the same
+            call.done = True
+            call.link.streams.pop(call.rid, None)
+            if call.asgi is None:
+                self.calls.pop(call.cid, None)
+
+    # --- the response -------------------------------------------------------------------
+
+    def respond(self, call: HttpCall, parts: list[ResponsePart]) -> None:
+        session = call.link.session
+        if session is None or call.done:
+            return
+        for part in parts:
+            if isinstance(part, ResponseStart):
+                call.response_started = True
+                call.status = part.head.status
+                session.start(call.rid, part.head)
+                call.head_flush_due = True  # sent with the first body, or by flush_heads()
+                self._heads_due.append(call)
+                if self.ctx.timers.get(self) is None:  # due now: the next timer run sends it
+                    self.ctx.arm(self, self.ctx.now)  # unless a body part carries it first
+            elif isinstance(part, ResponseBody):
+                call.head_flush_due = False
+                call.body_out += len(part.data)
+                session.send(call.rid, part.data)
+                if part.more:
+                    session.flush(call.rid)
+                else:
+                    session.end(call.rid)
+                    self._complete(call)
+            elif isinstance(part, ResponseAborted):
+                self.cancel(call, part.reason)
+        self.ctx.wake(call.link.cid)
+
+    @property
+    def heads_pending(self) -> bool:
+        return bool(self._heads_due)
+
+    def on_timer(self, now: float) -> None:
+        self.flush_heads()
+
+    def flush_heads(self) -> None:
+        """Send every response head still waiting for a body part."""
+        due, self._heads_due = self._heads_due, []
+        self.ctx.arm(self, None)
+        for call in due:
+            if call.head_flush_due and call.link.session is not None and not call.done:
+                call.head_flush_due = False
+                try:
+                    call.link.session.flush(call.rid)
+                except Exception as exc:  # the crash barrier: this stream only
+                    self.contain(call, exc, "flush_heads")
+                self.ctx.wake(call.link.cid)
+
+    def _complete(self, call: HttpCall) -> None:
+        call.done = True
+        access_log.info(
+            "%s %s %s %d %dB %.1fms",
+            get_header(call.head.headers, "x-request-id") or call.rid,
+            call.head.method,
+            call.head.target,
+            call.status,
+            call.body_out,
+            (self.ctx.now - call.started) * 1000,
+        )
+
+    def finish(self, call: HttpCall) -> None:
+        """The call is over on our side too: forget it."""
+        self.calls.pop(call.cid, None)
+        call.link.streams.pop(call.rid, None)
+
+    def cancel(self, call: HttpCall, reason: str) -> None:
+        if not call.done:
+            call.link.cancel_stream(call.rid, reason)
+        self.gone(call, reason)
+
+    def gone(self, call: HttpCall, reason: str) -> None:
+        """The stream is over from the tunnel's point of view."""
+        call.done = True
+        call.gone_reason = reason
+        call.link.streams.pop(call.rid, None)
+        if not self.backend.gone(call):
+            self.calls.pop(call.cid, None)
+
+
+def error_page(
+    status: int, phrase: str, body: bytes, extra: list[tuple[str, str]] | None = None
+) -> list[ResponsePart]:
+    """A whole plain-text response, as the receiver itself answers."""
+    headers = [("content-type", "text/plain; charset=utf-8"), ("content-length", str(len(body)))]
+    head = ResponseHead(status, phrase, headers + (extra or []))
+    return [ResponseStart(head), ResponseBody(body, False)]
+
+
+def server_from(head: RequestHead) -> tuple[str, int | None] | None:
+    """The server as the client addressed it; StrictError for an X-Forwarded-Port that is
+    not a port number (it is checked even when no host is known)."""
+    port = get_header(head.headers, "x-forwarded-port")
+    number = parse_port(port, "x-forwarded-port") if port is not None else None
+    host = get_header(head.headers, "x-forwarded-host") or get_header(head.headers, "host")
+    if not host:
+        return None
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return (name, number)
