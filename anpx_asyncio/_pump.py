@@ -11,14 +11,17 @@ import contextlib
 import logging
 import ssl
 import time
-from typing import Any
+from collections.abc import Callable, Iterable
 
+from anpx_core.contract import DriverCore, Signal
+from anpx_host.keys import HostKey, Key
 from anpx_host.tls import describe_error
 
 log = logging.getLogger("anpx.asyncio")
 
 READ_SIZE = 64 * 1024
 TUNNEL_READ_SIZE = 256 * 1024  # tunnels carry bulk: fewer, larger reads
+ERROR_BACKOFF = 0.1  # after a timer failed: its deadline may still be due
 STREAM_ERRORS = (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError)
 
 
@@ -27,19 +30,29 @@ class Wakers:
     ``await wait()``, so a wake-up cannot be lost between the two."""
 
     def __init__(self) -> None:
-        self._events: dict[int, asyncio.Event] = {}
+        self._events: dict[Key, asyncio.Event] = {}
 
-    async def wait(self, key: int) -> None:
+    async def wait(self, key: Key) -> None:
         event = self._events.get(key)
         if event is None:
             event = self._events[key] = asyncio.Event()
         await event.wait()
 
-    def fire(self, keys: set[int]) -> None:
+    def fire(self, keys: Iterable[Key]) -> None:
         for key in keys:
             event = self._events.pop(key, None)
             if event is not None:
                 event.set()
+
+    async def until(self, condition: Callable[[], bool], key: Key) -> None:
+        """Return once ``condition()`` holds, re-checking it at each wake-up of ``key``."""
+        while not condition():
+            await self.wait(key)
+
+    async def until_within(self, condition: Callable[[], bool], key: Key, timeout: float) -> None:
+        """:meth:`until`, giving up silently after ``timeout`` seconds."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.until(condition, key), timeout)
 
 
 class TaskSet:
@@ -76,12 +89,11 @@ class TaskSet:
 class Pump:
     """Shared by the gateway and receiver drivers: one core, its wake-ups, its clock."""
 
-    def __init__(self, core: Any) -> None:
+    def __init__(self, core: DriverCore) -> None:
         self.core = core
         self.wakers = Wakers()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writers: dict[int, asyncio.StreamWriter] = {}  # connections being served
-        self._pop_aborts = getattr(core, "pop_aborts", None)
 
     def now(self) -> float:
         # The loop is looked up once: asyncio.get_running_loop() costs a getpid() on 3.11.
@@ -92,11 +104,10 @@ class Pump:
 
     def sync(self) -> None:
         self.wakers.fire(self.core.pop_wakeups())
-        if self._pop_aborts is not None:
-            for cid in self._pop_aborts():
-                writer = self._writers.get(cid)
-                if writer is not None:
-                    writer.transport.abort()  # a drain blocked on a client reading nothing, too
+        for cid in self.core.pop_aborts():
+            writer = self._writers.get(cid)
+            if writer is not None:
+                writer.transport.abort()  # a drain blocked on a client reading nothing, too
 
     async def serve(
         self,
@@ -139,6 +150,7 @@ class Pump:
                 self.sync()
             except Exception:
                 log.exception("internal error closing connection %d", cid)
+            self.wakers.fire((HostKey.CLOSED,))
 
     async def _reader(self, cid: int, reader: asyncio.StreamReader, read_size: int) -> None:
         core = self.core
@@ -175,11 +187,28 @@ class Pump:
                 return
             await self.wakers.wait(cid)
 
-    async def ticker(self, interval: float) -> None:
+    async def run_timers(self) -> None:
+        """Run the core's timers when due: sleep until ``next_deadline()`` (for ever when
+        None) or until the core names :attr:`Signal.TIMER` (a deadline moved earlier)."""
+        core, loop = self.core, asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(interval)
+            deadline = core.next_deadline()
+            now = self.now()
+            if deadline is None or deadline > now:
+                alarm = None if deadline is None else loop.call_at(deadline, self._alarm)
+                try:
+                    await self.wakers.wait(Signal.TIMER)
+                finally:
+                    if alarm is not None:
+                        alarm.cancel()
+                continue
             try:
-                self.core.tick(self.now(), time.time())
+                core.handle_timer(now)
+                core.set_wall_clock(now, time.time())
                 self.sync()
             except Exception:  # the crash barrier: the timers must keep running
                 log.exception("internal error running timers")
+                await asyncio.sleep(ERROR_BACKOFF)  # a deadline left in the past must not spin
+
+    def _alarm(self) -> None:
+        self.wakers.fire((Signal.TIMER,))

@@ -7,7 +7,9 @@ import logging
 import sys
 import time
 
-from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
+from anpx_core.contract import Signal
+from anpx_core.gateway import GatewayCore, GatewaySettings
+from anpx_host.keys import HostKey
 from anpx_host.launch import BoundPorts, Listen, bind_failure
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump, TaskSet
@@ -16,6 +18,7 @@ from .did import serve_documents
 log = logging.getLogger("anpx.gateway")
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
+CLOSE_GRACE = 1.0  # seconds the tunnels get to complete their closing handshake
 _START_TLS = sys.version_info >= (3, 11)  # StreamWriter.start_tls
 # asyncio's default backlog (100) overflows under connection bursts; the kernel caps this one
 LISTEN_BACKLOG = 4096
@@ -88,7 +91,7 @@ class GatewayServer:
                 self.tunnel.host,
                 self.ports.tunnel,
             )
-            self._tasks.spawn(self.pump.ticker(TICK_INTERVAL))
+            self._tasks.spawn(self.pump.run_timers())
             documents = getattr(self.core.settings.auth, "cache", None)  # DID-WBA
             if documents is not None:
                 self._tasks.spawn(serve_documents(self.core, self.pump, documents))
@@ -139,17 +142,14 @@ class GatewayServer:
     async def shutdown(self, grace: float = 10.0) -> None:
         """Drain and stop: the SIGTERM path."""
         log.info("draining: %d requests in flight, grace %.0fs", self.core.in_flight, grace)
-        self.core.begin_drain()
+        core, wakers = self.core, self.pump.wakers
+        core.begin_drain()
+        self.pump.sync()
         for server in self._servers:
             server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while self.core.in_flight and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        self.core.close_tunnels()
+        await wakers.until_within(lambda: core.in_flight == 0, Signal.DRAINED, grace)
+        core.close_tunnels()
         self.pump.sync()
-        deadline = loop.time() + 1.0
-        while self.core.receivers and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        await wakers.until_within(lambda: not core.receivers, HostKey.CLOSED, CLOSE_GRACE)
         if self._stopped is not None:
             self._stopped.set()

@@ -1010,6 +1010,23 @@ class GatewayCore(CrashBarrier):
             given.strip().encode("utf-8", "replace"), token
         )
 
+    # --- timers: placeholder until the split lands (h13-gw/h13-rc) ---
+    # The old 0.1 s tick, behind the deadline contract (anpx_core.contract.DriverCore), so the
+    # drivers can sleep on next_deadline() today. h13-gw replaces this block with real deadlines.
+    _placeholder_timer_ran: float | None = None
+
+    def next_deadline(self) -> float | None:
+        last = self._placeholder_timer_ran
+        return 0.0 if last is None else last + TICK_INTERVAL
+
+    def handle_timer(self, now: float) -> None:
+        from .contract import Signal  # local: keeps this placeholder in one block
+
+        self._placeholder_timer_ran = now
+        self.tick(now)
+        if self.draining and self.in_flight == 0:
+            self._wakeups.add(Signal.DRAINED)  # type: ignore[arg-type]
+
 
 def _uncount(counts: dict[str, int], key: str) -> None:
     left = counts.get(key, 0) - 1

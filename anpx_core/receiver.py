@@ -941,6 +941,31 @@ class ReceiverCore(CrashBarrier):
             call.link.calls.pop(call.rid, None)
         self._calls.pop(call.cid, None)
 
+    # --- timers: placeholder until the split lands (h13-gw/h13-rc) ---
+    # The old 0.1 s tick, behind the deadline contract (anpx_core.contract.DriverCore), so the
+    # drivers can sleep on next_deadline() today. h13-rc replaces this block with real deadlines.
+    _placeholder_timer_ran: float | None = None
+
+    def next_deadline(self) -> float | None:
+        last = self._placeholder_timer_ran
+        return 0.0 if last is None else last + TICK_INTERVAL
+
+    def handle_timer(self, now: float) -> None:
+        from .contract import Signal  # local: keeps this placeholder in one block
+
+        self._placeholder_timer_ran = now
+        self.tick(now)
+        if self.stopping and self.in_flight == 0:
+            self._wakeups.add(Signal.DRAINED)  # type: ignore[arg-type]
+        if self.given_up:
+            self._wakeups.add(Signal.GAVE_UP)  # type: ignore[arg-type]
+
+    def set_wall_clock(self, now: float, wall: float) -> None:
+        self.wall_offset = wall - now
+
+    def pop_aborts(self) -> set[int]:
+        return set()
+
 
 def _header(head: RequestHead, name: str) -> str | None:
     for key, value in head.headers:

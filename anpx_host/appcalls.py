@@ -10,20 +10,24 @@ call's wake-ups) and ``now()``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from anpx_core.asgi import LifespanCycle
 
+from .keys import HostKey, Key
+
 log = logging.getLogger("anpx.receiver")
 
-LIFESPAN_QUEUED = -1  # wake key: a lifespan message is queued for the app
-LIFESPAN_CHANGED = -2  # wake key: the lifespan status changed
+LIFESPAN_QUEUED = HostKey.LIFESPAN_QUEUED
+LIFESPAN_CHANGED = HostKey.LIFESPAN_CHANGED
+HEADS_DUE = HostKey.HEADS_DUE
 
 
 class Wakers(Protocol):
-    async def wait(self, key: int) -> None: ...
+    async def wait(self, key: Key) -> None: ...
 
-    def fire(self, keys: set[int]) -> None: ...
+    def fire(self, keys: Iterable[Key]) -> None: ...
 
 
 class Pump(Protocol):
@@ -102,9 +106,6 @@ async def lifespan_shutdown(cycle: LifespanCycle, wakers: Wakers) -> None:
     wakers.fire({LIFESPAN_QUEUED})
     while not cycle.shutdown_done:
         await wakers.wait(LIFESPAN_CHANGED)
-
-
-HEADS_DUE = -3  # wake key: a response head waits for its first body part
 
 
 async def flush_heads_forever(core: Any, pump: Pump) -> None:

@@ -7,7 +7,9 @@ import time
 
 import trio
 
-from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
+from anpx_core.contract import Signal
+from anpx_core.gateway import GatewayCore, GatewaySettings
+from anpx_host.keys import HostKey
 from anpx_host.launch import BoundPorts, Listen, bind_failure
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump
@@ -16,6 +18,7 @@ from .did import serve_documents
 log = logging.getLogger("anpx.gateway")
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
+CLOSE_GRACE = 1.0  # seconds the tunnels get to complete their closing handshake
 
 
 class GatewayServer:
@@ -45,7 +48,7 @@ class GatewayServer:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.pump.ticker, TICK_INTERVAL)
+            nursery.start_soon(self.pump.run_timers)
             documents = getattr(self.core.settings.auth, "cache", None)  # DID-WBA
             if documents is not None:
                 nursery.start_soon(serve_documents, self.core, self.pump, documents)
@@ -143,15 +146,15 @@ class GatewayServer:
     async def shutdown(self, grace: float = 10.0) -> None:
         """Drain and stop: the SIGTERM path."""
         log.info("draining: %d requests in flight, grace %.0fs", self.core.in_flight, grace)
-        self.core.begin_drain()
+        core, wakers = self.core, self.pump.wakers
+        core.begin_drain()
+        self.pump.sync()
         if self._listeners is not None:
             self._listeners.cancel()
         with trio.move_on_after(grace):
-            while self.core.in_flight:
-                await trio.sleep(0.05)
-        self.core.close_tunnels()
+            await wakers.until(lambda: core.in_flight == 0, Signal.DRAINED)
+        core.close_tunnels()
         self.pump.sync()
-        with trio.move_on_after(1.0):
-            while self.core.receivers:
-                await trio.sleep(0.02)
+        with trio.move_on_after(CLOSE_GRACE):
+            await wakers.until(lambda: not core.receivers, HostKey.CLOSED)
         self._stopped.set()

@@ -15,13 +15,15 @@ order with random delays, from one seeded RNG:
 * ASGI apps are coroutines stepped by hand: ``receive``/``send`` suspend on a wake-up key
   when the core says "wait", and only a wake-up named by ``pop_wakeups()`` resumes them
   (a lost wake-up shows up as a stall, exactly as it would hang a real driver);
-* time is fake: each step advances it a little, an idle world jumps to the next tick, and
-  the cores' ``tick(now)`` runs every ``TICK_INTERVAL``.
+* time is fake: each step advances it a little; an idle world jumps to the earliest
+  ``next_deadline()`` of its cores, and a core's ``handle_timer(now)`` runs whenever its
+  deadline has come (the driver contract of :mod:`anpx_core.contract`).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections import deque
 from collections.abc import Callable
@@ -30,10 +32,12 @@ from typing import Any
 
 import h11
 
-from anpx_core.gateway import TICK_INTERVAL, GatewayCore, GatewaySettings
+from anpx_core.contract import Signal
+from anpx_core.gateway import GatewayCore, GatewaySettings
 from anpx_core.receiver import ConnectRequest, ReceiverCore, ReceiverSettings
 
 STEP_TIME = 0.001  # fake seconds per scheduler step
+IDLE_JUMP = 1.0  # fake seconds an idle world with no timer armed lets pass per step
 UPSTREAM = ("127.0.0.1", 9000)
 
 
@@ -737,7 +741,6 @@ class World:
         self.connections: dict[tuple[int, int], CoreConnection] = {}
         self.now = 1000.0
         self.steps = 0
-        self.next_tick = self.now + TICK_INTERVAL
         self.app = app
         self.tasks: list[Task] = []
         self._parked: dict[tuple[int, int], list[Task]] = {}
@@ -760,9 +763,14 @@ class World:
         # [start, end] intervals during which the gateway had no receiver (end None: ongoing)
         self.outages: list[list[float | None]] = []
         self.hooks: list[Callable[[World], None]] = []  # run after every step
+        # each core's deadline as its timer task last read it (see run_timers)
+        self._armed: dict[int, float | None] = {}
+        self._earliest = math.inf
         for core in self.receivers:
             core.start(self.now)
             self.sync(core)
+        for core in self.cores():
+            self._arm(core)
 
     # -- randomness --
 
@@ -795,7 +803,10 @@ class World:
 
     def sync(self, core: Any) -> None:
         """Fire the core's wake-ups; for a receiver, also start connections and app calls."""
-        for key in core.pop_wakeups():
+        woken = core.pop_wakeups()
+        if Signal.TIMER in woken:
+            self._arm(core)
+        for key in woken:
             for task in self._parked.pop((id(core), key), ()):
                 task.woken()
         for cid in getattr(core, "pop_aborts", set)():
@@ -844,12 +855,32 @@ class World:
         self.drops.append(self.now)
         return True
 
-    def tick(self) -> None:
-        self.gateway.tick(self.now)
-        self.sync(self.gateway)
-        for core in self.receivers:
-            core.tick(self.now)
-            self.sync(core)
+    def cores(self) -> list[GatewayCore | ReceiverCore]:
+        return [self.gateway, *self.receivers]
+
+    def next_deadline(self) -> float | None:
+        """The earliest timer armed by any core (None: none is)."""
+        return None if self._earliest == math.inf else self._earliest
+
+    def _arm(self, core: Any) -> None:
+        self._armed[id(core)] = core.next_deadline()
+        self._earliest = min((d for d in self._armed.values() if d is not None), default=math.inf)
+
+    def run_timers(self) -> None:
+        """``handle_timer(now)`` for every core whose armed deadline has come.
+
+        Like the drivers' timer tasks, the world re-reads a core's ``next_deadline()`` only
+        after running its timers or when the core names ``Signal.TIMER``: a core that moves
+        a deadline earlier without saying so sees its timer fire late here, as it would live.
+        """
+        if self._earliest > self.now:
+            return
+        for core in self.cores():
+            deadline = self._armed[id(core)]
+            if deadline is not None and deadline <= self.now:
+                core.handle_timer(self.now)
+                self._arm(core)
+                self.sync(core)
 
     # -- running --
 
@@ -865,11 +896,11 @@ class World:
                     ran = True
             self.now += STEP_TIME
         else:
-            self.now = max(self.now, self.next_tick)
+            # idle: jump to the earliest timer (with none armed, time just passes)
+            deadline = self.next_deadline()
+            self.now = self.now + IDLE_JUMP if deadline is None else max(self.now, deadline)
         self.steps += 1
-        if self.now >= self.next_tick:
-            self.tick()
-            self.next_tick = self.now + TICK_INTERVAL
+        self.run_timers()
         self._track_outage()
         for hook in self.hooks:
             hook(self)
