@@ -75,6 +75,7 @@ access_log = logging.getLogger("anpx.access.receiver")
 
 TICK_INTERVAL = 0.1
 MAX_RECONNECT_DELAY = 60.0
+RECEIVER_TIMEOUT = 30.0  # seconds for the tunnel handshake and for a keepalive ping's answer
 
 
 @dataclass(slots=True)
@@ -110,7 +111,12 @@ class ReceiverSettings:
     reconnect_enabled: bool = True
     reconnect_delay: float = 1.0  # first retry; doubles up to MAX_RECONNECT_DELAY, with jitter
     max_reconnect_attempts: int = 0  # 0 = forever
-    ws: WsLimits = field(default_factory=WsLimits)
+    # the receiver's one `timeout` (config) bounds the handshake and a ping's answer alike
+    ws: WsLimits = field(
+        default_factory=lambda: WsLimits(
+            ping_timeout=RECEIVER_TIMEOUT, handshake_timeout=RECEIVER_TIMEOUT
+        )
+    )
     stream_window: int | None = DEFAULT_STREAM_WINDOW
     send_frame_size: int = M.DEFAULT_SEND_FRAME_SIZE
     codec: M.Limits = field(default_factory=M.Limits)

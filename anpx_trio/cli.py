@@ -16,9 +16,9 @@ from anpx_host.launch import (
     run_cli,
     use_bound_ports,
 )
-from anpx_host.tls import make_context
+from anpx_host.tls import gateway_listens, make_context
 
-from .gateway import GatewayServer, Listen
+from .gateway import GatewayServer
 from .receiver import ReceiverClient
 
 PROG = "python -m anpx_trio"
@@ -46,12 +46,8 @@ async def _run(plan: Plan, app) -> None:
         gateway = receiver = None
         if plan.gateway is not None:
             g = plan.gateway
-            gateway = GatewayServer(
-                g.settings,
-                http=Listen(g.http.host, g.http.port, make_context(g.http.tls)),
-                tunnel=Listen(g.tunnel.host, g.tunnel.port, make_context(g.tunnel.tls)),
-                admin=Listen(g.admin.host, g.admin.port) if g.admin else None,
-            )
+            http, tunnel, admin = gateway_listens(g)
+            gateway = GatewayServer(g.settings, http=http, tunnel=tunnel, admin=admin)
             try:
                 ports = await nursery.start(gateway.run)
             except BaseException as exc:

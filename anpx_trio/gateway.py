@@ -9,8 +9,10 @@ import trio
 
 from anpx_core.contract import Signal
 from anpx_core.gateway import GatewayCore, GatewaySettings
+from anpx_host.config import GatewayConfig
 from anpx_host.keys import HostKey
-from anpx_host.launch import BoundPorts, Listen, bind_failure
+from anpx_host.launch import BoundPorts, Listen, bind_failure, gateway_embedding
+from anpx_host.tls import gateway_listens
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump
 from .did import serve_documents
@@ -31,17 +33,19 @@ class GatewayServer:
 
     def __init__(
         self,
-        settings: GatewaySettings | None = None,
+        settings: GatewaySettings | GatewayConfig | None = None,
         *,
         http: Listen | None = None,
         tunnel: Listen | None = None,
         admin: Listen | None = None,
     ) -> None:
-        self.core = GatewayCore(settings)
+        core_settings, plan = gateway_embedding(settings or GatewaySettings())
+        self.core = GatewayCore(core_settings)
         self.pump = Pump(self.core)
-        self.http = http or Listen("127.0.0.1", 8080)
-        self.tunnel = tunnel or Listen("127.0.0.1", 8765)
-        self.admin = admin
+        planned = gateway_listens(plan)  # a GatewayConfig's listeners; explicit ones win
+        self.http = http or planned[0]
+        self.tunnel = tunnel or planned[1]
+        self.admin = admin or planned[2]
         self.ports: BoundPorts | None = None
         self._listeners: trio.CancelScope | None = None
         self._stopped = trio.Event()

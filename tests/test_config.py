@@ -769,3 +769,44 @@ def test_settings_from_a_section_alone() -> None:
     s = to_receiver_settings(r)
     assert (s.gateway_urls, s.forward, s.client_id) == (["ws://gw:1"], ("127.0.0.1", 9), "x")
     assert to_gateway_settings(GatewayConfig(timeout=3)).timeout == 3.0
+
+
+def _differences(ours: object, theirs: object, path: str = "") -> list[str]:
+    """Field paths where two settings trees differ (auth objects compared by type)."""
+    if dataclasses.is_dataclass(ours) and type(ours) is type(theirs):
+        return [
+            diff
+            for f in dataclasses.fields(ours)
+            for diff in _differences(
+                getattr(ours, f.name), getattr(theirs, f.name), f"{path}.{f.name}"
+            )
+        ]
+    if path == ".auth":
+        return [] if type(ours) is type(theirs) else [f"{path}: {ours!r} != {theirs!r}"]
+    return [] if ours == theirs else [f"{path}: {ours!r} != {theirs!r}"]
+
+
+def test_every_config_default_is_the_embedding_default() -> None:
+    # one set of defaults: the command line and an embedder get the same engine
+    from anpx_core.gateway import GatewaySettings
+    from anpx_core.receiver import ReceiverSettings
+
+    assert _differences(to_gateway_settings(GatewayConfig()), GatewaySettings()) == []
+    receiver = to_receiver_settings(ReceiverConfig())
+    embedded = ReceiverSettings()
+    # the same gateway, spelt with and without the trailing slash
+    assert [u.rstrip("/") for u in receiver.gateway_urls] == [
+        u.rstrip("/") for u in embedded.gateway_urls
+    ]
+    receiver.gateway_urls = embedded.gateway_urls
+    assert _differences(receiver, embedded) == []
+
+
+def test_the_defaults_check_sees_a_drift() -> None:
+    from anpx_core.gateway import GatewaySettings
+
+    drifted = to_gateway_settings(GatewayConfig(timeout=31.0, ping_interval=1.0))
+    assert _differences(drifted, GatewaySettings()) == [
+        ".timeout: 31.0 != 30.0",
+        ".ws.ping_interval: 1.0 != 30.0",
+    ]
