@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import itertools
 import logging
 import math
 import uuid
@@ -116,6 +117,14 @@ class GatewaySettings:
     # A client connection whose pending output makes no progress for this long (the client
     # stopped reading but keeps the connection open) is reset; 0: never.
     send_timeout: float = 60.0
+    # X-Request-ID of requests that carry none (the host passes uuid4; see _counting_ids)
+    new_request_id: Callable[[], str] = field(default_factory=lambda: _counting_ids())
+
+
+def _counting_ids() -> Callable[[], str]:
+    """Deterministic ids formatted like UUIDs: for tests and embedders who do not care."""
+    count = itertools.count(1)
+    return lambda: f"00000000-0000-4000-8000-{next(count):012x}"
 
 
 @dataclass(slots=True, eq=False)

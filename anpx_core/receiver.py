@@ -130,6 +130,8 @@ class ReceiverSettings:
     routes: list[str] = field(
         default_factory=list
     )  # claimed in the handshake; []: the default route
+    # reconnect jitter source in [0, 1) (the host passes random.random); 0.5: no jitter
+    jitter: Callable[[], float] = field(default=lambda: 0.5)
 
 
 @dataclass(slots=True)

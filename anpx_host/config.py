@@ -23,8 +23,10 @@ import difflib
 import json
 import logging
 import math
+import random
 import re
 import sys
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
@@ -1000,6 +1002,7 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
         max_connections_per_address=g.max_connections_per_address,
         max_streams_per_address=g.max_streams_per_address,
         send_timeout=g.send_timeout,
+        new_request_id=lambda: str(uuid.uuid4()),
     )
 
 
@@ -1039,4 +1042,5 @@ def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
         root_path=r.root_path,
         routes=list(r.routes),
         max_concurrent_requests=r.max_concurrent_requests,
+        jitter=random.random,
     )

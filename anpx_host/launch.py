@@ -215,7 +215,9 @@ def _receiver_plan(cfg: Config, *, both: bool) -> ReceiverPlan:
     if both and cfg.gateway.auth.enabled and not auth.enabled:
         auth = cfg.gateway.auth  # the built-in receiver knows its own gateway's secret
     if auth.enabled:
-        settings.auth = SharedSecretClient(resolve_secret(auth, "receiver.auth", []), client_id)
+        settings.auth = SharedSecretClient(
+            resolve_secret(auth, "receiver.auth", []), client_id, nonce_source=os.urandom
+        )
     if r.auth.did_wba_enabled:  # signs with its DID, plus the shared secret when enabled
         from .didfiles import receiver_auth, service_domains
 

@@ -781,6 +781,8 @@ def _differences(ours: object, theirs: object, path: str = "") -> list[str]:
                 getattr(ours, f.name), getattr(theirs, f.name), f"{path}.{f.name}"
             )
         ]
+    if callable(ours) and callable(theirs):
+        return []  # injected sources (ids, jitter): the host passes real ones, tests fixed ones
     if path == ".auth":
         return [] if type(ours) is type(theirs) else [f"{path}: {ours!r} != {theirs!r}"]
     return [] if ours == theirs else [f"{path}: {ours!r} != {theirs!r}"]

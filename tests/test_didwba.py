@@ -184,13 +184,15 @@ def test_nonce_memory_is_bounded():
 def test_with_the_shared_secret_both_are_needed_and_the_gateway_proves_itself():
     secret = b"correct horse battery staple"
     srv = server(secret=SharedSecretServer(secret))
-    both = client(secret=SharedSecretClient(secret, "rc-1"))
+    both = client(secret=SharedSecretClient(secret, "rc-1", nonce_source=os.urandom))
     verdict = check(srv, both.request_headers(HOST, "/", NOW))
     assert verdict.ok and verdict.identity == DID
     assert both.check_response(verdict.headers) is None
     did_only = check(srv, client().request_headers(HOST, "/", NOW))
     assert not did_only.ok and did_only.status == 401
-    wrong = client(secret=SharedSecretClient(b"wrong", "rc-1")).request_headers(HOST, "/", NOW)
+    wrong = client(
+        secret=SharedSecretClient(b"wrong", "rc-1", nonce_source=os.urandom)
+    ).request_headers(HOST, "/", NOW)
     assert not check(srv, wrong).ok
 
 

@@ -22,6 +22,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import socket
 import threading
 
@@ -449,7 +450,8 @@ def test_signed_upgrade_with_superscript_timestamp_is_refused(driver, caplog):
         receiver = start_receiver(
             driver,
             ReceiverSettings(
-                gateway_urls=[f"ws://{host}/"], auth=SharedSecretClient(secret, "good")
+                gateway_urls=[f"ws://{host}/"],
+                auth=SharedSecretClient(secret, "good", nonce_source=os.urandom),
             ),
             echo_app,
         )
