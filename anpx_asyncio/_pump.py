@@ -11,7 +11,8 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
 
 from anpx_core.contract import DriverCore, Signal
 from anpx_host.keys import HostKey, Key
@@ -59,20 +60,20 @@ class TaskSet:
     """Tasks that live as long as their owner; cancelled together (asyncio.TaskGroup is 3.11+)."""
 
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
-    def spawn(self, coro) -> asyncio.Task:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
 
-    def adopt(self, task: asyncio.Task) -> None:
+    def adopt(self, task: asyncio.Task[Any]) -> None:
         """Track a task created elsewhere (e.g. by asyncio.start_server)."""
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task) -> None:
+    def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task failed", exc_info=task.exception())

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 from anpx_host.launch import (
     Plan,
@@ -27,13 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(argv, PROG, lambda plan, app: asyncio.run(_run(plan, app)))
 
 
-async def _run(plan: Plan, app) -> None:
+async def _run(plan: Plan, app: Any) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _on_signal, signum, stop)
     gateway = receiver = None
-    tasks: list[asyncio.Task] = []
+    tasks: list[asyncio.Task[Any]] = []
     try:
         if plan.gateway is not None:
             g = plan.gateway
@@ -41,7 +42,8 @@ async def _run(plan: Plan, app) -> None:
             gateway = GatewayServer(g.settings, http=http, tunnel=tunnel, admin=admin)
             task = loop.create_task(gateway.run())
             tasks.append(task)
-            await asyncio.wait([task, gateway.started], return_when=asyncio.FIRST_COMPLETED)
+            waits: list[asyncio.Future[Any]] = [task, gateway.started]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if task.done():
                 task.result()  # raises the bind failure
             ports = gateway.started.result()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import time
@@ -51,10 +52,10 @@ class GatewayServer:
         self._servers: list[asyncio.Server] = []
         self._tasks = TaskSet()
         self._stopped: asyncio.Event | None = None
-        self._started: asyncio.Future | None = None
+        self._started: asyncio.Future[BoundPorts] | None = None
 
     @property
-    def started(self) -> asyncio.Future:
+    def started(self) -> asyncio.Future[BoundPorts]:
         if self._started is None:
             self._started = asyncio.get_running_loop().create_future()
         return self._started
@@ -69,7 +70,7 @@ class GatewayServer:
                     continue
                 try:
                     server = await asyncio.start_server(
-                        lambda r, w, kind=name, spec=spec: self._connection(kind, spec, r, w),
+                        functools.partial(self._connection, name, spec),
                         spec.host,
                         spec.port,
                         # 3.11+: the handshake runs in _connection, where a failure is logged
@@ -107,7 +108,13 @@ class GatewayServer:
                 server.close()
             await self._tasks.cancel_all()
 
-    async def _connection(self, kind: str, spec: Listen, reader, writer) -> None:
+    async def _connection(
+        self,
+        kind: str,
+        spec: Listen,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         peer = writer.get_extra_info("peername")
         local = writer.get_extra_info("sockname")
         if peer is None or local is None:

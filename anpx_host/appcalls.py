@@ -14,10 +14,13 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from anpx_core.asgi import LifespanCycle
+from anpx_core.receiver import ReceiverCore
 
 from .keys import HostKey, Key
 
 log = logging.getLogger("anpx.receiver")
+
+AsgiMessage = dict[str, Any]  # an ASGI event or scope
 
 LIFESPAN_QUEUED = HostKey.LIFESPAN_QUEUED
 LIFESPAN_CHANGED = HostKey.LIFESPAN_CHANGED
@@ -31,25 +34,28 @@ class Wakers(Protocol):
 
 
 class Pump(Protocol):
-    wakers: Wakers
+    @property
+    def wakers(self) -> Wakers: ...
 
     def sync(self) -> None: ...
 
     def now(self) -> float: ...
 
 
-async def serve_http_call(app: Any, core: Any, call_id: int, scope: dict, pump: Pump) -> None:
+async def serve_http_call(
+    app: Any, core: ReceiverCore, call_id: int, scope: AsgiMessage, pump: Pump
+) -> None:
     """Run ``app`` for one request; its receive/send go through the receiver core."""
 
-    async def receive() -> dict:
+    async def receive() -> AsgiMessage:
         while True:
-            message = core.asgi_receive(call_id)
+            message: AsgiMessage | None = core.asgi_receive(call_id)
             pump.sync()
             if message is not None:
                 return message
             await pump.wakers.wait(call_id)
 
-    async def send(message: dict) -> None:
+    async def send(message: AsgiMessage) -> None:
         core.asgi_send(call_id, message, pump.now())
         pump.sync()
         while not core.asgi_writable(call_id):
@@ -70,14 +76,14 @@ async def serve_http_call(app: Any, core: Any, call_id: int, scope: dict, pump: 
 async def serve_lifespan(app: Any, cycle: LifespanCycle, wakers: Wakers) -> None:
     """Run the app's lifespan coroutine for as long as it wants."""
 
-    async def receive() -> dict:
+    async def receive() -> AsgiMessage:
         while True:
             message = cycle.receive()
             if message is not None:
                 return message
             await wakers.wait(LIFESPAN_QUEUED)
 
-    async def send(message: dict) -> None:
+    async def send(message: AsgiMessage) -> None:
         cycle.send(message)
         wakers.fire({LIFESPAN_CHANGED})
 
@@ -108,7 +114,7 @@ async def lifespan_shutdown(cycle: LifespanCycle, wakers: Wakers) -> None:
         await wakers.wait(LIFESPAN_CHANGED)
 
 
-async def flush_heads_forever(core: Any, pump: Pump) -> None:
+async def flush_heads_forever(core: ReceiverCore, pump: Pump) -> None:
     """Send response heads whose body does not follow at once.
 
     The driver fires ``HEADS_DUE`` when ``core.heads_pending``; this task runs on the

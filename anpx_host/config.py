@@ -224,7 +224,7 @@ class _Section:
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if f.metadata.get("section"):
-                expected = type(f.default_factory())  # type: ignore[misc]
+                expected = type(f.default_factory())  # type: ignore[operator]
                 if not isinstance(value, expected):
                     raise ConfigError(
                         f"{type(self).__name__}.{f.name}: expected a {expected.__name__}, "
@@ -690,7 +690,7 @@ def _convert(check: _Check, value: Any) -> tuple[bool, Any]:
 # --- parsing -------------------------------------------------------------------------------
 
 
-def _fields_of(cls: type) -> dict[str, Field]:
+def _fields_of(cls: type) -> dict[str, Field[Any]]:
     return {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
 
 
@@ -734,7 +734,7 @@ class _Parser:
         return replace(default, **given)
 
     def _unknown(
-        self, known: dict[str, Field], key: str, value: Any, path: tuple[str, ...]
+        self, known: dict[str, Field[Any]], key: str, value: Any, path: tuple[str, ...]
     ) -> ConfigError:
         table = isinstance(value, Mapping)
         names = [n for n, f in known.items() if bool(f.metadata.get("section")) == table]

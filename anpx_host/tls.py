@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import ssl
 
-from .launch import GatewayPlan, Listen, StartupError, TlsPolicy
+from .errors import StartupError
+from .launch import GatewayPlan, Listen, TlsPolicy
 
 _VERIFY = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 

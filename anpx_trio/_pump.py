@@ -95,7 +95,7 @@ class Pump:
             self._scopes.pop(cid, None)
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(1):
-                    with contextlib.suppress(STREAM_ERRORS):
+                    with contextlib.suppress(*STREAM_ERRORS):
                         await stream.aclose()
                 try:
                     core.closed(cid, self.now())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from typing import Any
 
 import trio
 
@@ -40,7 +41,7 @@ def anp_proxy() -> int:
     return main(prog="anp-proxy")
 
 
-async def _run(plan: Plan, app) -> None:
+async def _run(plan: Plan, app: Any) -> None:
     failure: list[BaseException] = []
     async with trio.open_nursery() as nursery:
         gateway = receiver = None
@@ -80,7 +81,9 @@ async def _run(plan: Plan, app) -> None:
         raise StartupError(str(failure[0]))
 
 
-async def _run_receiver(receiver: ReceiverClient, failure: list, scope: trio.CancelScope) -> None:
+async def _run_receiver(
+    receiver: ReceiverClient, failure: list[BaseException], scope: trio.CancelScope
+) -> None:
     try:
         await receiver.run()
     except BaseException as exc:

@@ -20,6 +20,7 @@ from .did import serve_documents
 log = logging.getLogger("anpx.gateway")
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
+_Listeners = tuple[str, Listen, list[trio.SocketListener]]  # kind, spec, bound sockets
 CLOSE_GRACE = 1.0  # seconds the tunnels get to complete their closing handshake
 
 
@@ -50,7 +51,9 @@ class GatewayServer:
         self._listeners: trio.CancelScope | None = None
         self._stopped = trio.Event()
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[BoundPorts] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.pump.run_timers)
             documents = getattr(self.core.settings.auth, "cache", None)  # DID-WBA
@@ -85,7 +88,7 @@ class GatewayServer:
             await self._stopped.wait()
             nursery.cancel_scope.cancel()
 
-    async def _accept_all(self, nursery: trio.Nursery, listeners: list) -> None:
+    async def _accept_all(self, nursery: trio.Nursery, listeners: list[_Listeners]) -> None:
         """Accept on every listener until shutdown() cancels ``self._listeners``."""
         assert self._listeners is not None
         with self._listeners:
@@ -97,7 +100,9 @@ class GatewayServer:
             for sock in socks:
                 await sock.aclose()
 
-    async def _accept(self, nursery: trio.Nursery, kind: str, spec: Listen, listener) -> None:
+    async def _accept(
+        self, nursery: trio.Nursery, kind: str, spec: Listen, listener: trio.SocketListener
+    ) -> None:
         while True:
             try:
                 stream = await listener.accept()

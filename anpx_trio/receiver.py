@@ -99,7 +99,9 @@ class ReceiverClient:
         if self.core.connected_links and not self.ready.is_set():
             self.ready.set()
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[ReceiverClient] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         async with trio.open_nursery() as nursery:
             lifespan = None
             if self.app is not None:
