@@ -25,6 +25,7 @@ from anpx_core.receiver import ReceiverSettings
 
 from .apps import app
 from .deploy import DRIVERS, PAIRINGS, start_gateway, start_receiver, wait_until
+from .hypothesis_profiles import examples
 
 SECRET = b"correct horse battery staple"
 NOW = 1_800_000_000.0
@@ -166,7 +167,7 @@ def test_gateway_proof_is_checked_by_the_receiver():
     assert not impostor.check_request("gw.example:8765", "/tunnel", headers, "p:1", NOW).ok
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     st.lists(st.tuples(st.text(max_size=30), st.text(max_size=80)), max_size=8),
     st.text(max_size=40),

@@ -25,6 +25,8 @@ from anpx_host.config import (
     to_receiver_settings,
 )
 
+from .hypothesis_profiles import examples
+
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 # Every key of the seed's schema, as an anp-proxy user would have written it.
@@ -668,7 +670,7 @@ junk = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.dictionaries(st.sampled_from([*LEAVES, "gateway.nope", "x"]), junk, max_size=6))
 def test_any_input_gives_a_config_or_one_line_config_error(overrides: dict) -> None:
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -682,7 +684,7 @@ def test_any_input_gives_a_config_or_one_line_config_error(overrides: dict) -> N
     assert isinstance(cfg, Config)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.one_of(st.integers(-(2**17), 2**17), st.sampled_from([-1, 0, 65535, 65536])))
 def test_port_range_edges(port: int) -> None:
     try:

@@ -42,6 +42,7 @@ from anpx_core.websocket import WsLimits
 from anpx_host.config import GatewayConfig, to_gateway_settings
 
 from .deploy import DRIVERS, start_gateway, start_receiver, wait_until
+from .hypothesis_profiles import examples
 
 # --- the rate limiter, sans IO ----------------------------------------------------------------
 
@@ -97,7 +98,7 @@ def _model_allow(buckets: dict, key: str, now: Fraction, rate: int, burst: int) 
     return (1 - bucket.tokens) / rate
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     rate=st.integers(1, 20),
     burst=st.integers(1, 10),
@@ -122,7 +123,7 @@ def test_matches_an_exact_token_bucket(rate, burst, events):
         assert len(limiter) <= len({k for k, _ in events})
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     max_addresses=st.integers(1, 5),
     events=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 40)), max_size=200),
@@ -136,7 +137,7 @@ def test_memory_is_bounded(max_addresses, events):
         assert len(limiter) <= max_addresses
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(rate=st.integers(1, 10), burst=st.integers(1, 10), steps=st.lists(st.integers(0, 32)))
 def test_never_more_than_burst_plus_rate_times_elapsed(rate, burst, steps):
     limiter = RateLimiter(rate, burst)

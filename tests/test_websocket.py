@@ -37,7 +37,11 @@ from anpx_core.websocket import (
     WsServer,
 )
 
-FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+from .hypothesis_profiles import examples
+
+FAST = settings(
+    max_examples=examples(120), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 LIMITS = WsLimits(max_message_size=1000, ping_interval=30.0, ping_timeout=20.0, close_timeout=5.0)
 
 
