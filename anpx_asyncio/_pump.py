@@ -11,15 +11,18 @@ import contextlib
 import logging
 import ssl
 import time
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-from anpx_core.contract import Signal
+from anpx_core.contract import DriverCore, Signal
+from anpx_host.keys import HostKey, Key
 from anpx_host.tls import describe_error
 
 log = logging.getLogger("anpx.asyncio")
 
 READ_SIZE = 64 * 1024
 TUNNEL_READ_SIZE = 256 * 1024  # tunnels carry bulk: fewer, larger reads
+ERROR_BACKOFF = 0.1  # after a timer failed: its deadline may still be due
 STREAM_ERRORS = (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError)
 
 
@@ -28,39 +31,49 @@ class Wakers:
     ``await wait()``, so a wake-up cannot be lost between the two."""
 
     def __init__(self) -> None:
-        self._events: dict[int, asyncio.Event] = {}
+        self._events: dict[Key, asyncio.Event] = {}
 
-    async def wait(self, key: int) -> None:
+    async def wait(self, key: Key) -> None:
         event = self._events.get(key)
         if event is None:
             event = self._events[key] = asyncio.Event()
         await event.wait()
 
-    def fire(self, keys: set[int]) -> None:
+    def fire(self, keys: Iterable[Key]) -> None:
         for key in keys:
             event = self._events.pop(key, None)
             if event is not None:
                 event.set()
+
+    async def until(self, condition: Callable[[], bool], key: Key) -> None:
+        """Return once ``condition()`` holds, re-checking it at each wake-up of ``key``."""
+        while not condition():
+            await self.wait(key)
+
+    async def until_within(self, condition: Callable[[], bool], key: Key, timeout: float) -> None:
+        """:meth:`until`, giving up silently after ``timeout`` seconds."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.until(condition, key), timeout)
 
 
 class TaskSet:
     """Tasks that live as long as their owner; cancelled together (asyncio.TaskGroup is 3.11+)."""
 
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
-    def spawn(self, coro) -> asyncio.Task:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
 
-    def adopt(self, task: asyncio.Task) -> None:
+    def adopt(self, task: asyncio.Task[Any]) -> None:
         """Track a task created elsewhere (e.g. by asyncio.start_server)."""
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task) -> None:
+    def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task failed", exc_info=task.exception())
@@ -77,12 +90,11 @@ class TaskSet:
 class Pump:
     """Shared by the gateway and receiver drivers: one core, its wake-ups, its clock."""
 
-    def __init__(self, core: Any) -> None:
+    def __init__(self, core: DriverCore) -> None:
         self.core = core
         self.wakers = Wakers()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writers: dict[int, asyncio.StreamWriter] = {}  # connections being served
-        self._pop_aborts = getattr(core, "pop_aborts", None)
 
     def now(self) -> float:
         # The loop is looked up once: asyncio.get_running_loop() costs a getpid() on 3.11.
@@ -93,11 +105,10 @@ class Pump:
 
     def sync(self) -> None:
         self.wakers.fire(self.core.pop_wakeups())
-        if self._pop_aborts is not None:
-            for cid in self._pop_aborts():
-                writer = self._writers.get(cid)
-                if writer is not None:
-                    writer.transport.abort()  # a drain blocked on a client reading nothing, too
+        for cid in self.core.pop_aborts():
+            writer = self._writers.get(cid)
+            if writer is not None:
+                writer.transport.abort()  # a drain blocked on a client reading nothing, too
 
     async def serve(
         self,
@@ -140,6 +151,7 @@ class Pump:
                 self.sync()
             except Exception:
                 log.exception("internal error closing connection %d", cid)
+            self.wakers.fire((HostKey.CLOSED,))
 
     async def _reader(self, cid: int, reader: asyncio.StreamReader, read_size: int) -> None:
         core = self.core
@@ -176,49 +188,28 @@ class Pump:
                 return
             await self.wakers.wait(cid)
 
-    async def timer(self) -> None:
-        """Run the core's timers at its next deadline; Signal.TIMER re-arms (gw stopgap:
-        drv's contract work replaces this)."""
-        from anpx_core.contract import Signal
-
-        loop = asyncio.get_running_loop()
-        while True:
-            deadline = self.core.next_deadline()
-            wait = self.wakers.wait(Signal.TIMER)  # type: ignore[arg-type]
-            with contextlib.suppress(asyncio.TimeoutError):
-                if deadline is None:
-                    await wait
-                else:
-                    await asyncio.wait_for(wait, max(0.0, deadline - loop.time()))
-            try:
-                now = self.now()
-                self.core.handle_timer(now)
-                self.core.set_wall_clock(now, time.time())
-                self.sync()
-            except Exception:  # the crash barrier: the timers must keep running
-                log.exception("internal error running timers")
-
-    async def ticker(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.core.tick(self.now(), time.time())
-                self.sync()
-            except Exception:  # the crash barrier: the timers must keep running
-                log.exception("internal error running timers")
-
-    async def timer(self) -> None:
-        """Run the core's timers at its next deadline; ``Signal.TIMER`` says it moved earlier."""
-        core = self.core
+    async def run_timers(self) -> None:
+        """Run the core's timers when due: sleep until ``next_deadline()`` (for ever when
+        None) or until the core names :attr:`Signal.TIMER` (a deadline moved earlier)."""
+        core, loop = self.core, asyncio.get_running_loop()
         while True:
             deadline = core.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - self.now())
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wakers.wait(Signal.TIMER), timeout)
+            now = self.now()
+            if deadline is None or deadline > now:
+                alarm = None if deadline is None else loop.call_at(deadline, self._alarm)
+                try:
+                    await self.wakers.wait(Signal.TIMER)
+                finally:
+                    if alarm is not None:
+                        alarm.cancel()
+                continue
             try:
-                now = self.now()
                 core.handle_timer(now)
                 core.set_wall_clock(now, time.time())
                 self.sync()
             except Exception:  # the crash barrier: the timers must keep running
                 log.exception("internal error running timers")
+                await asyncio.sleep(ERROR_BACKOFF)  # a deadline left in the past must not spin
+
+    def _alarm(self) -> None:
+        self.wakers.fire((Signal.TIMER,))

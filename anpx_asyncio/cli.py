@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 from anpx_host.launch import (
     Plan,
@@ -14,9 +15,9 @@ from anpx_host.launch import (
     run_cli,
     use_bound_ports,
 )
-from anpx_host.tls import make_context
+from anpx_host.tls import gateway_listens, make_context
 
-from .gateway import GatewayServer, Listen
+from .gateway import GatewayServer
 from .receiver import ReceiverClient
 
 PROG = "python -m anpx_asyncio"
@@ -27,25 +28,22 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(argv, PROG, lambda plan, app: asyncio.run(_run(plan, app)))
 
 
-async def _run(plan: Plan, app) -> None:
+async def _run(plan: Plan, app: Any) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _on_signal, signum, stop)
     gateway = receiver = None
-    tasks: list[asyncio.Task] = []
+    tasks: list[asyncio.Task[Any]] = []
     try:
         if plan.gateway is not None:
             g = plan.gateway
-            gateway = GatewayServer(
-                g.settings,
-                http=Listen(g.http.host, g.http.port, make_context(g.http.tls)),
-                tunnel=Listen(g.tunnel.host, g.tunnel.port, make_context(g.tunnel.tls)),
-                admin=Listen(g.admin.host, g.admin.port) if g.admin else None,
-            )
+            http, tunnel, admin = gateway_listens(g)
+            gateway = GatewayServer(g.settings, http=http, tunnel=tunnel, admin=admin)
             task = loop.create_task(gateway.run())
             tasks.append(task)
-            await asyncio.wait([task, gateway.started], return_when=asyncio.FIRST_COMPLETED)
+            waits: list[asyncio.Future[Any]] = [task, gateway.started]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if task.done():
                 task.result()  # raises the bind failure
             ports = gateway.started.result()

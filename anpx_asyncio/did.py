@@ -14,18 +14,20 @@ from anpx_core.didwba import DocumentCache, did_document_url
 from anpx_core.gateway import GatewayCore
 from anpx_host.didfetch import DocumentUnavailable, fetch_document
 
+from ._pump import Pump
+
 log = logging.getLogger("anpx.gateway")
 
 
-def _wall(core: GatewayCore, pump) -> float:
+def _wall(core: GatewayCore, pump: Pump) -> float:
     return pump.now() + core.wall_offset  # the clock the core's checks use
 
 
-async def serve_documents(core: GatewayCore, pump, cache: DocumentCache) -> None:
+async def serve_documents(core: GatewayCore, pump: Pump, cache: DocumentCache) -> None:
     """Fetch what the cache asks for, until cancelled."""
     queue: asyncio.Queue[str] = asyncio.Queue(cache.max_pending + 1)
     cache.on_wanted = queue.put_nowait  # the cache never has more than max_pending asked
-    tasks: set[asyncio.Task] = set()
+    tasks: set[asyncio.Task[None]] = set()
     try:
         while True:
             did = await queue.get()
@@ -37,7 +39,7 @@ async def serve_documents(core: GatewayCore, pump, cache: DocumentCache) -> None
             task.cancel()
 
 
-async def _fetch(core: GatewayCore, pump, cache: DocumentCache, did: str) -> None:
+async def _fetch(core: GatewayCore, pump: Pump, cache: DocumentCache, did: str) -> None:
     url = did_document_url(did)
     # urllib's timeout is per socket operation: bound the whole fetch as well
     try:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import time
 
+from anpx_core.contract import Signal
 from anpx_core.gateway import GatewayCore, GatewaySettings
-from anpx_host.launch import BoundPorts, Listen, bind_failure
+from anpx_host.config import GatewayConfig
+from anpx_host.keys import HostKey
+from anpx_host.launch import BoundPorts, Listen, bind_failure, gateway_embedding
+from anpx_host.tls import gateway_listens
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump, TaskSet
 from .did import serve_documents
@@ -16,6 +21,7 @@ from .did import serve_documents
 log = logging.getLogger("anpx.gateway")
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
+CLOSE_GRACE = 1.0  # seconds the tunnels get to complete their closing handshake
 _START_TLS = sys.version_info >= (3, 11)  # StreamWriter.start_tls
 # asyncio's default backlog (100) overflows under connection bursts; the kernel caps this one
 LISTEN_BACKLOG = 4096
@@ -29,25 +35,27 @@ class GatewayServer:
 
     def __init__(
         self,
-        settings: GatewaySettings | None = None,
+        settings: GatewaySettings | GatewayConfig | None = None,
         *,
         http: Listen | None = None,
         tunnel: Listen | None = None,
         admin: Listen | None = None,
     ) -> None:
-        self.core = GatewayCore(settings)
+        core_settings, plan = gateway_embedding(settings or GatewaySettings())
+        self.core = GatewayCore(core_settings)
         self.pump = Pump(self.core)
-        self.http = http or Listen("127.0.0.1", 8080)
-        self.tunnel = tunnel or Listen("127.0.0.1", 8765)
-        self.admin = admin
+        planned = gateway_listens(plan)  # a GatewayConfig's listeners; explicit ones win
+        self.http = http or planned[0]
+        self.tunnel = tunnel or planned[1]
+        self.admin = admin or planned[2]
         self.ports: BoundPorts | None = None
         self._servers: list[asyncio.Server] = []
         self._tasks = TaskSet()
         self._stopped: asyncio.Event | None = None
-        self._started: asyncio.Future | None = None
+        self._started: asyncio.Future[BoundPorts] | None = None
 
     @property
-    def started(self) -> asyncio.Future:
+    def started(self) -> asyncio.Future[BoundPorts]:
         if self._started is None:
             self._started = asyncio.get_running_loop().create_future()
         return self._started
@@ -62,7 +70,7 @@ class GatewayServer:
                     continue
                 try:
                     server = await asyncio.start_server(
-                        lambda r, w, kind=name, spec=spec: self._connection(kind, spec, r, w),
+                        functools.partial(self._connection, name, spec),
                         spec.host,
                         spec.port,
                         # 3.11+: the handshake runs in _connection, where a failure is logged
@@ -88,7 +96,7 @@ class GatewayServer:
                 self.tunnel.host,
                 self.ports.tunnel,
             )
-            self._tasks.spawn(self.pump.timer())
+            self._tasks.spawn(self.pump.run_timers())
             documents = getattr(self.core.settings.auth, "cache", None)  # DID-WBA
             if documents is not None:
                 self._tasks.spawn(serve_documents(self.core, self.pump, documents))
@@ -100,7 +108,13 @@ class GatewayServer:
                 server.close()
             await self._tasks.cancel_all()
 
-    async def _connection(self, kind: str, spec: Listen, reader, writer) -> None:
+    async def _connection(
+        self,
+        kind: str,
+        spec: Listen,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         peer = writer.get_extra_info("peername")
         local = writer.get_extra_info("sockname")
         if peer is None or local is None:
@@ -144,17 +158,14 @@ class GatewayServer:
     async def shutdown(self, grace: float = 10.0) -> None:
         """Drain and stop: the SIGTERM path."""
         log.info("draining: %d requests in flight, grace %.0fs", self.core.in_flight, grace)
-        self.core.begin_drain()
+        core, wakers = self.core, self.pump.wakers
+        core.begin_drain()
+        self.pump.sync()
         for server in self._servers:
             server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while self.core.in_flight and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        self.core.close_tunnels()
+        await wakers.until_within(lambda: core.in_flight == 0, Signal.DRAINED, grace)
+        core.close_tunnels()
         self.pump.sync()
-        deadline = loop.time() + 1.0
-        while self.core.receivers and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        await wakers.until_within(lambda: not core.receivers, HostKey.CLOSED, CLOSE_GRACE)
         if self._stopped is not None:
             self._stopped.set()

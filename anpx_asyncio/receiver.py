@@ -8,7 +8,6 @@ Embed it in a running app, e.g. in a FastAPI lifespan::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -28,6 +27,7 @@ from anpx_host.appcalls import (
 )
 from anpx_host.config import ReceiverConfig
 from anpx_host.errors import StartupError
+from anpx_host.keys import HostKey
 from anpx_host.launch import receiver_embedding
 from anpx_host.tls import make_context
 from anpx_host.wsgi import WsgiApp
@@ -37,6 +37,7 @@ from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump, TaskSet
 log = logging.getLogger("anpx.receiver")
 
 CONNECT_TIMEOUT = 10.0
+CLOSE_GRACE = 1.0  # seconds the tunnels get to complete their closing handshake
 
 
 class _Threads:
@@ -128,11 +129,11 @@ class ReceiverClient:
                     raise StartupError(f"app startup failed: {lifespan.message}")
                 self.core.lifespan_state = lifespan.state
             self._tasks = tasks
-            tasks.spawn(self.pump.timer())
-            tasks.spawn(self._watch_give_up())
+            tasks.spawn(self.pump.run_timers())
             tasks.spawn(flush_heads_forever(self.core, self.pump))
             self.core.start(self.pump.now(), time.time())
             self.pump.sync()
+            tasks.spawn(self._watch_give_up())
             await self._stopped.wait()
             if lifespan is not None:
                 try:
@@ -146,10 +147,10 @@ class ReceiverClient:
             raise StartupError(f"gave up connecting to the gateway: {self.core.last_error}")
 
     async def _watch_give_up(self) -> None:
-        while not self.core.given_up:
-            await self.pump.wakers.wait(Signal.GAVE_UP)
-        assert self._stopped is not None
-        self._stopped.set()
+        core = self.core
+        await self.pump.wakers.until(lambda: core.given_up, Signal.GAVE_UP)
+        if self._stopped is not None:
+            self._stopped.set()
 
     async def _connect(self, request: ConnectRequest) -> None:
         read_size = TUNNEL_READ_SIZE if request.purpose == "gateway" else READ_SIZE
@@ -181,22 +182,15 @@ class ReceiverClient:
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Ask the gateways for no new requests, let in-flight ones finish, close."""
-        loop = asyncio.get_running_loop()
-        self.core.begin_drain()
+        core, wakers = self.core, self.pump.wakers
+        core.begin_drain()
         self.pump.sync()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._drained(), grace)
-        self.core.close()
+        await wakers.until_within(lambda: core.in_flight == 0, Signal.DRAINED, grace)
+        core.close()
         self.pump.sync()
-        deadline = loop.time() + 1.0
-        while self.core.connected_links and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        await wakers.until_within(lambda: core.connected_links == 0, HostKey.CLOSED, CLOSE_GRACE)
         if self._stopped is not None:
             self._stopped.set()
-
-    async def _drained(self) -> None:
-        while self.core.in_flight:
-            await self.pump.wakers.wait(Signal.DRAINED)
 
 
 def _describe(exc: BaseException) -> str:

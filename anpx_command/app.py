@@ -24,7 +24,7 @@ import codecs
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -40,6 +40,10 @@ from .sessions import Conflict, LimitReached, NotFound, Session, SessionManager,
 from .web import BadRequest, field, parse_int, query, query_int, read_json, send_json, send_status
 
 __all__ = ["CommandApp"]
+
+Scope = dict[str, Any]  # ASGI
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 log = logging.getLogger("anpx.command")
 SSE_CHUNK = 64 * 1024
@@ -78,7 +82,7 @@ class CommandApp:
         mcp_app: Any = None,
         mcp_path: str = "/mcp",
         mcp_lifespan: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
-        services: list[Callable[..., Awaitable[None]]] | None = None,
+        services: list[Callable[..., Coroutine[Any, Any, None]]] | None = None,
     ) -> None:
         self.manager = manager
         self.guard = guard
@@ -131,8 +135,8 @@ class CommandApp:
                 started = True
                 await receive()  # lifespan.shutdown
                 tg.cancel_scope.cancel()
-        except Exception as exc:
-            exc = first_error(exc)  # task groups wrap the error that matters
+        except Exception as group:
+            exc = first_error(group)  # task groups wrap the error that matters
             log.error("command mode stopped: %s", exc)
             if not started:
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -165,7 +169,7 @@ class CommandApp:
 
     # --- sessions ----------------------------------------------------------------------
 
-    async def create_session(self, scope, receive, send) -> None:
+    async def create_session(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await read_json(receive, self.max_body)
         executor = field(body, "executor", str)
         prompt = field(body, "prompt", str)
@@ -191,7 +195,7 @@ class CommandApp:
             raise BadRequest(str(exc), 503) from None
         await send_json(send, 201, session.to_json())
 
-    async def list_sessions(self, scope, receive, send) -> None:
+    async def list_sessions(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, {"sessions": [s.to_json() for s in self.manager.list()]})
 
     def _session(self, session_id: str) -> Session:
@@ -200,20 +204,26 @@ class CommandApp:
         except NotFound:
             raise BadRequest("no such session", 404) from None
 
-    async def get_session(self, scope, receive, send, session_id: str) -> None:
+    async def get_session(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str
+    ) -> None:
         await send_json(send, 200, self._session(session_id).to_json())
 
-    async def cancel_session(self, scope, receive, send, session_id: str) -> None:
+    async def cancel_session(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str
+    ) -> None:
         self._session(session_id)
         session = await self.manager.cancel(session_id, who=client_of(scope))
         await send_json(send, 200, session.to_json())
 
-    async def delete_session(self, scope, receive, send, session_id: str) -> None:
+    async def delete_session(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str
+    ) -> None:
         self._session(session_id)
         await self.manager.delete(session_id, who=client_of(scope))
         await send_json(send, 200, {"deleted": session_id})
 
-    async def send_input(self, scope, receive, send, session_id: str) -> None:
+    async def send_input(self, scope: Scope, receive: Receive, send: Send, session_id: str) -> None:
         self._session(session_id)
         body = await read_json(receive, self.max_body)
         data = field(body, "data", str, "")
@@ -224,7 +234,9 @@ class CommandApp:
             raise BadRequest(str(exc), 409) from None
         await send_json(send, 200, session.to_json())
 
-    async def read_output(self, scope, receive, send, session_id: str) -> None:
+    async def read_output(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str
+    ) -> None:
         session = self._session(session_id)
         params = query(scope)
         length = len(session.log)
@@ -246,7 +258,9 @@ class CommandApp:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
-    async def stream_output(self, scope, receive, send, session_id: str) -> None:
+    async def stream_output(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str
+    ) -> None:
         session = self._session(session_id)
         params = query(scope)
         offset = query_int(params, "offset", 0, 0, 2**62)
@@ -273,29 +287,35 @@ class CommandApp:
 
     # --- Claude Code's store -------------------------------------------------------------
 
-    async def claude_projects(self, scope, receive, send) -> None:
+    async def claude_projects(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, {"projects": await self.store.projects()})
 
-    async def claude_directories(self, scope, receive, send) -> None:
+    async def claude_directories(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, {"directories": await self.store.working_directories()})
 
-    async def claude_project_sessions(self, scope, receive, send, project_id: str) -> None:
+    async def claude_project_sessions(
+        self, scope: Scope, receive: Receive, send: Send, project_id: str
+    ) -> None:
         try:
             sessions = await self.store.project_sessions(project_id)
         except StoreNotFound:
             raise BadRequest("no such project", 404) from None
         await send_json(send, 200, {"sessions": sessions})
 
-    async def claude_sessions(self, scope, receive, send) -> None:
+    async def claude_sessions(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, {"sessions": await self.store.all_sessions()})
 
-    async def claude_session(self, scope, receive, send, session_id: str) -> None:
+    async def claude_session(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str
+    ) -> None:
         try:
             await send_json(send, 200, await self.store.session(session_id))
         except StoreNotFound:
             raise BadRequest("no such session", 404) from None
 
-    async def claude_delete(self, scope, receive, send, session_id: str) -> None:
+    async def claude_delete(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str
+    ) -> None:
         try:
             await self.store.delete_session(session_id)
         except StoreNotFound:

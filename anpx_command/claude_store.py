@@ -136,7 +136,9 @@ class ClaudeStore:
         messages, _ = self._read(path)
         return self._describe(path, project_id, messages)
 
-    def _describe(self, path: Path, project_id: str, messages: list[dict]) -> dict[str, Any]:
+    def _describe(
+        self, path: Path, project_id: str, messages: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         stamps = [m["timestamp"] for m in messages if isinstance(m.get("timestamp"), str)]
         first_user = next((m for m in messages if m.get("type") == "user"), None)
         cwd = next((m["cwd"] for m in messages if isinstance(m.get("cwd"), str)), None)

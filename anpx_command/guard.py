@@ -42,7 +42,7 @@ def client_of(scope: dict[str, Any]) -> str:
 def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
     for key, value in scope.get("headers", ()):
         if key == name:
-            return value
+            return bytes(value)
     return None
 
 

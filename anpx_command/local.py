@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -129,10 +130,13 @@ class LocalListener:
                 await send({"type": "http.response.body", "body": b""})
 
 
-def _receive_safely(receive):
+def _receive_safely(
+    receive: Callable[[], Awaitable[dict[str, Any]]],
+) -> Callable[[], Awaitable[dict[str, Any]]]:
     async def wrapped() -> dict[str, Any]:
         try:
-            return await receive()
+            message: dict[str, Any] = await receive()
+            return message
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
             return {"type": "http.disconnect"}
 

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from .executors import RequestError
-from .sessions import Conflict, LimitReached, NotFound, SessionManager, Unavailable
+from .sessions import Conflict, LimitReached, NotFound, Session, SessionManager, Unavailable
 
 __all__ = ["MCP_MISSING", "build_mcp"]
 
@@ -47,7 +47,7 @@ def build_mcp(manager: SessionManager, *, path: str, max_body: int) -> tuple[Any
         client = getattr(request, "client", None)
         return f"mcp:{getattr(client, 'host', '-')}"
 
-    def session(session_id: str):
+    def session(session_id: str) -> Session:
         try:
             return manager.get(session_id)
         except NotFound:

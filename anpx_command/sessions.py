@@ -112,7 +112,9 @@ class SessionManager:
 
     # --- lifetime ---------------------------------------------------------------------
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED):
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Hold the sessions' task group until cancelled; then stop every process tree."""
         try:
             async with anyio.create_task_group() as tg:

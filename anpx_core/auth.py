@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -119,9 +119,15 @@ def _mac(secret: bytes, message: bytes) -> str:
 
 
 class SharedSecretClient:
-    """The receiver's side: sign the upgrade, check the gateway's proof."""
+    """The receiver's side: sign the upgrade, check the gateway's proof.
 
-    def __init__(self, secret: bytes, client_id: str, *, nonce_source=os.urandom) -> None:
+    ``nonce_source(n)`` returns ``n`` unpredictable bytes (the host passes ``os.urandom``);
+    the core reads no randomness of its own.
+    """
+
+    def __init__(
+        self, secret: bytes, client_id: str, *, nonce_source: Callable[[int], bytes]
+    ) -> None:
         if not secret:
             raise ValueError("the shared secret is empty")
         self._secret = secret

@@ -172,7 +172,7 @@ def first_authentication_method(document: dict[str, Any]) -> tuple[str, dict[str
         first if isinstance(first, str) else first.get("id") if isinstance(first, dict) else None
     )
     method = authentication_method(document, method_id) if isinstance(method_id, str) else None
-    if method is None:
+    if method is None or not isinstance(method_id, str):
         raise DidError("the DID document's first authentication method is not defined in it")
     return method_id, method
 
@@ -442,9 +442,10 @@ def signature_base(
         elif component.startswith("@"):
             raise DidError(f"unsupported covered component {_short(component)}")
         else:
-            value = _get(headers, component.lower())
-            if value is None:
+            header = _get(headers, component.lower())
+            if header is None:
                 raise DidError(f"covered header {_short(component)} is missing")
+            value = header
         lines.append(f'"{component}": {value}')
     lines.append(f'"@signature-params": {proof.params_text}')
     return "\n".join(lines).encode()
@@ -476,7 +477,7 @@ def parse_timestamp(text: str) -> float:
         or second > 60
     ):
         raise DidError("timestamp out of range")
-    seconds = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+    seconds: float = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
     if m.group(7):
         seconds += float("0" + m.group(7))
     if m.group(9):

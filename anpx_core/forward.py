@@ -40,32 +40,38 @@ class ForwardError(Exception):
     """A request h11 cannot send (invalid head, body beyond Content-Length) or misuse."""
 
 
+class ForwardEvent:
+    """What a :class:`ForwardConnection` reports about the local service.
+
+    Each layer has one such base class: dispatch with ``isinstance`` or ``match``.
+    """
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
-class UpstreamResponse:
+class UpstreamResponse(ForwardEvent):
     head: ResponseHead
 
 
 @dataclass(frozen=True, slots=True)
-class UpstreamData:
+class UpstreamData(ForwardEvent):
     data: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class UpstreamEnded:
+class UpstreamEnded(ForwardEvent):
     pass
 
 
 @dataclass(frozen=True, slots=True)
-class UpstreamFailed:
+class UpstreamFailed(ForwardEvent):
     """The service's answer is unusable. ``stale``: a reused connection was closed before a
     single response byte arrived (the service dropped it while idle), so the request may be
     retried on a fresh connection if it can be replayed."""
 
     reason: str
     stale: bool = False
-
-
-ForwardEvent = UpstreamResponse | UpstreamData | UpstreamEnded | UpstreamFailed
 
 
 class ForwardConnection:
@@ -136,14 +142,16 @@ class ForwardConnection:
             self._send_head(method, target, headers)
         self._send(h11.EndOfMessage())
 
-    def _request(self, method: bytes, target: bytes, headers: list) -> h11.Request:
+    def _request(
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> h11.Request:
         try:
             return h11.Request(method=method, target=target, headers=headers)
         except h11.LocalProtocolError as exc:
             self._active = False
             raise ForwardError(f"cannot forward this request: {exc}") from None
 
-    def _send_head(self, method: bytes, target: bytes, headers: list) -> None:
+    def _send_head(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         self._held = None
         self._send(self._request(method, target, headers))
 

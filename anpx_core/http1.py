@@ -82,8 +82,17 @@ class FrontLimits:
     keepalive_timeout: float = 5.0
 
 
+class FrontEvent:
+    """What :class:`HttpFront` reports about the client connection it parses.
+
+    Each layer has one such base class: dispatch with ``isinstance`` or ``match``.
+    """
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
-class RequestStarted:
+class RequestStarted(FrontEvent):
     """A request head; ``head.headers`` is what goes to the receiver (see module doc)."""
 
     head: RequestHead
@@ -92,17 +101,17 @@ class RequestStarted:
 
 
 @dataclass(frozen=True, slots=True)
-class RequestData:
+class RequestData(FrontEvent):
     data: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class RequestEnded:
+class RequestEnded(FrontEvent):
     pass
 
 
 @dataclass(frozen=True, slots=True)
-class RequestFailed:
+class RequestFailed(FrontEvent):
     """The front refused the request and already queued its error response (or aborted).
 
     The engine cancels the current request's stream, if there is one: this is also
@@ -115,11 +124,9 @@ class RequestFailed:
 
 
 @dataclass(frozen=True, slots=True)
-class ClientGone:
+class ClientGone(FrontEvent):
     """EOF while a request or its response was unfinished; the front is closed."""
 
-
-FrontEvent = RequestStarted | RequestData | RequestEnded | RequestFailed | ClientGone
 
 # The end of a head, as h11 finds it (bare LF line ends are accepted too).
 _BLANK_LINE = re.compile(rb"\n\r?\n")

@@ -79,30 +79,40 @@ Message = Request | Response | ErrorMessage
 # --- decoder events ------------------------------------------------------------------------
 
 
+class MessageEvent:
+    """What a :class:`MessageDecoder` reports about the ANPX messages it reassembles.
+
+    Each layer has one such base class: dispatch with ``isinstance`` or ``match``.
+    """
+
+    __slots__ = ()
+    request_id: str | None  # the stream it belongs to (None: an ERROR frame without one)
+
+
 @dataclass(slots=True)
-class HeadReceived:
+class HeadReceived(MessageEvent):
     request_id: str
     head: RequestHead | ResponseHead
 
 
 @dataclass(slots=True)
-class BodyReceived:
+class BodyReceived(MessageEvent):
     request_id: str
     data: bytes
 
 
 @dataclass(slots=True)
-class MessageComplete:
+class MessageComplete(MessageEvent):
     request_id: str
 
 
 @dataclass(slots=True)
-class ErrorReceived:
+class ErrorReceived(MessageEvent):
     request_id: str | None
     text: str
 
 
-Event = HeadReceived | BodyReceived | MessageComplete | ErrorReceived
+Event = MessageEvent  # the name this module used before
 
 
 @dataclass(slots=True)
@@ -594,7 +604,7 @@ def decode_message(wire: list[bytes], limits: Limits | None = None) -> Message:
             elif isinstance(event, BodyReceived):
                 body.append(event.data)
             else:
-                assert head is not None
+                assert head is not None and rid is not None  # a head came first, with its id
                 if isinstance(head, RequestHead):
                     result = Request(rid, head.method, head.target, head.headers, b"".join(body))
                 else:

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from .errors import ProtocolError
@@ -66,7 +68,7 @@ def split_target(target: str) -> tuple[str, dict[str, str]]:
     return unquote(raw_path), dict(parse_qsl(raw_query, keep_blank_values=True))
 
 
-def join_target(path: str, query: dict[str, str | list[str]]) -> str:
+def join_target(path: str, query: Mapping[str, str | list[str]]) -> str:
     """Rebuild a request-target from v1 fields (the inverse of split_target where one exists)."""
     if not query:
         if _PLAIN_PATH(path):
@@ -153,7 +155,7 @@ def _loads(raw: bytes) -> object:
     return json.loads(raw)
 
 
-def _load(raw: bytes, what: str, max_size: int) -> dict:
+def _load(raw: bytes, what: str, max_size: int) -> dict[str, Any]:
     if len(raw) > max_size:
         raise ProtocolError("too_large", f"{what} of {len(raw)} bytes exceeds {max_size}")
     try:
@@ -165,7 +167,7 @@ def _load(raw: bytes, what: str, max_size: int) -> dict:
     return obj
 
 
-def _str(obj: dict, key: str, what: str, default: str | None = None) -> str:
+def _str(obj: dict[str, Any], key: str, what: str, default: str | None = None) -> str:
     value = obj.get(key, default)
     if not isinstance(value, str):
         if value is None:
@@ -174,7 +176,7 @@ def _str(obj: dict, key: str, what: str, default: str | None = None) -> str:
     return value
 
 
-def _headers(obj: dict, what: str) -> Headers:
+def _headers(obj: dict[str, Any], what: str) -> Headers:
     if KEY_HEADERS in obj:
         pairs = obj[KEY_HEADERS]
         if not isinstance(pairs, list) or not all(

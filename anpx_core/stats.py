@@ -6,6 +6,7 @@ import json
 from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 #: Latency histogram buckets (seconds), the Prometheus client defaults.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -30,7 +31,7 @@ class Stats:
     requests: int = 0
     responses: dict[tuple[str, int], int] = field(default_factory=dict)  # (route, status) -> n
     durations: dict[str, _Histogram] = field(default_factory=dict)  # route -> histogram
-    recent: deque = field(default_factory=lambda: deque(maxlen=_RECENT))
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=_RECENT))
     bytes_in: int = 0  # request body bytes from clients
     bytes_out: int = 0  # response body bytes to clients
     timeouts: int = 0
@@ -66,7 +67,10 @@ class Stats:
         data = sorted(self.recent)
         if not data:
             return {"p50": None, "p90": None, "p99": None}
-        pick = lambda q: round(data[min(len(data) - 1, int(q * len(data)))] * 1000, 3)  # noqa: E731
+
+        def pick(q: float) -> float:
+            return round(data[min(len(data) - 1, int(q * len(data)))] * 1000, 3)
+
         return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99)}
 
     def by_status(self) -> dict[str, int]:
@@ -86,7 +90,9 @@ class Stats:
             }
         ).encode()
 
-    def stats_json(self, *, receivers: list[dict], routes: dict[str, int], in_flight: int) -> bytes:
+    def stats_json(
+        self, *, receivers: list[dict[str, Any]], routes: dict[str, int], in_flight: int
+    ) -> bytes:
         return json.dumps(
             {
                 "receivers": receivers,

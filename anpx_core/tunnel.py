@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from . import frames as F
 from . import messages as M
@@ -70,25 +71,34 @@ def parse_extensions(headers: list[tuple[str, str]]) -> int | None:
 # --- events ---------------------------------------------------------------------------------
 
 
+class StreamEvent:
+    """What a :class:`TunnelSession` reports about its streams and the tunnel.
+
+    Each layer has one such base class: dispatch with ``isinstance`` or ``match``.
+    """
+
+    __slots__ = ()
+
+
 @dataclass(slots=True)
-class StreamHead:
+class StreamHead(StreamEvent):
     request_id: str
     head: RequestHead | ResponseHead
 
 
 @dataclass(slots=True)
-class StreamData:
+class StreamData(StreamEvent):
     request_id: str
     data: bytes
 
 
 @dataclass(slots=True)
-class StreamEnd:
+class StreamEnd(StreamEvent):
     request_id: str
 
 
 @dataclass(slots=True)
-class StreamReset:
+class StreamReset(StreamEvent):
     """The peer cancelled or failed the stream (an ERROR frame), or it broke a rule."""
 
     request_id: str
@@ -97,27 +107,22 @@ class StreamReset:
 
 
 @dataclass(slots=True)
-class StreamWritable:
+class StreamWritable(StreamEvent):
     """Credit arrived or the backlog drained: the producer of this stream may resume."""
 
     request_id: str
 
 
 @dataclass(slots=True)
-class PeerDraining:
+class PeerDraining(StreamEvent):
     """The peer asked for no new streams (it is shutting down)."""
 
 
 @dataclass(slots=True)
-class TunnelBroken:
+class TunnelBroken(StreamEvent):
     """The peer sent bytes that cannot be framed; the tunnel must close (code 1002)."""
 
     reason: str
-
-
-StreamEvent = (
-    StreamHead | StreamData | StreamEnd | StreamReset | StreamWritable | PeerDraining | TunnelBroken
-)
 
 
 # --- per-stream state ----------------------------------------------------------------------
@@ -137,6 +142,14 @@ class _Stream:
     want_writable: bool = False
 
 
+class TunnelSocket(Protocol):
+    """What a session sends through: an open WsServer or WsClient."""
+
+    def send_binary(self, data: bytes) -> None: ...
+
+    def send_control(self, message: dict[str, Any], *, v1_untyped: bool = False) -> None: ...
+
+
 class TunnelSession:
     """Stream multiplexer over one WebSocket.
 
@@ -149,7 +162,7 @@ class TunnelSession:
 
     def __init__(
         self,
-        ws,
+        ws: TunnelSocket,
         *,
         accepts: type[RequestHead] | type[ResponseHead],
         local_window: int | None,
@@ -170,7 +183,7 @@ class TunnelSession:
             size = max(limits.max_frame_size, limits.v1_max_frame_size)
             limits = replace(limits, max_frame_size=size)
             if hasattr(ws, "discard_oversized"):
-                ws.max_message_size = size
+                ws.max_message_size = size  # type: ignore[attr-defined]
                 ws.discard_oversized = True
         self._decoder = M.MessageDecoder(limits)
         self._streams: dict[str, _Stream] = {}
@@ -378,7 +391,7 @@ class TunnelSession:
         self.ws.send_binary(M.encode_error(reason, request_id))
         return [StreamReset(request_id, reason, by_peer=False)] if known else []
 
-    def receive_control(self, message: dict) -> list[StreamEvent]:
+    def receive_control(self, message: dict[str, Any]) -> list[StreamEvent]:
         kind = message.get("type")
         if kind == CONTROL_CREDIT and self.flow:
             return self._credit(message.get("credits"))

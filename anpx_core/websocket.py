@@ -152,8 +152,17 @@ class WsLimits:
 # --- events ----------------------------------------------------------------------------------
 
 
+class WsEvent:
+    """What a WebSocket endpoint (:class:`WsServer`, :class:`WsClient`) reports.
+
+    Each layer has one such base class: dispatch with ``isinstance`` or ``match``.
+    """
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
-class HandshakeRequested:
+class HandshakeRequested(WsEvent):
     """Server only: a valid upgrade request arrived; call ``accept()`` or ``reject()``."""
 
     path: str  # the request-target as sent
@@ -163,7 +172,7 @@ class HandshakeRequested:
 
 
 @dataclass(frozen=True, slots=True)
-class HandshakeAccepted:
+class HandshakeAccepted(WsEvent):
     """Client only: the server answered 101; the connection is open."""
 
     headers: list[tuple[str, str]]  # response headers except the upgrade machinery
@@ -171,7 +180,7 @@ class HandshakeAccepted:
 
 
 @dataclass(frozen=True, slots=True)
-class HandshakeRejected:
+class HandshakeRejected(WsEvent):
     """Client only: the server answered something else than 101. Closed follows."""
 
     status: int
@@ -180,12 +189,12 @@ class HandshakeRejected:
 
 
 @dataclass(frozen=True, slots=True)
-class BinaryReceived:
+class BinaryReceived(WsEvent):
     data: bytes  # one whole binary message
 
 
 @dataclass(frozen=True, slots=True)
-class BinaryDiscarded:
+class BinaryDiscarded(WsEvent):
     """A binary message over the limit was dropped as it arrived (``discard_oversized``)."""
 
     prefix: bytes  # its first DISCARD_PREFIX bytes, enough to name its ANPX stream
@@ -193,26 +202,15 @@ class BinaryDiscarded:
 
 
 @dataclass(frozen=True, slots=True)
-class ControlReceived:
+class ControlReceived(WsEvent):
     message: dict[str, Any]  # one JSON object with a str "type" (never ping / pong)
 
 
 @dataclass(frozen=True, slots=True)
-class Closed:
+class Closed(WsEvent):
     code: int
     reason: str
     clean: bool  # True only when Close frames went both ways
-
-
-WsEvent = (
-    HandshakeRequested
-    | HandshakeAccepted
-    | HandshakeRejected
-    | BinaryReceived
-    | BinaryDiscarded
-    | ControlReceived
-    | Closed
-)
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -674,7 +672,7 @@ class WsServer(_WsConnection):
         head = self._head
         start = max(0, len(head) - 3)
         head += data
-        if head[:1] in (b"\r", b"\n"):  # tolerate empty lines before the request line
+        if head.startswith((b"\r", b"\n")):  # tolerate empty lines before the request line
             del head[: len(head) - len(head.lstrip(b"\r\n"))]
             start = 0
         match = _HEAD_END.search(head, start)
@@ -806,20 +804,19 @@ class WsClient(_WsConnection):
             return
         events = self._ws.events()
         for ev in events:
-            cls = type(ev)
-            if cls is AcceptConnection:
+            if isinstance(ev, AcceptConnection):
                 self._opened()
                 self._events.append(
                     HandshakeAccepted(_str_headers(ev.extra_headers), ev.subprotocol)
                 )
                 self._process(events)  # frames that came with the 101
                 return
-            if cls is RejectConnection:
+            if isinstance(ev, RejectConnection):
                 self._reject = (ev.status_code, _str_headers(ev.headers), bytearray())
                 if not ev.has_body:
                     self._rejected()
                     return
-            elif cls is RejectData and self._reject is not None:
+            elif isinstance(ev, RejectData) and self._reject is not None:
                 body = self._reject[2]
                 body += ev.data[: MAX_REJECT_BODY - len(body)]
                 if ev.body_finished or len(body) >= MAX_REJECT_BODY:

@@ -35,7 +35,7 @@ class BadRequest(Exception):
     """The adapter request itself is malformed (not an ANPX error)."""
 
 
-def _int(obj: dict, key: str, lo: int, hi: int) -> int:
+def _int(obj: dict[str, Any], key: str, lo: int, hi: int) -> int:
     value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise BadRequest(f"{key!r} must be an integer from {lo} to {hi}")
@@ -79,7 +79,7 @@ def message_from_json(m: Any) -> Message:
     raise BadRequest(f"unknown message type {kind!r}")
 
 
-def message_to_json(msg: Message) -> dict:
+def message_to_json(msg: Message) -> dict[str, Any]:
     if isinstance(msg, Request):
         return {
             "type": "request", "request_id": msg.request_id, "method": msg.method,
@@ -93,7 +93,7 @@ def message_to_json(msg: Message) -> dict:
     return {"type": "error", "request_id": msg.request_id, "text": msg.text}
 
 
-def handle(request: Any) -> dict:
+def handle(request: Any) -> dict[str, Any]:
     """Answer one adapter request (already parsed from JSON)."""
     try:
         if not isinstance(request, dict):
@@ -127,13 +127,13 @@ def handle(request: Any) -> dict:
             size = request.get("max_frame_size", DEFAULT_SEND_FRAME_SIZE)
             if isinstance(size, bool) or not isinstance(size, int) or size < 24:
                 raise BadRequest("max_frame_size must be an integer of at least 24")
-            wire = encode_message(message_from_json(request.get("message")), size)
-            return {"wire": [w.hex() for w in wire]}
+            encoded = encode_message(message_from_json(request.get("message")), size)
+            return {"wire": [w.hex() for w in encoded]}
         if op == "decode_message":
-            wire = request.get("wire")
-            if not isinstance(wire, list):
+            hexes = request.get("wire")
+            if not isinstance(hexes, list):
                 raise BadRequest("wire must be a list of hex strings")
-            msg = decode_message([_hex(w, "wire entry") for w in wire])
+            msg = decode_message([_hex(w, "wire entry") for w in hexes])
             return {"message": message_to_json(msg)}
         raise BadRequest(f"unknown op {op!r}")
     except ProtocolError as exc:

@@ -10,42 +10,52 @@ call's wake-ups) and ``now()``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from anpx_core.asgi import LifespanCycle
+from anpx_core.receiver import ReceiverCore
+
+from .keys import HostKey, Key
 
 log = logging.getLogger("anpx.receiver")
 
-LIFESPAN_QUEUED = -1  # wake key: a lifespan message is queued for the app
-LIFESPAN_CHANGED = -2  # wake key: the lifespan status changed
+AsgiMessage = dict[str, Any]  # an ASGI event or scope
+
+LIFESPAN_QUEUED = HostKey.LIFESPAN_QUEUED
+LIFESPAN_CHANGED = HostKey.LIFESPAN_CHANGED
+HEADS_DUE = HostKey.HEADS_DUE
 
 
 class Wakers(Protocol):
-    async def wait(self, key: int) -> None: ...
+    async def wait(self, key: Key) -> None: ...
 
-    def fire(self, keys: set[int]) -> None: ...
+    def fire(self, keys: Iterable[Key]) -> None: ...
 
 
 class Pump(Protocol):
-    wakers: Wakers
+    @property
+    def wakers(self) -> Wakers: ...
 
     def sync(self) -> None: ...
 
     def now(self) -> float: ...
 
 
-async def serve_http_call(app: Any, core: Any, call_id: int, scope: dict, pump: Pump) -> None:
+async def serve_http_call(
+    app: Any, core: ReceiverCore, call_id: int, scope: AsgiMessage, pump: Pump
+) -> None:
     """Run ``app`` for one request; its receive/send go through the receiver core."""
 
-    async def receive() -> dict:
+    async def receive() -> AsgiMessage:
         while True:
-            message = core.asgi_receive(call_id)
+            message: AsgiMessage | None = core.asgi_receive(call_id)
             pump.sync()
             if message is not None:
                 return message
             await pump.wakers.wait(call_id)
 
-    async def send(message: dict) -> None:
+    async def send(message: AsgiMessage) -> None:
         core.asgi_send(call_id, message, pump.now())
         pump.sync()
         while not core.asgi_writable(call_id):
@@ -66,14 +76,14 @@ async def serve_http_call(app: Any, core: Any, call_id: int, scope: dict, pump: 
 async def serve_lifespan(app: Any, cycle: LifespanCycle, wakers: Wakers) -> None:
     """Run the app's lifespan coroutine for as long as it wants."""
 
-    async def receive() -> dict:
+    async def receive() -> AsgiMessage:
         while True:
             message = cycle.receive()
             if message is not None:
                 return message
             await wakers.wait(LIFESPAN_QUEUED)
 
-    async def send(message: dict) -> None:
+    async def send(message: AsgiMessage) -> None:
         cycle.send(message)
         wakers.fire({LIFESPAN_CHANGED})
 
@@ -104,10 +114,7 @@ async def lifespan_shutdown(cycle: LifespanCycle, wakers: Wakers) -> None:
         await wakers.wait(LIFESPAN_CHANGED)
 
 
-HEADS_DUE = -3  # wake key: a response head waits for its first body part
-
-
-async def flush_heads_forever(core: Any, pump: Pump) -> None:
+async def flush_heads_forever(core: ReceiverCore, pump: Pump) -> None:
     """Send response heads whose body does not follow at once.
 
     The driver fires ``HEADS_DUE`` when ``core.heads_pending``; this task runs on the

@@ -86,7 +86,7 @@ def load_app(
         return WsgiApp(obj, what)
     if _is_django(obj):
         return NeedsAsyncio(obj, f"{what} is a Django app, which {_ASYNCIO_HINT}")
-    return obj
+    return obj  # type: ignore[no-any-return]  # the user's object, checked to be callable
 
 
 #: Why an app refuses to start under another event loop, and what to do instead.

@@ -23,18 +23,18 @@ import difflib
 import json
 import logging
 import math
+import random
 import re
 import sys
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-if TYPE_CHECKING:
-    from anpx_core.gateway import GatewaySettings
-    from anpx_core.receiver import ReceiverSettings
+from anpx_core.gateway import GatewaySettings
+from anpx_core.receiver import ReceiverSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,6 +67,11 @@ MIN_FRAME_SIZE = 1024
 #: Receive limit ceiling: a WebSocket message is buffered whole before decoding.
 MAX_FRAME_SIZE = 1024 * MiB
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+#: The embedding defaults are the single source of every engine default below: a key that
+#: maps onto a core setting takes its default from here (tests/test_config.py checks that
+#: ``to_*_settings`` of a default section equals the default settings).
+_GW = GatewaySettings()
+_RX = ReceiverSettings()
 
 
 class ConfigError(Exception):
@@ -225,7 +230,7 @@ class _Section:
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if f.metadata.get("section"):
-                expected = type(f.default_factory())  # type: ignore[misc]
+                expected = type(f.default_factory())  # type: ignore[operator]
                 if not isinstance(value, expected):
                     raise ConfigError(
                         f"{type(self).__name__}.{f.name}: expected a {expected.__name__}, "
@@ -310,24 +315,36 @@ class GatewayConfig(_Section):
     port: int = _opt(8080, "int", lo=0, hi=65535)
     wss_host: str = _opt("127.0.0.1", "str", nonempty=True)
     wss_port: int = _opt(8765, "int", lo=0, hi=65535)
-    max_connections: int = _opt(1000, "int", lo=1)
-    timeout: float = _opt(30.0, "float", lo=0, lo_open=True, unit="seconds")
-    keepalive_timeout: float = _opt(5.0, "float", lo=0, lo_open=True, unit="seconds")
-    chunk_size: int = _opt(256 * 1024, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
-    ping_interval: float = _opt(30.0, "float", lo=0, unit="seconds")
+    max_connections: int = _opt(_GW.max_connections, "int", lo=1)
+    timeout: float = _opt(_GW.timeout, "float", lo=0, lo_open=True, unit="seconds")
+    keepalive_timeout: float = _opt(
+        _GW.front.keepalive_timeout, "float", lo=0, lo_open=True, unit="seconds"
+    )
+    chunk_size: int = _opt(
+        _GW.send_frame_size, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes"
+    )
+    ping_interval: float = _opt(_GW.ws.ping_interval, "float", lo=0, unit="seconds")
     tls: TlsConfig = field(default_factory=_gateway_tls, metadata=_SECTION)
     auth: AuthConfig = field(default_factory=AuthConfig, metadata=_SECTION)
     # ours
     admin_host: str = _opt("127.0.0.1", "str", nonempty=True)
     admin_port: int = _opt(8081, "int", lo=0, hi=65535)  # 0: no admin listener
-    max_streams_per_receiver: int = _opt(100, "int", lo=1)
-    max_header_bytes: int = _opt(64 * 1024, "int", lo=1024, hi=16 * MiB, unit="bytes")
-    max_body_bytes: int = _opt(100 * MiB, "int", lo=0, unit="bytes")
-    header_timeout: float = _opt(10.0, "float", lo=0, lo_open=True, unit="seconds")
-    stream_window: int = _opt(MiB, "int", lo=0, hi=2**31 - 1, unit="bytes")
-    max_frame_size: int = _opt(16 * MiB, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
+    max_streams_per_receiver: int = _opt(_GW.max_streams_per_receiver, "int", lo=1)
+    max_header_bytes: int = _opt(
+        _GW.front.max_header_bytes, "int", lo=1024, hi=16 * MiB, unit="bytes"
+    )
+    max_body_bytes: int = _opt(_GW.front.max_body_bytes, "int", lo=0, unit="bytes")
+    header_timeout: float = _opt(
+        _GW.front.header_timeout, "float", lo=0, lo_open=True, unit="seconds"
+    )
+    stream_window: int = _opt(_GW.stream_window or 0, "int", lo=0, hi=2**31 - 1, unit="bytes")
+    max_frame_size: int = _opt(
+        _GW.codec.max_frame_size, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes"
+    )
     # a v1 receiver sends each response as one frame (docs/protocol.md section 12)
-    v1_max_frame_size: int = _opt(100 * MiB, "int", lo=MIN_FRAME_SIZE, unit="bytes")
+    v1_max_frame_size: int = _opt(
+        _GW.codec.v1_max_frame_size, "int", lo=MIN_FRAME_SIZE, unit="bytes"
+    )
     insecure: bool = _opt(False, "bool")
     # per-client-address token bucket (anpx_core.ratelimit); 0: off, see docs/security.md
     rate_limit: float = _opt(0.0, "float", lo=0, unit="requests per second")
@@ -342,14 +359,14 @@ class GatewayConfig(_Section):
     admin_token: str | None = _opt(None, "str", nonempty=True, secret=True)
     admin_token_file: str | None = _opt(None, "path")
     # hostile tunnel peers (docs/security.md): body held before heads, pings, unread output
-    max_body_before_head: int = _opt(64 * MiB, "size")
-    max_pings_per_minute: int = _opt(60, "int", lo=0)
-    max_tunnel_backlog: int = _opt(16 * MiB, "size")
+    max_body_before_head: int = _opt(_GW.codec.max_headless_total, "size")
+    max_pings_per_minute: int = _opt(_GW.ws.max_pings_per_minute, "int", lo=0)
+    max_tunnel_backlog: int = _opt(_GW.ws.max_backlog, "size")
     # hostile clients (docs/security.md#hostile-http-clients); 0 in a per-address cap: no cap
-    max_output_bytes: int = _opt(MiB, "int", lo=1024, hi=2**31 - 1, unit="bytes")
-    max_connections_per_address: int = _opt(100, "int", lo=0)
-    max_streams_per_address: int = _opt(20, "int", lo=0)
-    send_timeout: float = _opt(60.0, "float", lo=0, unit="seconds")
+    max_output_bytes: int = _opt(_GW.max_output_bytes, "int", lo=1024, hi=2**31 - 1, unit="bytes")
+    max_connections_per_address: int = _opt(_GW.max_connections_per_address, "int", lo=0)
+    max_streams_per_address: int = _opt(_GW.max_streams_per_address, "int", lo=0)
+    send_timeout: float = _opt(_GW.send_timeout, "float", lo=0, unit="seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,34 +376,40 @@ class ReceiverConfig(_Section):
     local_app_module: str | None = _opt(None, "str", extra=_module_attr)
     local_host: str = _opt("127.0.0.1", "str", nonempty=True)
     local_port: int | None = _opt(None, "int", lo=1, hi=65535)
-    timeout: float = _opt(30.0, "float", lo=0, lo_open=True, unit="seconds")
+    timeout: float = _opt(_RX.ws.ping_timeout, "float", lo=0, lo_open=True, unit="seconds")
     keepalive_interval: float = _opt(30.0, "float", lo=0, unit="seconds")
-    ping_interval: float = _opt(30.0, "float", lo=0, unit="seconds")
-    reconnect_enabled: bool = _opt(True, "bool")
-    reconnect_delay: float = _opt(1.0, "float", lo=0, lo_open=True, unit="seconds")
-    max_reconnect_attempts: int = _opt(0, "int", lo=0)  # 0: forever
-    chunk_size: int = _opt(256 * 1024, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
+    ping_interval: float = _opt(_RX.ws.ping_interval, "float", lo=0, unit="seconds")
+    reconnect_enabled: bool = _opt(_RX.reconnect_enabled, "bool")
+    reconnect_delay: float = _opt(_RX.reconnect_delay, "float", lo=0, lo_open=True, unit="seconds")
+    max_reconnect_attempts: int = _opt(_RX.max_reconnect_attempts, "int", lo=0)  # 0: forever
+    chunk_size: int = _opt(
+        _RX.send_frame_size, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes"
+    )
     tls: TlsConfig = field(default_factory=TlsConfig, metadata=_SECTION)
     auth: AuthConfig = field(default_factory=AuthConfig, metadata=_SECTION)
     # ours
     local_url: str | None = _opt(None, "str", extra=_http_url)
     client_id: str = _opt("", "str", extra=_client_id)
     gateway_urls: tuple[str, ...] = _opt((), "urls")
-    stream_window: int = _opt(MiB, "int", lo=0, hi=2**31 - 1, unit="bytes")
-    max_frame_size: int = _opt(16 * MiB, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes")
-    v1_max_frame_size: int = _opt(100 * MiB, "int", lo=MIN_FRAME_SIZE, unit="bytes")
+    stream_window: int = _opt(_RX.stream_window or 0, "int", lo=0, hi=2**31 - 1, unit="bytes")
+    max_frame_size: int = _opt(
+        _RX.codec.max_frame_size, "int", lo=MIN_FRAME_SIZE, hi=MAX_FRAME_SIZE, unit="bytes"
+    )
+    v1_max_frame_size: int = _opt(
+        _RX.codec.v1_max_frame_size, "int", lo=MIN_FRAME_SIZE, unit="bytes"
+    )
     # JSON ping period towards a v1 gateway, which drops receivers silent for 2 x its interval
-    v1_ping_interval: float = _opt(5.0, "float", lo=0, unit="seconds")
+    v1_ping_interval: float = _opt(_RX.v1_ping_interval, "float", lo=0, unit="seconds")
     app_factory: bool = _opt(False, "bool")
     interface: str = _opt("auto", "choice", choices=APP_INTERFACES)  # how to call the app
     routes: tuple[str, ...] = _opt((), "routes")  # claimed in the handshake; (): the default route
-    max_concurrent_requests: int = _opt(1000, "int", lo=1)
+    max_concurrent_requests: int = _opt(_RX.max_concurrent_requests, "int", lo=1)
     root_path: str = _opt("", "str", extra=_root_path)
     shutdown_grace: float = _opt(10.0, "float", lo=0, unit="seconds")
     # a hostile gateway (docs/security.md): body held before heads, pings, unread output
-    max_body_before_head: int = _opt(64 * MiB, "size")
-    max_pings_per_minute: int = _opt(60, "int", lo=0)
-    max_tunnel_backlog: int = _opt(16 * MiB, "size")
+    max_body_before_head: int = _opt(_RX.codec.max_headless_total, "size")
+    max_pings_per_minute: int = _opt(_RX.ws.max_pings_per_minute, "int", lo=0)
+    max_tunnel_backlog: int = _opt(_RX.ws.max_backlog, "size")
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -680,7 +703,7 @@ def _convert(check: _Check, value: Any) -> tuple[bool, Any]:
 # --- parsing -------------------------------------------------------------------------------
 
 
-def _fields_of(cls: type) -> dict[str, Field]:
+def _fields_of(cls: type) -> dict[str, Field[Any]]:
     return {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
 
 
@@ -724,7 +747,7 @@ class _Parser:
         return replace(default, **given)
 
     def _unknown(
-        self, known: dict[str, Field], key: str, value: Any, path: tuple[str, ...]
+        self, known: dict[str, Field[Any]], key: str, value: Any, path: tuple[str, ...]
     ) -> ConfigError:
         table = isinstance(value, Mapping)
         names = [n for n, f in known.items() if bool(f.metadata.get("section")) == table]
@@ -964,7 +987,6 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
     import ipaddress
 
     from anpx_core import messages as M
-    from anpx_core.gateway import GatewaySettings
     from anpx_core.http1 import FrontLimits
     from anpx_core.ratelimit import make_limiter
     from anpx_core.routing import parse_route
@@ -1010,10 +1032,8 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
 
 def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
     """The receiver core's settings from ``cfg`` (authentication is the driver's to attach)."""
-    import random
 
     from anpx_core import messages as M
-    from anpx_core.receiver import ReceiverSettings
     from anpx_core.tunnel import DEFAULT_STREAM_WINDOW
     from anpx_core.websocket import WsLimits
 

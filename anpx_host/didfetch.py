@@ -18,6 +18,8 @@ import socket
 import ssl
 import urllib.error
 import urllib.request
+from email.message import Message
+from typing import IO
 
 
 class DocumentUnavailable(Exception):
@@ -25,7 +27,15 @@ class DocumentUnavailable(Exception):
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: Message,
+        newurl: str,
+    ) -> urllib.request.Request | None:
         return None  # a 3xx becomes an HTTPError: the document must be where the DID says
 
 
@@ -135,4 +145,4 @@ def fetch_document(
         raise DocumentUnavailable(f"{url} is unreachable: {exc or type(exc).__name__}") from None
     if len(body) > max_bytes:
         raise DocumentUnavailable(f"{url} served more than {max_bytes} bytes")
-    return body
+    return bytes(body)

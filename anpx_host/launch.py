@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -215,7 +216,9 @@ def _receiver_plan(cfg: Config, *, both: bool) -> ReceiverPlan:
     if both and cfg.gateway.auth.enabled and not auth.enabled:
         auth = cfg.gateway.auth  # the built-in receiver knows its own gateway's secret
     if auth.enabled:
-        settings.auth = SharedSecretClient(resolve_secret(auth, "receiver.auth", []), client_id)
+        settings.auth = SharedSecretClient(
+            resolve_secret(auth, "receiver.auth", []), client_id, nonce_source=os.urandom
+        )
     if r.auth.did_wba_enabled:  # signs with its DID, plus the shared secret when enabled
         from .didfiles import receiver_auth, service_domains
 
@@ -317,12 +320,13 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def resolve_app(plan: ReceiverPlan):
+def resolve_app(plan: ReceiverPlan) -> Any:
     """The ASGI app the receiver serves: the user's (a WSGI app wrapped), command mode
     (:mod:`anpx_command`, imported only when enabled), the demo, or None (forward mode)."""
     if plan.command is not None:
         from anpx_command import create_app
 
+        assert plan.command_token is not None  # resolved with plan.command
         try:
             return create_app(plan.command, plan.command_token)
         except (ValueError, RuntimeError) as exc:
@@ -399,9 +403,9 @@ def resolve_secret(auth: AuthConfig, section: str, warnings: list[str]) -> bytes
                 path=f"{section}.shared_secret_file",
             )
         return secret
-    secret = os.environ.get(SECRET_ENV, "").strip()
-    if secret:
-        return secret.encode()
+    from_env = os.environ.get(SECRET_ENV, "").strip()
+    if from_env:
+        return from_env.encode()
     raise ConfigError(
         f"[{section}] shared_secret: required when enabled = true "
         f"(or shared_secret_file, or the {SECRET_ENV} environment variable)",
@@ -433,9 +437,9 @@ def resolve_admin_token(g: GatewayConfig, warnings: list[str]) -> bytes | None:
                 f"[gateway] admin_token_file: {path} is empty", path="gateway.admin_token_file"
             )
         return token
-    token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
-    if token:
-        return token.encode()
+    from_env = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+    if from_env:
+        return from_env.encode()
     if not is_loopback(g.admin_host):
         raise ConfigError(
             f"[gateway] admin_token: required when admin_host ({g.admin_host}) is not a loopback "
@@ -505,7 +509,7 @@ def default_client_id() -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_DNS, name))
 
 
-def run_cli(argv: list[str] | None, prog: str, execute) -> int:
+def run_cli(argv: list[str] | None, prog: str, execute: Callable[[Plan, Any], int | None]) -> int:
     """``python -m <driver>``: parse, plan, then ``execute(plan, app)`` on the driver's loop.
 
     Returns the exit code: 0 after a clean drain, 1 when start-up failed (one line on

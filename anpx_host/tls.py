@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import ssl
 
-from .launch import StartupError, TlsPolicy
+from .errors import StartupError
+from .launch import GatewayPlan, Listen, TlsPolicy
 
 _VERIFY = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
@@ -39,3 +40,16 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):
         return f"TLS: {exc.reason or exc}"
     return str(exc) or type(exc).__name__
+
+
+def gateway_listens(plan: GatewayPlan | None) -> tuple[Listen, Listen, Listen | None]:
+    """The listeners (http, tunnel, admin) of a gateway plan, TLS contexts made; without a
+    plan the embedding defaults: HTTP on 127.0.0.1:8080, the tunnel on 8765, no admin."""
+    if plan is None:
+        return Listen("127.0.0.1", 8080), Listen("127.0.0.1", 8765), None
+    http, tunnel, admin = plan.http, plan.tunnel, plan.admin
+    return (
+        Listen(http.host, http.port, make_context(http.tls)),
+        Listen(tunnel.host, tunnel.port, make_context(tunnel.tls)),
+        None if admin is None else Listen(admin.host, admin.port, make_context(admin.tls)),
+    )

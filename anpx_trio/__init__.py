@@ -6,13 +6,15 @@ async with trio.open_nursery() as nursery:
 
 from anpx_core.gateway import GatewaySettings
 from anpx_core.receiver import ReceiverSettings
-from anpx_host.config import ReceiverConfig
+from anpx_host.config import GatewayConfig, ReceiverConfig
 from anpx_host.errors import StartupError
+from anpx_host.launch import Listen
 
-from .gateway import GatewayServer, Listen
+from .gateway import GatewayServer
 from .receiver import ReceiverClient
 
 __all__ = [
+    "GatewayConfig",
     "GatewayServer",
     "GatewaySettings",
     "Listen",

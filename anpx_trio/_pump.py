@@ -1,7 +1,8 @@
 """Moving bytes between trio streams and a sans-IO core (gateway or receiver).
 
-The core decides everything; this module only reads while the core allows it,
-writes what the core has queued, and wakes tasks the core names.
+The core decides everything (:class:`anpx_core.contract.DriverCore`); this module only
+reads while the core allows it, writes what the core has queued, wakes the tasks the core
+names and runs the core's timers when they are due.
 """
 
 from __future__ import annotations
@@ -11,17 +12,19 @@ import logging
 import math
 import ssl
 import time
-from typing import Any
+from collections.abc import Callable, Iterable
 
 import trio
 
-from anpx_core.contract import Signal
+from anpx_core.contract import DriverCore, Signal
+from anpx_host.keys import HostKey, Key
 from anpx_host.tls import describe_error
 
 log = logging.getLogger("anpx.trio")
 
 READ_SIZE = 64 * 1024
 TUNNEL_READ_SIZE = 256 * 1024  # tunnels carry bulk: fewer, larger reads
+ERROR_BACKOFF = 0.1  # after a timer failed: its deadline may still be due
 STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 
 
@@ -33,29 +36,33 @@ class Wakers:
     """
 
     def __init__(self) -> None:
-        self._events: dict[int, trio.Event] = {}
+        self._events: dict[Key, trio.Event] = {}
 
-    async def wait(self, key: int) -> None:
+    async def wait(self, key: Key) -> None:
         event = self._events.get(key)
         if event is None:
             event = self._events[key] = trio.Event()
         await event.wait()
 
-    def fire(self, keys: set[int]) -> None:
+    def fire(self, keys: Iterable[Key]) -> None:
         for key in keys:
             event = self._events.pop(key, None)
             if event is not None:
                 event.set()
 
+    async def until(self, condition: Callable[[], bool], key: Key) -> None:
+        """Return once ``condition()`` holds, re-checking it at each wake-up of ``key``."""
+        while not condition():
+            await self.wait(key)
+
 
 class Pump:
     """Shared by the gateway and receiver drivers: one core, its wake-ups, its clock."""
 
-    def __init__(self, core: Any) -> None:
+    def __init__(self, core: DriverCore) -> None:
         self.core = core
         self.wakers = Wakers()
         self._scopes: dict[int, trio.CancelScope] = {}  # connections being served
-        self._pop_aborts = getattr(core, "pop_aborts", None)
 
     @staticmethod
     def now() -> float:
@@ -64,11 +71,10 @@ class Pump:
     def sync(self) -> None:
         """Propagate what the last core call changed; drivers extend this."""
         self.wakers.fire(self.core.pop_wakeups())
-        if self._pop_aborts is not None:
-            for cid in self._pop_aborts():
-                scope = self._scopes.get(cid)
-                if scope is not None:
-                    scope.cancel()  # a write blocked on a client that reads nothing, too
+        for cid in self.core.pop_aborts():
+            scope = self._scopes.get(cid)
+            if scope is not None:
+                scope.cancel()  # a write blocked on a client that reads nothing, too
 
     async def serve(self, cid: int, stream: trio.abc.Stream, read_size: int = READ_SIZE) -> None:
         """Pump one connection until the core closes it or the peer goes away.
@@ -89,13 +95,14 @@ class Pump:
             self._scopes.pop(cid, None)
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(1):
-                    with contextlib.suppress(STREAM_ERRORS):
+                    with contextlib.suppress(*STREAM_ERRORS):
                         await stream.aclose()
                 try:
                     core.closed(cid, self.now())
                     self.sync()
                 except Exception:
                     log.exception("internal error closing connection %d", cid)
+                self.wakers.fire((HostKey.CLOSED,))
 
     async def _reader(self, cid: int, stream: trio.abc.Stream, read_size: int) -> None:
         core = self.core
@@ -131,43 +138,21 @@ class Pump:
                 return
             await self.wakers.wait(cid)
 
-    async def timer(self) -> None:
-        """Run the core's timers at its next deadline; Signal.TIMER re-arms (gw stopgap:
-        drv's contract work replaces this)."""
-        from anpx_core.contract import Signal
-
-        while True:
-            deadline = self.core.next_deadline()
-            with trio.move_on_at(deadline if deadline is not None else float("inf")):
-                await self.wakers.wait(Signal.TIMER)  # type: ignore[arg-type]
-            try:
-                now = self.now()
-                self.core.handle_timer(now)
-                self.core.set_wall_clock(now, time.time())
-                self.sync()
-            except Exception:  # the crash barrier: the timers must keep running
-                log.exception("internal error running timers")
-
-    async def ticker(self, interval: float) -> None:
-        while True:
-            await trio.sleep(interval)
-            try:
-                self.core.tick(self.now(), time.time())
-                self.sync()
-            except Exception:  # the crash barrier: the timers must keep running
-                log.exception("internal error running timers")
-
-    async def timer(self) -> None:
-        """Run the core's timers at its next deadline; ``Signal.TIMER`` says it moved earlier."""
+    async def run_timers(self) -> None:
+        """Run the core's timers when due: sleep until ``next_deadline()`` (for ever when
+        None) or until the core names :attr:`Signal.TIMER` (a deadline moved earlier)."""
         core = self.core
         while True:
             deadline = core.next_deadline()
-            with trio.move_on_at(math.inf if deadline is None else deadline):
-                await self.wakers.wait(Signal.TIMER)
+            now = self.now()
+            if deadline is None or deadline > now:
+                with trio.move_on_at(math.inf if deadline is None else deadline):
+                    await self.wakers.wait(Signal.TIMER)
+                continue
             try:
-                now = self.now()
                 core.handle_timer(now)
                 core.set_wall_clock(now, time.time())
                 self.sync()
             except Exception:  # the crash barrier: the timers must keep running
                 log.exception("internal error running timers")
+                await trio.sleep(ERROR_BACKOFF)  # a deadline left in the past must not spin

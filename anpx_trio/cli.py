@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from typing import Any
 
 import trio
 
@@ -16,9 +17,9 @@ from anpx_host.launch import (
     run_cli,
     use_bound_ports,
 )
-from anpx_host.tls import make_context
+from anpx_host.tls import gateway_listens, make_context
 
-from .gateway import GatewayServer, Listen
+from .gateway import GatewayServer
 from .receiver import ReceiverClient
 
 PROG = "python -m anpx_trio"
@@ -40,18 +41,14 @@ def anp_proxy() -> int:
     return main(prog="anp-proxy")
 
 
-async def _run(plan: Plan, app) -> None:
+async def _run(plan: Plan, app: Any) -> None:
     failure: list[BaseException] = []
     async with trio.open_nursery() as nursery:
         gateway = receiver = None
         if plan.gateway is not None:
             g = plan.gateway
-            gateway = GatewayServer(
-                g.settings,
-                http=Listen(g.http.host, g.http.port, make_context(g.http.tls)),
-                tunnel=Listen(g.tunnel.host, g.tunnel.port, make_context(g.tunnel.tls)),
-                admin=Listen(g.admin.host, g.admin.port) if g.admin else None,
-            )
+            http, tunnel, admin = gateway_listens(g)
+            gateway = GatewayServer(g.settings, http=http, tunnel=tunnel, admin=admin)
             try:
                 ports = await nursery.start(gateway.run)
             except BaseException as exc:
@@ -84,7 +81,9 @@ async def _run(plan: Plan, app) -> None:
         raise StartupError(str(failure[0]))
 
 
-async def _run_receiver(receiver: ReceiverClient, failure: list, scope: trio.CancelScope) -> None:
+async def _run_receiver(
+    receiver: ReceiverClient, failure: list[BaseException], scope: trio.CancelScope
+) -> None:
     try:
         await receiver.run()
     except BaseException as exc:

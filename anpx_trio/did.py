@@ -16,14 +16,16 @@ from anpx_core.didwba import DocumentCache, did_document_url
 from anpx_core.gateway import GatewayCore
 from anpx_host.didfetch import DocumentUnavailable, fetch_document
 
+from ._pump import Pump
+
 log = logging.getLogger("anpx.gateway")
 
 
-def _wall(core: GatewayCore, pump) -> float:
+def _wall(core: GatewayCore, pump: Pump) -> float:
     return pump.now() + core.wall_offset  # the clock the core's checks use
 
 
-async def serve_documents(core: GatewayCore, pump, cache: DocumentCache) -> None:
+async def serve_documents(core: GatewayCore, pump: Pump, cache: DocumentCache) -> None:
     """Fetch what the cache asks for, until cancelled."""
     send, receive = trio.open_memory_channel[str](cache.max_pending + 1)
     cache.on_wanted = send.send_nowait  # the cache never has more than max_pending asked
@@ -32,7 +34,7 @@ async def serve_documents(core: GatewayCore, pump, cache: DocumentCache) -> None
             nursery.start_soon(_fetch, core, pump, cache, did)
 
 
-async def _fetch(core: GatewayCore, pump, cache: DocumentCache, did: str) -> None:
+async def _fetch(core: GatewayCore, pump: Pump, cache: DocumentCache, did: str) -> None:
     url = did_document_url(did)
     # urllib's timeout is per socket operation: bound the whole fetch as well
     with trio.move_on_after(cache.fetch_timeout * 2) as scope:

@@ -7,8 +7,12 @@ import time
 
 import trio
 
+from anpx_core.contract import Signal
 from anpx_core.gateway import GatewayCore, GatewaySettings
-from anpx_host.launch import BoundPorts, Listen, bind_failure
+from anpx_host.config import GatewayConfig
+from anpx_host.keys import HostKey
+from anpx_host.launch import BoundPorts, Listen, bind_failure, gateway_embedding
+from anpx_host.tls import gateway_listens
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump
 from .did import serve_documents
@@ -16,6 +20,8 @@ from .did import serve_documents
 log = logging.getLogger("anpx.gateway")
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
+_Listeners = tuple[str, Listen, list[trio.SocketListener]]  # kind, spec, bound sockets
+CLOSE_GRACE = 1.0  # seconds the tunnels get to complete their closing handshake
 
 
 class GatewayServer:
@@ -28,24 +34,28 @@ class GatewayServer:
 
     def __init__(
         self,
-        settings: GatewaySettings | None = None,
+        settings: GatewaySettings | GatewayConfig | None = None,
         *,
         http: Listen | None = None,
         tunnel: Listen | None = None,
         admin: Listen | None = None,
     ) -> None:
-        self.core = GatewayCore(settings)
+        core_settings, plan = gateway_embedding(settings or GatewaySettings())
+        self.core = GatewayCore(core_settings)
         self.pump = Pump(self.core)
-        self.http = http or Listen("127.0.0.1", 8080)
-        self.tunnel = tunnel or Listen("127.0.0.1", 8765)
-        self.admin = admin
+        planned = gateway_listens(plan)  # a GatewayConfig's listeners; explicit ones win
+        self.http = http or planned[0]
+        self.tunnel = tunnel or planned[1]
+        self.admin = admin or planned[2]
         self.ports: BoundPorts | None = None
         self._listeners: trio.CancelScope | None = None
         self._stopped = trio.Event()
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[BoundPorts] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.pump.timer)
+            nursery.start_soon(self.pump.run_timers)
             documents = getattr(self.core.settings.auth, "cache", None)  # DID-WBA
             if documents is not None:
                 nursery.start_soon(serve_documents, self.core, self.pump, documents)
@@ -78,7 +88,7 @@ class GatewayServer:
             await self._stopped.wait()
             nursery.cancel_scope.cancel()
 
-    async def _accept_all(self, nursery: trio.Nursery, listeners: list) -> None:
+    async def _accept_all(self, nursery: trio.Nursery, listeners: list[_Listeners]) -> None:
         """Accept on every listener until shutdown() cancels ``self._listeners``."""
         assert self._listeners is not None
         with self._listeners:
@@ -90,7 +100,9 @@ class GatewayServer:
             for sock in socks:
                 await sock.aclose()
 
-    async def _accept(self, nursery: trio.Nursery, kind: str, spec: Listen, listener) -> None:
+    async def _accept(
+        self, nursery: trio.Nursery, kind: str, spec: Listen, listener: trio.SocketListener
+    ) -> None:
         while True:
             try:
                 stream = await listener.accept()
@@ -143,15 +155,15 @@ class GatewayServer:
     async def shutdown(self, grace: float = 10.0) -> None:
         """Drain and stop: the SIGTERM path."""
         log.info("draining: %d requests in flight, grace %.0fs", self.core.in_flight, grace)
-        self.core.begin_drain()
+        core, wakers = self.core, self.pump.wakers
+        core.begin_drain()
+        self.pump.sync()
         if self._listeners is not None:
             self._listeners.cancel()
         with trio.move_on_after(grace):
-            while self.core.in_flight:
-                await trio.sleep(0.05)
-        self.core.close_tunnels()
+            await wakers.until(lambda: core.in_flight == 0, Signal.DRAINED)
+        core.close_tunnels()
         self.pump.sync()
-        with trio.move_on_after(1.0):
-            while self.core.receivers:
-                await trio.sleep(0.02)
+        with trio.move_on_after(CLOSE_GRACE):
+            await wakers.until(lambda: not core.receivers, HostKey.CLOSED)
         self._stopped.set()

@@ -22,6 +22,7 @@ from anpx_host.appcalls import (
 )
 from anpx_host.config import ReceiverConfig
 from anpx_host.errors import StartupError
+from anpx_host.keys import HostKey
 from anpx_host.launch import receiver_embedding
 from anpx_host.tls import make_context
 from anpx_host.wsgi import WsgiApp
@@ -31,6 +32,7 @@ from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump
 log = logging.getLogger("anpx.receiver")
 
 CONNECT_TIMEOUT = 10.0
+CLOSE_GRACE = 1.0  # seconds the tunnels get to complete their closing handshake
 
 
 class _Threads:
@@ -97,7 +99,9 @@ class ReceiverClient:
         if self.core.connected_links and not self.ready.is_set():
             self.ready.set()
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[ReceiverClient] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         async with trio.open_nursery() as nursery:
             lifespan = None
             if self.app is not None:
@@ -108,7 +112,7 @@ class ReceiverClient:
                     raise StartupError(f"app startup failed: {lifespan.message}")
                 self.core.lifespan_state = lifespan.state
             self._nursery = nursery
-            nursery.start_soon(self.pump.timer)
+            nursery.start_soon(self.pump.run_timers)
             nursery.start_soon(flush_heads_forever, self.core, self.pump)
             self.core.start(self.pump.now(), time.time())
             self.pump.sync()
@@ -123,8 +127,8 @@ class ReceiverClient:
             raise StartupError(f"gave up connecting to the gateway: {self.core.last_error}")
 
     async def _watch_give_up(self) -> None:
-        while not self.core.given_up:
-            await self.pump.wakers.wait(Signal.GAVE_UP)
+        core = self.core
+        await self.pump.wakers.until(lambda: core.given_up, Signal.GAVE_UP)
         self._stopped.set()
 
     async def _connect(self, request: ConnectRequest) -> None:
@@ -155,16 +159,15 @@ class ReceiverClient:
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Ask the gateways for no new requests, let in-flight ones finish, close."""
-        self.core.begin_drain()
+        core, wakers = self.core, self.pump.wakers
+        core.begin_drain()
         self.pump.sync()
         with trio.move_on_after(grace):
-            while self.core.in_flight:
-                await self.pump.wakers.wait(Signal.DRAINED)
-        self.core.close()
+            await wakers.until(lambda: core.in_flight == 0, Signal.DRAINED)
+        core.close()
         self.pump.sync()
-        with trio.move_on_after(1.0):
-            while self.core.connected_links:
-                await trio.sleep(0.02)
+        with trio.move_on_after(CLOSE_GRACE):
+            await wakers.until(lambda: core.connected_links == 0, HostKey.CLOSED)
         self._stopped.set()
 
 

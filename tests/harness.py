@@ -35,6 +35,7 @@ from anpx_core.gateway import GatewayCore, GatewaySettings
 from anpx_core.receiver import ConnectRequest, ReceiverCore, ReceiverSettings
 
 STEP_TIME = 0.001  # fake seconds per scheduler step
+IDLE_STEP = 0.1  # the most an idle world moves on in one step
 UPSTREAM = ("127.0.0.1", 9000)
 
 
@@ -126,6 +127,10 @@ class Task:
     def woken(self) -> None:
         self.waiting = False
 
+    def sleeping(self) -> bool:
+        """Asleep for a number of steps (not waiting for a wake-up): runnable again soon."""
+        return False
+
 
 class CoreConnection:
     """The driver's two tasks for one connection of a core, as ``Pump.serve`` runs them."""
@@ -135,6 +140,7 @@ class CoreConnection:
         self.reader = _Reader(self)
         self.writer = _Writer(self)
         self.finished = False
+        self.finished_at: float | None = None  # when the core was told it closed
         self.pending = b""  # taken from the core, not yet in the pipe
         self.max_pending = 0
         world.tasks += [self.reader, self.writer]
@@ -145,6 +151,7 @@ class CoreConnection:
         if self.finished:
             return
         self.finished = True
+        self.finished_at = self.world.now
         self.reader.done = self.writer.done = True
         self.end.close()
         self.core.closed(self.cid, self.world.now)
@@ -262,6 +269,9 @@ class AppTask(Task):
 
     def runnable(self) -> bool:
         return not self.done and not self.waiting and self.world.steps >= self.sleep_until
+
+    def sleeping(self) -> bool:
+        return not self.done and not self.waiting and self.world.steps < self.sleep_until
 
     def step(self) -> None:
         try:
@@ -757,6 +767,7 @@ class World:
         self.upstream_idle_close = False
         self.app_tasks: list[AppTask] = []
         self.drops: list[float] = []  # when a tunnel was cut
+        self.cut: list[tuple[float, CoreConnection]] = []  # (when, its gateway side)
         # [start, end] intervals during which the gateway had no receiver (end None: ongoing)
         self.outages: list[list[float | None]] = []
         self.hooks: list[Callable[[World], None]] = []  # run after every step
@@ -842,6 +853,7 @@ class World:
         gw, _rx = live[self.rng.randrange(len(live)) if index is None else index]
         gw.end.reset()
         self.drops.append(self.now)
+        self.cut.append((self.now, gw))
         return True
 
     def cores(self) -> list[GatewayCore | ReceiverCore]:
@@ -872,8 +884,12 @@ class World:
                     task.step()
                     ran = True
             self.now += STEP_TIME
+        elif any(t.sleeping() for t in self.tasks):
+            self.now += STEP_TIME  # a task sleeps for some steps: time goes on step by step
         else:
-            self.now = max(self.now, self.next_timer())
+            # idle: on to the next timer, but at most IDLE_STEP at a time, so that scenarios
+            # counting steps (clients starting at step N) keep their pace in time
+            self.now = max(self.now, min(self.next_timer(), self.now + IDLE_STEP))
         self.steps += 1
         self.run_due_timers()
         self._track_outage()
@@ -894,6 +910,12 @@ class World:
         """Was a tunnel cut, or no receiver connected, at some time in [start, end]?"""
         end = self.now if end is None else end
         if any(start <= t <= end for t in self.drops):
+            return True
+        # a cut the gateway had not noticed yet when the request began (it reads a tunnel
+        # only while it may: a v1 tunnel paused for a slow client notices late)
+        if any(
+            t <= end and (gw.finished_at is None or gw.finished_at >= start) for t, gw in self.cut
+        ):
             return True
         return any(a <= end and (b is None or b >= start) for a, b in self.outages)
 

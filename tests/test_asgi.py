@@ -31,6 +31,8 @@ from anpx_core.asgi import (
 )
 from anpx_core.meta import RequestHead
 
+from .hypothesis_profiles import examples
+
 CLIENT = ("203.0.113.7", 50123)
 SERVER = ("127.0.0.1", 8000)
 
@@ -611,7 +613,7 @@ def test_lifespan_app_crash_after_startup_skips_shutdown() -> None:
 # --- property: any body split reaches the app intact ---------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     body=st.binary(max_size=4000),
     cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=20),
@@ -638,7 +640,7 @@ def test_any_split_reaches_the_app_intact(body: bytes, cuts: list[int], reads: l
     assert [m["more_body"] for m in got] == [True] * (len(got) - 1) + [False]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(parts=st.lists(st.binary(min_size=1, max_size=300), max_size=8))
 def test_any_split_reaches_a_starlette_app_intact(parts: list[bytes]) -> None:
     async def main() -> Driver:

@@ -25,6 +25,7 @@ from anpx_core.receiver import ReceiverSettings
 
 from .apps import app
 from .deploy import DRIVERS, PAIRINGS, start_gateway, start_receiver, wait_until
+from .hypothesis_profiles import examples
 
 SECRET = b"correct horse battery staple"
 NOW = 1_800_000_000.0
@@ -43,7 +44,10 @@ def test_canonical_strings_are_as_documented():
 
 
 def test_mutual_proof_succeeds_with_the_same_secret():
-    client, server = SharedSecretClient(SECRET, "rc-1"), SharedSecretServer(SECRET)
+    client, server = (
+        SharedSecretClient(SECRET, "rc-1", nonce_source=os.urandom),
+        SharedSecretServer(SECRET),
+    )
     verdict = server.check_request(
         "gw.example:8765", "/tunnel", handshake(client), "10.0.0.1:5", NOW
     )
@@ -70,7 +74,10 @@ def test_mutual_proof_succeeds_with_the_same_secret():
     ],
 )
 def test_tampered_handshakes_are_refused(mutate, why):
-    client, server = SharedSecretClient(SECRET, "rc-1"), SharedSecretServer(SECRET)
+    client, server = (
+        SharedSecretClient(SECRET, "rc-1", nonce_source=os.urandom),
+        SharedSecretServer(SECRET),
+    )
     verdict = server.check_request(
         "gw.example:8765", "/tunnel", mutate(handshake(client)), "10.0.0.1:5", NOW
     )
@@ -79,7 +86,10 @@ def test_tampered_handshakes_are_refused(mutate, why):
 
 
 def test_signature_binds_host_and_path():
-    client, server = SharedSecretClient(SECRET, "rc-1"), SharedSecretServer(SECRET)
+    client, server = (
+        SharedSecretClient(SECRET, "rc-1", nonce_source=os.urandom),
+        SharedSecretServer(SECRET),
+    )
     headers = handshake(client)
     assert not server.check_request("evil.example:8765", "/tunnel", headers, "p:1", NOW).ok
     assert not server.check_request("gw.example:8765", "/other", headers, "p:1", NOW).ok
@@ -88,7 +98,7 @@ def test_signature_binds_host_and_path():
 def test_clock_skew_edge():
     server = SharedSecretServer(SECRET, clock_skew=300)
     for offset, ok in ((300, True), (-300, True), (301, False), (-301, False)):
-        client = SharedSecretClient(SECRET, "rc")
+        client = SharedSecretClient(SECRET, "rc", nonce_source=os.urandom)
         verdict = server.check_request(
             "gw.example:8765", "/tunnel", handshake(client, NOW + offset), f"p{offset}:1", NOW
         )
@@ -97,7 +107,7 @@ def test_clock_skew_edge():
 
 def test_replayed_nonce_is_refused_until_it_expires():
     server = SharedSecretServer(SECRET, clock_skew=60)
-    headers = handshake(SharedSecretClient(SECRET, "rc"))
+    headers = handshake(SharedSecretClient(SECRET, "rc", nonce_source=os.urandom))
     assert server.check_request("gw.example:8765", "/tunnel", headers, "a:1", NOW).ok
     replay = server.check_request("gw.example:8765", "/tunnel", headers, "b:1", NOW + 1)
     assert not replay.ok and "replayed" in replay.reason
@@ -113,19 +123,23 @@ def test_nonce_memory_is_bounded():
         assert server.check_request(
             "gw.example:8765",
             "/tunnel",
-            handshake(SharedSecretClient(SECRET, "rc")),
+            handshake(SharedSecretClient(SECRET, "rc", nonce_source=os.urandom)),
             f"a{i}:1",
             NOW,
         ).ok
     full = server.check_request(
-        "gw.example:8765", "/tunnel", handshake(SharedSecretClient(SECRET, "rc")), "z:1", NOW
+        "gw.example:8765",
+        "/tunnel",
+        handshake(SharedSecretClient(SECRET, "rc", nonce_source=os.urandom)),
+        "z:1",
+        NOW,
     )
     assert not full.ok and full.status == 429
 
 
 def test_max_attempts_per_address_per_minute():
     server = SharedSecretServer(SECRET, max_attempts=3)
-    bad = handshake(SharedSecretClient(b"wrong secret", "rc"))
+    bad = handshake(SharedSecretClient(b"wrong secret", "rc", nonce_source=os.urandom))
     statuses = [
         server.check_request("gw.example:8765", "/tunnel", bad, "10.0.0.9:1000", NOW + i).status
         for i in range(4)
@@ -134,7 +148,7 @@ def test_max_attempts_per_address_per_minute():
     blocked = server.check_request("gw.example:8765", "/tunnel", bad, "10.0.0.9:2000", NOW + 4)
     assert blocked.status == 429 and ("retry-after", "56") in blocked.headers  # window ends
     # a correctly signed handshake from the same address is admitted all the same
-    good = handshake(SharedSecretClient(SECRET, "rc"), NOW + 4)
+    good = handshake(SharedSecretClient(SECRET, "rc", nonce_source=os.urandom), NOW + 4)
     assert server.check_request("gw.example:8765", "/tunnel", good, "10.0.0.9:2000", NOW + 4).ok
     assert (
         server.check_request("gw.example:8765", "/tunnel", bad, "10.0.0.8:1", NOW + 4).status == 401
@@ -144,7 +158,7 @@ def test_max_attempts_per_address_per_minute():
 
 
 def test_gateway_proof_is_checked_by_the_receiver():
-    client = SharedSecretClient(SECRET, "rc")
+    client = SharedSecretClient(SECRET, "rc", nonce_source=os.urandom)
     headers = handshake(client)
     impostor = SharedSecretServer(b"not the secret")
     # an impostor cannot compute the proof: whatever it sends, the receiver refuses it
@@ -153,7 +167,7 @@ def test_gateway_proof_is_checked_by_the_receiver():
     assert not impostor.check_request("gw.example:8765", "/tunnel", headers, "p:1", NOW).ok
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     st.lists(st.tuples(st.text(max_size=30), st.text(max_size=80)), max_size=8),
     st.text(max_size=40),
@@ -205,7 +219,7 @@ def test_authenticated_tunnel_serves_requests(pairing):
         rc_driver,
         ReceiverSettings(
             gateway_urls=[f"ws://127.0.0.1:{ports.tunnel}/"],
-            auth=SharedSecretClient(SECRET, "rc-auth"),
+            auth=SharedSecretClient(SECRET, "rc-auth", nonce_source=os.urandom),
         ),
         app,
     )
@@ -228,17 +242,23 @@ def test_rejections_over_real_sockets(driver, caplog):
     try:
         now = time.time()
         assert raw_upgrade(port, []) == 401  # missing auth
-        wrong = SharedSecretClient(b"wrong", "rc").request_headers(f"127.0.0.1:{port}", "/", now)
+        wrong = SharedSecretClient(b"wrong", "rc", nonce_source=os.urandom).request_headers(
+            f"127.0.0.1:{port}", "/", now
+        )
         assert raw_upgrade(port, wrong) == 401  # wrong secret
-        skewed = SharedSecretClient(SECRET, "rc").request_headers(
+        skewed = SharedSecretClient(SECRET, "rc", nonce_source=os.urandom).request_headers(
             f"127.0.0.1:{port}", "/", now - 3600
         )
         assert raw_upgrade(port, skewed) == 401  # skewed clock
-        good = SharedSecretClient(SECRET, "rc").request_headers(f"127.0.0.1:{port}", "/", now)
+        good = SharedSecretClient(SECRET, "rc", nonce_source=os.urandom).request_headers(
+            f"127.0.0.1:{port}", "/", now
+        )
         assert raw_upgrade(port, good) == 101
         assert raw_upgrade(port, good) == 401  # replayed nonce
         assert raw_upgrade(port, []) == 429  # a 5th failure from 127.0.0.1 this minute
-        fresh = SharedSecretClient(SECRET, "rc").request_headers(f"127.0.0.1:{port}", "/", now)
+        fresh = SharedSecretClient(SECRET, "rc", nonce_source=os.urandom).request_headers(
+            f"127.0.0.1:{port}", "/", now
+        )
         assert raw_upgrade(port, fresh) == 101  # signed correctly: failures do not lock it out
         assert gateway.obj.core.stats.auth_failures == 5
         assert "127.0.0.1" in caplog.text and "refused" in caplog.text  # logged with the peer
@@ -259,7 +279,7 @@ def test_receiver_refuses_an_impostor_gateway(pairing, caplog):
         rc_driver,
         ReceiverSettings(
             gateway_urls=[f"ws://127.0.0.1:{ports.tunnel}/"],
-            auth=SharedSecretClient(SECRET, "rc"),
+            auth=SharedSecretClient(SECRET, "rc", nonce_source=os.urandom),
             reconnect_delay=5,
         ),
         counting,

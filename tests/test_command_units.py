@@ -18,10 +18,12 @@ from anpx_command.web import BadRequest, parse_int
 from anpx_host.config import ConfigError, parse_config
 from anpx_host.launch import make_plan
 
+from .hypothesis_profiles import examples
+
 TOKEN = b"unit-token-0123456789"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     st.lists(st.binary(max_size=50), max_size=20),
     st.integers(1, 400),

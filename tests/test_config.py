@@ -25,6 +25,8 @@ from anpx_host.config import (
     to_receiver_settings,
 )
 
+from .hypothesis_profiles import examples
+
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 # Every key of the seed's schema, as an anp-proxy user would have written it.
@@ -668,7 +670,7 @@ junk = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.dictionaries(st.sampled_from([*LEAVES, "gateway.nope", "x"]), junk, max_size=6))
 def test_any_input_gives_a_config_or_one_line_config_error(overrides: dict) -> None:
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -682,7 +684,7 @@ def test_any_input_gives_a_config_or_one_line_config_error(overrides: dict) -> N
     assert isinstance(cfg, Config)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.one_of(st.integers(-(2**17), 2**17), st.sampled_from([-1, 0, 65535, 65536])))
 def test_port_range_edges(port: int) -> None:
     try:
@@ -769,3 +771,46 @@ def test_settings_from_a_section_alone() -> None:
     s = to_receiver_settings(r)
     assert (s.gateway_urls, s.forward, s.client_id) == (["ws://gw:1"], ("127.0.0.1", 9), "x")
     assert to_gateway_settings(GatewayConfig(timeout=3)).timeout == 3.0
+
+
+def _differences(ours: object, theirs: object, path: str = "") -> list[str]:
+    """Field paths where two settings trees differ (auth objects compared by type)."""
+    if dataclasses.is_dataclass(ours) and type(ours) is type(theirs):
+        return [
+            diff
+            for f in dataclasses.fields(ours)
+            for diff in _differences(
+                getattr(ours, f.name), getattr(theirs, f.name), f"{path}.{f.name}"
+            )
+        ]
+    if callable(ours) and callable(theirs):
+        return []  # injected sources (ids, jitter): the host passes real ones, tests fixed ones
+    if path == ".auth":
+        return [] if type(ours) is type(theirs) else [f"{path}: {ours!r} != {theirs!r}"]
+    return [] if ours == theirs else [f"{path}: {ours!r} != {theirs!r}"]
+
+
+def test_every_config_default_is_the_embedding_default() -> None:
+    # one set of defaults: the command line and an embedder get the same engine
+    from anpx_core.gateway import GatewaySettings
+    from anpx_core.receiver import ReceiverSettings
+
+    assert _differences(to_gateway_settings(GatewayConfig()), GatewaySettings()) == []
+    receiver = to_receiver_settings(ReceiverConfig())
+    embedded = ReceiverSettings()
+    # the same gateway, spelt with and without the trailing slash
+    assert [u.rstrip("/") for u in receiver.gateway_urls] == [
+        u.rstrip("/") for u in embedded.gateway_urls
+    ]
+    receiver.gateway_urls = embedded.gateway_urls
+    assert _differences(receiver, embedded) == []
+
+
+def test_the_defaults_check_sees_a_drift() -> None:
+    from anpx_core.gateway import GatewaySettings
+
+    drifted = to_gateway_settings(GatewayConfig(timeout=31.0, ping_interval=1.0))
+    assert _differences(drifted, GatewaySettings()) == [
+        ".timeout: 31.0 != 30.0",
+        ".ws.ping_interval: 1.0 != 30.0",
+    ]

@@ -31,6 +31,8 @@ from anpx_host.didfiles import load_pinned, main, make_document, service_domains
 pytest.importorskip("cryptography")
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from .hypothesis_profiles import examples
+
 DID = "did:wba:agents.example.com:alice"
 OTHER = "did:wba:agents.example.com:bob"
 HOST = "gw.example.com:8765"
@@ -240,13 +242,15 @@ def test_nonce_memory_is_bounded():
 def test_with_the_shared_secret_both_are_needed_and_the_gateway_proves_itself():
     secret = b"correct horse battery staple"
     srv = server(secret=SharedSecretServer(secret))
-    both = client(secret=SharedSecretClient(secret, "rc-1"))
+    both = client(secret=SharedSecretClient(secret, "rc-1", nonce_source=os.urandom))
     verdict = check(srv, both.request_headers(HOST, "/", NOW))
     assert verdict.ok and verdict.identity == DID
     assert both.check_response(verdict.headers) is None
     did_only = check(srv, client().request_headers(HOST, "/", NOW))
     assert not did_only.ok and did_only.status == 401
-    wrong = client(secret=SharedSecretClient(b"wrong", "rc-1")).request_headers(HOST, "/", NOW)
+    wrong = client(
+        secret=SharedSecretClient(b"wrong", "rc-1", nonce_source=os.urandom)
+    ).request_headers(HOST, "/", NOW)
     assert not check(srv, wrong).ok
 
 
@@ -329,21 +333,21 @@ def test_bad_dids(did):
 # --- parsers never fail otherwise than with DidError ---------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(max_size=300))
 def test_authorization_parser_only_raises_did_error(value):
     with contextlib.suppress(DidError):
         parse_authorization("DIDWba " + value)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.binary(max_size=200))
 def test_document_parser_only_raises_did_error(body):
     with contextlib.suppress(DidError):
         parse_document(DID, body)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.integers(min_value=0, max_value=253402300799))
 def test_timestamps_round_trip(seconds):
     assert parse_timestamp(format_timestamp(seconds)) == seconds
@@ -606,7 +610,7 @@ json_values = st.recursive(
 SIGNED = client().request_headers(HOST, "/", NOW)  # each example has a server of its own
 
 
-@settings(max_examples=75, deadline=None)
+@settings(max_examples=examples(75), deadline=None)
 @given(
     st.dictionaries(
         st.sampled_from(["authentication", "verificationMethod", "x"]), json_values, max_size=3
@@ -628,7 +632,7 @@ def test_hostile_documents_are_refused_not_raised(document, method):
     assert not verdict.ok
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     st.lists(
         st.tuples(

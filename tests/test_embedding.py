@@ -7,15 +7,18 @@ import contextlib
 import threading
 
 import httpx
+import pytest
 import trio
 import uvicorn
 from fastapi import FastAPI
 
 import anpx_asyncio
 import anpx_trio
-from anpx_host.config import ReceiverConfig
+from anpx_core.receiver import ReceiverSettings
+from anpx_host.config import GatewayConfig, ReceiverConfig
 
-from .deploy import start_gateway, wait_until
+from .apps import app
+from .deploy import DRIVERS, Runner, start_gateway, start_receiver, wait_until
 
 
 def test_fastapi_under_uvicorn_embeds_an_asyncio_receiver():
@@ -79,4 +82,24 @@ def test_trio_program_embeds_a_receiver_in_its_nursery():
     try:
         assert trio.run(main) == {"hello": "trio"}
     finally:
+        gateway.stop()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_gateway_embeds_from_a_gateway_config(driver: str) -> None:
+    # the seed's config section works as an embedder's argument, as ReceiverConfig does
+    mod = anpx_trio if driver == "trio" else anpx_asyncio
+    config = GatewayConfig(port=0, wss_port=0, admin_port=0, timeout=7.0, max_connections=3)
+    server = mod.GatewayServer(config)
+    assert (server.core.settings.timeout, server.core.settings.max_connections) == (7.0, 3)
+    assert server.admin is None  # admin_port = 0: no admin listener, as on the command line
+    gateway = Runner(driver, server)
+    url = f"ws://127.0.0.1:{server.ports.tunnel}/"
+    receiver = start_receiver(driver, ReceiverSettings(gateway_urls=[url]), app)
+    try:
+        wait_until(lambda: len(server.core.receivers) == 1)
+        r = httpx.get(f"http://127.0.0.1:{server.ports.http}/echo", timeout=10)
+        assert r.status_code == 200
+    finally:
+        receiver.stop()
         gateway.stop()

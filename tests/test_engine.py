@@ -32,6 +32,7 @@ from .harness import (
     make_app,
     pattern,
 )
+from .hypothesis_profiles import examples
 
 MAX_BODY = 48 * 1024
 PATIENT = 1000.0  # timeouts that must not fire in a test that is not about them
@@ -270,7 +271,7 @@ def run_scenario(sc: dict) -> World:
 
 
 @settings(
-    max_examples=500,
+    max_examples=examples(500),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -623,7 +624,7 @@ def test_forward_survives_a_service_that_closes_idle_connections() -> None:
     world.assert_no_leaks()
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**32 - 1),
     flow=st.sampled_from(["both", "gateway-v1", "receiver-v1"]),

@@ -28,6 +28,8 @@ from anpx_core.forward import (
 )
 from anpx_core.meta import RequestHead
 
+from .hypothesis_profiles import examples
+
 
 class Service:
     """The local service: an h11 server connection fed what the forwarder sends."""
@@ -348,7 +350,7 @@ def test_strip_hop_by_hop_keeps_order() -> None:
     assert strip_hop_by_hop(headers) == [("A", "1"), ("c", "3"), ("A", "4")]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     body=st.binary(max_size=3000),
     chunked=st.booleans(),

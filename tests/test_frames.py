@@ -12,8 +12,14 @@ from hypothesis import strategies as st
 from anpx_core.errors import ERROR_CODES, ProtocolError
 from anpx_core.frames import Frame, FrameDecoder, decode_frame, encode_frame
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+from .hypothesis_profiles import examples
+
+FAST = settings(
+    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+FUZZ = settings(
+    max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def reference_frame(ftype: int, flags: int, tlvs: list[tuple[int, bytes]]) -> bytes:

@@ -50,8 +50,10 @@ from anpx_core.websocket import (
     WsServer,
 )
 
+from .hypothesis_profiles import examples
+
 FUZZ = settings(
-    max_examples=250,
+    max_examples=examples(250),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -29,6 +29,7 @@ from anpx_host.config import GatewayConfig, to_gateway_settings
 from . import apps
 from .deploy import DRIVERS, start_gateway, start_receiver, wait_until
 from .harness import Disconnect, Exchange, HttpClient, World, make_app, pattern
+from .hypothesis_profiles import examples
 from .test_limits import CountingApp, WsPeer
 
 BIG = 5_000_000
@@ -506,7 +507,7 @@ def hostile_clients(draw: st.DrawFn) -> dict:
     }
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sc=hostile_clients())
 def test_every_stream_ends_and_frees_what_it_held(sc: dict) -> None:
     window = sc["window"]

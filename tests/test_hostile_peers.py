@@ -9,6 +9,7 @@ docs/security.md ("Hostile tunnel peers and exposure") maps each attack to its t
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -43,7 +44,9 @@ NOW = 1_800_000_000.0
 
 
 def _signed(port: int) -> list[tuple[str, str]]:
-    return SharedSecretClient(SECRET, "rc").request_headers(f"127.0.0.1:{port}", "/", time.time())
+    return SharedSecretClient(SECRET, "rc", nonce_source=os.urandom).request_headers(
+        f"127.0.0.1:{port}", "/", time.time()
+    )
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -58,7 +61,7 @@ def test_bad_upgrades_do_not_lock_out_a_signing_receiver(driver):
             driver,
             ReceiverSettings(
                 gateway_urls=[f"ws://127.0.0.1:{ports.tunnel}/"],
-                auth=SharedSecretClient(SECRET, "rc-ok"),
+                auth=SharedSecretClient(SECRET, "rc-ok", nonce_source=os.urandom),
             ),
             app,
         )
@@ -118,7 +121,7 @@ def test_failure_window_in_fake_time_and_bounded_memory():
 
 def test_a_signed_handshake_is_still_checked_for_skew_and_replay():
     server = SharedSecretServer(SECRET, max_attempts=1)
-    client = SharedSecretClient(SECRET, "rc")
+    client = SharedSecretClient(SECRET, "rc", nonce_source=os.urandom)
     headers = client.request_headers("h", "/", NOW)
     assert server.check_request("h", "/", headers, "10.0.0.1", NOW).ok
     assert server.check_request("h", "/", headers, "10.0.0.1", NOW).status == 401  # replay

@@ -22,6 +22,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import socket
 import threading
 
@@ -57,6 +58,7 @@ from anpx_core.strict import (
 from anpx_core.tunnel import EXTENSIONS_HEADER, MAX_WINDOW, parse_extensions
 
 from .deploy import DRIVERS, start_gateway, start_receiver, wait_until
+from .hypothesis_profiles import examples
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,7 +71,7 @@ TRICKY = st.sampled_from(
 )
 ANY_TEXT = st.one_of(TRICKY, st.text(ANY_CHAR, max_size=30), st.text("0123456789", max_size=25))
 ANY_VALUE = st.one_of(ANY_TEXT, st.binary(max_size=30), st.none(), st.integers(), st.floats())
-HYPOTHESIS = settings(max_examples=300, deadline=None)
+HYPOTHESIS = settings(max_examples=examples(300), deadline=None)
 
 
 @HYPOTHESIS
@@ -128,7 +130,7 @@ META_KEYS = st.sampled_from(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.dictionaries(META_KEYS, JSON), st.binary(max_size=40))
 def test_meta_decoders_return_a_valid_head_or_a_protocol_error(obj, junk) -> None:
     for raw in (json.dumps(obj).encode(), junk):
@@ -449,7 +451,8 @@ def test_signed_upgrade_with_superscript_timestamp_is_refused(driver, caplog):
         receiver = start_receiver(
             driver,
             ReceiverSettings(
-                gateway_urls=[f"ws://{host}/"], auth=SharedSecretClient(secret, "good")
+                gateway_urls=[f"ws://{host}/"],
+                auth=SharedSecretClient(secret, "good", nonce_source=os.urandom),
             ),
             echo_app,
         )

@@ -26,6 +26,8 @@ from anpx_core.http1 import (
 )
 from anpx_core.meta import ResponseHead
 
+from .hypothesis_profiles import examples
+
 CLIENT = ("203.0.113.7", 50123)
 SERVER = ("192.0.2.1", 8080)
 
@@ -851,7 +853,7 @@ REQUESTS = {
 }
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     names=st.lists(st.sampled_from(sorted(REQUESTS)), min_size=1, max_size=5),
     cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
@@ -879,7 +881,7 @@ def test_any_split_gives_the_same_events(names, cuts):
         assert reply.body == want
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     garbage=st.one_of(
         st.binary(max_size=600),

@@ -18,10 +18,17 @@ REPO = Path(__file__).resolve().parent.parent
 CORE = REPO / "anpx_core"
 CORE_MODULES = sorted(CORE.glob("*.py"))
 
-#: I/O, threads and event loops belong to the drivers; process concerns to the host layer;
-#: apps behind the receiver (command mode) to their own package.
+#: I/O, threads and event loops belong to the drivers; process concerns (the environment,
+#: randomness, ids, log files) to the host layer; apps behind the receiver (command mode) to
+#: their own package. The core is handed ``now``, ids, nonces and jitter instead.
 FORBIDDEN = frozenset(
     {
+        "os",
+        "sys",
+        "time",
+        "random",
+        "uuid",
+        "secrets",
         "socket",
         "ssl",
         "select",
@@ -32,12 +39,22 @@ FORBIDDEN = frozenset(
         "anyio",
         "sniffio",
         "subprocess",
+        "logging.handlers",
         "anpx_host",
         "anpx_trio",
         "anpx_asyncio",
         "anpx_command",
     }
 )
+#: Exceptions: (module file, forbidden import) -> why it is allowed. Keep this short.
+ALLOWED: dict[tuple[str, str], str] = {
+    # TEMPORARY, until the issue-13 split lands (h13-gw / h13-rc): the gateway core still
+    # draws request ids from uuid4 and the receiver core its reconnect jitter from random;
+    # GatewaySettings.new_request_id and ReceiverSettings.jitter replace them. The lead
+    # empties these two entries when merging.
+    ("gateway.py", "uuid"): "request ids before GatewaySettings.new_request_id (h13-gw)",
+    ("receiver.py", "random"): "reconnect jitter before ReceiverSettings.jitter (h13-rc)",
+}
 #: Modules that can tell the time; anpx_core is given ``now`` instead.
 CLOCK_MODULES = frozenset({"time", "datetime"})
 #: Calls that read a clock whatever they are called on.
@@ -64,19 +81,27 @@ CODEC = ("errors", "frames", "meta", "messages")
 
 
 def imported_modules(tree: ast.AST) -> list[tuple[str, int]]:
-    """Top-level module names of every import in ``tree`` (absolute or from-imports)."""
+    """Every module imported in ``tree`` (absolute or from-imports, literal dynamic imports),
+    as its top-level name and, for a submodule, its full dotted name too."""
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found += [(alias.name.split(".")[0], node.lineno) for alias in node.names]
+            found += [(name, node.lineno) for a in node.names for name in _names(a.name)]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append((node.module.split(".")[0], node.lineno))
+            found += [(name, node.lineno) for name in _names(node.module)]
+            # `from logging import handlers` imports logging.handlers
+            found += [(f"{node.module}.{a.name}", node.lineno) for a in node.names]
         elif isinstance(node, ast.Call) and _is_dynamic_import(node):
             # a literal name only: apploader imports the user's app by a computed name
             arg = node.args[0] if node.args else None
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                found.append((arg.value.split(".")[0], node.lineno))
+                found += [(name, node.lineno) for name in _names(arg.value)]
     return found
+
+
+def _names(dotted: str) -> list[str]:
+    top = dotted.split(".")[0]
+    return [top] if top == dotted else [top, dotted]
 
 
 def _is_dynamic_import(node: ast.Call) -> bool:
@@ -107,14 +132,19 @@ def trees() -> dict[str, ast.AST]:
     return {path.name: ast.parse(path.read_text(), str(path)) for path in CORE_MODULES}
 
 
-def test_core_imports_no_io_threads_or_event_loops(trees: dict[str, ast.AST]) -> None:
+def test_core_imports_no_io_threads_loops_or_process_state(trees: dict[str, ast.AST]) -> None:
     offenders = [
         f"{name}:{line} imports {module}"
         for name, tree in trees.items()
         for module, line in imported_modules(tree)
-        if module in FORBIDDEN
+        if module in FORBIDDEN and (name, module) not in ALLOWED
     ]
     assert not offenders, offenders
+
+
+def test_every_allowed_exception_is_still_needed(trees: dict[str, ast.AST]) -> None:
+    used = {(name, module) for name, tree in trees.items() for module, _ in imported_modules(tree)}
+    assert set(ALLOWED) <= used, f"stale exceptions: {set(ALLOWED) - used}"
 
 
 def test_core_never_reads_the_clock(trees: dict[str, ast.AST]) -> None:
@@ -134,6 +164,11 @@ def test_core_never_reads_the_clock(trees: dict[str, ast.AST]) -> None:
         "import os, threading as t",
         "importlib.import_module('selectors')",
         "__import__('ssl')",
+        "import logging.handlers",
+        "from logging import handlers",
+        "from logging.handlers import RotatingFileHandler",
+        "from os import urandom",
+        "import uuid",
     ],
 )
 def test_the_import_check_sees_every_form(source: str) -> None:
@@ -196,8 +231,10 @@ def test_the_isolated_interpreter_really_hides_third_party_packages() -> None:
 
 
 def test_importing_the_core_loads_no_io_thread_or_loop_module() -> None:
+    # os, sys and time are loaded by the interpreter itself; the source check covers them
     watched = ("socket", "selectors", "ssl", "threading", "asyncio", "trio", "anyio", "sniffio",
-               "subprocess", "logging.handlers", "anpx_host")  # fmt: skip
+               "subprocess", "logging.handlers", "anpx_host", "anpx_trio", "anpx_asyncio",
+               "anpx_command")  # fmt: skip
     code = (
         "import sys\n"
         "before = set(sys.modules)\n"

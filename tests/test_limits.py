@@ -42,6 +42,7 @@ from anpx_core.websocket import WsLimits
 from anpx_host.config import GatewayConfig, to_gateway_settings
 
 from .deploy import DRIVERS, start_gateway, start_receiver, wait_until
+from .hypothesis_profiles import examples
 
 # --- the rate limiter, sans IO ----------------------------------------------------------------
 
@@ -97,7 +98,7 @@ def _model_allow(buckets: dict, key: str, now: Fraction, rate: int, burst: int) 
     return (1 - bucket.tokens) / rate
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     rate=st.integers(1, 20),
     burst=st.integers(1, 10),
@@ -122,7 +123,7 @@ def test_matches_an_exact_token_bucket(rate, burst, events):
         assert len(limiter) <= len({k for k, _ in events})
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     max_addresses=st.integers(1, 5),
     events=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 40)), max_size=200),
@@ -136,7 +137,7 @@ def test_memory_is_bounded(max_addresses, events):
         assert len(limiter) <= max_addresses
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(rate=st.integers(1, 10), burst=st.integers(1, 10), steps=st.lists(st.integers(0, 32)))
 def test_never_more_than_burst_plus_rate_times_elapsed(rate, burst, steps):
     limiter = RateLimiter(rate, burst)
@@ -208,8 +209,8 @@ class CountingApp:
             return
         if path == "/wait":
             self.waiting += 1
-            while not self.release.is_set():
-                await anyio.sleep(0.01)
+            # a worker thread waits for the test thread's release (no polling)
+            await anyio.to_thread.run_sync(self.release.wait, abandon_on_cancel=True)
         payload = json.dumps({"bytes": body}).encode() if path == "/upload" else b"ok"
         await send(
             {
@@ -430,17 +431,15 @@ def test_streams_per_receiver_edge(driver):
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_request_timeout(driver):
     timeout = 0.5
+    # when it fires is tested in fake time (test_engine); here: the drivers deliver it
     with deployed(driver, GatewaySettings(timeout=timeout)) as dep:
-        started = time.monotonic()
         r = httpx.get(dep.url("/hang"), timeout=10)
-        elapsed = time.monotonic() - started
         assert r.status_code == 504
-        assert timeout <= elapsed < timeout + 2
         # the app got the request, and is told it was abandoned rather than left hanging
         assert dep.app.calls == 1
         wait_until(lambda: dep.app.disconnects == 1)
-        # an answer that comes well within the timeout is served
-        threading.Timer(timeout / 2, dep.app.release.set).start()
+        # an answer that comes within the timeout is served
+        dep.app.release.set()
         assert httpx.get(dep.url("/wait"), timeout=10).status_code == 200
 
 
@@ -460,10 +459,8 @@ def test_slow_head_gets_408(driver):
             with contextlib.suppress(OSError):
                 c.send(b"a")
             assert time.monotonic() - started < header_timeout + 3, "never cut off"
-        r = c.response()
-        elapsed = time.monotonic() - started
+        r = c.response()  # when exactly: test_http1 and test_engine, in fake time
         assert r.status == 408 and r.headers.get("connection") == "close"
-        assert header_timeout <= elapsed < header_timeout + 2
         assert c.wait_eof() == b""
         assert dep.app.calls == 0
         # a head completed within the time is served
@@ -478,17 +475,15 @@ def test_slow_head_gets_408(driver):
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_idle_keepalive_connection_is_closed(driver):
     keepalive = 0.5
-    limits = FrontLimits(header_timeout=10, keepalive_timeout=keepalive)
+    # far above the client's 5 s read timeout: an EOF can only be the keep-alive timeout's
+    limits = FrontLimits(header_timeout=60, keepalive_timeout=keepalive)
     with deployed(driver, GatewaySettings(front=limits)) as dep:
         c = dep.connect()
         c.send(get("/"))
         assert c.response().status == 200
         c.send(get("/"))  # the idle clock restarts after each response (timing: test_engine)
         assert c.response().status == 200
-        idle_from = time.monotonic()
-        assert c.wait_eof() == b""  # closed without a word
-        elapsed = time.monotonic() - idle_from
-        assert keepalive * 0.8 <= elapsed < keepalive + 2  # not header_timeout (10 s)
+        assert c.wait_eof() == b""  # closed without a word (when exactly: test_engine)
         assert dep.app.calls == 2
 
 

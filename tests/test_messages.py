@@ -35,8 +35,14 @@ from anpx_core.messages import (
 )
 from anpx_core.meta import RequestHead, ResponseHead, encode_request_meta, encode_response_meta
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+from .hypothesis_profiles import examples
+
+SETTINGS = settings(
+    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+FUZZ = settings(
+    max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 # --- strategies ------------------------------------------------------------------------------
 

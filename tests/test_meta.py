@@ -22,7 +22,9 @@ from anpx_core.meta import (
     v1_view,
 )
 
-SETTINGS = settings(max_examples=300, deadline=None)
+from .hypothesis_profiles import examples
+
+SETTINGS = settings(max_examples=examples(300), deadline=None)
 MAX = 1 << 20
 
 
@@ -217,7 +219,7 @@ JSON_VALUES = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     st.integers(100, 999),
     LATIN1,

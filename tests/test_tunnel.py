@@ -29,6 +29,8 @@ from anpx_core.tunnel import (
     parse_extensions,
 )
 
+from .hypothesis_profiles import examples
+
 REQUEST = RequestHead("POST", "/upload", [("host", "app.test")])
 RESPONSE = ResponseHead(200, "OK", [("content-type", "application/octet-stream")])
 
@@ -144,7 +146,7 @@ def test_parse_extensions_never_raises(value: str) -> None:
 # --- credit accounting -------------------------------------------------------------------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     window=st.integers(16, 5000),
     frame_size=st.sampled_from([300, 1024, 65536]),

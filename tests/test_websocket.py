@@ -7,6 +7,7 @@ import itertools
 import json
 import struct
 import threading
+from collections.abc import Callable
 
 import h11
 import pytest
@@ -36,7 +37,11 @@ from anpx_core.websocket import (
     WsServer,
 )
 
-FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+from .hypothesis_profiles import examples
+
+FAST = settings(
+    max_examples=examples(120), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 LIMITS = WsLimits(max_message_size=1000, ping_interval=30.0, ping_timeout=20.0, close_timeout=5.0)
 
 
@@ -760,6 +765,26 @@ def _echo(ws, ev) -> None:
         ws.send_control(ev.message)
 
 
+class Collected(list):
+    """A list trio tasks can wait on: ``await items.wait_for(n)`` (no polling)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._grew: trio.Event | None = None
+
+    def append(self, item: object) -> None:
+        super().append(item)
+        if self._grew is not None:
+            self._grew.set()
+            self._grew = None
+
+    async def wait_until(self, done: Callable[[list], bool]) -> None:
+        while not done(self):
+            if self._grew is None:
+                self._grew = trio.Event()
+            await self._grew.wait()
+
+
 async def _serve_ours(nursery: trio.Nursery, limits: WsLimits, results: list) -> int:
     async def handler(stream: trio.SocketStream) -> None:
         results.append(await _drive(stream, WsServer(limits, trio.current_time()), _echo))
@@ -770,7 +795,7 @@ async def _serve_ours(nursery: trio.Nursery, limits: WsLimits, results: list) ->
 
 def test_our_server_with_a_trio_websocket_client():
     limits = WsLimits(max_message_size=200_000)
-    results: list = []
+    results = Collected()
     payload = bytes(range(256)) * 400  # 100 KiB
 
     async def main() -> None:
@@ -794,8 +819,7 @@ def test_our_server_with_a_trio_websocket_client():
                     with pytest.raises(trio_websocket.ConnectionClosed) as info:
                         await ws.get_message()
                     assert info.value.reason.code == 1009
-                while len(results) < 2:
-                    await trio.sleep(0.01)
+                await results.wait_until(lambda r: len(r) >= 2)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -806,7 +830,7 @@ def test_our_server_with_a_trio_websocket_client():
 
 def test_our_client_with_a_trio_websocket_server():
     payload = bytes(range(256)) * 300
-    seen_by_server: list = []
+    seen_by_server = Collected()
 
     async def handler(request: trio_websocket.WebSocketRequest) -> None:
         ws = await request.accept(subprotocol="anpx", extra_headers=[(b"x-gw", b"1")])
@@ -850,8 +874,7 @@ def test_our_client_with_a_trio_websocket_server():
 
             with trio.fail_after(10):
                 events = await _drive(stream, client, on_event)
-                while not seen_by_server or seen_by_server[-1] != 1000:
-                    await trio.sleep(0.01)
+                await seen_by_server.wait_until(lambda seen: bool(seen) and seen[-1] == 1000)
             nursery.cancel_scope.cancel()
             return events + got
 
@@ -871,7 +894,7 @@ def test_our_server_with_the_websockets_library_client():
     """The v1 reference receiver is built on `websockets` (here offering permessage-deflate too)."""
     from websockets.sync.client import connect
 
-    results: list = []
+    results = Collected()
     replies: list = []
 
     def v1_client(port: int) -> None:
@@ -887,8 +910,7 @@ def test_our_server_with_the_websockets_library_client():
             port = await _serve_ours(nursery, WsLimits(), results)
             with trio.fail_after(10):
                 await trio.to_thread.run_sync(v1_client, port)
-                while not results:
-                    await trio.sleep(0.01)
+                await results.wait_until(bool)
             nursery.cancel_scope.cancel()
 
     trio.run(main)

@@ -66,6 +66,7 @@ class Client:
     def __init__(self, app: WsgiApp) -> None:
         self.app = app
         self.sent: list[dict] = []
+        self._sent_more: anyio.Event | None = None
         self.to_app, self.from_client = anyio.create_memory_object_stream[dict](100)
 
     async def receive(self) -> dict:
@@ -73,6 +74,16 @@ class Client:
 
     async def send(self, message: dict) -> None:
         self.sent.append(message)
+        if self._sent_more is not None:
+            self._sent_more.set()
+            self._sent_more = None
+
+    async def wait_sent(self, count: int) -> None:
+        """Until the app has sent ``count`` messages."""
+        while len(self.sent) < count:
+            if self._sent_more is None:
+                self._sent_more = anyio.Event()
+            await self._sent_more.wait()
 
     async def call(self, scope: dict | None = None) -> None:
         await self.app(scope or http_scope(), self.receive, self.send)
@@ -206,10 +217,12 @@ def test_request_body_is_read_while_the_client_sends(backend: str) -> None:
     the whole body first would never answer (and fail_after would say so)."""
     parts = [b"alpha-", b"beta-", b"gamma"]
     got: list[bytes] = []
+    read = [threading.Event() for _ in parts]  # set by the app's thread as it reads each part
 
     def app(environ, start_response):
-        for part in parts:
+        for part, done in zip(parts, read, strict=True):
             got.append(environ["wsgi.input"].read(len(part)))
+            done.set()
         got.append(environ["wsgi.input"].read())
         start_response("200 OK", [])
         return [b"|".join(got)]
@@ -220,8 +233,7 @@ def test_request_body_is_read_while_the_client_sends(backend: str) -> None:
         for i, part in enumerate(parts):
             more = i < len(parts) - 1
             await client.to_app.send({"type": "http.request", "body": part, "more_body": more})
-            while len(got) <= i:
-                await anyio.sleep(0.005)
+            assert await anyio.to_thread.run_sync(read[i].wait, WAIT)
 
     async def go() -> None:
         async with anyio.create_task_group() as tg:
@@ -320,8 +332,7 @@ def test_response_is_streamed_chunk_by_chunk(backend: str) -> None:
         await client.to_app.send({"type": "http.request", "body": b""})
         async with anyio.create_task_group() as tg:
             tg.start_soon(client.call)
-            while len(client.sent) < 2:
-                await anyio.sleep(0.005)
+            await client.wait_sent(2)
             # The first chunk is out, with the head, while the app still waits.
             assert [m["type"] for m in client.sent] == ["http.response.start", "http.response.body"]
             assert client.sent[1] == {
