@@ -55,6 +55,11 @@ class ReceiverCore(CrashBarrier):
         self._kinds: list[StreamKind] = [self._http]
         self._drained = False
 
+    def add_stream_kind(self, kind: StreamKind) -> None:
+        """Register a stream kind (a unit built on this core's context); it is asked to
+        claim each new stream's head before the kinds registered earlier, HTTP last."""
+        self._kinds.insert(0, kind)
+
     def _http_backend(self, http: HttpStreams) -> HttpBackend:
         if self.settings.forward is not None:
             return ForwardCalls(self._ctx, http)
