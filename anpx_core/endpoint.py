@@ -135,7 +135,9 @@ class TunnelEndpoint(Generic[W]):
             elif isinstance(event, ControlReceived):
                 if self.session is not None:
                     yield from self.session.receive_control(event.message)
-            else:
+            elif isinstance(
+                event, (HandshakeRequested, HandshakeAccepted, HandshakeRejected, Closed)
+            ):
                 yield event
         if self.session is not None:
             self.session.flush_credits()

@@ -19,7 +19,7 @@ import ssl
 import urllib.error
 import urllib.request
 from email.message import Message
-from typing import IO
+from typing import IO, Any
 
 
 class DocumentUnavailable(Exception):
@@ -67,8 +67,9 @@ def connect_public(host: str, port: int, timeout: float | None) -> socket.socket
     refused: list[str] = []
     error: OSError | None = None
     for family, kind, proto, _name, sockaddr in infos:
-        if not is_public(sockaddr[0]):
-            refused.append(sockaddr[0])
+        address = str(sockaddr[0])
+        if not is_public(address):
+            refused.append(address)
             continue
         sock = socket.socket(family, kind, proto)
         try:
@@ -90,7 +91,7 @@ def connect_public(host: str, port: int, timeout: float | None) -> socket.socket
 class _PublicHTTPSConnection(http.client.HTTPSConnection):
     """An HTTPS connection that dials only public addresses."""
 
-    def __init__(self, host: str, *, context: ssl.SSLContext, **kwargs) -> None:
+    def __init__(self, host: str, *, context: ssl.SSLContext, **kwargs: Any) -> None:
         super().__init__(host, context=context, **kwargs)
         self._tls = context
 
@@ -109,7 +110,7 @@ class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
         super().__init__(context=context)
         self._tls = context
 
-    def https_open(self, req):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(functools.partial(_PublicHTTPSConnection, context=self._tls), req)
 
 

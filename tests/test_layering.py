@@ -47,14 +47,7 @@ FORBIDDEN = frozenset(
     }
 )
 #: Exceptions: (module file, forbidden import) -> why it is allowed. Keep this short.
-ALLOWED: dict[tuple[str, str], str] = {
-    # TEMPORARY, until the issue-13 split lands (h13-gw / h13-rc): the gateway core still
-    # draws request ids from uuid4 and the receiver core its reconnect jitter from random;
-    # GatewaySettings.new_request_id and ReceiverSettings.jitter replace them. The lead
-    # empties these two entries when merging.
-    ("gateway.py", "uuid"): "request ids before GatewaySettings.new_request_id (h13-gw)",
-    ("receiver.py", "random"): "reconnect jitter before ReceiverSettings.jitter (h13-rc)",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 #: Modules that can tell the time; anpx_core is given ``now`` instead.
 CLOCK_MODULES = frozenset({"time", "datetime"})
 #: Calls that read a clock whatever they are called on.

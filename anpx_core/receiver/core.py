@@ -43,7 +43,7 @@ class ReceiverCore(CrashBarrier):
         self.settings = settings or ReceiverSettings()
         ctx = self._ctx = ReceiverContext(self.settings)
         self._doomed = ctx.doomed
-        self._wakeups = ctx.wakeups  # type: ignore[assignment]  # the barrier adds ints
+        self._wakeups = ctx.wakeups
         self._conns = ctx.conns
         self._links = [
             GatewayLink(GatewayAddress.parse(u), ctx, self) for u in self.settings.gateway_urls
