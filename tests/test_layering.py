@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CORE = REPO / "anpx_core"
-CORE_MODULES = sorted(CORE.glob("*.py"))
+CORE_MODULES = sorted(CORE.rglob("*.py"))
 
 #: I/O, threads and event loops belong to the drivers; process concerns (the environment,
 #: randomness, ids, log files) to the host layer; apps behind the receiver (command mode) to
@@ -122,7 +122,9 @@ def clock_reads(tree: ast.AST) -> list[tuple[str, int]]:
 @pytest.fixture(scope="module")
 def trees() -> dict[str, ast.AST]:
     assert CORE_MODULES, "no anpx_core sources found"
-    return {path.name: ast.parse(path.read_text(), str(path)) for path in CORE_MODULES}
+    return {
+        str(path.relative_to(CORE)): ast.parse(path.read_text(), str(path)) for path in CORE_MODULES
+    }
 
 
 def test_core_imports_no_io_threads_loops_or_process_state(trees: dict[str, ast.AST]) -> None:

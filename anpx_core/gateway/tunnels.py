@@ -4,7 +4,7 @@ documents parked until fetched, route claims), picks one for a request and fails
 streams of one that goes.
 
 A tunnel's streams belong to the unit that opened them (a :class:`StreamOwner`: today
-the HTTP exchange, :class:`~anpx_core.gateway_http.ClientConn`); the tunnel hands each
+the HTTP exchange, :class:`~anpx_core.gateway.http.ClientConn`); the tunnel hands each
 stream event to its owner and keeps a bug in one owner from reaching the others.
 """
 
@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .didwba import DID_REFUSAL
-from .endpoint import EndpointEvent, TunnelEndpoint
-from .headers import get_header
-from .meta import ResponseHead
-from .routing import ROUTES_HEADER, Route, claims_allowed, format_routes, parse_routes_header
-from .tunnel import (
+from ..didwba import DID_REFUSAL
+from ..endpoint import EndpointEvent, TunnelEndpoint
+from ..headers import get_header
+from ..meta import ResponseHead
+from ..routing import ROUTES_HEADER, Route, claims_allowed, format_routes, parse_routes_header
+from ..tunnel import (
     PeerDraining,
     StreamData,
     StreamEnd,
@@ -30,10 +30,10 @@ from .tunnel import (
     offer_extensions,
     parse_extensions,
 )
-from .websocket import Closed, HandshakeAccepted, HandshakeRejected, HandshakeRequested, WsServer
+from ..websocket import Closed, HandshakeAccepted, HandshakeRejected, HandshakeRequested, WsServer
 
 if TYPE_CHECKING:
-    from .gateway import GatewayCore
+    from .core import GatewayCore
 
 log = logging.getLogger("anpx.gateway")
 

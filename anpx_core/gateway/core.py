@@ -1,37 +1,5 @@
-"""The gateway, as one sans-IO state machine over all of its connections.
-
-A driver accepts sockets and pumps bytes; everything else happens here: which receiver
-serves a request, what a client sees when a receiver is slow, gone or misbehaving, when
-to stop reading whom.
-
-:class:`GatewayCore` is the coordinator. It owns the connection table, the timers and
-the wake-ups, and hands each call to the connection's unit by kind:
-
-* :mod:`.gateway_http`: client connections, the HTTP exchange (a request becomes a
-  tunnel stream; its response comes back on it), timeouts, per-address caps, access log;
-* :mod:`.gateway_tunnels`: receivers' tunnels (handshake, authentication, DID parking,
-  route claims, picking one for a request) on the shared :mod:`.endpoint`;
-* :mod:`.gateway_admin`: /health, /stats, /metrics;
-* :mod:`.gateway_proxy`: which X-Forwarded-For to believe.
-
-A connection of any kind is a :class:`Connection`; a stream on a tunnel belongs to a
-:class:`~anpx_core.gateway_tunnels.StreamOwner`. A new kind of stream is a new unit with
-both, opened through a new ``open_*`` here; nothing else in the coordinator changes.
-
-Driver contract (:class:`anpx_core.contract.DriverCore`; the receiver core offers the same):
-
-* ``cid = open_client(...)`` / ``open_tunnel(...)`` / ``open_admin(...)`` for each accepted socket;
-* ``receive(cid, data, now)`` for bytes read (``b""`` at EOF), ``lost(cid, now)`` on a socket error;
-* ``take_output(cid) -> (data, close)``: write ``data``, then call ``written(cid, now)``;
-  once ``data`` is empty and ``close`` is true, close the socket and call ``closed(cid, now)``;
-* read from a socket only while ``can_read(cid)``;
-* after each call, fire the wake-ups named by ``pop_wakeups()`` (connection ids, and
-  :class:`~anpx_core.contract.Signal` s), and reset (abort: close without flushing, even
-  mid-write) the sockets named by ``pop_aborts()``;
-* one timer task sleeps until ``next_deadline()`` (forever if None) or until
-  ``Signal.TIMER`` is woken, then calls ``handle_timer(now)`` and ``set_wall_clock``;
-* after ``begin_drain()``, ``Signal.DRAINED`` is woken once ``in_flight`` is 0.
-"""
+"""The gateway's coordinator: the connection table, the driver contract, timers and
+wake-ups; each call goes to the connection's unit by kind (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -41,20 +9,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import messages as M
-from .auth import NoAuth, ServerAuth
-from .barrier import CrashBarrier, guarded, guarded_close
-from .contract import Signal, WakeKey
-from .gateway_admin import AdminConn
-from .gateway_http import REQUEST_ID_HEADER, WRITE_CHUNK, HttpExchanges
-from .gateway_proxy import IPNetwork, ProxyTrust
-from .gateway_tunnels import Tunnels
-from .http1 import FrontLimits, HttpFront
-from .routing import Route, RouteTable
-from .stats import Stats
-from .timers import Deadlines
-from .tunnel import DEFAULT_HIGH_WATER, DEFAULT_STREAM_WINDOW
-from .websocket import WsLimits
+from .. import messages as M
+from ..auth import NoAuth, ServerAuth
+from ..barrier import CrashBarrier, guarded, guarded_close
+from ..contract import Signal, WakeKey
+from ..http1 import FrontLimits, HttpFront
+from ..routing import Route, RouteTable
+from ..stats import Stats
+from ..timers import Deadlines
+from ..tunnel import DEFAULT_HIGH_WATER, DEFAULT_STREAM_WINDOW
+from ..websocket import WsLimits
+from .admin import AdminConn
+from .http import REQUEST_ID_HEADER, WRITE_CHUNK, HttpExchanges
+from .proxy import IPNetwork, ProxyTrust
+from .tunnels import Tunnels
 
 __all__ = [
     "REQUEST_ID_HEADER",

@@ -6,12 +6,12 @@ from __future__ import annotations
 import hmac
 from typing import TYPE_CHECKING
 
-from .headers import get_header
-from .http1 import FrontEvent, HttpFront, RequestStarted
-from .meta import RequestHead, ResponseHead
+from ..headers import get_header
+from ..http1 import FrontEvent, HttpFront, RequestStarted
+from ..meta import RequestHead, ResponseHead
 
 if TYPE_CHECKING:
-    from .gateway import GatewayCore
+    from .core import GatewayCore
 
 
 class AdminConn:

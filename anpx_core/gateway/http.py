@@ -15,9 +15,9 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
-from .errors import ProtocolError
-from .headers import get_header
-from .http1 import (
+from ..errors import ProtocolError
+from ..headers import get_header
+from ..http1 import (
     ClientGone,
     FrontEvent,
     HttpFront,
@@ -26,13 +26,13 @@ from .http1 import (
     RequestFailed,
     RequestStarted,
 )
-from .meta import RequestHead, ResponseHead
-from .ratelimit import address_key
-from .tunnel import StreamData, StreamEnd, StreamHead, StreamReset, StreamWritable
+from ..meta import RequestHead, ResponseHead
+from ..ratelimit import address_key
+from ..tunnel import StreamData, StreamEnd, StreamHead, StreamReset, StreamWritable
 
 if TYPE_CHECKING:
-    from .gateway import GatewayCore
-    from .gateway_tunnels import TunnelConn
+    from .core import GatewayCore
+    from .tunnels import TunnelConn
 
 log = logging.getLogger("anpx.gateway")
 access_log = logging.getLogger("anpx.access.gateway")
