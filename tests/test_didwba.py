@@ -218,12 +218,14 @@ def test_with_the_shared_secret_there_is_one_failure_limiter():
     hmac_server = SharedSecretServer(secret, max_attempts=2)
     srv = server(secret=hmac_server, max_attempts=100)  # the secret's limiter is the one
     assert srv.attempts is hmac_server.attempts and srv.max_attempts == 2
-    good_did_wrong_secret = client(secret=SharedSecretClient(b"wrong", "rc"))
+    good_did_wrong_secret = client(
+        secret=SharedSecretClient(b"wrong", "rc", nonce_source=os.urandom)
+    )
     assert check(srv, good_did_wrong_secret.request_headers(HOST, "/", NOW)).status == 401
-    bad_did = client(secret=SharedSecretClient(secret, "rc"))
+    bad_did = client(secret=SharedSecretClient(secret, "rc", nonce_source=os.urandom))
     assert check(srv, bad_did.request_headers(HOST, "/", NOW - 3600)).status == DID_REFUSAL_CODE
     assert check(srv, []).status == 429  # the third failure, whichever scheme refused
-    both = client(secret=SharedSecretClient(secret, "rc"))
+    both = client(secret=SharedSecretClient(secret, "rc", nonce_source=os.urandom))
     assert check(srv, both.request_headers(HOST, "/", NOW)).ok
     assert hmac_server.tracked_addresses == 1
 

@@ -44,6 +44,10 @@ class GatewayAddress:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+#: seconds for the tunnel handshake and for a keepalive ping's answer (the seed's `timeout`)
+RECEIVER_TIMEOUT = 30.0
+
+
 @dataclass(slots=True)
 class ReceiverSettings:
     gateway_urls: list[str] = field(default_factory=lambda: ["ws://127.0.0.1:8765/"])
@@ -56,7 +60,11 @@ class ReceiverSettings:
     # receivers cut off together do not all come back at once. The host passes
     # random.random; the default, 0.5, means no jitter (deterministic, for tests).
     jitter: Callable[[], float] = no_jitter
-    ws: WsLimits = field(default_factory=WsLimits)
+    ws: WsLimits = field(
+        default_factory=lambda: WsLimits(
+            ping_timeout=RECEIVER_TIMEOUT, handshake_timeout=RECEIVER_TIMEOUT
+        )
+    )
     stream_window: int | None = DEFAULT_STREAM_WINDOW
     send_frame_size: int = M.DEFAULT_SEND_FRAME_SIZE
     codec: M.Limits = field(default_factory=M.Limits)
