@@ -102,6 +102,7 @@ def small_round(t: Target, c: int, duration: float) -> dict[str, Any]:
         "p50_ms": r.p50_ms,
         "p99_ms": r.p99_ms,
         "errors": r.errors,
+        "non_2xx": r.non_2xx,
         "requests": r.requests,
         "cpu_us": per_req,
     }
@@ -116,7 +117,8 @@ def bulk_round(t: Target, direction: str, size: int) -> dict[str, Any]:
         tr = fn(t.port, size, 300)
         out: dict[str, Any] = {"mb_s": tr.mb_per_s}
     except (OSError, clients.ClientError) as exc:
-        out = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+        # A failed response's headers say nothing more: the status is the reason.
+        out = {"error": f"{type(exc).__name__}: {str(exc).split(', headers')[0]}"[:200]}
     watch.finish()
     out["cpu_ms_per_mib"] = {
         k: (proc_cpu(pid) - cpu[k]) * 1000 / (size / MiB) for k, pid in t.pids.items()

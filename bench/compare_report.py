@@ -37,6 +37,7 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
                 "p99_ms": _median([r["p99_ms"] for r in runs]),
                 "cpu_us": _by_process([r["cpu_us"] for r in runs]),
                 "errors": sum(r["errors"] for r in runs),
+                "non_2xx": sum(r.get("non_2xx", 0) for r in runs),
             }
             for c, runs in by_c.items()
         }
@@ -146,7 +147,12 @@ def markdown(data: dict[str, Any]) -> str:
     lines += _table(header, rows)
     errors = {n: sum(small[n][c]["errors"] for c in small[n]) for n in names}
     if any(errors.values()):
-        lines += [f"Errors (wrk's count, all rounds): {errors}", ""]
+        text = ", ".join(
+            f"{n} {e} (of which {sum(small[n][c]['non_2xx'] for c in small[n])} not 2xx)"
+            for n, e in errors.items()
+            if e
+        )
+        lines += [f"Errors counted by wrk, all rounds: {text}.", ""]
     lines += [
         "**CPU µs per request** (from /proc/<pid>/stat; per process: uvicorn, or gateway / "
         "receiver):",
@@ -212,12 +218,13 @@ def markdown(data: dict[str, Any]) -> str:
                 _x(down["mb_s"], up["mb_s"]),
                 _procs(up["cpu_ms_per_mib"], 1),
                 _procs(down["cpu_ms_per_mib"], 1),
+                _x(sum(down["cpu_ms_per_mib"].values()), sum(up["cpu_ms_per_mib"].values())),
                 _procs(up["growth_mib"], 1),
                 _procs(down["growth_mib"], 1),
             ]
         )
         if up["errors"] or down["errors"]:
-            rows[-1][0] += f" (failed: {'; '.join(up['errors'] + down['errors'])[:120]})"
+            rows[-1][0] += f" (failed: {'; '.join(sorted(set(up['errors'] + down['errors'])))})"
     lines += _table(
         [
             "target",
@@ -226,6 +233,7 @@ def markdown(data: dict[str, Any]) -> str:
             "down ÷ up",
             "CPU ms/MiB up",
             "CPU ms/MiB down",
+            "CPU down ÷ up",
             "RSS growth MiB up",
             "RSS growth MiB down",
         ],
