@@ -44,6 +44,7 @@ from procs import (
     MemWatch,
     StartError,
     Target,
+    _wait_ready,
     proc_cpu,
     proc_status,
     raise_fd_limit,
@@ -139,6 +140,7 @@ def sse_round(t: Target, samples: int) -> dict[str, Any]:
 
 
 SLOW_TIMEOUT = 15.0
+RECOVERY = 60.0
 
 
 async def _slow_burst(port: int, count: int) -> tuple[int, float, dict[str, int]]:
@@ -188,6 +190,21 @@ def slow_round(t: Target, count: int) -> dict[str, Any]:
 # --- the run ------------------------------------------------------------------------------
 
 
+def recover(t: Target, logdir: Path, bulk_bytes: int, raw: dict[str, Any]) -> Target:
+    """After a failed transfer, wait until the target answers again (the reference's receiver
+    reconnects once it has finished the abandoned response); restart it if it does not within
+    RECOVERY seconds, so that no later measurement counts its error answers."""
+    try:
+        _wait_ready(t.port, t.procs, logdir / "recovery.log", RECOVERY)
+        raw["recovered"].append(t.name)
+        return t
+    except StartError:
+        log(f"  {t.name} not answering {RECOVERY:.0f} s after a failed transfer: restarted")
+        raw["restarted"].append(t.name)
+        t.stop()
+        return start(t.name, logdir, bulk_bytes)
+
+
 def log(*parts: Any) -> None:
     print(*parts, flush=True)
 
@@ -200,6 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     main_targets = [*DIRECT, *PAIRINGS] + ([] if args.no_reference else ["reference"])
     bulk_targets = [*main_targets, *(p + PY_MASK for p in PAIRINGS)]
     raw: dict[str, Any] = {"small": {}, "bulk": {}, "sse": {}, "slow": {}, "loadavg": []}
+    raw["recovered"], raw["restarted"] = [], []
     targets: dict[str, Target] = {}
     for name in bulk_targets:
         log(f"starting {name}")
@@ -228,6 +246,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raw["bulk"].setdefault(name, {}).setdefault(direction, []).append(r)
                 text = f"{r['mb_s']:8.1f} MB/s" if "mb_s" in r else r["error"]
                 log(f"  {direction:<8} {name:<25} {text}")
+                if "error" in r:
+                    targets[name] = recover(targets[name], logdir, args.bulk_bytes, raw)
         for name in main_targets:
             r = sse_round(targets[name], args.sse)
             raw["sse"].setdefault(name, []).append(r)

@@ -239,6 +239,15 @@ def markdown(data: dict[str, Any]) -> str:
         ],
         rows,
     )
+    raw = data["raw"]
+    if raw.get("recovered") or raw.get("restarted"):
+        lines += [
+            "After a failed transfer the run waits up to 60 s for the target to answer again "
+            f"(it did: {', '.join(raw.get('recovered', [])) or 'none'}) or restarts it "
+            f"({', '.join(raw.get('restarted', [])) or 'none'}), so that later measurements "
+            "do not count its error answers.",
+            "",
+        ]
     masked = [n for n in bulk if n.endswith(PY_MASK)]
     if masked:
         rows = []
