@@ -243,8 +243,9 @@ def markdown(data: dict[str, Any]) -> str:
     if raw.get("recovered") or raw.get("restarted"):
         lines += [
             "After a failed transfer the run waits up to 60 s for the target to answer again "
-            f"(it did: {', '.join(raw.get('recovered', [])) or 'none'}) or restarts it "
-            f"({', '.join(raw.get('restarted', [])) or 'none'}), so that later measurements "
+            f"(it did: {', '.join(raw.get('recovered', [])) or 'none'}), or restarts it; a "
+            "target that failed slow requests is restarted after them (restarts: "
+            f"{', '.join(raw.get('restarted', [])) or 'none'}), so that later measurements "
             "do not count its error answers.",
             "",
         ]

@@ -17,8 +17,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import socket
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 from typing import Any
@@ -133,6 +135,19 @@ did_wba_enabled = false
     return path
 
 
+def _wait_listening(port: int, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StartError(f"the reference's gateway exited with {proc.returncode}; see {log}")
+        try:
+            socket.create_connection((HOST, port), 1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise StartError(f"the reference's gateway is not listening after {timeout}s; see {log}")
+
+
 def start_reference(logdir: Path, **_: Any) -> Target:
     """The reference's gateway and receiver as two processes, ready when ``/small`` answers."""
     tree = find_reference()
@@ -151,6 +166,8 @@ def start_reference(logdir: Path, **_: Any) -> Target:
             proc = spawn(argv, log, env=env, cwd=tree)
             target.procs.append(proc)
             target.pids[role] = proc.pid
+            if role == "gateway":  # its receiver gives up if the first connection fails
+                _wait_listening(wss, proc, log, 60)
         _wait_ready(http, target.procs, logdir / f"{tag}.receiver.log", 60)
     except BaseException:
         target.stop()
