@@ -76,6 +76,11 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from . import wsmask
+
+# wsproto masks and unmasks in C from here on (when websockets' speedups are installed).
+wsmask.install()
+
 __all__ = [
     "BinaryReceived",
     "Closed",

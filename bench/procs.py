@@ -51,10 +51,10 @@ def _die_with_parent() -> None:
 def spawn(argv: list[str], log: Path, **kwargs: Any) -> subprocess.Popen:
     """Start ``argv`` in its own session (a Ctrl-C in the terminal reaches only the runner,
     which stops children in order), output to ``log``."""
+    kwargs.setdefault("cwd", REPO)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             argv,
-            cwd=REPO,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -188,8 +188,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_direct(logdir: Path, *, keepalive: int = 5, access_log: bool = False) -> Target:
-    """uvicorn serving the app on a free port (backlog 4096, as many as the kernel allows).
+def start_direct(
+    logdir: Path,
+    *,
+    keepalive: int = 5,
+    access_log: bool = False,
+    http: str = "h11",
+    loop: str = "asyncio",
+) -> Target:
+    """uvicorn serving the app on a free port (backlog 4096, as many as the kernel allows),
+    with the given HTTP parser (``h11`` or ``httptools``) and event loop (``asyncio`` or
+    ``uvloop``): named explicitly, because uvicorn's ``auto`` picks whatever is installed.
 
     Not ``--fd``: uvicorn takes an inherited socket for a Unix socket, and asyncio then
     leaves Nagle's algorithm on, which costs every small response a 40 ms delayed ACK.
@@ -197,6 +206,7 @@ def start_direct(logdir: Path, *, keepalive: int = 5, access_log: bool = False) 
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", APP, "--host", HOST, "--port", str(port)]
     argv += ["--backlog", "4096", "--lifespan", "on", "--timeout-keep-alive", str(keepalive)]
+    argv += ["--http", http, "--loop", loop]
     argv += ["--log-level", "info" if access_log else "warning"]
     if not access_log:
         argv.append("--no-access-log")

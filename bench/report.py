@@ -49,18 +49,6 @@ def _version(argv: list[str]) -> str:
 def machine_info(settings: Any) -> dict[str, Any]:
     import uvicorn
 
-    try:
-        import httptools  # noqa: F401
-
-        http = "httptools"
-    except ImportError:
-        http = "h11"
-    try:
-        import uvloop  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:
-        loop = "asyncio"
     commit = _version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     dirty = _version(
         [
@@ -81,7 +69,7 @@ def machine_info(settings: Any) -> dict[str, Any]:
         "cpu": _cpu_model(),
         "python": platform.python_version(),
         "kernel": platform.release(),
-        "uvicorn": f"{uvicorn.__version__} ({http}, {loop} loop)",
+        "uvicorn": f"{uvicorn.__version__} (h11, asyncio loop: named on its command line)",
         "wrk": _version(["wrk", "--version"]).split(" [")[0] if shutil.which("wrk") else "absent",
         "commit": commit + (" + uncommitted changes" if dirty else ""),
         "loadavg_start": load_average(),
