@@ -379,100 +379,83 @@ def gateway_embedding(
     return plan.settings, plan
 
 
-def resolve_secret(auth: AuthConfig, section: str, warnings: list[str]) -> bytes:
-    """The shared secret: inline ``shared_secret``, else ``shared_secret_file``, else the
-    ``ANPX_SHARED_SECRET`` environment variable. A file others may read earns a warning."""
-    if auth.shared_secret:
-        return auth.shared_secret.encode()
-    if auth.shared_secret_file:
-        path = auth.shared_secret_file
+def read_credential(
+    inline: str | None,
+    file: str | None,
+    env: str,
+    section: str,
+    key: str,
+    what: str,
+    warnings: list[str],
+) -> bytes | None:
+    """A secret from ``[section] key`` inline, else the file ``key_file``, else the environment
+    variable ``env``; None when none is set. A file others may read earns a warning; an
+    unreadable or empty file is a config error naming the key. Secrets are never printed."""
+    if inline:
+        return inline.encode()
+    if file:
         try:
-            with open(path, "rb") as f:
-                secret = f.read().strip()
-            mode = os.stat(path).st_mode
+            with open(file, "rb") as f:
+                value = f.read().strip()
+            mode = os.stat(file).st_mode
         except OSError as exc:
             raise ConfigError(
-                f"[{section}] shared_secret_file: cannot read {path}: {exc.strerror}",
-                path=f"{section}.shared_secret_file",
+                f"[{section}] {key}_file: cannot read {file}: {exc.strerror}",
+                path=f"{section}.{key}_file",
             ) from None
         if mode & 0o077:
-            warnings.append(f"{path} (the shared secret) can be read by other users: chmod 600 it")
-        if not secret:
+            warnings.append(f"{file} ({what}) can be read by other users: chmod 600 it")
+        if not value:
             raise ConfigError(
-                f"[{section}] shared_secret_file: {path} is empty",
-                path=f"{section}.shared_secret_file",
+                f"[{section}] {key}_file: {file} is empty", path=f"{section}.{key}_file"
             )
-        return secret
-    from_env = os.environ.get(SECRET_ENV, "").strip()
-    if from_env:
-        return from_env.encode()
-    raise ConfigError(
-        f"[{section}] shared_secret: required when enabled = true "
-        f"(or shared_secret_file, or the {SECRET_ENV} environment variable)",
-        path=f"{section}.shared_secret",
-    )
+        return value
+    from_env = os.environ.get(env, "").strip()
+    return from_env.encode() if from_env else None
+
+
+def resolve_secret(auth: AuthConfig, section: str, warnings: list[str]) -> bytes:
+    """The shared secret: inline ``shared_secret``, else ``shared_secret_file``, else the
+    ``ANPX_SHARED_SECRET`` environment variable."""
+    secret = read_credential(
+        auth.shared_secret, auth.shared_secret_file, SECRET_ENV, section, "shared_secret",
+        "the shared secret", warnings,
+    )  # fmt: skip
+    if secret is None:
+        raise ConfigError(
+            f"[{section}] shared_secret: required when enabled = true "
+            f"(or shared_secret_file, or the {SECRET_ENV} environment variable)",
+            path=f"{section}.shared_secret",
+        )
+    return secret
 
 
 def resolve_admin_token(g: GatewayConfig, warnings: list[str]) -> bytes | None:
     """The admin listener's bearer token: ``admin_token``, else ``admin_token_file``, else the
     ``ANPX_ADMIN_TOKEN`` environment variable. Required when ``admin_host`` is not loopback:
     /stats names receivers and routes, which the internet has no business reading."""
-    if g.admin_token:
-        return g.admin_token.encode()
-    if g.admin_token_file:
-        path = g.admin_token_file
-        try:
-            with open(path, "rb") as f:
-                token = f.read().strip()
-            mode = os.stat(path).st_mode
-        except OSError as exc:
-            raise ConfigError(
-                f"[gateway] admin_token_file: cannot read {path}: {exc.strerror}",
-                path="gateway.admin_token_file",
-            ) from None
-        if mode & 0o077:
-            warnings.append(f"{path} (the admin token) can be read by other users: chmod 600 it")
-        if not token:
-            raise ConfigError(
-                f"[gateway] admin_token_file: {path} is empty", path="gateway.admin_token_file"
-            )
-        return token
-    from_env = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
-    if from_env:
-        return from_env.encode()
-    if not is_loopback(g.admin_host):
+    token = read_credential(
+        g.admin_token, g.admin_token_file, ADMIN_TOKEN_ENV, "gateway", "admin_token",
+        "the admin token", warnings,
+    )  # fmt: skip
+    if token is None and not is_loopback(g.admin_host):
         raise ConfigError(
             f"[gateway] admin_token: required when admin_host ({g.admin_host}) is not a loopback "
             f"address (or admin_token_file, or the {ADMIN_TOKEN_ENV} environment variable); "
             "or set admin_port = 0 to serve no admin listener",
             path="gateway.admin_token",
         )
-    return None
+    return token
 
 
 def resolve_command_token(command: CommandConfig, warnings: list[str]) -> bytes:
     """The command-mode API token: ``token``, else ``token_file``, else ``ANPX_COMMAND_TOKEN``.
     Command mode runs programs: without a token of at least 16 characters it does not start."""
-    token = b""
-    if command.token:
-        token = command.token.encode()
-    elif command.token_file:
-        path = command.token_file
-        try:
-            with open(path, "rb") as f:
-                token = f.read().strip()
-            if os.stat(path).st_mode & 0o077:
-                warnings.append(
-                    f"{path} (the command-mode token) can be read by other users: chmod 600 it"
-                )
-        except OSError as exc:
-            raise ConfigError(
-                f"[command] token_file: cannot read {path}: {exc.strerror}",
-                path="command.token_file",
-            ) from None
-    else:
-        token = os.environ.get(COMMAND_TOKEN_ENV, "").strip().encode()
-    if not token:
+    token = read_credential(
+        command.token, command.token_file, COMMAND_TOKEN_ENV, "command", "token",
+        "the command-mode token", warnings,
+    )  # fmt: skip
+    if token is None:
         raise ConfigError(
             "[command] token: command mode runs programs on this machine and will not start "
             f"without an API token (token, token_file, or the {COMMAND_TOKEN_ENV} environment variable)",
