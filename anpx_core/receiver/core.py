@@ -33,6 +33,8 @@ from .settings import ConnectRequest, GatewayAddress, ReceiverSettings
 
 log = logging.getLogger("anpx.receiver")
 
+RETRY_DUE_TIMER = 0.01  # a timer left due by its own run waits this long, not a hot loop
+
 
 class ReceiverCore(CrashBarrier):
     """Tunnels to gateways, calls into the app (see the package docstring for the contract)."""
@@ -141,11 +143,16 @@ class ReceiverCore(CrashBarrier):
     def handle_timer(self, now: float) -> None:
         """Run every timer due at ``now``: reconnects, WebSocket pings and timeouts, heads."""
         self._ctx.now = now
-        for owner in self._ctx.timers.pop_due(now):
+        timers = self._ctx.timers
+        for owner in timers.pop_due(now):
             try:
                 owner.on_timer(now)
             except Exception as exc:  # the crash barrier: this owner only
                 self._timer_failed(owner, exc)
+            again = timers.get(owner)
+            if again is not None and again <= now:  # a bug: never a hot loop in the driver
+                log.error("timer of %r still due after it ran; retrying in 10 ms", owner)
+                timers.set(owner, now + RETRY_DUE_TIMER)
 
     def _timer_failed(self, owner: Timed, exc: BaseException) -> None:
         if isinstance(owner, GatewayLink):
