@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from anpx_host.launch import run_cli
+from anpx_host.launch import Plan, run_cli
 from anpx_host.runplan import run_plan
 
 from .gateway import GatewayServer
@@ -14,8 +15,14 @@ PROG = "python -m anpx_asyncio"
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(
-        argv,
-        PROG,
-        lambda plan, app: asyncio.run(run_plan(plan, app, GatewayServer, ReceiverClient)),
-    )
+    return run_cli(argv, PROG, _execute)
+
+
+def _execute(plan: Plan, app: Any) -> None:
+    loop_factory = None
+    if plan.loop == "uvloop":
+        import uvloop  # make_plan checked that it is installed
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(run_plan(plan, app, GatewayServer, ReceiverClient))

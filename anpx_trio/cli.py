@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import trio
 
-from anpx_host.launch import run_cli
+from anpx_host.launch import Plan, run_cli
 from anpx_host.runplan import run_plan
 
 from .gateway import GatewayServer
@@ -14,9 +17,13 @@ PROG = "python -m anpx_trio"
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    return run_cli(
-        argv, prog, lambda plan, app: trio.run(run_plan, plan, app, GatewayServer, ReceiverClient)
-    )
+    return run_cli(argv, prog, _execute)
+
+
+def _execute(plan: Plan, app: Any) -> None:
+    if plan.loop != "asyncio":
+        logging.getLogger("anpx").warning("loop = %r applies to anpx_asyncio only", plan.loop)
+    trio.run(run_plan, plan, app, GatewayServer, ReceiverClient)
 
 
 def anpx() -> int:

@@ -266,6 +266,7 @@ def start_tunnel(
     receiver_keys: dict[str, Any] | None = None,
     access_log: bool = False,
     wrap: dict[str, list[str]] | None = None,
+    loop: str | None = None,
 ) -> Target:
     """``python -m anpx_<gateway> gateway`` and ``python -m anpx_<receiver> receiver``
     serving the app in-process, tied together on free ports. ``wrap`` puts interpreter
@@ -286,6 +287,7 @@ def start_tunnel(
                 **(gateway_keys or {}),
             },
             "receiver": {"shutdown_grace": 0.0, **(receiver_keys or {})},
+            **({"loop": loop} if loop else {}),
         },
     )
     target = Target(name)
