@@ -112,7 +112,7 @@ class ReceiverClient:
             tasks.spawn(serve_http_call(self.app, self.core, call_id, scope, self.pump))
         if self.core.heads_pending:
             self.pump.wakers.fire({HEADS_DUE})
-        if self.core.connected_links and not self.ready.is_set():
+        if not self.ready.is_set() and self.core.connected_links:
             self.ready.set()
 
     async def run(self) -> None:

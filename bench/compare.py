@@ -69,8 +69,12 @@ def anpx_keys(bulk_bytes: int) -> dict[str, Any]:
     # 200 slow requests exceed the default max_streams_per_receiver (100, answered 503 by
     # design); 64 MiB bodies fit the default max_body_bytes, a slow pairing's transfer
     # must not meet the default 30 s timeout.
+    # Every load comes from one address (127.0.0.1): the per-address caps (20 streams, 64
+    # connections by default) would answer the excess 429 / 503 by design.
     return {
         "max_streams_per_receiver": 1024,
+        "max_streams_per_address": 0,
+        "max_connections_per_address": 0,
         "max_body_bytes": max(bulk_bytes + MiB, 100 * MiB),
         "timeout": 300.0,
     }

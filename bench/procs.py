@@ -229,9 +229,12 @@ def _toml_value(value: Any) -> str:
     return repr(value)
 
 
-def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
-    lines = []
+def write_config(path: Path, sections: dict[str, Any]) -> Path:
+    """A TOML file: top-level keys (plain values) first, then one table per dict."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in sections.items() if not isinstance(v, dict)]
     for name, keys in sections.items():
+        if not isinstance(keys, dict):
+            continue
         lines.append(f"[{name}]")
         lines.extend(f"{key} = {_toml_value(value)}" for key, value in keys.items())
         lines.append("")
