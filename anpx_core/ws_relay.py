@@ -21,6 +21,7 @@ from typing import Any
 
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
+from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
 from .errors import ProtocolError
@@ -389,7 +390,7 @@ class PeerRelay:
             self.close_code = code
         if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
             event = (
-                CloseConnection(code=NO_STATUS)
+                CloseConnection(code=CloseReason.NO_STATUS_RCVD)  # the enum: wsproto tests `is`
                 if code is None
                 else CloseConnection(code=code, reason=reason)
             )

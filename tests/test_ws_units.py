@@ -1,0 +1,465 @@
+"""The WebSocket units back to back (no sockets): a wsproto client, the gateway unit, two
+TunnelSessions with flow control, and the receiver's ASGI call (hand-stepped app) or
+forward unit (a wsproto server as the service)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    TextMessage,
+)
+from wsproto.frame_protocol import CloseReason
+
+from anpx_core.ws_relay import WsSettings
+from tests.ws_pair import RID, Pair
+
+DISCONNECTS: list[dict[str, Any]] = []
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    assert (await receive())["type"] == "websocket.connect"
+    offered = scope["subprotocols"]
+    await send(
+        {
+            "type": "websocket.accept",
+            "subprotocol": offered[0] if offered else None,
+            "headers": [(b"x-app", b"yes")],
+        }
+    )
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            DISCONNECTS.append(message)
+            return
+        if message.get("text") == "close please":
+            await send({"type": "websocket.close", "code": 4002, "reason": "as asked"})
+            continue
+        if "text" in message:
+            await send({"type": "websocket.send", "text": message["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": message["bytes"]})
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    DISCONNECTS.clear()
+
+
+def opened(**kw: Any) -> Pair:
+    pair = Pair(app=kw.pop("app", echo_app), **kw)
+    pair.connect(subprotocols=kw.pop("subprotocols", None))
+    assert isinstance(pair.client_events[0], AcceptConnection), pair.http_answer
+    return pair
+
+
+def finished(pair: Pair) -> bool:
+    return not pair.gs.has_stream(RID) and not pair.rs.has_stream(RID)
+
+
+def test_echo_text_and_binary_with_subprotocol_and_headers() -> None:
+    pair = Pair(app=echo_app)
+    pair.connect("/chat?room=1", ["chat", "superchat"])
+    accept = pair.client_events[0]
+    assert isinstance(accept, AcceptConnection)
+    assert accept.subprotocol == "chat"
+    assert (b"x-app", b"yes") in accept.extra_headers
+    pair.send(Message(data="héllo"))
+    pair.send(Message(data=b"\x00\xff"))
+    assert pair.messages() == ["héllo", b"\x00\xff"]
+    assert pair.gw is not None and pair.gw.status == 101
+
+
+def test_the_scope_is_complete() -> None:
+    pair = Pair(app=echo_app)
+    pair.connect("/chat/r%2Fx?room=1&x=%20", ["chat"], [(b"cookie", b"a=1")])
+    assert pair.call is not None
+    scope = pair.call.scope
+    assert scope["type"] == "websocket"
+    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+    assert scope["scheme"] == "wss"
+    assert scope["path"] == "/chat/r/x"
+    assert scope["raw_path"] == b"/chat/r%2Fx"
+    assert scope["query_string"] == b"room=1&x=%20"
+    assert scope["subprotocols"] == ["chat"]
+    assert scope["client"] == ("203.0.113.7", 50123)
+    assert scope["server"] == ("app.test", 80)
+    assert "websocket.http.response" in scope["extensions"]
+    headers = dict(scope["headers"])
+    assert headers[b"host"] == b"app.test"
+    assert headers[b"cookie"] == b"a=1"
+    assert headers[b"upgrade"] == b"websocket"
+    assert headers[b"x-forwarded-for"] == b"203.0.113.7"
+    assert b"sec-websocket-key" not in headers  # the client's key is for the gateway only
+    assert "method" not in scope
+
+
+def test_fragmented_client_message_reaches_the_app_whole() -> None:
+    pair = opened()
+    pair.send(Message(data="frag", message_finished=False))
+    pair.send(Message(data="men", message_finished=False))
+    assert pair.messages() == []
+    pair.send(Message(data="ted", message_finished=True))
+    assert pair.messages() == ["fragmented"]
+
+
+@pytest.mark.parametrize(("code", "reason"), [(1000, ""), (4001, "bye ✓"), (3999, "x" * 100)])
+def test_client_close_code_and_reason_reach_the_app_and_are_echoed(code: int, reason: str) -> None:
+    pair = opened()
+    pair.send(CloseConnection(code=code, reason=reason))
+    assert [{"type": "websocket.disconnect", "code": code, "reason": reason}] == DISCONNECTS
+    close = pair.client_close()
+    assert close is not None and close.code == code
+    assert pair.gw is not None and pair.gw.closed
+    assert finished(pair)
+
+
+def test_app_close_reaches_the_client_and_its_answer_the_app() -> None:
+    pair = opened()
+    pair.send(Message(data="close please"))
+    close = pair.client_close()
+    assert close is not None and (close.code, close.reason) == (4002, "as asked")
+    # the client echoed (wsproto repeats the reason): the app gets exactly that answer
+    assert DISCONNECTS == [{"type": "websocket.disconnect", "code": 4002, "reason": "as asked"}]
+    assert pair.gw is not None and pair.gw.closed
+    assert finished(pair)
+
+
+def test_client_close_without_status() -> None:
+    pair = opened()
+    pair.send(CloseConnection(code=CloseReason.NO_STATUS_RCVD))
+    assert DISCONNECTS[0]["code"] == 1005
+    close = pair.client_close()
+    assert close is not None and close.code == 1005
+    assert finished(pair)
+
+
+def test_client_vanishing_gives_the_app_1006() -> None:
+    pair = opened()
+    pair.client_eof()
+    assert [(d["code"], d["reason"]) for d in DISCONNECTS] == [
+        (1006, "connection closed without a Close frame")
+    ]
+    assert pair.gw is not None and pair.gw.closed
+    assert finished(pair)
+
+
+def test_stream_reset_closes_the_client_with_1011() -> None:
+    pair = opened()
+    assert pair.call is not None
+    pair.rs.cancel(RID, "receiver failed")
+    pair.call.disconnected()
+    pair.pump()
+    close = pair.client_close()
+    assert close is not None and close.code == 1011
+    assert DISCONNECTS[0]["code"] == 1006
+
+
+@pytest.mark.parametrize(("going_away", "code"), [(True, 1001), (False, 1011)])
+def test_tunnel_loss_closes_the_client(going_away: bool, code: int) -> None:
+    pair = opened()
+    assert pair.gw is not None
+    pair.gw.tunnel_lost(pair.now, going_away=going_away)
+    pair.pump()
+    close = pair.client_close()
+    assert close is not None and close.code == code
+    assert pair.gw.closed  # the client answered the Close
+
+
+def test_drain_closes_with_1001_and_both_sides_answer() -> None:
+    pair = opened()
+    assert pair.gw is not None
+    pair.gw.drain(pair.now)
+    pair.pump()
+    close = pair.client_close()
+    assert close is not None and close.code == 1001
+    assert DISCONNECTS[0]["code"] == 1001
+    assert pair.gw.closed and finished(pair)
+
+
+def test_a_close_nobody_answers_ends_after_close_timeout() -> None:
+    pair = opened(gateway_settings=WsSettings(close_timeout=2.0))
+    pair.client_reads = False  # the client never reads our Close, so never answers
+    assert pair.gw is not None
+    pair.gw.drain(pair.now)
+    pair.pump()
+    assert not pair.gw.closed
+    pair.advance(1.9)
+    assert not pair.gw.closed
+    pair.advance(0.2)
+    assert pair.gw.closed
+
+
+# --- denials ---------------------------------------------------------------------------------
+
+
+async def deny_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await receive()
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": 401,
+            "headers": [(b"www-authenticate", b"Bearer"), (b"content-length", b"12")],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": b"who are ", "more_body": True})
+    await send({"type": "websocket.http.response.body", "body": b"you?"})
+
+
+async def close_first_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "websocket.close"})
+
+
+async def raising_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await receive()
+    raise RuntimeError("boom")
+
+
+async def returning_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await receive()
+
+
+async def accept_then_raise_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "websocket.accept"})
+    await receive()
+    raise RuntimeError("boom")
+
+
+def answer(pair: Pair) -> tuple[bytes, bytes]:
+    head, _, body = pair.http_answer.partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_http_denial_extension() -> None:
+    pair = Pair(app=deny_app)
+    pair.connect()
+    head, body = answer(pair)
+    assert head.startswith(b"HTTP/1.1 401 ")
+    assert b"www-authenticate: Bearer" in head
+    assert body == b"who are you?"
+    assert pair.gw is not None and pair.gw.status == 401
+
+
+@pytest.mark.parametrize(
+    ("app", "status"), [(close_first_app, 403), (returning_app, 403), (raising_app, 500)]
+)
+def test_app_that_does_not_accept(app: Any, status: int) -> None:
+    pair = Pair(app=app)
+    pair.connect()
+    assert answer(pair)[0].startswith(b"HTTP/1.1 %d " % status)
+
+
+def test_app_raising_after_accept_closes_with_1011() -> None:
+    pair = opened(app=accept_then_raise_app)
+    pair.send(Message(data="trigger"))
+    close = pair.client_close()
+    assert close is not None and close.code == 1011
+
+
+def test_a_v1_receiver_gets_an_immediate_explained_501() -> None:
+    pair = Pair(app=echo_app, ws_on_tunnel=False)
+    pair.connect()
+    head, body = answer(pair)
+    assert head.startswith(b"HTTP/1.1 501 ")
+    assert b"does not support WebSocket streams" in body
+    assert pair.gw is None and pair.to_receiver.items == []
+
+
+# --- limits and liveness ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("size", "passes"), [(1000, True), (1001, False)])
+def test_client_message_size_limit_at_the_edge(size: int, passes: bool) -> None:
+    pair = opened(gateway_settings=WsSettings(max_message_size=1000))
+    pair.send(Message(data=b"a" * 600, message_finished=False))
+    pair.send(Message(data=b"a" * (size - 600)))
+    if passes:
+        assert pair.messages() == [b"a" * size]
+    else:
+        close = pair.client_close()
+        assert close is not None and close.code == 1009
+        assert DISCONNECTS[0]["code"] == 1009
+
+
+@pytest.mark.parametrize(("size", "passes"), [(1000, True), (1001, False)])
+def test_app_message_size_limit_at_the_gateway(size: int, passes: bool) -> None:
+    pair = opened(gateway_settings=WsSettings(max_message_size=1000))
+    assert pair.call is not None
+    pair.call.send({"type": "websocket.send", "bytes": b"b" * size})
+    pair.pump()
+    if passes:
+        assert pair.messages() == [b"b" * size]
+    else:
+        close = pair.client_close()
+        assert close is not None and close.code == 1009
+
+
+def test_sixteen_mib_message_passes_both_ways() -> None:
+    pair = opened()
+    data = bytes(range(256)) * (64 * 1024)  # 16 MiB
+    pair.send(Message(data=data))
+    assert pair.messages() == [data]
+
+
+def test_keepalive_pings_keep_an_idle_socket_and_a_silent_client_is_dropped() -> None:
+    settings = WsSettings(ping_interval=30.0, ping_timeout=20.0, idle_timeout=0)
+    pair = opened(gateway_settings=settings)
+    pair.advance(30.0)
+    assert sum(isinstance(e, Ping) for e in pair.client_events) == 1
+    pair.advance(600.0)  # the client answers every ping: still open
+    assert pair.client_close() is None and DISCONNECTS == []
+    pair.client_reads = False
+    pair.advance(49.9)
+    assert DISCONNECTS == []
+    pair.advance(0.2)
+    assert DISCONNECTS and DISCONNECTS[0]["code"] == 1006
+
+
+def test_idle_timeout_at_the_edge() -> None:
+    pair = opened(gateway_settings=WsSettings(idle_timeout=100.0, ping_interval=0))
+    pair.advance(60.0)
+    pair.send(Message(data="activity"))
+    pair.advance(99.9)
+    assert pair.client_close() is None
+    pair.advance(0.1)
+    close = pair.client_close()
+    assert close is not None and (close.code, close.reason) == (1001, "idle timeout")
+    assert DISCONNECTS[0]["code"] == 1001
+
+
+def test_a_slow_client_stalls_only_its_own_stream() -> None:
+    pair = opened()
+    assert pair.call is not None
+    pair.client_reads = False
+    chunk = b"z" * 60_000
+    sent = 0
+    while pair.rs.writable(RID) and sent < 100:
+        pair.call.send({"type": "websocket.send", "bytes": chunk})
+        sent += 1
+        pair.pump()
+    assert 0 < sent < 100  # the window filled: the app's sends would wait now
+    assert pair.gw is not None
+    # the tunnel itself stays usable: another stream flows
+    from anpx_core.meta import RequestHead, ResponseHead
+
+    pair.gs.start("http-2", RequestHead("GET", "/other", [("host", "app.test")]))
+    pair.gs.end("http-2")
+    pair.pump()
+    assert pair.rs.has_stream("http-2")
+    pair.rs.start("http-2", ResponseHead(200, "OK", []))
+    pair.rs.send("http-2", b"x" * 100_000)
+    pair.rs.end("http-2")
+    assert pair.rs.writable("http-2")
+    pair.pump()
+    got = b"".join(e.data for e in pair.other if type(e).__name__ == "StreamData")  # type: ignore[attr-defined]
+    assert got == b"x" * 100_000  # the HTTP response went through while the WebSocket waits
+    assert not pair.rs.writable(RID)
+    pair.client_reads = True
+    pair.pump()
+    assert pair.messages() == [chunk] * sent
+    assert pair.rs.writable(RID)
+
+
+def test_a_slow_app_stops_the_gateway_reading_the_client() -> None:
+    pair = Pair()  # the test plays the app and does not receive
+    pair.connect()
+    assert pair.call is not None
+    assert pair.call.receive() == {"type": "websocket.connect"}
+    pair.call.send({"type": "websocket.accept"})
+    pair.pump()
+    gw = pair.gw
+    assert gw is not None
+    n = 0
+    while gw.wants_read and n < 100:
+        pair.send(Message(data=b"q" * 60_000))
+        n += 1
+    assert 0 < n < 100
+    got = 0
+    while (m := pair.call.receive()) is not None:
+        got += 1
+        pair.pump()
+        assert m["bytes"] == b"q" * 60_000
+    assert gw.wants_read
+
+
+# --- forward mode -------------------------------------------------------------------------------
+
+
+def test_forward_echo_subprotocol_and_close_codes() -> None:
+    from tests.ws_pair import Service
+
+    service = Service(subprotocol="superchat")
+    pair = Pair(service=service)
+    pair.connect("/live?x=1", ["chat", "superchat"], [(b"cookie", b"c=1")])
+    accept = pair.client_events[0]
+    assert isinstance(accept, AcceptConnection) and accept.subprotocol == "superchat"
+    assert service.request is not None
+    assert service.request.target == "/live?x=1"
+    assert service.request.host == "app.test"
+    assert service.request.subprotocols == ["chat", "superchat"]
+    assert service.request.extensions == []  # nothing to negotiate: no compression anywhere
+    assert (b"cookie", b"c=1") in service.request.extra_headers
+    pair.send(Message(data="ping?", message_finished=False))
+    pair.send(Message(data=" pong!"))
+    pair.send(Message(data=b"\x01" * 100_000))
+    assert pair.messages() == ["ping? pong!", b"\x01" * 100_000]
+    pair.send(CloseConnection(code=4100, reason="done"))
+    assert [e.code for e in service.events if isinstance(e, CloseConnection)] == [4100]
+    close = pair.client_close()
+    assert close is not None and close.code == 4100
+    assert finished(pair)
+
+
+def test_forward_service_close_reaches_the_client() -> None:
+    from tests.ws_pair import Service
+
+    service = Service()
+    pair = Pair(service=service)
+    pair.connect()
+    service.send(CloseConnection(code=4200, reason="bye from service"))
+    pair.pump()
+    close = pair.client_close()
+    assert close is not None and (close.code, close.reason) == (4200, "bye from service")
+    assert finished(pair)
+
+
+def test_forward_refusal_is_relayed() -> None:
+    from tests.ws_pair import Service
+
+    pair = Pair(service=Service(accept=False))
+    pair.connect()
+    head, body = answer(pair)
+    assert head.startswith(b"HTTP/1.1 418 ")
+    assert b"x-why: teapot" in head
+    assert body.endswith(b"no websockets here") or b"no websockets here" in body
+
+
+def test_forward_service_unreachable_is_502() -> None:
+    pair = Pair(forward=True)  # no service: the connection to it fails
+    pair.connect()
+    assert pair.fwd is not None
+    pair.fwd.connect_failed("connection refused")
+    pair.pump()
+    head, body = answer(pair)
+    assert head.startswith(b"HTTP/1.1 502 ")
+    assert b"refused" not in body  # the OS error goes to the log only
+
+
+def test_binary_and_text_interleaved_with_pings_from_the_client() -> None:
+    pair = opened()
+    pair.send(Message(data=b"a", message_finished=False))
+    pair.send(Ping(payload=b"p1"))
+    pair.send(Message(data=b"b"))
+    pair.send(Message(data="t"))
+    assert pair.messages() == [b"ab", "t"]
+    assert [type(e) for e in pair.client_events].count(BytesMessage) >= 1
+    assert any(type(e).__name__ == "Pong" for e in pair.client_events)
+    assert TextMessage  # imported for readers: text messages are TextMessage events
