@@ -216,7 +216,7 @@ def test_offer_and_parse() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["flow=1", "ws", "ws=", "ws=2", "ws=01x", "ws=１", "ws=1000", "wss=1", "ws=-1"]
+    "value", ["flow=1", "ws", "ws=", "ws=2", "ws=01x", "ws=\uff11", "ws=1000", "wss=1", "ws=-1"]
 )
 def test_unusable_ws_values_mean_no_extension(value: str) -> None:
     assert parse_ws_extension([("ANPX-Extensions", value)]) is None
