@@ -463,3 +463,110 @@ def test_binary_and_text_interleaved_with_pings_from_the_client() -> None:
     assert [type(e) for e in pair.client_events].count(BytesMessage) >= 1
     assert any(type(e).__name__ == "Pong" for e in pair.client_events)
     assert TextMessage  # imported for readers: text messages are TextMessage events
+
+
+# --- the upgrade decision -----------------------------------------------------------------------
+
+
+def started(extra: list[tuple[str, str]] | None = None, **kw: Any) -> Any:
+    from anpx_core.http1 import RequestStarted
+    from anpx_core.meta import RequestHead
+
+    headers = [
+        ("host", "app.test"),
+        ("sec-websocket-key", "MDEyMzQ1Njc4OWFiY2RlZg=="),
+        ("sec-websocket-version", "13"),
+        *(extra or []),
+    ]
+    return RequestStarted(
+        RequestHead(kw.get("method", "GET"), "/ws", headers),
+        False,
+        kw.get("length", 0),
+        kw.get("upgrade", "websocket"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("tunnel", "client", "status"),
+    [(999, 99, None), (1000, 0, 503), (0, 99, None), (0, 100, 429)],
+)
+def test_open_limits_at_the_edge(tunnel: int, client: int, status: int | None) -> None:
+    from anpx_core.ws_gateway import Open, Refuse, upgrade_decision
+
+    decision = upgrade_decision(
+        started(),
+        ws_on_tunnel=True,
+        open_on_tunnel=tunnel,
+        open_for_client=client,
+        settings=WsSettings(max_open=1000, max_per_client=100),
+    )
+    if status is None:
+        assert isinstance(decision, Open)
+    else:
+        assert isinstance(decision, Refuse) and decision.status == status
+
+
+@pytest.mark.parametrize(
+    ("kw", "extra", "status"),
+    [
+        ({"upgrade": None}, [], None),  # no upgrade: plain HTTP
+        ({"upgrade": "h2c"}, [], None),  # another protocol: plain HTTP, Upgrade stripped
+        ({"method": "POST"}, [], 400),
+        ({"length": 5}, [], 400),
+        ({"length": None}, [], 400),
+        ({}, [("sec-websocket-version", "8")], 426),
+        ({}, [("sec-websocket-protocol", "a b")], 400),
+    ],
+)
+def test_malformed_upgrades_are_refused(kw: dict[str, Any], extra: Any, status: int | None) -> None:
+    from anpx_core.ws_gateway import Refuse, upgrade_decision
+
+    request = started(extra, **kw)
+    decision = upgrade_decision(request, ws_on_tunnel=True)
+    if status is None:
+        assert decision is None
+    else:
+        assert isinstance(decision, Refuse) and decision.status == status
+
+
+@pytest.mark.parametrize(
+    "key", ["", "short", "MDEyMzQ1Njc4OWFiY2RlZmc=", "!!!!", "MDEy MzQ1Njc4OWFiY2RlZg=="]
+)
+def test_bad_keys_are_refused(key: str) -> None:
+    from anpx_core.http1 import RequestStarted
+    from anpx_core.meta import RequestHead
+    from anpx_core.ws_gateway import Refuse, upgrade_decision
+
+    headers = [("sec-websocket-key", key), ("sec-websocket-version", "13")]
+    request = RequestStarted(RequestHead("GET", "/", headers), False, 0, "websocket")
+    decision = upgrade_decision(request, ws_on_tunnel=True)
+    assert isinstance(decision, Refuse) and decision.status == 400
+
+
+def test_upgrade_field_reaches_the_unit_through_http_front() -> None:
+    from anpx_core.http1 import FrontLimits, HttpFront, RequestStarted
+
+    front = HttpFront(FrontLimits(), 0.0, client=None, server=None)
+    raw = (
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\n"
+        b"Upgrade: WebSocket\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    (ev, _end) = front.receive_data(raw, 0.0)
+    assert isinstance(ev, RequestStarted) and ev.upgrade == "websocket"
+    names = [n for n, _ in ev.head.headers]
+    assert "upgrade" not in names and "connection" not in names
+    (plain, _end) = HttpFront(FrontLimits(), 0.0, client=None, server=None).receive_data(
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n", 0.0
+    )
+    assert isinstance(plain, RequestStarted) and plain.upgrade is None  # Connection lacks it
+
+
+def test_bytes_the_client_sent_with_the_upgrade_are_not_lost() -> None:
+    from wsproto.events import Request as WsRequest
+
+    pair = Pair(app=echo_app)
+    raw = pair.client.send(WsRequest(host="app.test", target="/ws"))
+    # a client that sends its first frame (masked, key 0) without waiting for the 101
+    pair.connect(raw=raw + b"\x81\x85\x00\x00\x00\x00early")
+    assert isinstance(pair.client_events[0], AcceptConnection)
+    assert pair.messages() == ["early"]
