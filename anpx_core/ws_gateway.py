@@ -113,7 +113,7 @@ def upgrade_decision(
         return Refuse(NO_WS_STATUS, NO_WS_TEXT)
     if open_on_tunnel >= settings.max_open:
         return Refuse(503, "too many open WebSockets on this route", [("retry-after", "5")])
-    if open_for_client >= settings.max_per_client:
+    if settings.max_per_client and open_for_client >= settings.max_per_client:
         return Refuse(429, "too many open WebSockets from your address", [("retry-after", "5")])
     return Open(open_head(head.target, headers, offered), keys[0], offered)
 

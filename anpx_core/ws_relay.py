@@ -79,7 +79,7 @@ class WsSettings:
     #: Open WebSocket sessions per receiver (the gateway counts per tunnel, a receiver
     #: its own); more are refused with 503.
     max_open: int = 1000
-    #: Gateway: open WebSockets per client address; more are refused with 429.
+    #: Gateway: open WebSockets per client address; more are refused with 429. 0: no cap.
     max_per_client: int = 100
     max_message_size: int = 16 * MiB
     idle_timeout: float = 3600.0
