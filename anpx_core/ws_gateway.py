@@ -30,6 +30,7 @@ from .wsstream import (
     HANDSHAKE_ONLY,
     StreamCancel,
     StreamConsumed,
+    StreamEnd,
     StreamOp,
     StreamStart,
     open_head,
@@ -161,7 +162,13 @@ class GatewayWebSocket:
     def wants_read(self) -> bool:
         if self._relay is not None:
             return self._relay.wants_read
-        return self.phase == "opening"  # only to notice the client leaving
+        return self.phase == "opening" and self._front.wants_read
+
+    @property
+    def http_continues(self) -> bool:
+        """After a denial: the client's connection may serve further HTTP requests (give
+        the front back to the HTTP unit instead of closing the socket)."""
+        return self.phase == "done" and self._relay is None and not self._front.closed
 
     def take_ops(self) -> list[StreamOp]:
         ops, self._ops = self._ops, []
@@ -180,9 +187,12 @@ class GatewayWebSocket:
         self._now = now
         if self._relay is not None:
             self._relay.receive_data(data, now)
-        elif self.phase == "opening" and not data:
-            self._end_opening(StreamCancel("client went away"))
-        # other bytes before the 101: the client must wait for it; HttpFront keeps them
+        elif self.phase == "opening":
+            # Bytes before the 101 wait in HttpFront (bounded by its head limit) and become
+            # the WebSocket's first input; EOF means the client left.
+            self._front.receive_data(data, now)
+            if self._front.closed:
+                self._end_opening(StreamCancel("client went away"))
 
     def data_to_send(self) -> bytes:
         out = self._head_out + self._front.data_to_send()
@@ -245,10 +255,11 @@ class GatewayWebSocket:
             self._relay.far_end(now)
         elif self.phase == "denied":
             self._front.end_response()
+            self._ops.append(StreamEnd())  # our side of a denied session carries nothing
             self.phase = "done"
         elif self.phase == "opening":
             self._front.send_error(502, "the receiver ended the WebSocket stream")
-            self.phase = "done"
+            self._end_opening(StreamCancel("stream ended without an answer"))
 
     def stream_reset(self, reason: str, now: float) -> None:
         """The stream was reset (or the receiver failed it): 1011, or 502 before the 101."""

@@ -204,8 +204,19 @@ class PeerRelay:
     # --- the stream side (far side) ----------------------------------------------------------
 
     def take_ops(self) -> list[StreamOp]:
+        """What to do to the stream, adjacent sends joined (many tiny client frames become
+        one ANPX frame, not one each)."""
         ops, self._ops = self._ops, []
-        return ops
+        if len(ops) < 2:
+            return ops
+        merged: list[StreamOp] = []
+        for op in ops:
+            last = merged[-1] if merged else None
+            if isinstance(op, StreamSend) and isinstance(last, StreamSend):
+                merged[-1] = StreamSend(last.data + op.data)
+            else:
+                merged.append(op)
+        return merged
 
     def set_stream_writable(self, writable: bool) -> None:
         """The tunnel takes more of this stream now (credit) or not: read the peer or not."""

@@ -246,6 +246,8 @@ def test_http_denial_extension() -> None:
     assert b"www-authenticate: Bearer" in head
     assert body == b"who are you?"
     assert pair.gw is not None and pair.gw.status == 401
+    assert pair.gw.closed and pair.gw.http_continues  # the connection may serve HTTP again
+    assert finished(pair)
 
 
 @pytest.mark.parametrize(
@@ -255,6 +257,7 @@ def test_app_that_does_not_accept(app: Any, status: int) -> None:
     pair = Pair(app=app)
     pair.connect()
     assert answer(pair)[0].startswith(b"HTTP/1.1 %d " % status)
+    assert finished(pair)
 
 
 def test_app_raising_after_accept_closes_with_1011() -> None:
@@ -570,3 +573,58 @@ def test_bytes_the_client_sent_with_the_upgrade_are_not_lost() -> None:
     pair.connect(raw=raw + b"\x81\x85\x00\x00\x00\x00early")
     assert isinstance(pair.client_events[0], AcceptConnection)
     assert pair.messages() == ["early"]
+
+
+def test_bytes_arriving_before_the_101_wait_for_it() -> None:
+    from wsproto.events import Request as WsRequest
+
+    pair = Pair()  # the test plays the app: nothing is accepted yet
+    pair.connect()
+    assert pair.gw is not None and pair.gw.phase == "opening"
+    pair.gw.receive_data(b"\x82\x83\x00\x00\x00\x00abc", pair.now)  # a masked frame, early
+    assert pair.call is not None
+    pair.call.receive()
+    pair.call.send({"type": "websocket.accept"})
+    pair.pump()
+    assert isinstance(pair.client_events[0], AcceptConnection)
+    assert pair.call.receive() == {"type": "websocket.receive", "bytes": b"abc"}
+    assert WsRequest  # (the client's handshake was sent by Pair.connect)
+
+
+def test_client_leaving_before_the_answer_cancels_the_stream() -> None:
+    pair = Pair()
+    pair.connect()
+    assert pair.call is not None and pair.gw is not None
+    pair.client_eof()
+    assert pair.gw.closed
+    assert finished(pair)
+    assert pair.call.receive() == {"type": "websocket.connect"}
+    assert pair.call.receive() == {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+    pair.call.send({"type": "websocket.accept"})  # too late: nobody to tell, no error
+    assert pair.call.take_ops() == []
+
+
+def test_no_answer_in_open_timeout_is_504_at_the_edge() -> None:
+    pair = Pair(gateway_settings=WsSettings(open_timeout=10.0))
+    pair.connect()
+    pair.advance(9.9)
+    assert pair.http_answer == b""
+    pair.advance(0.1)
+    assert answer(pair)[0].startswith(b"HTTP/1.1 504 ")
+    assert finished(pair)
+
+
+def test_tiny_client_frames_are_joined_on_the_tunnel() -> None:
+    pair = opened()
+    frames_before = len(pair.to_receiver.items)
+    raw = b"".join(pair.client.send(Message(data=b"x")) for _ in range(200))
+    assert pair.gw is not None
+    pair.gw.receive_data(raw, pair.now)
+    ops = pair.gw.take_ops()
+    assert len(ops) == 1  # one send for 200 one-byte messages
+    from anpx_core.wsstream import apply_ops
+
+    apply_ops(pair.gs, RID, ops)
+    pair.pump()
+    assert frames_before == 0
+    assert pair.messages() == [b"x"] * 200

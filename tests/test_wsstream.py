@@ -91,7 +91,7 @@ def fragmented(draw: st.DrawFn) -> tuple[list[str | bytes], bytes]:
     return messages, wire
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(fragmented(), st.lists(st.integers(0, 10_000), max_size=12), st.booleans())
 def test_records_round_trip_at_any_split(case, cuts, with_close) -> None:
     messages, wire = case
