@@ -44,7 +44,7 @@ from .wsstream import (
     subprotocols_of,
 )
 
-__all__ = ["AsgiWebSocketCall", "build_scope"]
+__all__ = ["AsgiWebSocketCall", "admission", "build_scope"]
 
 NO_STATUS = 1005
 _ANSWERS = frozenset({"websocket.accept", "websocket.close", "websocket.http.response.start"})
@@ -75,6 +75,20 @@ def build_scope(
     scope["subprotocols"] = offered
     scope["extensions"] = {"websocket.http.response": {}}
     return scope
+
+
+def admission(head: RequestHead, open_now: int, settings: WsSettings) -> list[StreamOp] | None:
+    """A receiver's check of an open head (ASGI and forward mode alike): None to serve it,
+    else the denial to send (503 over ``max_open``, 400 for offered subprotocols that are
+    not tokens)."""
+    if open_now >= settings.max_open:
+        return deny_ops(503, "too many open WebSockets on this receiver", [("retry-after", "5")])
+    try:
+        for name in subprotocols_of(head.headers):
+            check_token(name, "subprotocol")
+    except StrictError:
+        return deny_ops(400, "malformed Sec-WebSocket-Protocol")
+    return None
 
 
 class AsgiWebSocketCall:

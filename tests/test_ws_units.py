@@ -628,3 +628,51 @@ def test_tiny_client_frames_are_joined_on_the_tunnel() -> None:
     pair.pump()
     assert frames_before == 0
     assert pair.messages() == [b"x"] * 200
+
+
+@pytest.mark.parametrize(("open_now", "denied"), [(9, False), (10, True)])
+def test_receiver_max_open_at_the_edge(open_now: int, denied: bool) -> None:
+    from anpx_core.ws_asgi import admission
+    from anpx_core.wsstream import StreamStart, open_head
+
+    head = open_head("/ws", [("host", "a")], ["chat"])
+    ops = admission(head, open_now, WsSettings(max_open=10))
+    if not denied:
+        assert ops is None
+    else:
+        assert ops is not None and isinstance(ops[0], StreamStart) and ops[0].head.status == 503
+
+
+def test_receiver_refuses_malformed_subprotocols() -> None:
+    from anpx_core.meta import RequestHead
+    from anpx_core.ws_asgi import admission
+
+    head = RequestHead("GET", "/", [("upgrade", "websocket"), ("sec-websocket-protocol", "a b")])
+    ops = admission(head, 0, WsSettings())
+    assert ops is not None and ops[0].head.status == 400  # type: ignore[union-attr]
+
+
+def test_switch_protocols_only_for_a_complete_upgrade_request() -> None:
+    from anpx_core.http1 import FrontLimits, HttpFront
+
+    front = HttpFront(FrontLimits(), 0.0, client=None, server=None)
+    front.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0.0)
+    with pytest.raises(RuntimeError):
+        front.switch_protocols([("upgrade", "websocket")])  # no Upgrade was asked for
+    front = HttpFront(FrontLimits(), 0.0, client=None, server=None)
+    front.receive_data(
+        b"POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+        b"Content-Length: 10\r\n\r\nabc",
+        0.0,
+    )
+    with pytest.raises(RuntimeError):
+        front.switch_protocols([])  # the body is not read yet
+    front = HttpFront(FrontLimits(), 0.0, client=None, server=None)
+    front.receive_data(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nEXTRA",
+        0.0,
+    )
+    assert front.switch_protocols([("upgrade", "websocket")]) == b"EXTRA"
+    assert front.switched and not front.wants_read and front.next_deadline() is None
+    assert front.data_to_send().startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert front.receive_data(b"more", 1.0) == []  # the front reads nothing any more
