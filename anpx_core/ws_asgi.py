@@ -111,6 +111,7 @@ class AsgiWebSocketCall:
         self._disconnect_queued = False
         self._close_sent = False
         self._app_returned = False
+        self._final: dict[str, Any] | None = None  # the disconnect, once delivered
         self.close_code: int | None = None
 
     # --- tunnel -> app ------------------------------------------------------------------------
@@ -152,8 +153,11 @@ class AsgiWebSocketCall:
 
     def receive(self) -> dict[str, Any] | None:
         if not self._inbox:
-            return None
+            # after the disconnect, every receive() gets it again: an app never waits forever
+            return self._final
         message = self._inbox.popleft()
+        if message["type"] == "websocket.disconnect":
+            self._final = message
         if not self._has_messages():
             self._release_credit()
         return message

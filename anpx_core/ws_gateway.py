@@ -271,13 +271,13 @@ class GatewayWebSocket:
         if self._relay is not None:
             code = GOING_AWAY if going_away else INTERNAL_ERROR
             self._relay.far_gone(code, now, "gateway going away" if going_away else "")
-            self._ops = []
         elif self.phase == "opening":
             self._front.send_error(502, "the receiver failed the WebSocket upgrade")
             self.phase = "done"
         elif self.phase == "denied":
             self._front.abort()
             self.phase = "done"
+        self._ops = []  # the stream is gone: nothing more to do to it
 
     # --- internals -----------------------------------------------------------------------------
 

@@ -676,3 +676,16 @@ def test_switch_protocols_only_for_a_complete_upgrade_request() -> None:
     assert front.switched and not front.wants_read and front.next_deadline() is None
     assert front.data_to_send().startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
     assert front.receive_data(b"more", 1.0) == []  # the front reads nothing any more
+
+
+def test_receive_after_the_disconnect_keeps_answering_disconnect() -> None:
+    pair = Pair()
+    pair.connect()
+    assert pair.call is not None
+    pair.call.receive()
+    pair.call.send({"type": "websocket.accept"})
+    pair.pump()
+    pair.client_eof()
+    first = pair.call.receive()
+    assert first is not None and first["type"] == "websocket.disconnect"
+    assert pair.call.receive() == first  # never None: an app asking again does not hang
