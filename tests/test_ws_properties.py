@@ -59,6 +59,8 @@ class Run:
     def receive_all(self) -> None:
         assert self.call is not None
         while self.app_reads and (m := self.call.receive()) is not None:
+            if self.app_got and self.app_got[-1]["type"] == "websocket.disconnect":
+                break  # receive() repeats the disconnect from now on
             self.app_got.append(m)
             self.pair.pump()
 
