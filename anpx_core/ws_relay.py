@@ -76,6 +76,8 @@ class WsSettings:
     """WebSocket limits of one side ([gateway.websocket] / [receiver.websocket] in the
     configuration; docs/configuration.md)."""
 
+    #: Offer the ``ws`` extension in the tunnel handshake (False: clients get 501).
+    enabled: bool = True
     #: Open WebSocket sessions per receiver (the gateway counts per tunnel, a receiver
     #: its own); more are refused with 503.
     max_open: int = 1000
@@ -88,6 +90,12 @@ class WsSettings:
     close_timeout: float = 5.0
     #: Gateway: how long the receiver has to accept or deny an upgrade (else 504).
     open_timeout: float = 30.0
+
+    @classmethod
+    def receiver_defaults(cls) -> WsSettings:
+        """A receiver's defaults: no per-client cap (the gateway has it), no idle timeout
+        (the gateway has one)."""
+        return cls(max_per_client=0, idle_timeout=0.0)
 
     def relay_limits(self) -> RelayLimits:
         return RelayLimits(

@@ -73,6 +73,8 @@ _WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 #: ``to_*_settings`` of a default section equals the default settings).
 _GW = GatewaySettings()
 _RX = ReceiverSettings()
+_GW_WS = _GW.websocket
+_RX_WS = _RX.websocket
 
 
 class ConfigError(Exception):
@@ -309,29 +311,34 @@ class AuthConfig(_Section):
 class GatewayWebSocketConfig(_Section):
     """[gateway.websocket]: clients' WebSockets carried through the tunnel (docs/websocket.md)."""
 
-    enabled: bool = _opt(True, "bool")  # offer the ws extension to receivers
-    max_per_receiver: int = _opt(1000, "int", lo=1)
-    max_per_address: int = _opt(100, "int", lo=0)  # 0: no cap
-    max_message_size: int = _opt(16 * MiB, "int", lo=1024, hi=2**31 - 1, unit="bytes")
-    idle_timeout: float = _opt(3600.0, "float", lo=0, unit="seconds")  # 0: none
-    ping_interval: float = _opt(30.0, "float", lo=0, unit="seconds")  # 0: no keepalive
-    ping_timeout: float = _opt(20.0, "float", lo=0, lo_open=True, unit="seconds")
-    close_timeout: float = _opt(5.0, "float", lo=0, lo_open=True, unit="seconds")
-    open_timeout: float = _opt(30.0, "float", lo=0, lo_open=True, unit="seconds")
+    enabled: bool = _opt(_GW_WS.enabled, "bool")  # offer the ws extension to receivers
+    max_per_receiver: int = _opt(_GW_WS.max_open, "int", lo=1)
+    max_per_address: int = _opt(_GW_WS.max_per_client, "int", lo=0)  # 0: no cap
+    max_message_size: int = _opt(
+        _GW_WS.max_message_size, "int", lo=1024, hi=2**31 - 1, unit="bytes"
+    )
+    idle_timeout: float = _opt(_GW_WS.idle_timeout, "float", lo=0, unit="seconds")  # 0: none
+    ping_interval: float = _opt(_GW_WS.ping_interval, "float", lo=0, unit="seconds")  # 0: none
+    ping_timeout: float = _opt(_GW_WS.ping_timeout, "float", lo=0, lo_open=True, unit="seconds")
+    close_timeout: float = _opt(_GW_WS.close_timeout, "float", lo=0, lo_open=True, unit="seconds")
+    open_timeout: float = _opt(_GW_WS.open_timeout, "float", lo=0, lo_open=True, unit="seconds")
 
 
 @dataclass(frozen=True, slots=True)
 class ReceiverWebSocketConfig(_Section):
     """[receiver.websocket]: WebSockets to the app or the local service."""
 
-    enabled: bool = _opt(True, "bool")  # offer the ws extension to gateways
-    max_open: int = _opt(1000, "int", lo=1)
-    max_message_size: int = _opt(16 * MiB, "int", lo=1024, hi=2**31 - 1, unit="bytes")
-    idle_timeout: float = _opt(0.0, "float", lo=0, unit="seconds")  # forward mode; 0: none
-    ping_interval: float = _opt(30.0, "float", lo=0, unit="seconds")  # forward mode
-    ping_timeout: float = _opt(20.0, "float", lo=0, lo_open=True, unit="seconds")
-    close_timeout: float = _opt(5.0, "float", lo=0, lo_open=True, unit="seconds")
-    open_timeout: float = _opt(30.0, "float", lo=0, lo_open=True, unit="seconds")
+    enabled: bool = _opt(_RX_WS.enabled, "bool")  # offer the ws extension to gateways
+    max_open: int = _opt(_RX_WS.max_open, "int", lo=1)
+    max_message_size: int = _opt(
+        _RX_WS.max_message_size, "int", lo=1024, hi=2**31 - 1, unit="bytes"
+    )
+    # forward mode; 0: none
+    idle_timeout: float = _opt(_RX_WS.idle_timeout, "float", lo=0, unit="seconds")
+    ping_interval: float = _opt(_RX_WS.ping_interval, "float", lo=0, unit="seconds")
+    ping_timeout: float = _opt(_RX_WS.ping_timeout, "float", lo=0, lo_open=True, unit="seconds")
+    close_timeout: float = _opt(_RX_WS.close_timeout, "float", lo=0, lo_open=True, unit="seconds")
+    open_timeout: float = _opt(_RX_WS.open_timeout, "float", lo=0, lo_open=True, unit="seconds")
 
 
 def to_ws_settings(section: GatewayWebSocketConfig | ReceiverWebSocketConfig) -> WsSettings:
@@ -341,6 +348,7 @@ def to_ws_settings(section: GatewayWebSocketConfig | ReceiverWebSocketConfig) ->
     else:
         max_open, per_client = section.max_open, 0
     return WsSettings(
+        enabled=section.enabled,
         max_open=max_open,
         max_per_client=per_client,
         max_message_size=section.max_message_size,
@@ -1080,6 +1088,7 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
         max_connections_per_address=g.max_connections_per_address,
         max_streams_per_address=g.max_streams_per_address,
         send_timeout=g.send_timeout,
+        websocket=to_ws_settings(g.websocket),
         new_request_id=lambda: str(uuid.uuid4()),
     )
 
@@ -1122,4 +1131,5 @@ def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
         root_path=r.root_path,
         routes=list(r.routes),
         max_concurrent_requests=r.max_concurrent_requests,
+        websocket=to_ws_settings(r.websocket),
     )

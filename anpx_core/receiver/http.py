@@ -81,7 +81,7 @@ class HttpStreams:
 
     # --- the stream kind --------------------------------------------------------------------
 
-    def claims(self, head: RequestHead) -> bool:
+    def claims(self, link: GatewayLink, head: RequestHead) -> bool:
         return True  # the default kind: every request the other kinds leave
 
     def open(self, link: GatewayLink, rid: str, head: RequestHead, now: float) -> None:
