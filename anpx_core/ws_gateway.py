@@ -145,6 +145,7 @@ class GatewayWebSocket:
         self.phase = "opening"
         self._deadline: float | None = now + settings.open_timeout
         self.status: int | None = None  # the HTTP status the client got (101 or a denial)
+        self._denial_unwritten = 0  # denial body bytes not yet written to the client
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -205,6 +206,9 @@ class GatewayWebSocket:
     def written(self) -> None:
         if self._relay is not None:
             self._relay.written()
+        elif self._denial_unwritten and self.phase == "denied":
+            self._ops.append(StreamConsumed(self._denial_unwritten))
+            self._denial_unwritten = 0
 
     def set_stream_writable(self, writable: bool) -> None:
         if self._relay is not None:
@@ -248,7 +252,8 @@ class GatewayWebSocket:
             self._relay.far_data(data, now)
         elif self.phase == "denied":
             self._front.send_data(data)
-            self._ops.append(StreamConsumed(len(data)))  # a denial's body is small: no hold
+            # credit once written: an app's long denial waits for a client that reads
+            self._denial_unwritten += len(data)
 
     def stream_end(self, now: float) -> None:
         self._now = now
