@@ -281,7 +281,8 @@ def test_the_demo_websocket_echo_works_out_of_the_box(driver):
     from websockets.sync.client import connect
 
     http = free_port()
-    proc = Proc(["python", "-m", driver, "both", "--gateway-port", str(http), "--wss-port", "0"])
+    ports = ["--gateway-port", str(http), "--wss-port", "0", "--admin-port", "0"]
+    proc = Proc(["python", "-m", driver, "both", *ports])
     try:
         proc.wait_for("tunnel to")
         index = httpx.get(f"http://127.0.0.1:{http}/", headers={"accept": "text/html"}, timeout=10)
