@@ -261,6 +261,19 @@ def test_limits_per_address_per_receiver_and_message_size() -> None:
         t.close()
 
 
+def test_open_websockets_take_no_place_of_http_requests() -> None:
+    # one HTTP request at a time per receiver; two WebSockets open do not make it "busy"
+    t = WsTunnel("trio", "asyncio", gw_settings=GatewaySettings(max_streams_per_receiver=1))
+    try:
+        with t.connect("/ws/echo") as one, t.connect("/ws/echo") as two:
+            one.send("1")
+            two.send("2")
+            assert (one.recv(timeout=10), two.recv(timeout=10)) == ("1", "2")
+            assert httpx.get(f"http://{t.base}/", timeout=10).status_code == 200
+    finally:
+        t.close()
+
+
 # --- other clients and apps --------------------------------------------------------------------
 
 

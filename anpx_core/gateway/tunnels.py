@@ -291,9 +291,11 @@ class Tunnels:
             session = tunnel.session
             if session is None or session.peer_draining or tunnel.ws.state != "open":
                 continue
-            if len(tunnel.streams) >= limit:
+            # WebSockets have their own cap (pick_websocket): they take no request's place
+            busy = len(tunnel.streams) - tunnel.websockets
+            if busy >= limit:
                 continue
-            if best is None or len(tunnel.streams) < len(best.streams):
+            if best is None or busy < len(best.streams) - best.websockets:
                 best = tunnel
         return best
 
