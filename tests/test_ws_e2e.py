@@ -261,6 +261,25 @@ def test_limits_per_address_per_receiver_and_message_size() -> None:
         t.close()
 
 
+def test_gateway_cap_per_receiver_and_idle_timeout() -> None:
+    ws = WsSettings(max_open=1, idle_timeout=0.5, ping_interval=0.1)
+    t = WsTunnel("asyncio", "asyncio", gw_settings=GatewaySettings(websocket=ws))
+    try:
+        with t.connect("/ws/echo") as first:
+            with pytest.raises(InvalidStatus) as info:
+                t.connect("/ws/echo")
+            assert info.value.response.status_code == 503  # max_per_receiver
+            assert b"too many open WebSockets on this route" in info.value.response.body
+            # silence (pings do not count as activity): closed with 1001 "idle timeout"
+            assert _closed_code(first) == (1001, "idle timeout")
+        wait_until(lambda: t.gateway.obj.core.in_flight == 0)
+        with t.connect("/ws/echo") as again:
+            again.send("room again")
+            assert again.recv(timeout=10) == "room again"
+    finally:
+        t.close()
+
+
 def test_open_websockets_take_no_place_of_http_requests() -> None:
     # one HTTP request at a time per receiver; two WebSockets open do not make it "busy"
     t = WsTunnel("trio", "asyncio", gw_settings=GatewaySettings(max_streams_per_receiver=1))
