@@ -151,6 +151,20 @@ class AsgiWebSocketCall:
             self._disconnect(ABNORMAL, "")
         self._ops = []
 
+    def going_away(self, reason: str) -> None:
+        """This side shuts down: close with 1001 both ways (the app sees a 1001 disconnect);
+        an upgrade not answered yet is denied with 503."""
+        if self._disconnect_queued:
+            return
+        if self.state == "connecting":
+            self._ops += deny_ops(503, "the receiver is shutting down", [("retry-after", "5")])
+            self.state = "closed"
+        elif self.state in ("accepted", "closing"):
+            self._send_close(1001, reason)
+        elif self.state == "denying":
+            self._ops.append(StreamCancel(reason))
+        self._disconnect(1001, reason)
+
     def receive(self) -> dict[str, Any] | None:
         if not self._inbox:
             # after the disconnect, every receive() gets it again: an app never waits forever

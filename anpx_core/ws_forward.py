@@ -199,6 +199,14 @@ class ForwardWebSocket:
             self.phase = "done"
             self._ops = []
 
+    def going_away(self, now: float, reason: str) -> None:
+        """This side shuts down: close with 1001 both ways (the service's and the client's
+        answers are awaited, at most close_timeout); a handshake under way is denied 503."""
+        if self._relay is not None:
+            self._relay.close(GOING_AWAY, reason, now)
+        elif self.phase == "handshake":
+            self._deny(503, "the receiver is shutting down")
+
     # --- internals -----------------------------------------------------------------------------
 
     def _deny(self, status: int, text: str) -> None:

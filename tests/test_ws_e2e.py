@@ -200,6 +200,22 @@ def test_gateway_drain_closes_with_1001_after_the_grace(tunnel: WsTunnel) -> Non
     assert disconnects(key)[0][0] == 1001
 
 
+def test_receiver_drain_closes_with_1001_after_its_grace(tunnel: WsTunnel) -> None:
+    key = f"rc-drain-{uuid.uuid4().hex}"
+    receiver = tunnel.receiver
+    with (
+        tunnel.connect(f"/ws/echo?key={key}") as ws,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        ws.send("x")
+        ws.recv(timeout=10)
+        done = pool.submit(receiver.call, lambda: receiver.obj.shutdown(grace=0.3))
+        assert _closed_code(ws) == (1001, "receiver shutting down")
+        done.result(timeout=20)
+    wait_until(lambda: disconnects(key) != [])
+    assert disconnects(key) == [(1001, "receiver shutting down")]
+
+
 def test_an_idle_websocket_survives_with_keepalive(pairing: tuple[str, str]) -> None:
     # pings every 0.1 s, answered within 0.5 s; 1 s of silence from the client's side
     ws_settings = WsSettings(ping_interval=0.1, ping_timeout=0.5, idle_timeout=0)

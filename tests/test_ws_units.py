@@ -689,3 +689,43 @@ def test_receive_after_the_disconnect_keeps_answering_disconnect() -> None:
     first = pair.call.receive()
     assert first is not None and first["type"] == "websocket.disconnect"
     assert pair.call.receive() == first  # never None: an app asking again does not hang
+
+
+def test_receiver_going_away_closes_the_app_session_with_1001_both_ways() -> None:
+    pair = opened()
+    assert pair.call is not None
+    pair.call.going_away("receiver shutting down")
+    pair.pump()
+    close = pair.client_close()
+    assert close is not None and (close.code, close.reason) == (1001, "receiver shutting down")
+    assert DISCONNECTS == [
+        {"type": "websocket.disconnect", "code": 1001, "reason": "receiver shutting down"}
+    ]
+    assert finished(pair)
+
+
+def test_receiver_going_away_before_the_app_answers_is_503() -> None:
+    pair = Pair()  # the test plays the app: it never answers
+    pair.connect()
+    assert pair.call is not None
+    pair.call.going_away("receiver shutting down")
+    pair.pump()
+    head, _ = answer(pair)
+    assert head.startswith(b"HTTP/1.1 503 ")
+
+
+def test_forward_going_away_closes_the_service_and_the_client_with_1001() -> None:
+    from tests.ws_pair import Service
+
+    service = Service()
+    pair = Pair(service=service)
+    pair.connect()
+    assert pair.fwd is not None
+    pair.fwd.going_away(pair.now, "receiver shutting down")
+    pair.pump()
+    assert [(e.code, e.reason) for e in service.events if isinstance(e, CloseConnection)] == [
+        (1001, "receiver shutting down")
+    ]
+    close = pair.client_close()
+    assert close is not None and close.code == 1001
+    assert finished(pair)

@@ -248,9 +248,10 @@ class ReceiverCore(CrashBarrier):
     def close(self) -> None:
         """Close every tunnel (after draining)."""
         self._ctx.stopping = True
+        for kind in self._kinds:
+            kind.stop()  # e.g. WebSockets close with 1001 before their tunnel does
         for link in self._links:
             link.close()
-        self._http.backend.stop()
 
     # --- ASGI (the app's receive / send) ----------------------------------------------------
 

@@ -122,6 +122,9 @@ class HttpStreams:
     def writable(self, stream: HttpCall) -> None:
         self.backend.writable(stream)
 
+    def stop(self) -> None:
+        self.backend.stop()
+
     def holding_body(self, stream: HttpCall, limit: int) -> bool:
         return self.backend.buffered(stream) >= limit
 

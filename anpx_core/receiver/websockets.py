@@ -228,6 +228,18 @@ class WsStreams:
         self.ctx.wake(stream.cid)  # the app's send() or the service's socket reads again
         self.sync(stream, self.ctx.now)
 
+    def stop(self) -> None:
+        """The receiver closes its tunnels (after its drain's grace): close every session
+        with 1001 first, so the client and the app see a going-away, not a failure."""
+        now = self.ctx.now
+        for stream in list(self.streams.values()):
+            if stream.call is not None:
+                stream.call.going_away("receiver shutting down")
+                self.ctx.wake(stream.cid)
+            elif stream.fwd is not None:
+                stream.fwd.going_away(now, "receiver shutting down")
+            self.sync(stream, now)
+
     def holding_body(self, stream: WsStream, limit: int) -> bool:
         return False  # ws needs flow control: credit bounds what the gateway sends
 
