@@ -31,7 +31,15 @@ from anpx_core.receiver import ReceiverSettings
 from anpx_core.ws_relay import WsSettings
 
 from .deploy import PAIRINGS, Runner, start_gateway, start_receiver, wait_until
-from .ws_apps import PUSH_COUNT, PUSH_SIZE, RESULTS, disconnects, fastapi_app, ws_app
+from .ws_apps import (
+    PUSH_COUNT,
+    PUSH_SIZE,
+    RESULTS,
+    disconnects,
+    fastapi_app,
+    starlette_app,
+    ws_app,
+)
 
 MiB = 1024 * 1024
 
@@ -363,6 +371,21 @@ def test_fastapi_websocket_endpoint(pairing: tuple[str, str]) -> None:
         t.close()
 
 
+def test_starlette_endpoint_and_its_denial_response(pairing: tuple[str, str]) -> None:
+    t = WsTunnel(*pairing, app=starlette_app)
+    try:
+        with pytest.raises(InvalidStatus) as info:
+            t.connect("/count?token=no")
+        response = info.value.response
+        assert (response.status_code, response.body) == (401, b"bad token")
+        assert response.headers["x-why"] == "token"
+        with t.connect("/count?token=ok", max_size=None) as ws:
+            ws.send(b"\x00" * 70_000)  # over one record (64 KiB): reassembled for the app
+            assert ws.recv(timeout=10) == "70000"
+    finally:
+        t.close()
+
+
 class EchoService:
     """A separate websockets server on 127.0.0.1 (forward mode's local service)."""
 
@@ -448,7 +471,6 @@ def test_forward_mode_relays_a_websockets_server(pairing: tuple[str, str]) -> No
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt install chromium)")
 @pytest.mark.parametrize("pairing", [("trio", "asyncio"), ("asyncio", "trio")], ids=str)
 def test_a_browser_opens_a_websocket_through_the_tunnel(pairing: tuple[str, str]) -> None:

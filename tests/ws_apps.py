@@ -7,6 +7,10 @@ import threading
 from typing import Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from starlette.applications import Starlette
+from starlette.endpoints import WebSocketEndpoint
+from starlette.responses import PlainTextResponse
+from starlette.routing import WebSocketRoute
 
 #: What the apps saw when a client went: (test key, code, reason), in order.
 DISCONNECTS: list[tuple[str, int, str]] = []
@@ -150,3 +154,26 @@ async def chat(websocket: WebSocket, room: str) -> None:
             await websocket.send_text(f"{room}: {data}")
     except WebSocketDisconnect as exc:
         _record(f"fastapi-{room}", exc.code, exc.reason or "")
+
+
+class Counter(WebSocketEndpoint):
+    """Starlette's class-based endpoint: bytes in, their length back as text."""
+
+    encoding = "bytes"
+
+    async def on_connect(self, websocket: WebSocket) -> None:
+        if websocket.query_params.get("token") != "ok":
+            await websocket.send_denial_response(
+                PlainTextResponse("bad token", status_code=401, headers={"x-why": "token"})
+            )
+            return
+        await websocket.accept()
+
+    async def on_receive(self, websocket: WebSocket, data: bytes) -> None:
+        await websocket.send_text(str(len(data)))
+
+    async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
+        _record("starlette-counter", close_code, "")
+
+
+starlette_app = Starlette(routes=[WebSocketRoute("/count", Counter)])
