@@ -118,6 +118,8 @@ def test_echo_text_binary_fragmented_and_subprotocol(tunnel: WsTunnel) -> None:
         ws.send(iter([b"ab", b"cd"]))
         assert ws.recv(timeout=10) == b"abcd"
         ws.ping(b"are you there").wait(10)  # answered (by the gateway, hop by hop)
+        receivers = tunnel.gateway.obj.core.receivers  # what /stats shows
+        assert (receivers[0]["websocket"], receivers[0]["websockets"]) == (True, 1)
 
 
 def test_scope_reaches_the_app(tunnel: WsTunnel) -> None:

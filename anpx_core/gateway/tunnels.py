@@ -335,6 +335,8 @@ class Tunnels:
                 "id": t.identity,
                 "peer": t.peer,
                 "streams": len(t.streams),
+                "websockets": t.websockets,  # open WebSocket sessions (counted in streams too)
+                "websocket": t.ws_streams,  # the ws extension is in effect
                 "flow": t.session.flow,
                 "draining": t.session.peer_draining,
                 "routes": [str(r) for r in t.routes],
