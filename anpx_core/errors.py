@@ -17,6 +17,7 @@ ERROR_CODES: dict[str, str] = {
     "bad_chunk": "chunk index, total or final marker is inconsistent",
     "bad_meta": "http_meta / resp_meta is not the expected JSON object",
     "missing_field": "a required TLV is absent",
+    "bad_record": "a WebSocket stream's record is malformed (docs/protocol.md section 20)",
 }
 
 

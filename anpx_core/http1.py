@@ -98,6 +98,9 @@ class RequestStarted(FrontEvent):
     head: RequestHead
     expect_continue: bool  # the client waits for send_continue() before sending the body
     content_length: int | None  # None for a chunked body; 0 when there is no body
+    #: The Upgrade field's value (lower case) when Connection lists "upgrade", else None.
+    #: Both fields are stripped from ``head.headers``; see switch_protocols().
+    upgrade: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,20 @@ _WAIT = "wait"  # RequestEnded is out, the response is not finished yet
 
 #: The largest Content-Length read (19 digits fit in 63 bits; max_body_bytes is far below).
 MAX_CONTENT_LENGTH = 2**63 - 1
+
+
+def _upgrade(raw: Headers) -> str | None:
+    """The Upgrade value when Connection lists "upgrade" (RFC 9110 section 7.8)."""
+    tokens = {
+        token.strip().lower()
+        for name, value in raw
+        if name == "connection"
+        for token in value.split(",")
+    }
+    if "upgrade" not in tokens:
+        return None
+    values = [value.strip().lower() for name, value in raw if name == "upgrade"]
+    return ", ".join(values) if values else None
 
 
 def _check_forwarded(name: str, value: str) -> str:
@@ -217,6 +234,7 @@ class HttpFront:
         self._paused = False
         self._held = False  # hold_requests(True): surface no further request for now
         self._closed = False
+        self._switched = False  # switch_protocols(): the connection is no longer HTTP
 
     def _new_conn(self) -> h11.Connection:
         # The front hands h11 whole heads only; the bound still covers chunk-size lines
@@ -231,8 +249,13 @@ class HttpFront:
         return self._closed
 
     @property
+    def switched(self) -> bool:
+        """switch_protocols() handed the connection over: the front reads nothing more."""
+        return self._switched
+
+    @property
     def wants_read(self) -> bool:
-        if self._closed or self._paused:
+        if self._closed or self._paused or self._switched:
             return False
         if self._phase == _WAIT or (
             self._phase == _HEAD and (self._idle_since is None or self._held)
@@ -287,7 +310,7 @@ class HttpFront:
         """Bytes from the client; ``b""`` is EOF (or a reset)."""
         self._now = now
         events: list[FrontEvent] = []
-        if self._closed:
+        if self._closed or self._switched:
             return events
         if not data:
             if self._active:
@@ -304,7 +327,7 @@ class HttpFront:
         return events
 
     def next_deadline(self) -> float | None:
-        if self._closed or self._phase != _HEAD or self._held:
+        if self._closed or self._switched or self._phase != _HEAD or self._held:
             return None
         if self._idle_since is None:
             return self._now  # due now: stamp the end of the response, surface what waits
@@ -426,7 +449,7 @@ class HttpFront:
         self._body_bytes = 0
         expect = self._conn.client_is_waiting_for_100_continue and length != 0
         head = RequestHead(method, request.target.decode("latin-1"), headers)
-        events.append(RequestStarted(head, expect, length))
+        events.append(RequestStarted(head, expect, length, _upgrade(raw)))
         return True
 
     def _forward_headers(self, raw: Headers) -> Headers:
@@ -632,6 +655,26 @@ class HttpFront:
         close = self._phase == _BODY or wants_close(headers)
         self._queue_error(status, text, strip_hop_by_hop(headers), close=close)
         self._finish_cycle()
+
+    def switch_protocols(self, headers: Iterable[tuple[str, str]]) -> bytes:
+        """Answer the current request (an Upgrade, read completely) with ``101`` and the
+        given fields, and hand the connection over: returns the bytes the client sent after
+        the request. Then the front reads nothing more; data_to_send() still returns what
+        is queued, the 101 included."""
+        self._require_request()
+        if self._response_started or self._phase != _WAIT or self._closed:
+            raise RuntimeError("only a completely read request can switch protocols")
+        fields = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+        response = h11.InformationalResponse(
+            status_code=101, reason=b"Switching Protocols", headers=fields
+        )
+        if not self._send(response):
+            raise RuntimeError("the request did not ask for an upgrade")
+        self._response_started = True
+        self._switched = True
+        leftover = bytes(self._inbuf) + self._conn.trailing_data[0]
+        self._inbuf.clear()
+        return leftover
 
     def send_continue(self) -> None:
         """Send 100 Continue if the client waits for it; otherwise do nothing."""

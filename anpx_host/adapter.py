@@ -29,6 +29,15 @@ from anpx_core.messages import (
     decode_message,
     encode_message,
 )
+from anpx_core.tunnel import parse_extensions
+from anpx_core.wsstream import (
+    CloseRecord,
+    Record,
+    RecordDecoder,
+    encode_close,
+    encode_piece,
+    parse_ws_extension,
+)
 
 
 class BadRequest(Exception):
@@ -135,11 +144,63 @@ def handle(request: Any) -> dict[str, Any]:
                 raise BadRequest("wire must be a list of hex strings")
             msg = decode_message([_hex(w, "wire entry") for w in hexes])
             return {"message": message_to_json(msg)}
+        if op in _WS_OPS:
+            return _ws_op(op, request)
         raise BadRequest(f"unknown op {op!r}")
     except ProtocolError as exc:
         return {"error": exc.code, "detail": exc.message}
     except (BadRequest, KeyError, UnicodeEncodeError) as exc:  # e.g. a lone surrogate in a str
         return {"error": "bad_request", "detail": str(exc)}
+
+
+# --- the ws extension (docs/protocol.md section 20) ----------------------------------------
+
+_WS_OPS = frozenset({"ws_encode_records", "ws_decode_records", "ws_extensions"})
+
+
+def _record_to_json(record: Record) -> dict[str, Any]:
+    if isinstance(record, CloseRecord):
+        return {"kind": "close", "code": record.code, "reason": record.reason}
+    if isinstance(record.data, str):
+        return {"kind": "text", "data": record.data, "fin": record.fin}
+    return {"kind": "binary", "data": record.data.hex(), "fin": record.fin}
+
+
+def _record_from_json(r: Any) -> bytes:
+    if not isinstance(r, dict):
+        raise BadRequest("a record must be an object")
+    kind = r.get("kind")
+    if kind == "close":
+        code = r.get("code")
+        if code is not None:
+            code = _int(r, "code", 0, 65535)
+        try:
+            return encode_close(code, str(r.get("reason", "")))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+    fin = r.get("fin", True)
+    if not isinstance(fin, bool):
+        raise BadRequest("'fin' must be a boolean")
+    if kind == "text":
+        return encode_piece(str(r.get("data", "")), fin)
+    if kind == "binary":
+        return encode_piece(_hex(r.get("data", ""), "data"), fin)
+    raise BadRequest(f"unknown record kind {kind!r}")
+
+
+def _ws_op(op: str, request: dict[str, Any]) -> dict[str, Any]:
+    if op == "ws_extensions":
+        headers = _headers(request.get("headers", []))
+        return {"flow": parse_extensions(headers), "ws": parse_ws_extension(headers)}
+    if op == "ws_encode_records":
+        recs = request.get("records")
+        if not isinstance(recs, list):
+            raise BadRequest("records must be a list")
+        return {"body": b"".join(_record_from_json(r) for r in recs).hex()}
+    decoder = RecordDecoder(_int(request, "max_message_size", 0, 2**62))
+    records = decoder.feed(_hex(request.get("body"), "body"))
+    decoder.end()
+    return {"records": [_record_to_json(r) for r in records]}
 
 
 def serve(stdin: TextIO, stdout: TextIO) -> None:

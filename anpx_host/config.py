@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from anpx_core.gateway import GatewaySettings
 from anpx_core.receiver import ReceiverSettings
+from anpx_core.ws_relay import WsSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -72,6 +73,8 @@ _WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 #: ``to_*_settings`` of a default section equals the default settings).
 _GW = GatewaySettings()
 _RX = ReceiverSettings()
+_GW_WS = _GW.websocket
+_RX_WS = _RX.websocket
 
 
 class ConfigError(Exception):
@@ -304,6 +307,59 @@ class AuthConfig(_Section):
     did_header: str = _opt("legacy", "choice", choices=("legacy", "1.1"))  # receiver's form
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayWebSocketConfig(_Section):
+    """[gateway.websocket]: clients' WebSockets carried through the tunnel (docs/websocket.md)."""
+
+    enabled: bool = _opt(_GW_WS.enabled, "bool")  # offer the ws extension to receivers
+    max_per_receiver: int = _opt(_GW_WS.max_open, "int", lo=1)
+    max_per_address: int = _opt(_GW_WS.max_per_client, "int", lo=0)  # 0: no cap
+    max_message_size: int = _opt(
+        _GW_WS.max_message_size, "int", lo=1024, hi=2**31 - 1, unit="bytes"
+    )
+    idle_timeout: float = _opt(_GW_WS.idle_timeout, "float", lo=0, unit="seconds")  # 0: none
+    ping_interval: float = _opt(_GW_WS.ping_interval, "float", lo=0, unit="seconds")  # 0: none
+    ping_timeout: float = _opt(_GW_WS.ping_timeout, "float", lo=0, lo_open=True, unit="seconds")
+    close_timeout: float = _opt(_GW_WS.close_timeout, "float", lo=0, lo_open=True, unit="seconds")
+    open_timeout: float = _opt(_GW_WS.open_timeout, "float", lo=0, lo_open=True, unit="seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverWebSocketConfig(_Section):
+    """[receiver.websocket]: WebSockets to the app or the local service."""
+
+    enabled: bool = _opt(_RX_WS.enabled, "bool")  # offer the ws extension to gateways
+    max_open: int = _opt(_RX_WS.max_open, "int", lo=1)
+    max_message_size: int = _opt(
+        _RX_WS.max_message_size, "int", lo=1024, hi=2**31 - 1, unit="bytes"
+    )
+    # forward mode; 0: none
+    idle_timeout: float = _opt(_RX_WS.idle_timeout, "float", lo=0, unit="seconds")
+    ping_interval: float = _opt(_RX_WS.ping_interval, "float", lo=0, unit="seconds")
+    ping_timeout: float = _opt(_RX_WS.ping_timeout, "float", lo=0, lo_open=True, unit="seconds")
+    close_timeout: float = _opt(_RX_WS.close_timeout, "float", lo=0, lo_open=True, unit="seconds")
+    open_timeout: float = _opt(_RX_WS.open_timeout, "float", lo=0, lo_open=True, unit="seconds")
+
+
+def to_ws_settings(section: GatewayWebSocketConfig | ReceiverWebSocketConfig) -> WsSettings:
+    """The WebSocket units' settings (anpx_core.ws_relay.WsSettings) from a config section."""
+    if isinstance(section, GatewayWebSocketConfig):
+        max_open, per_client = section.max_per_receiver, section.max_per_address
+    else:
+        max_open, per_client = section.max_open, 0
+    return WsSettings(
+        enabled=section.enabled,
+        max_open=max_open,
+        max_per_client=per_client,
+        max_message_size=section.max_message_size,
+        idle_timeout=section.idle_timeout,
+        ping_interval=section.ping_interval,
+        ping_timeout=section.ping_timeout,
+        close_timeout=section.close_timeout,
+        open_timeout=section.open_timeout,
+    )
+
+
 def _gateway_tls() -> TlsConfig:
     return TlsConfig(verify_mode="none")
 
@@ -327,6 +383,9 @@ class GatewayConfig(_Section):
     tls: TlsConfig = field(default_factory=_gateway_tls, metadata=_SECTION)
     auth: AuthConfig = field(default_factory=AuthConfig, metadata=_SECTION)
     # ours
+    websocket: GatewayWebSocketConfig = field(
+        default_factory=GatewayWebSocketConfig, metadata=_SECTION
+    )
     admin_host: str = _opt("127.0.0.1", "str", nonempty=True)
     admin_port: int = _opt(8081, "int", lo=0, hi=65535)  # 0: no admin listener
     max_streams_per_receiver: int = _opt(_GW.max_streams_per_receiver, "int", lo=1)
@@ -388,6 +447,9 @@ class ReceiverConfig(_Section):
     tls: TlsConfig = field(default_factory=TlsConfig, metadata=_SECTION)
     auth: AuthConfig = field(default_factory=AuthConfig, metadata=_SECTION)
     # ours
+    websocket: ReceiverWebSocketConfig = field(
+        default_factory=ReceiverWebSocketConfig, metadata=_SECTION
+    )
     local_url: str | None = _opt(None, "str", extra=_http_url)
     client_id: str = _opt("", "str", extra=_client_id)
     gateway_urls: tuple[str, ...] = _opt((), "urls")
@@ -1031,6 +1093,7 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
         max_connections_per_address=g.max_connections_per_address,
         max_streams_per_address=g.max_streams_per_address,
         send_timeout=g.send_timeout,
+        websocket=to_ws_settings(g.websocket),
         new_request_id=lambda: str(uuid.uuid4()),
     )
 
@@ -1073,4 +1136,5 @@ def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
         root_path=r.root_path,
         routes=list(r.routes),
         max_concurrent_requests=r.max_concurrent_requests,
+        websocket=to_ws_settings(r.websocket),
     )

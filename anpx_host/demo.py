@@ -5,6 +5,8 @@
 * ``GET /stream``  a short server-sent events stream (``?n=`` events, default 5, at most 100)
 * ``GET /health``  the app's own health answer: the gateway's is on its admin listener,
   so an app's ``/health`` is never shadowed
+* ``GET /ws``      a WebSocket echo console (a page); ``/ws/echo`` is its WebSocket, which
+  echoes every text and binary message (see docs/websocket.md)
 
 It never sleeps or reads a clock: every await is an ASGI ``receive``/``send``.
 """
@@ -35,14 +37,18 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
         await _lifespan(receive, send)
         return
+    if scope["type"] == "websocket":
+        await _websocket(scope, receive, send)
+        return
     if scope["type"] != "http":
-        raise RuntimeError(f"the demo app serves HTTP only, not {scope['type']!r}")
+        raise RuntimeError(f"the demo app serves HTTP and WebSocket, not {scope['type']!r}")
     path, method = scope["path"], scope["method"]
     routes: dict[str, tuple[tuple[str, ...], Callable[..., Awaitable[None]]]] = {
         "/": (("GET", "HEAD"), _index),
         "/echo": ((), _echo),
         "/stream": (("GET",), _stream),
         "/health": (("GET", "HEAD"), _health),
+        "/ws": (("GET", "HEAD"), _ws_page),
     }
     route = routes.get(path)
     if route is None:
@@ -119,14 +125,15 @@ async def _index(scope: Scope, receive: Receive, send: Send) -> None:
             "<body><h1>The anpx tunnel works</h1>"
             "<p>This page came from the demo app behind the receiver, through the gateway.</p>"
             f"<table>{rows}</table>"
-            "<p>Try <a href='/echo?hello=world'>/echo</a> and <a href='/stream'>/stream</a>.</p>"
+            "<p>Try <a href='/echo?hello=world'>/echo</a>, <a href='/stream'>/stream</a> and "
+            "the <a href='/ws'>WebSocket echo console</a>.</p>"
             "</body></html>\n"
         )
         await _respond(send, 200, "text/html; charset=utf-8", page.encode())
         return
     lines = ["The anpx tunnel works: this came from the demo app behind the receiver."]
     lines += [f"{k}: {v}" for k, v in facts]
-    lines.append("Try /echo and /stream.")
+    lines.append("Try /echo, /stream and the WebSocket echo console at /ws (in a browser).")
     await _respond(send, 200, "text/plain; charset=utf-8", ("\n".join(lines) + "\n").encode())
 
 
@@ -211,3 +218,61 @@ async def _stream(scope: Scope, receive: Receive, send: Send) -> None:
 async def _health(scope: Scope, receive: Receive, send: Send) -> None:
     body = json.dumps({"status": "ok", "served_by": "anpx demo app"}).encode() + b"\n"
     await _respond(send, 200, "application/json", body)
+
+
+WS_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>anpx WebSocket echo</title>
+<style>body{font-family:sans-serif;max-width:40em;margin:2em auto}
+#log{border:1px solid #ccc;height:16em;overflow:auto;padding:.5em;white-space:pre-wrap}
+.sys{color:#777}.out{color:#036}.in{color:#063}</style></head>
+<body><h1>WebSocket echo console</h1>
+<p>This page opens a WebSocket to <code>/ws/echo</code> through the tunnel; the demo app
+echoes every message back. <a href="/">Back</a></p>
+<div id="log"></div>
+<form id="form"><input id="text" size="40" value="hello through the tunnel" autofocus>
+<button>Send</button> <button type="button" id="close">Close</button></form>
+<script>
+const log = document.getElementById("log");
+function line(cls, text) {
+  const div = document.createElement("div");
+  div.className = cls; div.textContent = text;
+  log.appendChild(div); log.scrollTop = log.scrollHeight;
+}
+const scheme = location.protocol === "https:" ? "wss" : "ws";
+const ws = new WebSocket(`${scheme}://${location.host}/ws/echo`);
+ws.onopen = () => line("sys", "connected");
+ws.onmessage = (ev) => line("in", "< " + ev.data);
+ws.onclose = (ev) => line("sys", `closed: ${ev.code} ${ev.reason}`);
+ws.onerror = () => line("sys", "error (see the browser console)");
+document.getElementById("form").onsubmit = (ev) => {
+  ev.preventDefault();
+  const text = document.getElementById("text").value;
+  if (ws.readyState === WebSocket.OPEN) { ws.send(text); line("out", "> " + text); }
+};
+document.getElementById("close").onclick = () => ws.close(1000, "bye from the page");
+</script></body></html>
+"""
+
+
+async def _ws_page(scope: Scope, receive: Receive, send: Send) -> None:
+    await _respond(send, 200, "text/html; charset=utf-8", WS_PAGE.encode())
+
+
+async def _websocket(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/ws/echo``: accept and echo every message until the client closes."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if scope["path"] != "/ws/echo":
+        await send({"type": "websocket.close", "code": 1000})  # answered 403
+        return
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": "connected to the anpx demo echo"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") is not None:
+            await send({"type": "websocket.send", "text": message["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})

@@ -10,6 +10,7 @@ and the difference measured is the path itself. Runs on asyncio and trio (anyio 
 * ``GET /delay?ms=N``              waits N ms (default 1000) then answers like ``/small``
 * ``GET /sse?n=N&ms=M``            ``text/event-stream``: the first event at once, then
                                    N-1 more (default 3) every M ms (default 10)
+* WebSocket ``/ws``                echoes every message (bench/ws_echo.py)
 """
 
 from __future__ import annotations
@@ -78,6 +79,19 @@ async def _sse(scope: Scope, send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
+async def _ws_echo(receive: Receive, send: Send) -> None:
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") is not None:
+            await send({"type": "websocket.send", "text": message["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": message["bytes"]})
+
+
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
         while True:
@@ -87,6 +101,9 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["type"] == "websocket":
+        await _ws_echo(receive, send)
+        return
     path = scope["path"]
     if path == "/small":
         await _answer(send, SMALL_BODY)

@@ -1752,6 +1752,254 @@ def _body_of(wire: bytes) -> bytes:
     return b""
 
 
+# --- websocket.json (section 20) ------------------------------------------------------------
+
+WS_TEXT, WS_BINARY, WS_CLOSE, WS_TEXT_MORE, WS_BINARY_MORE = 0x01, 0x02, 0x08, 0x81, 0x82
+
+
+def rec(kind: int, payload: bytes) -> bytes:
+    """One record: kind u8, length u32, payload (the TLV shape)."""
+    return struct.pack(">BI", kind, len(payload)) + payload
+
+
+def close_rec(code: int | None, reason: str = "") -> bytes:
+    return rec(WS_CLOSE, b"" if code is None else struct.pack(">H", code) + reason.encode())
+
+
+def r_text(data: str, fin: bool = True) -> dict:
+    return {"kind": "text", "data": data, "fin": fin}
+
+
+def r_binary(data: bytes, fin: bool = True) -> dict:
+    return {"kind": "binary", "data": data.hex(), "fin": fin}
+
+
+def r_close(code: int | None, reason: str = "") -> dict:
+    return {"kind": "close", "code": code, "reason": reason}
+
+
+def websocket_file() -> VectorFile:
+    f = VectorFile(
+        "websocket.json",
+        "The ws extension (docs/protocol.md section 20): negotiation, stream heads, records.",
+    )
+
+    def records(
+        name: str, desc: str, recs: list[dict], body: bytes, max_size: int = 1 << 24
+    ) -> None:
+        f.add(
+            f"{name}_encode",
+            desc,
+            {"op": "ws_encode_records", "records": recs},
+            {"body": body.hex()},
+        )
+        req = {"op": "ws_decode_records", "body": body.hex(), "max_message_size": max_size}
+        f.add(f"{name}_decode", desc, req, {"records": recs})
+
+    def bad(
+        name: str, desc: str, body: bytes, code: str = "bad_record", max_size: int = 1 << 24
+    ) -> None:
+        req = {"op": "ws_decode_records", "body": body.hex(), "max_message_size": max_size}
+        f.add(name, desc, req, {"error": code})
+
+    def ext(name: str, desc: str, value: str | None, flow: int | None, ws: int | None) -> None:
+        headers = [] if value is None else [["anpx-extensions", value]]
+        f.add(name, desc, {"op": "ws_extensions", "headers": headers}, {"flow": flow, "ws": ws})
+
+    ext(
+        "ws_ext_offer",
+        "A receiver or gateway offering flow control and WebSocket streams.",
+        "flow=1048576, ws=1",
+        1048576,
+        1,
+    )
+    ext(
+        "ws_ext_flow_only",
+        "A peer without WebSocket streams (ws absent).",
+        "flow=1048576",
+        1048576,
+        None,
+    )
+    ext("ws_ext_v1", "A v1 peer sends no anpx-extensions at all.", None, None, None)
+    ext(
+        "ws_ext_unknown_version",
+        "ws=2 is not a version this spec defines: as if absent.",
+        "ws=2, flow=262144",
+        262144,
+        None,
+    )
+    ext(
+        "ws_ext_not_digits",
+        "A version that is not ASCII digits is ignored.",
+        "flow=262144, ws=x",
+        262144,
+        None,
+    )
+
+    records("ws_rec_text", "One whole text message.", [r_text("hello")], rec(WS_TEXT, b"hello"))
+    records(
+        "ws_rec_binary", "One whole binary message.", [r_binary(BINARY)], rec(WS_BINARY, BINARY)
+    )
+    records(
+        "ws_rec_empty_messages",
+        "Empty text and binary messages are one record each, of length 0.",
+        [r_text(""), r_binary(b"")],
+        rec(WS_TEXT, b"") + rec(WS_BINARY, b""),
+    )
+    records(
+        "ws_rec_fragmented",
+        "A text message in three pieces (0x81, 0x81, 0x01) then a binary one in two (0x82, 0x02).",
+        [
+            r_text("frag", False),
+            r_text("men", False),
+            r_text("ted!"),
+            r_binary(b"ab", False),
+            r_binary(b"c"),
+        ],
+        rec(WS_TEXT_MORE, b"frag")
+        + rec(WS_TEXT_MORE, b"men")
+        + rec(WS_TEXT, b"ted!")
+        + rec(WS_BINARY_MORE, b"ab")
+        + rec(WS_BINARY, b"c"),
+    )
+    records(
+        "ws_rec_non_ascii_text",
+        "Text is UTF-8.",
+        [r_text("caf\u00e9 \u2713")],
+        rec(WS_TEXT, "caf\u00e9 \u2713".encode()),
+    )
+    records(
+        "ws_rec_close",
+        "CLOSE: code u16 then the UTF-8 reason.",
+        [r_close(1000, "bye")],
+        close_rec(1000, "bye"),
+    )
+    records(
+        "ws_rec_close_no_status",
+        "An empty CLOSE: the Close frame had no status code (1005).",
+        [r_close(None)],
+        close_rec(None),
+    )
+    records(
+        "ws_rec_close_abnormal",
+        "1006 in a CLOSE: the sender's WebSocket ended without a Close frame.",
+        [r_close(1006, "client vanished")],
+        close_rec(1006, "client vanished"),
+    )
+    records(
+        "ws_rec_close_app_code",
+        "Application close codes 3000-4999 are carried as they are.",
+        [r_text("last"), r_close(4321, "custom")],
+        rec(WS_TEXT, b"last") + close_rec(4321, "custom"),
+    )
+    f.add(
+        "ws_rec_split_character_decode",
+        "A piece may end inside a UTF-8 character: each piece's text is what incremental decoding yields.",
+        {
+            "op": "ws_decode_records",
+            "body": (rec(WS_TEXT_MORE, b"a\xc3") + rec(WS_TEXT, b"\xa9")).hex(),
+            "max_message_size": 100,
+        },
+        {"records": [r_text("a", False), r_text("\u00e9")]},
+    )
+    f.add(
+        "ws_rec_extension_skipped_decode",
+        "Records of kinds 0xF0-0xFF are reserved for extensions and skipped.",
+        {
+            "op": "ws_decode_records",
+            "body": (rec(0xF0, b"??") + rec(WS_BINARY, b"x")).hex(),
+            "max_message_size": 100,
+        },
+        {"records": [r_binary(b"x")]},
+    )
+    big = bytes(65536) + b"\x01"
+    records(
+        "ws_rec_long_message_split",
+        "A message over 65,536 bytes is sent as 65,536-byte pieces.",
+        [r_binary(bytes(65536), False), r_binary(b"\x01")],
+        rec(WS_BINARY_MORE, big[:65536]) + rec(WS_BINARY, big[65536:]),
+    )
+    f.add(
+        "ws_rec_message_at_limit_decode",
+        "A message of exactly max_message_size bytes passes (pieces add up).",
+        {
+            "op": "ws_decode_records",
+            "body": (rec(WS_BINARY_MORE, b"ab") + rec(WS_BINARY, b"cd")).hex(),
+            "max_message_size": 4,
+        },
+        {"records": [r_binary(b"ab", False), r_binary(b"cd")]},
+    )
+
+    bad("ws_bad_unknown_kind", "Kind 0x03 is not defined.", rec(0x03, b"x"))
+    bad("ws_bad_piece_too_long", "A data record over 65,536 bytes.", rec(WS_BINARY, bytes(65537)))
+    bad("ws_bad_close_too_long", "A CLOSE payload over 125 bytes.", close_rec(1000, "r" * 124))
+    bad("ws_bad_close_one_byte", "A CLOSE payload of one byte.", rec(WS_CLOSE, b"\x03"))
+    bad("ws_bad_close_code_1005", "1005 is never carried: an empty CLOSE says it.", close_rec(1005))
+    bad("ws_bad_close_code_1015", "1015 (TLS failure) is not carried.", close_rec(1015))
+    bad("ws_bad_close_code_2999", "Codes 1016-2999 are not carried.", close_rec(2999))
+    bad("ws_bad_close_code_5000", "Codes over 4999 are not carried.", close_rec(5000))
+    bad(
+        "ws_bad_close_reason_utf8",
+        "A CLOSE reason that is not UTF-8.",
+        rec(WS_CLOSE, b"\x03\xe8\xff"),
+    )
+    bad("ws_bad_text_utf8", "Text that is not UTF-8.", rec(WS_TEXT, b"\xc3\x28"))
+    bad("ws_bad_text_cut", "A text message ending inside a character.", rec(WS_TEXT, b"\xc3"))
+    bad(
+        "ws_bad_type_change",
+        "A binary piece inside a text message.",
+        rec(WS_TEXT_MORE, b"a") + rec(WS_BINARY, b"b"),
+    )
+    bad("ws_bad_after_close", "A record after CLOSE.", close_rec(1000) + rec(WS_TEXT, b"late"))
+    bad("ws_bad_truncated", "The body ends inside a record.", rec(WS_BINARY, b"abc")[:-1])
+    bad(
+        "ws_bad_message_too_large",
+        "A message over max_message_size, counted across pieces.",
+        rec(WS_BINARY_MORE, b"ab") + rec(WS_BINARY, b"cde"),
+        "too_large",
+        4,
+    )
+
+    # Whole ANPX messages of a WebSocket stream, with the ordinary message ops.
+    sec_protocol = ("sec-websocket-protocol", "chat, superchat")
+    open_headers = [
+        ("host", "app.test"),
+        ("connection", "upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        sec_protocol,
+    ]
+    open_body = rec(WS_TEXT, b"hello") + close_rec(1000, "bye")
+    f.both(
+        "ws_open_stream",
+        "The gateway's side of a session in one frame: the open head (GET, upgrade: websocket, "
+        "offered subprotocols), a text message and CLOSE.",
+        request("/chat?room=1", "GET", open_headers, open_body),
+        [single(REQ, req_meta("GET", "/chat", dict(open_headers), {"room": "1"}), open_body)],
+    )
+    accept_body = rec(WS_BINARY, b"\x00\x01") + close_rec(1000)
+    f.both(
+        "ws_accept_stream",
+        "The receiver's side: 101 naming the chosen subprotocol, a binary message, CLOSE echoed.",
+        response(101, "Switching Protocols", [("sec-websocket-protocol", "chat")], accept_body),
+        [
+            single(
+                RESP,
+                resp_meta(101, "Switching Protocols", {"sec-websocket-protocol": "chat"}),
+                accept_body,
+            )
+        ],
+    )
+    deny = [("content-type", "text/plain; charset=utf-8"), ("content-length", "10")]
+    f.both(
+        "ws_deny_stream",
+        "A denial is an ordinary response (status 200-999) whose body goes to the client as is.",
+        response(403, "Forbidden", deny, b"Forbidden\n"),
+        [single(RESP, resp_meta(403, "Forbidden", dict(deny)), b"Forbidden\n")],
+    )
+    return f
+
+
 FILES = (
     frames_file,
     requests_file,
@@ -1760,6 +2008,7 @@ FILES = (
     extensions_file,
     invalid_file,
     reference_file,
+    websocket_file,
 )
 
 

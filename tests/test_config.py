@@ -16,8 +16,10 @@ from anpx_host.config import (
     Config,
     ConfigError,
     GatewayConfig,
+    GatewayWebSocketConfig,
     LoggingConfig,
     ReceiverConfig,
+    ReceiverWebSocketConfig,
     TlsConfig,
     load_config,
     parse_config,
@@ -645,6 +647,8 @@ _SECTIONS = {
     "receiver": ReceiverConfig,
     "receiver.tls": TlsConfig,
     "receiver.auth": AuthConfig,
+    "gateway.websocket": GatewayWebSocketConfig,
+    "receiver.websocket": ReceiverWebSocketConfig,
 }
 
 
@@ -814,3 +818,22 @@ def test_the_defaults_check_sees_a_drift() -> None:
         ".timeout: 31.0 != 30.0",
         ".ws.ping_interval: 1.0 != 30.0",
     ]
+
+
+def test_websocket_sections_map_to_the_units_settings() -> None:
+    from anpx_host.config import to_ws_settings
+
+    cfg = parse_config(
+        {
+            "gateway": {"websocket": {"max_per_address": 0, "max_message_size": 1024}},
+            "receiver": {"websocket": {"max_open": 1, "idle_timeout": 60}},
+        }
+    )
+    gw = to_ws_settings(cfg.gateway.websocket)
+    assert (gw.max_per_client, gw.max_message_size, gw.max_open) == (0, 1024, 1000)
+    rx = to_ws_settings(cfg.receiver.websocket)
+    assert (rx.max_open, rx.idle_timeout, rx.max_per_client) == (1, 60.0, 0)
+    with pytest.raises(ConfigError, match=r"\[gateway.websocket\] max_message_size"):
+        parse_config({"gateway": {"websocket": {"max_message_size": 1023}}})
+    with pytest.raises(ConfigError, match=r"\[receiver.websocket\] max_open"):
+        parse_config({"receiver": {"websocket": {"max_open": 0}}})

@@ -293,7 +293,8 @@ http {{
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="no nginx on PATH")
 def test_nginx_in_front_terminates_tls_and_carries_the_tunnel(procs, tmp_path: Path) -> None:
     """deploy/nginx/anpx.conf, deploy/gateway.toml and deploy/receiver.toml, on free ports:
-    users over HTTPS and the receiver's signed wss:// handshake both pass through nginx."""
+    users over HTTPS (and their WebSockets) and the receiver's signed wss:// handshake both
+    pass through nginx."""
     import trustme
 
     ca = trustme.CA()
@@ -361,6 +362,13 @@ def test_nginx_in_front_terminates_tls_and_carries_the_tunnel(procs, tmp_path: P
         with client.stream("GET", "/stream?n=3") as r:
             events = [block for block in r.iter_text() if block.strip()]
         assert "".join(events).count("event: tick") == 3
+    from websockets.sync.client import connect
+
+    # a user's WebSocket: upgraded by nginx, then through the tunnel to the demo's echo
+    with connect(f"wss://localhost:{https}/ws/echo", ssl=trust, open_timeout=10) as ws:
+        assert ws.recv(timeout=10) == "connected to the anpx demo echo"
+        ws.send("via nginx")
+        assert ws.recv(timeout=10) == "via nginx"
     redirect = httpx.get(f"http://127.0.0.1:{plain}/x?y=1", headers={"host": "localhost"})
     assert redirect.status_code == 301
     assert redirect.headers["location"] == "https://localhost/x?y=1"

@@ -272,3 +272,28 @@ def test_demo_shows_no_made_up_client_port():
 
     assert _client({"client": ("203.0.113.7", 0)}) == "203.0.113.7"
     assert _client({"client": ("203.0.113.7", 5123)}) == "203.0.113.7:5123"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_the_demo_websocket_echo_works_out_of_the_box(driver):
+    """Issue 15: `both` with the demo app; its index links the WebSocket echo console, whose
+    WebSocket echoes through the tunnel."""
+    from websockets.sync.client import connect
+
+    http = free_port()
+    ports = ["--gateway-port", str(http), "--wss-port", "0", "--admin-port", "0"]
+    proc = Proc(["python", "-m", driver, "both", *ports])
+    try:
+        proc.wait_for("tunnel to")
+        index = httpx.get(f"http://127.0.0.1:{http}/", headers={"accept": "text/html"}, timeout=10)
+        assert "href='/ws'" in index.text
+        page = httpx.get(f"http://127.0.0.1:{http}/ws", timeout=10)
+        assert page.status_code == 200 and "/ws/echo" in page.text
+        with connect(f"ws://127.0.0.1:{http}/ws/echo", open_timeout=10) as ws:
+            assert ws.recv(timeout=10) == "connected to the anpx demo echo"
+            ws.send("hello")
+            assert ws.recv(timeout=10) == "hello"
+            ws.send(b"\x00\x01")
+            assert ws.recv(timeout=10) == b"\x00\x01"
+    finally:
+        proc.kill()

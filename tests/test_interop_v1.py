@@ -360,3 +360,17 @@ def test_vectors_carry_the_references_bytes(ref_python):
         for n in ("REQUEST", "RESPONSE", "ERROR")
     )
     assert out.count('"') == 2 * total  # and nothing more
+
+
+def test_a_websocket_to_a_v1_receiver_is_501_at_once(pair):
+    """A v1 receiver cannot carry a WebSocket (no ws extension): the client learns at
+    once, with the reason, instead of a hang or an HTTP answer it cannot use."""
+    if not pair.reference_receiver:
+        pytest.skip("the reference gateway does not carry WebSockets")
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with pytest.raises(InvalidStatus) as info:
+        connect(pair.url.replace("http://", "ws://") + "/ws", open_timeout=10)
+    assert info.value.response.status_code == 501
+    assert b"does not support WebSocket streams" in info.value.response.body

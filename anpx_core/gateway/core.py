@@ -19,10 +19,12 @@ from ..stats import Stats
 from ..timers import Deadlines
 from ..tunnel import DEFAULT_HIGH_WATER, DEFAULT_STREAM_WINDOW
 from ..websocket import WsLimits
+from ..ws_relay import WsSettings
 from .admin import AdminConn
 from .http import REQUEST_ID_HEADER, WRITE_CHUNK, HttpExchanges
 from .proxy import IPNetwork, ProxyTrust
 from .tunnels import Tunnels
+from .websocket import WebSockets
 
 __all__ = [
     "REQUEST_ID_HEADER",
@@ -77,6 +79,8 @@ class GatewaySettings:
     # A client connection whose pending output makes no progress for this long (the client
     # stopped reading but keeps the connection open) is reset; 0: never.
     send_timeout: float = 60.0
+    # clients' WebSockets carried through the tunnel ([gateway.websocket], docs/websocket.md)
+    websocket: WsSettings = field(default_factory=WsSettings)
     # The id of each stream (and of the gateway's own answers): injected, see counter_request_ids
     new_request_id: Callable[[], str] = field(default_factory=counter_request_ids)
 
@@ -116,6 +120,7 @@ class GatewayCore(CrashBarrier):
         self.proxies = ProxyTrust(self.settings.trusted_proxies)
         self.http = HttpExchanges(self)
         self.tunnels = Tunnels(self)
+        self.websockets = WebSockets(self)
         self._conns: dict[int, Connection] = {}
         self._next_id = 1
         self._wakeups: set[WakeKey] = set()
@@ -160,6 +165,13 @@ class GatewayCore(CrashBarrier):
 
     def connection(self, cid: int) -> Connection | None:
         return self._conns.get(cid)
+
+    def replace(self, cid: int, conn: Connection) -> None:
+        """Connection ``cid`` changes hands (an HTTP connection switched to a WebSocket and
+        back): the driver's calls for it go to ``conn`` from now on."""
+        if cid in self._conns:
+            self._conns[cid] = conn
+            self.wake(cid)
 
     # --- opening connections ---------------------------------------------------------------
 
@@ -366,6 +378,7 @@ class GatewayCore(CrashBarrier):
         return self.tunnels.in_flight
 
     def close_tunnels(self, code: int = 1001, reason: str = "gateway shutting down") -> None:
+        self.websockets.going_away(self._now)
         self.tunnels.close_all(code, reason)
         self._settle()
 

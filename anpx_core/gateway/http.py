@@ -374,6 +374,8 @@ class ClientConn:
                 self._reply(404, f"no route for {host or '(no host)'}{path}")
             return
         self.route = str(route)
+        if event.upgrade is not None and core.websockets.start(self, event, route, now):
+            return  # a WebSocket: answered, or this connection is now a WsClientConn
         key = address_key(self.peer)
         per_address = settings.max_streams_per_address
         if per_address and self.http.streams_by_address.get(key, 0) >= per_address:
@@ -411,6 +413,10 @@ class ClientConn:
         if event.expect_continue:
             self.front.send_continue()
         core.wake(tunnel.cid)
+
+    def refuse(self, status: int, text: str, headers: list[tuple[str, str]]) -> None:
+        """Answer the current request with an error (another unit's refusal)."""
+        self._reply(status, text, headers)
 
     def _reply(self, status: int, text: str, headers: list[tuple[str, str]] | None = None) -> None:
         """Answer the current request from the gateway itself."""

@@ -27,10 +27,10 @@ from ..tunnel import (
     StreamWritable,
     TunnelBroken,
     TunnelSession,
-    offer_extensions,
     parse_extensions,
 )
 from ..websocket import Closed, HandshakeAccepted, HandshakeRejected, HandshakeRequested, WsServer
+from ..wsstream import offer_ws_extensions, ws_in_effect
 
 if TYPE_CHECKING:
     from .core import GatewayCore
@@ -66,6 +66,8 @@ class TunnelConn:
         "routes",
         "streams",
         "unit",
+        "websockets",
+        "ws_streams",
     )
 
     def __init__(
@@ -80,6 +82,8 @@ class TunnelConn:
         self.congested: set[int] = set()  # v1: clients with a full backlog hold our reading
         self.connected_at = now
         self.routes: list[Route] = []
+        self.ws_streams = False  # the ws extension is in effect (WebSockets may be opened)
+        self.websockets = 0  # WebSocket sessions open on this tunnel (also in streams)
 
     @property
     def cid(self) -> int:
@@ -233,7 +237,9 @@ class Tunnels:
                 return
         peer_window = parse_extensions(event.headers)
         local_window = settings.stream_window if peer_window is not None else None
-        ws.accept(verdict.headers + offer_extensions(local_window))
+        ws_on = settings.websocket.enabled
+        ws.accept(verdict.headers + offer_ws_extensions(local_window, ws=ws_on))
+        tunnel.ws_streams = ws_on and ws_in_effect(local_window, peer_window, event.headers)
         tunnel.identity = verdict.identity
         session = tunnel.end.open_session(
             accepts=ResponseHead,
@@ -250,7 +256,9 @@ class Tunnels:
             "receiver %s connected from %s (%s), routes %s",
             tunnel.identity,
             tunnel.peer,
-            "flow control" if session.flow else "v1 peer",
+            ("flow control, websocket" if tunnel.ws_streams else "flow control")
+            if session.flow
+            else "v1 peer",
             format_routes(routes),
         )
 
@@ -283,9 +291,25 @@ class Tunnels:
             session = tunnel.session
             if session is None or session.peer_draining or tunnel.ws.state != "open":
                 continue
-            if len(tunnel.streams) >= limit:
+            # WebSockets have their own cap (pick_websocket): they take no request's place
+            busy = len(tunnel.streams) - tunnel.websockets
+            if busy >= limit:
                 continue
-            if best is None or len(tunnel.streams) < len(best.streams):
+            if best is None or busy < len(best.streams) - best.websockets:
+                best = tunnel
+        return best
+
+    def pick_websocket(self, route: Route) -> TunnelConn | None:
+        """A receiver for a WebSocket: one that carries them (the ws extension) first, then
+        the fewest open WebSockets; a draining one is skipped. None: no receiver at all."""
+        best: TunnelConn | None = None
+        for tunnel in self.core.routes.receivers(route):
+            assert isinstance(tunnel, TunnelConn)
+            session = tunnel.session
+            if session is None or session.peer_draining or tunnel.ws.state != "open":
+                continue
+            rank = (not tunnel.ws_streams, tunnel.websockets)
+            if best is None or rank < (not best.ws_streams, best.websockets):
                 best = tunnel
         return best
 
@@ -311,6 +335,8 @@ class Tunnels:
                 "id": t.identity,
                 "peer": t.peer,
                 "streams": len(t.streams),
+                "websockets": t.websockets,  # open WebSocket sessions (counted in streams too)
+                "websocket": t.ws_streams,  # the ws extension is in effect
                 "flow": t.session.flow,
                 "draining": t.session.peer_draining,
                 "routes": [str(r) for r in t.routes],

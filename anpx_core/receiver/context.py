@@ -40,6 +40,15 @@ class Connection(Protocol):
     def closed(self, now: float) -> None: ...
 
 
+class AppCallHandler(Protocol):
+    """Serves the ``receive``/``send`` of app calls other than HTTP requests (a WebSocket)."""
+
+    def receive(self, call_id: int) -> dict[str, Any] | None: ...
+    def send(self, call_id: int, message: dict[str, Any]) -> None: ...
+    def writable_now(self, call_id: int) -> bool: ...
+    def finished(self, call_id: int, exc: BaseException | None) -> None: ...
+
+
 class Stream(Protocol):
     """One tunnel stream being served by a stream kind."""
 
@@ -52,7 +61,7 @@ class StreamKind(Protocol):
     """A handler unit for one kind of tunnel stream (HTTP today). The coordinator opens a
     stream with the first kind that claims its head and routes its events to that kind."""
 
-    def claims(self, head: RequestHead) -> bool: ...
+    def claims(self, link: GatewayLink, head: RequestHead) -> bool: ...
     def open(self, link: GatewayLink, rid: str, head: RequestHead, now: float) -> None: ...
     def data(self, stream: Any, data: bytes, now: float) -> None: ...
     def end(self, stream: Any, now: float) -> None: ...
@@ -60,6 +69,7 @@ class StreamKind(Protocol):
     def writable(self, stream: Any) -> None: ...
     def holding_body(self, stream: Any, limit: int) -> bool: ...
     def contain(self, stream: Any, exc: BaseException, where: str) -> None: ...
+    def stop(self) -> None: ...  # the receiver closes its tunnels next
     @property
     def in_flight(self) -> int: ...
 
@@ -72,6 +82,8 @@ class ReceiverContext:
         self.wakeups: set[WakeKey] = set()
         self.connects: list[ConnectRequest] = []
         self.app_calls: list[tuple[int, Scope]] = []
+        # app calls whose receive/send a stream kind other than HTTP serves, by call id
+        self.app_handlers: dict[int, AppCallHandler] = {}
         self.timers: Deadlines[Timed] = Deadlines()
         self.now = 0.0  # the time of the call being handled, for access-log durations
         self.wall_offset = 0.0  # Unix time minus the driver's clock (for auth timestamps)
@@ -100,6 +112,12 @@ class ReceiverContext:
         self.connects.append(request)
         self.wakeups.add(Signal.CONNECTS)
 
-    def start_app_call(self, call_id: int, scope: Scope) -> None:
+    def start_app_call(
+        self, call_id: int, scope: Scope, handler: AppCallHandler | None = None
+    ) -> None:
+        """Have the driver run the app for ``scope``; its receive/send go to ``handler``
+        (None: the HTTP stream kind's ASGI backend)."""
+        if handler is not None:
+            self.app_handlers[call_id] = handler
         self.app_calls.append((call_id, scope))
         self.wakeups.add(Signal.APP_CALLS)

@@ -30,6 +30,7 @@ from .forward_calls import ForwardCalls
 from .http import HttpBackend, HttpStreams
 from .links import GatewayLink
 from .settings import ConnectRequest, GatewayAddress, ReceiverSettings
+from .websockets import WsStreams
 
 log = logging.getLogger("anpx.receiver")
 
@@ -56,6 +57,7 @@ class ReceiverCore(CrashBarrier):
         # stream kinds in the order they are asked to claim a head; HTTP takes the rest
         self._kinds: list[StreamKind] = [self._http]
         self._drained = False
+        self.add_stream_kind(WsStreams(ctx, lambda: self.lifespan_state))
 
     def add_stream_kind(self, kind: StreamKind) -> None:
         """Register a stream kind (a unit built on this core's context); it is asked to
@@ -246,14 +248,18 @@ class ReceiverCore(CrashBarrier):
     def close(self) -> None:
         """Close every tunnel (after draining)."""
         self._ctx.stopping = True
+        for kind in self._kinds:
+            kind.stop()  # e.g. WebSockets close with 1001 before their tunnel does
         for link in self._links:
             link.close()
-        self._http.backend.stop()
 
     # --- ASGI (the app's receive / send) ----------------------------------------------------
 
     def asgi_receive(self, call_id: int) -> Message | None:
         """The app's next message; None: wait for the wake-up ``call_id``."""
+        handler = self._ctx.app_handlers.get(call_id)
+        if handler is not None:
+            return handler.receive(call_id)
         if self._asgi is None:
             return {"type": "http.disconnect"}
         return self._asgi.receive(call_id)
@@ -261,16 +267,27 @@ class ReceiverCore(CrashBarrier):
     def asgi_send(self, call_id: int, message: Message, now: float) -> None:
         """Hand one app message to the tunnel; raises AsgiError / ClientDisconnected into the app."""
         self._ctx.now = now
+        handler = self._ctx.app_handlers.get(call_id)
+        if handler is not None:
+            handler.send(call_id, message)
+            return
         if self._asgi is None:
             raise ClientDisconnected("the request is over")
         self._asgi.send(call_id, message)
 
     def asgi_writable(self, call_id: int) -> bool:
         """False: wait for the wake-up ``call_id`` before the app sends more."""
+        handler = self._ctx.app_handlers.get(call_id)
+        if handler is not None:
+            return handler.writable_now(call_id)
         return True if self._asgi is None else self._asgi.writable_now(call_id)
 
     def app_finished(self, call_id: int, exc: BaseException | None, now: float) -> None:
         self._ctx.now = now
+        handler = self._ctx.app_handlers.get(call_id)
+        if handler is not None:
+            handler.finished(call_id, exc)
+            return
         if self._asgi is not None:
             self._asgi.finished(call_id, exc)
 
@@ -312,7 +329,7 @@ class ReceiverCore(CrashBarrier):
         if isinstance(event, StreamHead):
             head = event.head
             assert isinstance(head, RequestHead)
-            kind = next(k for k in self._kinds if k.claims(head))
+            kind = next(k for k in self._kinds if k.claims(link, head))
             kind.open(link, event.request_id, head, now)
             return
         rid = getattr(event, "request_id", None)

@@ -81,7 +81,7 @@ class HttpStreams:
 
     # --- the stream kind --------------------------------------------------------------------
 
-    def claims(self, head: RequestHead) -> bool:
+    def claims(self, link: GatewayLink, head: RequestHead) -> bool:
         return True  # the default kind: every request the other kinds leave
 
     def open(self, link: GatewayLink, rid: str, head: RequestHead, now: float) -> None:
@@ -121,6 +121,9 @@ class HttpStreams:
 
     def writable(self, stream: HttpCall) -> None:
         self.backend.writable(stream)
+
+    def stop(self) -> None:
+        self.backend.stop()
 
     def holding_body(self, stream: HttpCall, limit: int) -> bool:
         return self.backend.buffered(stream) >= limit

@@ -18,7 +18,7 @@ from ..didwba import DID_REFUSAL_CODE
 from ..endpoint import EndpointEvent, TunnelEndpoint
 from ..meta import RequestHead
 from ..routing import ROUTES_HEADER
-from ..tunnel import StreamEvent, TunnelSession, offer_extensions, parse_extensions
+from ..tunnel import StreamEvent, TunnelSession, parse_extensions
 from ..websocket import (
     Closed,
     HandshakeAccepted,
@@ -26,6 +26,7 @@ from ..websocket import (
     HandshakeRequested,
     WsClient,
 )
+from ..wsstream import offer_ws_extensions, ws_in_effect
 from .context import ReceiverContext
 from .settings import MAX_RECONNECT_DELAY, ConnectRequest, GatewayAddress
 
@@ -58,6 +59,7 @@ class GatewayLink:
     warned: str = ""  # the refusal last logged at warning (once per run of the same one)
     lost_reason: str = ""  # the socket error that ended it, if any (e.g. a TLS alert)
     streams: dict[str, Any] = field(default_factory=dict)  # request id -> a stream kind's stream
+    ws_streams: bool = False  # the ws extension is in effect on the open tunnel
 
     @property
     def session(self) -> TunnelSession | None:
@@ -134,7 +136,7 @@ class GatewayLink:
         headers = list(settings.auth.request_headers(addr.host_header, addr.path, wall))
         if settings.client_id and not any(n == H_CLIENT_ID for n, _ in headers):
             headers.append((H_CLIENT_ID, settings.client_id))
-        headers += offer_extensions(settings.stream_window)
+        headers += offer_ws_extensions(settings.stream_window, ws=settings.websocket.enabled)
         if settings.routes:
             headers.append((ROUTES_HEADER, ", ".join(settings.routes)))
         return headers
@@ -206,6 +208,7 @@ class GatewayLink:
         if self.cid is not None:
             ctx.conns.pop(self.cid, None)
         self.state, self.ep, self.cid = "idle", None, None
+        self.ws_streams = False
         why = self.close_reason or why
         if self.lost_reason:
             why += f" ({self.lost_reason})"
@@ -281,9 +284,13 @@ class GatewayLink:
             ep.ws.close(1008, "gateway failed authentication")
             return
         peer_window = parse_extensions(event.headers)
+        local_window = settings.stream_window if peer_window is not None else None
+        self.ws_streams = settings.websocket.enabled and ws_in_effect(
+            local_window, peer_window, event.headers
+        )
         session = ep.open_session(
             accepts=RequestHead,
-            local_window=settings.stream_window if peer_window is not None else None,
+            local_window=local_window,
             peer_window=peer_window,
             send_frame_size=settings.send_frame_size,
             limits=settings.codec,
@@ -298,7 +305,9 @@ class GatewayLink:
         log.info(
             "tunnel to %s open (%s)",
             self.address.host_header,
-            "flow control" if session.flow else "v1 gateway",
+            ("flow control, websocket" if self.ws_streams else "flow control")
+            if session.flow
+            else "v1 gateway",
         )
 
     def _did_refused(self, event: Closed) -> None:

@@ -10,6 +10,7 @@ from .. import messages as M
 from ..auth import ClientAuth, NoAuth
 from ..tunnel import DEFAULT_HIGH_WATER, DEFAULT_STREAM_WINDOW
 from ..websocket import WsLimits
+from ..ws_relay import WsSettings
 
 MAX_RECONNECT_DELAY = 60.0
 
@@ -78,6 +79,8 @@ class ReceiverSettings:
     routes: list[str] = field(
         default_factory=list
     )  # claimed in the handshake; []: the default route
+    # WebSockets to the app or the local service ([receiver.websocket], docs/websocket.md)
+    websocket: WsSettings = field(default_factory=WsSettings.receiver_defaults)
 
 
 @dataclass(slots=True)
