@@ -6,6 +6,7 @@ One JSON object per line in, one per line out, bytes as lowercase hex::
     {"op":"decode_frames","wire":"<hex>"}            -> {"frames":[F,...]}
     {"op":"encode_message","message":M,"max_frame_size":n} -> {"wire":["<hex>",...]}
     {"op":"decode_message","wire":["<hex>",...]}     -> {"message":M}
+    {"op":"parse_tunnel_ports","value":"8765, 8766","limit":n} -> {"ports":[8765,8766]}
 
 A ProtocolError answers ``{"error": "<code>"}``; a request the adapter cannot
 understand answers ``{"error": "bad_request", "detail": "..."}``.
@@ -19,6 +20,8 @@ import sys
 from typing import Any, TextIO
 
 from anpx_core.errors import ProtocolError
+from anpx_core.siblings import parse_tunnel_ports
+from anpx_core.strict import StrictError
 from anpx_core.frames import FrameDecoder, encode_frame
 from anpx_core.messages import (
     DEFAULT_SEND_FRAME_SIZE,
@@ -135,6 +138,15 @@ def handle(request: Any) -> dict[str, Any]:
                 raise BadRequest("wire must be a list of hex strings")
             msg = decode_message([_hex(w, "wire entry") for w in hexes])
             return {"message": message_to_json(msg)}
+        if op == "parse_tunnel_ports":  # the 101's anpx-tunnel-ports (protocol.md 15.1)
+            value = request.get("value")
+            if not isinstance(value, str):
+                raise BadRequest("value must be a string")
+            try:
+                ports = parse_tunnel_ports(value, _int(request, "limit", 1, 65535))
+            except StrictError as exc:
+                return {"error": "bad_tunnel_ports", "detail": str(exc)}
+            return {"ports": ports}
         raise BadRequest(f"unknown op {op!r}")
     except ProtocolError as exc:
         return {"error": exc.code, "detail": exc.message}

@@ -18,6 +18,7 @@ from ..endpoint import EndpointEvent, TunnelEndpoint
 from ..headers import get_header
 from ..meta import ResponseHead
 from ..routing import ROUTES_HEADER, Route, claims_allowed, format_routes, parse_routes_header
+from ..siblings import format_tunnel_ports
 from ..tunnel import (
     PeerDraining,
     StreamData,
@@ -233,7 +234,8 @@ class Tunnels:
                 return
         peer_window = parse_extensions(event.headers)
         local_window = settings.stream_window if peer_window is not None else None
-        ws.accept(verdict.headers + offer_extensions(local_window))
+        extra = format_tunnel_ports(settings.tunnel_ports)
+        ws.accept(verdict.headers + offer_extensions(local_window) + extra)
         tunnel.identity = verdict.identity
         session = tunnel.end.open_session(
             accepts=ResponseHead,

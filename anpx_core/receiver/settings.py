@@ -78,6 +78,10 @@ class ReceiverSettings:
     routes: list[str] = field(
         default_factory=list
     )  # claimed in the handshake; []: the default route
+    # A multi-worker gateway names its workers' tunnel ports in its 101 (anpx-tunnel-ports):
+    # hold a tunnel to each of them too, at most this many beyond the configured URLs.
+    learn_endpoints: bool = True
+    max_learned_endpoints: int = 64
 
 
 @dataclass(slots=True)
