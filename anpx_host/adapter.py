@@ -20,8 +20,6 @@ import sys
 from typing import Any, TextIO
 
 from anpx_core.errors import ProtocolError
-from anpx_core.siblings import parse_tunnel_ports
-from anpx_core.strict import StrictError
 from anpx_core.frames import FrameDecoder, encode_frame
 from anpx_core.messages import (
     DEFAULT_SEND_FRAME_SIZE,
@@ -32,6 +30,8 @@ from anpx_core.messages import (
     decode_message,
     encode_message,
 )
+from anpx_core.siblings import parse_tunnel_ports
+from anpx_core.strict import StrictError
 
 
 class BadRequest(Exception):

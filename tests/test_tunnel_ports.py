@@ -95,7 +95,7 @@ def test_a_dead_worker_is_redialled_and_a_change_is_followed():
     fleet.run()
     # worker 8767 dies: its link reconnects with backoff, the others keep serving
     dead = fleet.gateways.pop(8767)
-    for rcid, (gateway, gcid) in list(fleet.sockets.items()):
+    for rcid, (gateway, _gcid) in list(fleet.sockets.items()):
         if gateway is dead:
             del fleet.sockets[rcid]
             fleet.receiver.lost(rcid, fleet.now, "connection reset")
@@ -181,7 +181,20 @@ def test_parse_accepts(value, ports):
 
 
 @pytest.mark.parametrize(
-    "value", ["", " ", "0", "65536", "-1", "+1", "8765;8766", "８７６５", "1_0", "8765,", "1,2,3"]
+    "value",
+    [
+        "",
+        " ",
+        "0",
+        "65536",
+        "-1",
+        "+1",
+        "8765;8766",
+        "\uff18\uff17\uff16\uff15",
+        "1_0",
+        "8765,",
+        "1,2,3",
+    ],
 )
 def test_parse_refuses(value):
     with pytest.raises(StrictError):
