@@ -548,6 +548,7 @@ def run_cli(argv: list[str] | None, prog: str, execute: Callable[[Plan, Any], in
         if role is not None:
             workers.apply_role(plan, role)
             workers.prefix_logs(role)
+            role.watch_supervisor()
             plan.warnings.clear()  # the supervisor logged them once
         app = resolve_app(plan.receiver) if plan.receiver is not None else None
     except StartupError as exc:

@@ -159,14 +159,14 @@ def ask_worker(port: int, path: str, token: bytes | None) -> tuple[int, bytes] |
 
 
 class FleetAdmin:
-    """The supervisor's admin listener; ``workers()`` gives (index, admin port or None)."""
+    """The supervisor's admin listener; ``workers()`` gives (index, admin port or None, pid)."""
 
     def __init__(
         self,
         host: str,
         port: int,
         token: bytes | None,
-        workers: Callable[[], list[tuple[int, int | None]]],
+        workers: Callable[[], list[tuple[int, int | None, int | None]]],
         draining: Callable[[], bool],
     ) -> None:
         self.token = token
@@ -195,6 +195,9 @@ class FleetAdmin:
             return 401, "application/json", b'{"error": "a bearer token is required"}'
         if path == "/health":
             status, body = combine_health(self._ask(path, json=True), self.draining())
+            pids = {index: pid for index, _port, pid in self.workers()}
+            for entry in body["workers"]:
+                entry["pid"] = pids.get(entry["worker"])
             return status, "application/json", json.dumps(body).encode()
         if path == "/stats":
             body = combine_stats(self._ask(path, json=True))
@@ -206,7 +209,7 @@ class FleetAdmin:
 
     def _ask(self, path: str, *, json: bool) -> list[Answer]:
         answers: list[Answer] = []
-        for index, port in self.workers():
+        for index, port, _pid in self.workers():
             got = None if port is None else ask_worker(port, path, self.token)
             answers.append((index, None if got is None else _parse(got[1], json)))
         return answers

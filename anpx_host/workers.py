@@ -40,6 +40,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -64,6 +65,22 @@ class WorkerRole:
     http_port: int
     tunnel_ports: tuple[int, ...]
     ready_fd: int
+    life_fd: int  # read end of a pipe the supervisor holds open: EOF means it is gone
+
+    def watch_supervisor(self) -> None:
+        """Drain (SIGTERM ourselves) when the supervisor dies, even by SIGKILL: a worker
+        never outlives it (a thread blocked on the pipe; no polling)."""
+
+        def wait() -> None:
+            try:
+                while os.read(self.life_fd, 64):
+                    pass
+            except OSError:
+                pass
+            log.warning("the supervisor is gone: draining")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=wait, name="anpx-supervisor-watch", daemon=True).start()
 
     def report_ready(self, http: int, tunnel: int, admin: int | None) -> None:
         line = json.dumps({"http": http, "tunnel": tunnel, "admin": admin}) + "\n"
@@ -86,6 +103,7 @@ def worker_role(environ: dict[str, str] | None = None) -> WorkerRole | None:
             int(data["http_port"]),
             tuple(int(p) for p in data["tunnel_ports"]),
             int(data["ready_fd"]),
+            int(data["life_fd"]),
         )
         if not 0 <= role.index < len(role.tunnel_ports):
             raise ValueError("index out of range")
@@ -126,6 +144,7 @@ def prefix_logs(role: WorkerRole) -> None:
 class _Worker:
     index: int
     proc: subprocess.Popen[bytes] | None = None
+    life: int | None = None  # write end of its life pipe, held until it exits
     pipe: int | None = None  # read end of its ready pipe until it reported
     buffer: bytes = b""
     admin: int | None = None
@@ -170,7 +189,7 @@ class Supervisor:
                     g.admin.host,
                     g.admin.port,
                     g.settings.admin_token,
-                    lambda: [(w.index, w.admin if w.ready else None) for w in self.workers],
+                    self._admin_view,
                     lambda: self._draining,
                 )
             self.workers = [_Worker(i) for i in range(g.workers)]
@@ -191,6 +210,12 @@ class Supervisor:
                 sock.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+    def _admin_view(self) -> list[tuple[int, int | None, int | None]]:
+        return [
+            (w.index, w.admin if w.ready else None, w.proc.pid if w.proc is not None else None)
+            for w in self.workers
+        ]
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self._stop is None:
@@ -234,22 +259,28 @@ class Supervisor:
 
     def _spawn(self, worker: _Worker) -> None:
         read_end, write_end = os.pipe()
+        life_read, life_write = os.pipe()
         role = {
             "index": worker.index,
             "http_port": self.http_port,
             "tunnel_ports": list(self.tunnel_ports),
             "ready_fd": write_end,
+            "life_fd": life_read,
         }
         env = {**os.environ, WORKER_ENV: json.dumps(role)}
+        if worker.life is not None:
+            os.close(worker.life)
+        worker.life = life_write
         try:
             worker.proc = subprocess.Popen(
                 [sys.executable, "-m", self.driver, *self.argv],
                 env=env,
                 stdin=subprocess.DEVNULL,
-                pass_fds=(write_end,),
+                pass_fds=(write_end, life_read),
             )
         finally:
             os.close(write_end)
+            os.close(life_read)
         worker.pipe, worker.buffer, worker.ready, worker.admin = read_end, b"", False, None
         worker.started_at, worker.restart_at = time.monotonic(), None
         self._selector.register(read_end, selectors.EVENT_READ, worker)
@@ -343,6 +374,9 @@ class Supervisor:
                 proc.wait()
         for worker in self.workers:
             self._close_pipe(worker)
+            if worker.life is not None:
+                os.close(worker.life)
+                worker.life = None
         self._selector.close()
 
     def _ready_lines(self, admin_port: int | None) -> list[str]:
