@@ -32,7 +32,7 @@ async def _open_listeners(spec: Listen) -> list[trio.SocketListener]:
         return await trio.open_tcp_listeners(spec.port, host=spec.host)
     s = trio.socket
     found = await s.getaddrinfo(spec.host, spec.port, type=s.SOCK_STREAM, flags=s.AI_PASSIVE)
-    listeners = []
+    listeners: list[trio.SocketListener] = []
     for family, kind, proto, _name, addr in found:
         sock = s.socket(family, kind, proto)
         try:
