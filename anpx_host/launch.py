@@ -205,7 +205,7 @@ def _gateway_plan(cfg: Config, warnings: list[str]) -> GatewayPlan:
     if g.shared_store is not None:
         from .shared import attach_shared_store
 
-        attach_shared_store(settings, g, cfg.gateway.auth)
+        attach_shared_store(settings, g)
     if g.workers > 1:
         if cfg.mode == "both":
             raise ConfigError(
