@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -31,13 +32,32 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.load import run_load
-from bench.procs import APP, HOST, Target, free_port, spawn, start_tunnel, stop_all
+from bench.procs import (
+    APP,
+    HOST,
+    Target,
+    free_port,
+    proc_cpu,
+    spawn,
+    start_tunnel,
+    stop_all,
+)
 
 CONFIGS = (("1 worker", 1, 1), ("2 workers", 2, 1), ("2 workers, 2 receivers", 2, 2))
 
 
-def wait_all_ready(admin: int, workers: int, timeout: float = 30.0) -> None:
-    """Until every worker has every receiver (the supervisor's combined /health)."""
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(fields[:8])
+    idle = fields[3] + fields[4]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (total - idle) / tick, total / tick
+
+
+def wait_all_ready(admin: int, workers: int, timeout: float = 30.0) -> list[int]:
+    """Until every worker has every receiver (the supervisor's combined /health); the
+    workers' pids (none for a single process)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -49,12 +69,14 @@ def wait_all_ready(admin: int, workers: int, timeout: float = 30.0) -> None:
             w for w in health.get("workers", [{"ready": health.get("ready")}]) if w.get("ready")
         ]
         if health.get("ready") and len(ready) == workers:
-            return
+            return [w["pid"] for w in health.get("workers", [])]
         time.sleep(0.05)
     raise RuntimeError(f"the gateway's workers were not all ready after {timeout}s")
 
 
-def start(driver: str, workers: int, receivers: int, logdir: Path) -> Target:
+def start(
+    driver: str, workers: int, receivers: int, logdir: Path
+) -> tuple[Target, dict[str, list[int]]]:
     admin = free_port()
     # wrk is one address: the per-address fairness caps (20 requests in flight) would answer
     # most of c=64 with 503
@@ -69,14 +91,42 @@ def start(driver: str, workers: int, receivers: int, logdir: Path) -> Target:
             argv += ["--gateway-url", url, "--local-app", APP, "--client-id", f"bench-{i}"]
             proc = spawn(argv, logdir / f"extra-receiver-{driver}-{i}-{time.time_ns()}.log")
             target.procs.append(proc)
-    wait_all_ready(admin, workers)
-    return target
+    worker_pids = wait_all_ready(admin, workers) or [target.pids["gateway"]]
+    pids = {"gateway": worker_pids, "receiver": [p.pid for p in target.procs[1:]]}
+    return target, pids
 
 
 def _tunnel_url(target: Target) -> str:
     args = target.procs[1].args  # the first receiver's command line
     assert isinstance(args, list)
     return str(args[args.index("--gateway-url") + 1])
+
+
+def one_load(
+    driver: str, name: str, c: int, duration: float, target: Target, pids: dict[str, list[int]]
+) -> dict[str, float]:
+    cpu0 = {k: sum(proc_cpu(p) for p in v) for k, v in pids.items()}
+    busy0, total0 = machine_busy()
+    load = run_load(f"http://{HOST}:{target.port}/small", c, duration)
+    busy1, total1 = machine_busy()
+    cpu1 = {k: sum(proc_cpu(p) for p in v) for k, v in pids.items()}
+    n = max(load.requests, 1)
+    row = {
+        "rps": load.rps,
+        "p50_ms": load.p50_ms,
+        "errors": load.errors,
+        # cores of the whole machine busy during the load (of os.cpu_count())
+        "cores_busy": (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1),
+        "gateway_us": (cpu1["gateway"] - cpu0["gateway"]) / n * 1e6,
+        "receiver_us": (cpu1["receiver"] - cpu0["receiver"]) / n * 1e6,
+    }
+    print(
+        f"  {driver:8} {name:24} c={c:<3} {load.rps:8.0f} req/s  p50 {load.p50_ms:.2f} ms  "
+        f"errors {load.errors}  cores busy {row['cores_busy']:.2f}  CPU/req gateway "
+        f"{row['gateway_us']:.0f} us receiver {row['receiver_us']:.0f} us",
+        flush=True,
+    )
+    return row
 
 
 def measure(
@@ -86,17 +136,11 @@ def measure(
     for _round in range(rounds):
         for driver in drivers:
             for name, workers, receivers in CONFIGS:
-                target = start(driver, workers, receivers, logdir)
+                target, pids = start(driver, workers, receivers, logdir)
                 try:
                     for c in conns:
-                        load = run_load(f"http://{HOST}:{target.port}/small", c, duration)
-                        key = f"{driver}|{name}|{c}"
-                        results.setdefault(key, []).append(
-                            {"rps": load.rps, "p50_ms": load.p50_ms, "errors": load.errors}
-                        )
-                        print(
-                            f"  {driver:8} {name:24} c={c:<3} {load.rps:8.0f} req/s  p50 {load.p50_ms:.2f} ms  errors {load.errors}",
-                            flush=True,
+                        results.setdefault(f"{driver}|{name}|{c}", []).append(
+                            one_load(driver, name, c, duration, target, pids)
                         )
                 finally:
                     target.stop()
@@ -104,10 +148,11 @@ def measure(
 
 
 def table(results: dict[str, Any], drivers: list[str], conns: list[int]) -> str:
+    head = " | ".join(f"c={c} req/s (x vs 1)" for c in conns)
     lines = [
-        "| driver | configuration | " + " | ".join(f"c={c} req/s (x vs 1)" for c in conns) + " |"
+        f"| driver | configuration | {head} | cores busy | CPU µs/request gateway + receiver |"
     ]
-    lines.append("|---|---|" + "---|" * len(conns))
+    lines.append("|---|---|" + "---|" * (len(conns) + 2))
     for driver in drivers:
         base = {
             c: statistics.median(r["rps"] for r in results[f"{driver}|1 worker|{c}"]) for c in conns
@@ -117,6 +162,11 @@ def table(results: dict[str, Any], drivers: list[str], conns: list[int]) -> str:
             for c in conns:
                 rps = statistics.median(r["rps"] for r in results[f"{driver}|{name}|{c}"])
                 cells.append(f"{rps:,.0f} ({rps / base[c]:.2f}x)")
+            rows = [r for c in conns for r in results[f"{driver}|{name}|{c}"]]
+            busy = statistics.median(r["cores_busy"] for r in rows)
+            gw = statistics.median(r["gateway_us"] for r in rows)
+            rc = statistics.median(r["receiver_us"] for r in rows)
+            cells += [f"{busy:.2f}", f"{gw:.0f} + {rc:.0f}"]
             lines.append(f"| {driver}/{driver} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
