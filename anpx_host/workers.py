@@ -247,10 +247,14 @@ class Supervisor:
                 host.strip("[]"), 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
             )[0]
             sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            raise StartupError(f"cannot reserve a port on {host}: {exc.strerror or exc}") from None
+        try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(addr)
         except OSError as exc:
+            sock.close()
             raise StartupError(f"cannot reserve a port on {host}: {exc.strerror or exc}") from None
         self._reserved.append(sock)
         return int(sock.getsockname()[1])

@@ -4,6 +4,7 @@ real processes on 127.0.0.1, both drivers (issue 19's multi-worker "done when").
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -195,6 +196,24 @@ def test_both_mode_refuses_workers():
     proc = Proc(["python", "-m", "anpx_trio", "both", "--workers", "2"], ROOT)
     assert proc.finish(30) == 2
     assert "[gateway] workers: more than one worker needs mode gateway" in proc.output
+
+
+def test_a_malformed_worker_role_is_refused():
+    from anpx_host.errors import StartupError
+    from anpx_host.workers import WORKER_ENV, worker_role
+
+    assert worker_role({}) is None
+    good = {
+        "index": 1,
+        "http_port": 8080,
+        "tunnel_ports": [8765, 8766],
+        "ready_fd": 5,
+        "life_fd": 6,
+    }
+    assert worker_role({WORKER_ENV: json.dumps(good)}).tunnel_ports == (8765, 8766)
+    for bad in ("{", "[]", json.dumps({**good, "index": 2}), json.dumps({**good, "ready_fd": "x"})):
+        with pytest.raises(StartupError, match=WORKER_ENV):
+            worker_role({WORKER_ENV: bad})
 
 
 # --- the admin's combining, without processes ----------------------------------------------
