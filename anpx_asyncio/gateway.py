@@ -83,6 +83,7 @@ class GatewayServer:
                         else TLS_HANDSHAKE_TIMEOUT,
                         limit=TUNNEL_READ_SIZE if name == "tunnel" else READ_SIZE,
                         backlog=LISTEN_BACKLOG,
+                        reuse_port=spec.reuse_port or None,  # workers share the port
                     )
                 except OSError as exc:
                     raise bind_failure(spec.host, spec.port, exc) from None

@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .attempts import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_TRACKED, FailedAttempts
+from .replay import MemoryReplayCache, ReplayCache
 from .strict import StrictError, parse_uint
 
 Headers = list[tuple[str, str]]
@@ -181,13 +181,15 @@ class SharedSecretServer:
         nonce_capacity: int = DEFAULT_NONCE_CAPACITY,
         max_tracked: int = DEFAULT_MAX_TRACKED,
         attempts: FailedAttempts | None = None,
+        replay: ReplayCache | None = None,
     ) -> None:
         if not secret:
             raise ValueError("the shared secret is empty")
         self._secret = secret
         self.clock_skew = clock_skew
         self.nonce_capacity = nonce_capacity
-        self._nonces: OrderedDict[str, float] = OrderedDict()  # nonce -> expiry (wall seconds)
+        # nonce -> expiry (wall seconds); shared across a fleet through the host's store
+        self.replay: ReplayCache = replay or MemoryReplayCache(nonce_capacity)
         self.attempts = attempts or FailedAttempts(max_attempts, max_tracked=max_tracked)
 
     @property
@@ -202,7 +204,7 @@ class SharedSecretServer:
         self, host: str, path: str, headers: Headers, peer: str, wall: float
     ) -> Verdict:
         """``peer``: the client's address (a port, if any, is ignored)."""
-        self._expire_nonces(wall)
+        self.replay.forget_expired(wall)
         client_id = _get(headers, H_CLIENT_ID) or ""
         timestamp = _get(headers, H_TIMESTAMP)
         nonce = _get(headers, H_NONCE)
@@ -226,22 +228,13 @@ class SharedSecretServer:
                 wall,
                 f"timestamp {timestamp} is {stamp - wall:+.0f}s from ours (allowed ±{self.clock_skew:.0f}s)",
             )
-        if nonce in self._nonces:
+        fresh = self.replay.remember(nonce, stamp + self.clock_skew, wall)
+        if fresh is False:
             return self._fail(peer, wall, f"replayed nonce from client {client_id!r}")
-        if len(self._nonces) >= self.nonce_capacity:
+        if fresh is None:
             return Verdict(False, 429, headers=[("retry-after", "5")], reason="nonce cache full")
-        self._nonces[nonce] = stamp + self.clock_skew
         proof = _mac(self._secret, answer_string(host, path, client_id, nonce))
         return Verdict(True, identity=client_id or peer, headers=[(H_PROOF, proof)])
-
-    def _expire_nonces(self, wall: float) -> None:
-        # Expiry times are not strictly ordered (timestamps vary within the skew), so scan the
-        # oldest entries only while they are expired; a late expiry ahead just delays the rest.
-        while self._nonces:
-            _nonce, expiry = next(iter(self._nonces.items()))
-            if expiry >= wall:
-                break
-            self._nonces.popitem(last=False)
 
     def _fail(self, peer: str, wall: float, reason: str) -> Verdict:
         return refusal(self.attempts, peer, wall, reason)

@@ -41,6 +41,7 @@ from urllib.parse import unquote
 
 from .attempts import DEFAULT_MAX_ATTEMPTS, FailedAttempts
 from .auth import Headers, SharedSecretClient, SharedSecretServer, Verdict, _get, refusal
+from .replay import MemoryReplayCache, ReplayCache
 
 SCHEME = "DIDWba"
 H_AUTHORIZATION = "authorization"
@@ -646,6 +647,7 @@ class DidWbaServer:
         nonce_capacity: int = DEFAULT_NONCE_CAPACITY,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         secret: SharedSecretServer | None = None,
+        replay: ReplayCache | None = None,
     ) -> None:
         if not service_domains:
             raise ValueError("DID-WBA needs the gateway's own host name(s) to check service/aud")
@@ -658,7 +660,8 @@ class DidWbaServer:
         self.secret = secret
         # one failure limiter per gateway: the shared secret's when both schemes are on
         self.attempts = secret.attempts if secret is not None else FailedAttempts(max_attempts)
-        self._nonces: OrderedDict[str, float] = OrderedDict()  # did + nonce -> expiry
+        # did + nonce -> expiry; shared across a fleet through the host's store
+        self.replay: ReplayCache = replay or MemoryReplayCache(nonce_capacity)
 
     @property
     def max_attempts(self) -> int:
@@ -668,7 +671,7 @@ class DidWbaServer:
         self, host: str, path: str, headers: Headers, peer: str, wall: float
     ) -> Verdict:
         """``peer``: the client's address (the gateway core resolves trusted proxies)."""
-        self._expire(wall)
+        self.replay.forget_expired(wall)
         try:
             proof = self._parse(headers)
             if self.allowed_dids and proof.did not in self.allowed_dids:
@@ -682,7 +685,7 @@ class DidWbaServer:
             if proof.expires is not None and proof.expires < wall:
                 raise DidError(f"the signature of {proof.did} has expired")
             key = f"{proof.did} {proof.nonce}"
-            if key in self._nonces:
+            if self.replay.seen(key, wall):
                 raise DidError(f"replayed nonce from {proof.did}")
             # Verified first, whatever the address did. But when any DID may knock, an address
             # over the failure limit gets no documents fetched on its behalf (pinned and cached
@@ -702,17 +705,19 @@ class DidWbaServer:
             return self._fail(peer, wall, f"DID-WBA: {exc}")
         except Exception as exc:  # a crypto library's surprise on hostile input stays a refusal
             return self._fail(peer, wall, f"DID-WBA: verification error {type(exc).__name__}")
-        if len(self._nonces) >= self.nonce_capacity:
-            return Verdict(
-                False, 429, headers=[("retry-after", "5")], reason="DID nonce cache full"
-            )
         extra: Headers = []
         if self.secret is not None:  # after the wait for a document: it spends its own nonce
             verdict = self.secret.check_request(host, path, headers, peer, wall)
             if not verdict.ok:
                 return verdict
             extra = verdict.headers
-        self._nonces[key] = proof.timestamp + self.max_age + 1
+        fresh = self.replay.remember(key, proof.timestamp + self.max_age + 1, wall)
+        if fresh is None:
+            return Verdict(
+                False, 429, headers=[("retry-after", "5")], reason="DID nonce cache full"
+            )
+        if fresh is False:  # spent meanwhile (another worker, while we fetched the document)
+            return self._fail(peer, wall, f"DID-WBA: replayed nonce from {proof.did}")
         return Verdict(True, identity=proof.did, headers=extra)
 
     def _parse(self, headers: Headers) -> Proof:
@@ -750,13 +755,6 @@ class DidWbaServer:
             if "@target-uri" not in proof.components:
                 break  # the scheme is not signed: one try is enough
         return False
-
-    def _expire(self, wall: float) -> None:
-        while self._nonces:
-            _key, expiry = next(iter(self._nonces.items()))
-            if expiry >= wall:
-                break
-            self._nonces.popitem(last=False)
 
     def _fail(self, peer: str, wall: float, reason: str) -> Verdict:
         return refusal(self.attempts, peer, wall, reason, DID_REFUSAL_CODE)

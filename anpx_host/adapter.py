@@ -6,6 +6,7 @@ One JSON object per line in, one per line out, bytes as lowercase hex::
     {"op":"decode_frames","wire":"<hex>"}            -> {"frames":[F,...]}
     {"op":"encode_message","message":M,"max_frame_size":n} -> {"wire":["<hex>",...]}
     {"op":"decode_message","wire":["<hex>",...]}     -> {"message":M}
+    {"op":"parse_tunnel_ports","value":"8765, 8766","limit":n} -> {"ports":[8765,8766]}
 
 A ProtocolError answers ``{"error": "<code>"}``; a request the adapter cannot
 understand answers ``{"error": "bad_request", "detail": "..."}``.
@@ -29,6 +30,8 @@ from anpx_core.messages import (
     decode_message,
     encode_message,
 )
+from anpx_core.siblings import parse_tunnel_ports
+from anpx_core.strict import StrictError
 from anpx_core.tunnel import parse_extensions
 from anpx_core.wsstream import (
     CloseRecord,
@@ -146,6 +149,15 @@ def handle(request: Any) -> dict[str, Any]:
             return {"message": message_to_json(msg)}
         if op in _WS_OPS:
             return _ws_op(op, request)
+        if op == "parse_tunnel_ports":  # the 101's anpx-tunnel-ports (protocol.md 15.1)
+            value = request.get("value")
+            if not isinstance(value, str):
+                raise BadRequest("value must be a string")
+            try:
+                ports = parse_tunnel_ports(value, _int(request, "limit", 1, 65535))
+            except StrictError as exc:
+                return {"error": "bad_tunnel_ports", "detail": str(exc)}
+            return {"ports": ports}
         raise BadRequest(f"unknown op {op!r}")
     except ProtocolError as exc:
         return {"error": exc.code, "detail": exc.message}

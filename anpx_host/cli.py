@@ -49,6 +49,13 @@ OPTIONS: tuple[Option, ...] = (
         metavar="PORT",
     ),
     _opt(
+        "--workers",
+        key="gateway.workers",
+        help="gateway worker processes sharing the HTTP port (default 1)",
+        type=int,
+        metavar="N",
+    ),
+    _opt(
         "--insecure",
         key="gateway.insecure",
         help="allow a gateway reachable from other hosts without TLS and authentication",

@@ -198,6 +198,20 @@ def _ws_url(value: str) -> str | None:
     return None
 
 
+MAX_WORKERS = 256
+
+
+def _redis_url(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("redis", "rediss", "unix") or parts.fragment:
+        return 'expected a Redis URL, e.g. "redis://127.0.0.1:6379/0" (rediss:// for TLS)'
+    return None
+
+
 def _http_url(value: str) -> str | None:
     expected = 'expected "http://host:port" (a local HTTP service), e.g. "http://127.0.0.1:8000"'
     try:
@@ -426,6 +440,14 @@ class GatewayConfig(_Section):
     max_connections_per_address: int = _opt(_GW.max_connections_per_address, "int", lo=0)
     max_streams_per_address: int = _opt(_GW.max_streams_per_address, "int", lo=0)
     send_timeout: float = _opt(_GW.send_timeout, "float", lo=0, unit="seconds")
+    # every core (docs/operations.md#scaling-from-one-process-to-a-fleet): worker processes
+    # sharing the HTTP port, worker i's tunnel on wss_port + i; a dead one is restarted after
+    # worker_restart_delay, doubling while it keeps dying young
+    workers: int = _opt(1, "int", lo=1, hi=MAX_WORKERS)
+    worker_restart_delay: float = _opt(1.0, "float", lo=0, lo_open=True, unit="seconds")
+    # state shared across workers and hosts (replay caches, rate limits); unset: per process
+    shared_store: str | None = _opt(None, "str", extra=_redis_url)
+    shared_store_timeout: float = _opt(0.5, "float", lo=0, lo_open=True, unit="seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,6 +494,9 @@ class ReceiverConfig(_Section):
     max_body_before_head: int = _opt(_RX.codec.max_headless_total, "size")
     max_pings_per_minute: int = _opt(_RX.ws.max_pings_per_minute, "int", lo=0)
     max_tunnel_backlog: int = _opt(_RX.ws.max_backlog, "size")
+    # a multi-worker gateway's 101 names its other tunnel endpoints: hold a tunnel to each
+    learn_endpoints: bool = _opt(_RX.learn_endpoints, "bool")
+    max_learned_endpoints: int = _opt(_RX.max_learned_endpoints, "int", lo=0, hi=1024)
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -1137,4 +1162,6 @@ def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
         routes=list(r.routes),
         max_concurrent_requests=r.max_concurrent_requests,
         websocket=to_ws_settings(r.websocket),
+        learn_endpoints=r.learn_endpoints,
+        max_learned_endpoints=r.max_learned_endpoints,
     )

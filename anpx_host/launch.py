@@ -61,15 +61,18 @@ class Listener:
     host: str
     port: int
     tls: TlsPolicy | None = None
+    reuse_port: bool = False  # SO_REUSEPORT: a gateway worker shares the port with its siblings
 
 
 @dataclass(slots=True)
 class Listen:
-    """Where a driver listens: ``tls`` is the driver's TLS context (an ``ssl.SSLContext``) or None."""
+    """Where a driver listens: ``tls`` is the driver's TLS context (an ``ssl.SSLContext``) or
+    None; ``reuse_port``: set SO_REUSEPORT before binding (gateway workers share the port)."""
 
     host: str
     port: int
     tls: Any = None
+    reuse_port: bool = False
 
 
 @dataclass(slots=True)
@@ -89,6 +92,8 @@ class GatewayPlan:
     admin: Listener | None
     grace: float
     insecure_warning: str | None = None
+    workers: int = 1
+    worker: Any = None  # this process is one worker of several (anpx_host.workers.WorkerRole)
 
 
 @dataclass(slots=True)
@@ -201,6 +206,22 @@ def _gateway_plan(cfg: Config, warnings: list[str]) -> GatewayPlan:
         )
     if g.admin_port:
         settings.admin_token = resolve_admin_token(g, warnings)
+    if g.shared_store is not None:
+        from .shared import attach_shared_store
+
+        attach_shared_store(settings, g)
+    if g.workers > 1:
+        if cfg.mode == "both":
+            raise ConfigError(
+                "[gateway] workers: more than one worker needs mode gateway; run the receiver "
+                "as its own process (it connects to every worker)",
+                path="gateway.workers",
+            )
+        if g.auth.enabled and g.shared_store is None:
+            warnings.append(
+                f"[gateway] workers = {g.workers} without shared_store: each worker remembers "
+                "only its own authentication nonces and rate-limit counters"
+            )
     return GatewayPlan(
         settings,
         Listener(g.host, g.port, tls),
@@ -208,6 +229,7 @@ def _gateway_plan(cfg: Config, warnings: list[str]) -> GatewayPlan:
         Listener(g.admin_host, g.admin_port) if g.admin_port else None,
         g.shutdown_grace,
         warning,
+        workers=g.workers,
     )
 
 
@@ -277,9 +299,15 @@ _WILDCARDS = ("0.0.0.0", "::", "[::]", "")
 
 
 def ready_lines(plan: Plan, http_port: int, tunnel_port: int, admin_port: int | None) -> list[str]:
-    """What a user sees once the gateway is up: where to point a browser or a receiver."""
+    """What a user sees once the gateway is up: where to point a browser or a receiver.
+
+    A gateway worker prints nothing: it reports its ports to its supervisor, which prints
+    these lines once for all of them (:mod:`anpx_host.workers`)."""
     assert plan.gateway is not None
     g = plan.gateway
+    if g.worker is not None:
+        g.worker.report_ready(http_port, tunnel_port, admin_port)
+        return []
     scheme = "https" if g.http.tls else "http"
     host = _local_name(g.http.host, g.http.tls is not None)
     lines = [f"anpx gateway ready: open {scheme}://{_hostport(host, http_port)}/"]
@@ -515,10 +543,21 @@ def run_cli(argv: list[str] | None, prog: str, execute: Callable[[Plan, Any], in
         reason = exc.strerror or str(exc)
         print(f"{prog}: [logging] file: cannot open {cfg.logging.file}: {reason}", file=sys.stderr)
         return 2
+    from . import workers
+
     try:
         plan = make_plan(mode, cfg)
         check_files(plan)
+        role = workers.worker_role()  # set when a supervisor started this process
+        if role is not None:
+            workers.apply_role(plan, role)
+            workers.prefix_logs(role)
+            role.watch_supervisor()
+            plan.warnings.clear()  # the supervisor logged them once
         app = resolve_app(plan.receiver) if plan.receiver is not None else None
+    except StartupError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except ConfigError as exc:
         if cfg.debug:  # the whole story, e.g. where inside the user's module an import failed
             import traceback
@@ -528,6 +567,16 @@ def run_cli(argv: list[str] | None, prog: str, execute: Callable[[Plan, Any], in
         return 2
     for warning in plan.warnings:
         logging.getLogger("anpx").warning("%s", warning)
+    if plan.gateway is not None and plan.gateway.workers > 1 and role is None:
+        # the same command runs each worker: python -m <this driver's package> <argv>
+        driver = execute.__module__.partition(".")[0]
+        arguments = list(sys.argv[1:] if argv is None else argv)
+        try:
+            workers.supervise(plan, arguments, driver, cfg.gateway.worker_restart_delay)
+        except StartupError as exc:
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        return EXIT_OK
     try:
         execute(plan, app)
     except BaseException as exc:

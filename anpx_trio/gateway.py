@@ -20,6 +20,33 @@ log = logging.getLogger("anpx.gateway")
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
 _Listeners = tuple[str, Listen, list[trio.SocketListener]]  # kind, spec, bound sockets
+LISTEN_BACKLOG = 4096  # as the asyncio driver's; the kernel caps it
+
+
+async def _open_listeners(spec: Listen) -> list[trio.SocketListener]:
+    """trio.open_tcp_listeners, plus SO_REUSEPORT when the port is shared with sibling
+    workers (open_tcp_listeners has no such option)."""
+    if not spec.reuse_port:
+        return await trio.open_tcp_listeners(spec.port, host=spec.host)
+    s = trio.socket
+    found = await s.getaddrinfo(spec.host, spec.port, type=s.SOCK_STREAM, flags=s.AI_PASSIVE)
+    listeners: list[trio.SocketListener] = []
+    for family, kind, proto, _name, addr in found:
+        sock = s.socket(family, kind, proto)
+        try:
+            sock.setsockopt(s.SOL_SOCKET, s.SO_REUSEADDR, 1)
+            sock.setsockopt(s.SOL_SOCKET, s.SO_REUSEPORT, 1)
+            if family == s.AF_INET6:
+                sock.setsockopt(s.IPPROTO_IPV6, s.IPV6_V6ONLY, 1)
+            await sock.bind(addr)
+            sock.listen(LISTEN_BACKLOG)
+        except BaseException:
+            sock.close()
+            for listener in listeners:
+                listener.socket.close()
+            raise
+        listeners.append(trio.SocketListener(sock))
+    return listeners
 
 
 class GatewayServer:
@@ -65,7 +92,7 @@ class GatewayServer:
                 if spec is None:
                     continue
                 try:
-                    socks = await trio.open_tcp_listeners(spec.port, host=spec.host)
+                    socks = await _open_listeners(spec)
                 except OSError as exc:
                     raise bind_failure(spec.host, spec.port, exc) from None
                 bound[name] = socks[0].socket.getsockname()[1]

@@ -2000,6 +2000,58 @@ def websocket_file() -> VectorFile:
     return f
 
 
+# --- handshake.json -------------------------------------------------------------------------
+
+
+def handshake_file() -> VectorFile:
+    f = VectorFile(
+        "handshake.json",
+        "Values of the tunnel handshake's headers (protocol.md section 15): anpx-tunnel-ports, "
+        "the 101 header naming every worker's tunnel port.",
+    )
+
+    def ports(name: str, desc: str, value: str, limit: int, expect: list[int] | None) -> None:
+        req = {"op": "parse_tunnel_ports", "value": value, "limit": limit}
+        f.add(
+            name,
+            desc,
+            req,
+            {"ports": expect} if expect is not None else {"error": "bad_tunnel_ports"},
+        )
+
+    ports("tunnel_ports_one", "A single port.", "8765", 64, [8765])
+    ports(
+        "tunnel_ports_list",
+        "Comma-separated, optional spaces and tabs around items, order kept.",
+        "8767, 8765,\t8766",
+        64,
+        [8767, 8765, 8766],
+    )
+    ports("tunnel_ports_duplicates", "A repeated port counts once.", "8765, 8765, 1", 2, [8765, 1])
+    ports("tunnel_ports_bounds", "1 and 65535 are ports.", "1,65535", 64, [1, 65535])
+    for name, value, why in (
+        ("empty", "", "an empty value"),
+        ("zero", "0", "port 0"),
+        ("too_big", "65536", "a number above 65535"),
+        ("sign", "+8765", "a sign"),
+        ("empty_item", "8765,,8766", "an empty item"),
+        ("trailing_comma", "8765,", "a trailing comma"),
+        ("semicolon", "8765;8766", "another separator"),
+        ("non_ascii_digits", "\uff18\uff17\uff16\uff15", "non-ASCII digits"),
+        ("underscore", "87_65", "an underscore"),
+        ("leading_zeros_too_long", "000008765", "more digits than 65535 has"),
+    ):
+        ports(f"tunnel_ports_refuse_{name}", f"Refused whole: {why}.", value, 64, None)
+    ports(
+        "tunnel_ports_over_limit",
+        "More distinct ports than the receiver's limit: refused whole.",
+        "1, 2, 3",
+        2,
+        None,
+    )
+    return f
+
+
 FILES = (
     frames_file,
     requests_file,
@@ -2009,6 +2061,7 @@ FILES = (
     invalid_file,
     reference_file,
     websocket_file,
+    handshake_file,
 )
 
 

@@ -67,6 +67,7 @@ CASES = [
     (["--wss-port", "9001"], lambda c: c.gateway.wss_port, 9001),
     (["--admin-port", "0"], lambda c: c.gateway.admin_port, 0),
     (["--insecure"], lambda c: c.gateway.insecure, True),
+    (["--workers", "4"], lambda c: c.gateway.workers, 4),
     (["--gateway-url", "wss://gw.example:443/t"], lambda c: c.receiver.urls, ("wss://gw.example:443/t",)),
     (["--gateway-url", "ws://a:1", "--gateway-url", "ws://b:2"], lambda c: c.receiver.urls, ("ws://a:1", "ws://b:2")),
     (["--local-app", "pkg.mod:app"], lambda c: c.receiver.local_app_module, "pkg.mod:app"),

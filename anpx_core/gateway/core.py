@@ -83,6 +83,9 @@ class GatewaySettings:
     websocket: WsSettings = field(default_factory=WsSettings)
     # The id of each stream (and of the gateway's own answers): injected, see counter_request_ids
     new_request_id: Callable[[], str] = field(default_factory=counter_request_ids)
+    # Every worker's tunnel port, named in each 101 (anpx-tunnel-ports) so that a receiver
+    # holds a tunnel to every worker of a multi-process gateway; []: one process, no header.
+    tunnel_ports: list[int] = field(default_factory=list)
 
 
 class Connection(Protocol):

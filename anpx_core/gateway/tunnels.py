@@ -18,6 +18,7 @@ from ..endpoint import EndpointEvent, TunnelEndpoint
 from ..headers import get_header
 from ..meta import ResponseHead
 from ..routing import ROUTES_HEADER, Route, claims_allowed, format_routes, parse_routes_header
+from ..siblings import format_tunnel_ports
 from ..tunnel import (
     PeerDraining,
     StreamData,
@@ -238,7 +239,8 @@ class Tunnels:
         peer_window = parse_extensions(event.headers)
         local_window = settings.stream_window if peer_window is not None else None
         ws_on = settings.websocket.enabled
-        ws.accept(verdict.headers + offer_ws_extensions(local_window, ws=ws_on))
+        extra = format_tunnel_ports(settings.tunnel_ports)
+        ws.accept(verdict.headers + offer_ws_extensions(local_window, ws=ws_on) + extra)
         tunnel.ws_streams = ws_on and ws_in_effect(local_window, peer_window, event.headers)
         tunnel.identity = verdict.identity
         session = tunnel.end.open_session(

@@ -359,6 +359,44 @@ class ReceiverCore(CrashBarrier):
         limit = self.settings.max_buffered_body
         return any(s.kind.holding_body(s, limit) for s in link.streams.values())
 
+    def learned(self, origin: GatewayLink, ports: list[int]) -> None:
+        """``origin``'s gateway names ``ports`` as its workers' tunnels: hold one to each
+        (same host, scheme and path), forget those it learned before and no longer names."""
+        base = origin.address
+        wanted = {
+            (base.host.lower(), p, base.path, base.tls): GatewayAddress(
+                base.host, p, base.path, base.tls
+            )
+            for p in ports
+        }
+        for link in [link for link in self._links if link.origin is origin]:
+            if link.key not in wanted and not link.retired:
+                log.info("forgetting %s: its gateway no longer names it", link.address.host_header)
+                link.retire()
+        known = {link.key for link in self._links if not link.retired}
+        learned = sum(1 for link in self._links if link.origin is not None and not link.retired)
+        for key, address in wanted.items():
+            if key in known or self._ctx.stopping:
+                continue
+            if learned >= self.settings.max_learned_endpoints:
+                log.warning(
+                    "not following %s: already %d learned endpoints (max_learned_endpoints)",
+                    address.host_header,
+                    learned,
+                )
+                break
+            link = GatewayLink(address, self._ctx, self, origin=origin)
+            self._links.append(link)
+            learned += 1
+            log.info(
+                "%s names another worker: connecting to %s", base.host_header, address.host_header
+            )
+            link.dial()
+
+    def link_retired(self, link: GatewayLink) -> None:
+        if link in self._links:
+            self._links.remove(link)
+
     def link_gave_up(self) -> None:
         if all(link.retry_at is None and link.state == "idle" for link in self._links):
             self._ctx.given_up = True

@@ -18,6 +18,8 @@ from ..didwba import DID_REFUSAL_CODE
 from ..endpoint import EndpointEvent, TunnelEndpoint
 from ..meta import RequestHead
 from ..routing import ROUTES_HEADER
+from ..siblings import TUNNEL_PORTS_HEADER, parse_tunnel_ports
+from ..strict import StrictError
 from ..tunnel import StreamEvent, TunnelSession, parse_extensions
 from ..websocket import (
     Closed,
@@ -40,6 +42,8 @@ class LinkOwner(Protocol):
     def link_lost(self, link: GatewayLink) -> None: ...  # the tunnel is over: fail its streams
     def holding_body(self, link: GatewayLink) -> bool: ...  # v1: a request body waits
     def link_gave_up(self) -> None: ...
+    def learned(self, link: GatewayLink, ports: list[int]) -> None: ...  # anpx-tunnel-ports
+    def link_retired(self, link: GatewayLink) -> None: ...  # a learned link is forgotten
 
 
 @dataclass(slots=True, eq=False)
@@ -60,6 +64,14 @@ class GatewayLink:
     lost_reason: str = ""  # the socket error that ended it, if any (e.g. a TLS alert)
     streams: dict[str, Any] = field(default_factory=dict)  # request id -> a stream kind's stream
     ws_streams: bool = False  # the ws extension is in effect on the open tunnel
+    # the configured link whose gateway named this endpoint (anpx-tunnel-ports); None: configured
+    origin: GatewayLink | None = None
+    retired: bool = False  # no longer named: close, never reconnect, then forgotten
+
+    @property
+    def key(self) -> tuple[str, int, str, bool]:
+        a = self.address
+        return (a.host.lower(), a.port, a.path, a.tls)
 
     @property
     def session(self) -> TunnelSession | None:
@@ -119,6 +131,10 @@ class GatewayLink:
 
     def connected(self, now: float) -> None:
         assert self.cid is not None
+        if self.retired:  # forgotten while dialling: the driver closes the unknown socket
+            self.ctx.wake(self.cid)
+            self.down(now, "no longer named by the gateway")
+            return
         self.state = "handshake"
         ws = WsClient(
             self.address.host_header,
@@ -180,6 +196,17 @@ class GatewayLink:
         self.retry_at = None
         self.rearm()
 
+    def retire(self) -> None:
+        """The gateway no longer names this (learned) endpoint: close it for good."""
+        self.retired = True
+        if self.ep is not None:
+            self.fail(1000, "endpoint no longer named by the gateway")
+        elif self.state == "idle":
+            self.retry_at = None
+            self.rearm()
+            self.owner.link_retired(self)
+        # "connecting": connected() or connect_failed() finishes the job
+
     def fail(self, code: int, reason: str) -> None:
         """Close the tunnel with ``code`` (e.g. 1002 for frames we cannot parse)."""
         if self.ep is not None:
@@ -227,7 +254,10 @@ class GatewayLink:
     def _schedule_retry(self, now: float, why: str) -> None:
         settings = self.ctx.settings
         limit = settings.max_reconnect_attempts
-        if self.ctx.stopping:
+        if self.retired:
+            self.retry_at = None
+            self.owner.link_retired(self)
+        elif self.ctx.stopping:
             self.retry_at = None
         elif not settings.reconnect_enabled or (limit and self.attempts > limit):
             self.retry_at = None
@@ -309,6 +339,23 @@ class GatewayLink:
             if session.flow
             else "v1 gateway",
         )
+        if self.origin is None and settings.learn_endpoints:
+            self._learn(event.headers)
+
+    def _learn(self, headers: list[tuple[str, str]]) -> None:
+        """A configured gateway's 101 names its workers' tunnel ports (none: only itself)."""
+        values = [v for n, v in headers if n.lower() == TUNNEL_PORTS_HEADER]
+        try:
+            if len(values) > 1:
+                raise StrictError(f"{TUNNEL_PORTS_HEADER} given {len(values)} times")
+            limit = self.ctx.settings.max_learned_endpoints + 1  # itself and the others
+            ports = parse_tunnel_ports(values[0], limit) if values else []
+        except StrictError as exc:
+            log.warning(
+                "ignoring %s from %s: %s", TUNNEL_PORTS_HEADER, self.address.host_header, exc
+            )
+            return
+        self.owner.learned(self, ports)
 
     def _did_refused(self, event: Closed) -> None:
         """The gateway accepted the upgrade, then closed it with 4003: it refused our DID.

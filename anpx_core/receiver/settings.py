@@ -81,6 +81,10 @@ class ReceiverSettings:
     )  # claimed in the handshake; []: the default route
     # WebSockets to the app or the local service ([receiver.websocket], docs/websocket.md)
     websocket: WsSettings = field(default_factory=WsSettings.receiver_defaults)
+    # A multi-worker gateway names its workers' tunnel ports in its 101 (anpx-tunnel-ports):
+    # hold a tunnel to each of them too, at most this many beyond the configured URLs.
+    learn_endpoints: bool = True
+    max_learned_endpoints: int = 64
 
 
 @dataclass(slots=True)
