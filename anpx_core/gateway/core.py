@@ -22,6 +22,7 @@ from ..websocket import WsLimits
 from .admin import AdminConn
 from .http import REQUEST_ID_HEADER, WRITE_CHUNK, HttpExchanges
 from .proxy import IPNetwork, ProxyTrust
+from .tcp import GatewayTcp, GatewayTcpSettings, TcpListen
 from .tunnels import Tunnels
 
 __all__ = [
@@ -79,6 +80,8 @@ class GatewaySettings:
     send_timeout: float = 60.0
     # The id of each stream (and of the gateway's own answers): injected, see counter_request_ids
     new_request_id: Callable[[], str] = field(default_factory=counter_request_ids)
+    # TCP streams: listeners, service claims, visitors, timeouts (gateway/tcp.py)
+    tcp: GatewayTcpSettings = field(default_factory=GatewayTcpSettings)
 
 
 class Connection(Protocol):
@@ -116,6 +119,7 @@ class GatewayCore(CrashBarrier):
         self.proxies = ProxyTrust(self.settings.trusted_proxies)
         self.http = HttpExchanges(self)
         self.tunnels = Tunnels(self)
+        self.tcp = GatewayTcp(self)
         self._conns: dict[int, Connection] = {}
         self._next_id = 1
         self._wakeups: set[WakeKey] = set()
@@ -188,6 +192,12 @@ class GatewayCore(CrashBarrier):
         self._now = now
         return self._add(self.tunnels.new(self._new_id(), now, peer))
 
+    def open_tcp(self, now: float, client: tuple[str, int] | None, listen: TcpListen) -> int:
+        """A connection accepted on a ``[[gateway.tcp]]`` listener (reset at once when
+        refused: the driver registers it before ``sync()`` so the abort is seen)."""
+        self._now = now
+        return self._add(self.tcp.open(self._new_id(), now, client, listen))
+
     def open_admin(
         self, now: float, client: tuple[str, int] | None, server: tuple[str, int] | None
     ) -> int:
@@ -210,8 +220,17 @@ class GatewayCore(CrashBarrier):
             conn.receive(data, now)
 
     def lost(self, cid: int, now: float, reason: str = "") -> None:
-        """The socket failed (``reason``: the error, for logs): same as EOF here."""
+        """The socket failed (``reason``: the error, for logs): EOF, after telling a
+        connection that wants to know (a TCP stream propagates it as a reset)."""
+        note = getattr(self._conns.get(cid), "note_lost", None)
+        if note is not None:
+            self._now = now
+            self._note_lost(cid, note, reason)
         self.receive(cid, b"", now)
+
+    @guarded()
+    def _note_lost(self, cid: int, note: Callable[[str], None], reason: str) -> None:
+        note(reason)
 
     def take_output(self, cid: int) -> tuple[bytes, bool]:
         out: tuple[bytes, bool] = self._take_output(cid)

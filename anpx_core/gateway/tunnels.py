@@ -18,6 +18,7 @@ from ..endpoint import EndpointEvent, TunnelEndpoint
 from ..headers import get_header
 from ..meta import ResponseHead
 from ..routing import ROUTES_HEADER, Route, claims_allowed, format_routes, parse_routes_header
+from ..tcp import is_visitor
 from ..tunnel import (
     PeerDraining,
     StreamData,
@@ -31,6 +32,7 @@ from ..tunnel import (
     parse_extensions,
 )
 from ..websocket import Closed, HandshakeAccepted, HandshakeRejected, HandshakeRequested, WsServer
+from .tcp import TcpRefusal, VisitorLink
 
 if TYPE_CHECKING:
     from .core import GatewayCore
@@ -59,11 +61,13 @@ class TunnelConn:
     __slots__ = (
         "congested",
         "connected_at",
+        "delegate",
         "end",
         "identity",
         "peer",
         "peer_host",
         "routes",
+        "services",
         "streams",
         "unit",
     )
@@ -80,6 +84,8 @@ class TunnelConn:
         self.congested: set[int] = set()  # v1: clients with a full backlog hold our reading
         self.connected_at = now
         self.routes: list[Route] = []
+        self.services: list[str] = []  # TCP services offered (protocol.md §21)
+        self.delegate: VisitorLink | None = None  # a visitor's connection, not a receiver's
 
     @property
     def cid(self) -> int:
@@ -117,6 +123,8 @@ class TunnelConn:
 
     def closed(self, now: float) -> None:
         self.unit.parked.pop(self.cid, None)
+        if self.delegate is not None:
+            self.delegate.gone("visitor disconnected")
         self.unit.gone(self, "receiver disconnected")
 
     def deadline_at(self, now: float) -> float | None:
@@ -132,7 +140,9 @@ class TunnelConn:
 
     def _event(self, event: EndpointEvent, now: float) -> None:
         self.unit.core.wake(self.cid)
-        if isinstance(event, HandshakeRequested):
+        if self.delegate is not None:
+            self.delegate.event(event, now)
+        elif isinstance(event, HandshakeRequested):
             self.unit.handshake(self, event, now)
         elif isinstance(event, Closed):
             self.unit.gone(self, f"receiver disconnected ({event.code})")
@@ -192,6 +202,9 @@ class Tunnels:
 
     def handshake(self, tunnel: TunnelConn, event: HandshakeRequested, now: float) -> None:
         core, settings = self.core, self.core.settings
+        if is_visitor(event.headers):
+            core.tcp.visitor_handshake(tunnel, event, now)
+            return
         client = core.proxies.client(tunnel.peer_host, get_header(event.headers, "x-forwarded-for"))
         if client != tunnel.peer_host:
             tunnel.peer = client  # else keep the port too, for the logs
@@ -231,9 +244,18 @@ class Tunnels:
                 log.warning("tunnel handshake from %s refused: %s", tunnel.peer, why)
                 ws.reject(403, why)
                 return
+        try:
+            services = core.tcp.admit(verdict.identity, event.headers)
+        except TcpRefusal as exc:
+            log.warning("tunnel handshake from %s refused: %s", tunnel.peer, exc)
+            ws.reject(exc.status, str(exc))
+            return
         peer_window = parse_extensions(event.headers)
         local_window = settings.stream_window if peer_window is not None else None
-        ws.accept(verdict.headers + offer_extensions(local_window))
+        ws.accept(
+            verdict.headers + offer_extensions(local_window) + core.tcp.accept_headers(services)
+        )
+        tunnel.services = services
         tunnel.identity = verdict.identity
         session = tunnel.end.open_session(
             accepts=ResponseHead,
@@ -247,11 +269,12 @@ class Tunnels:
         core.routes.add(tunnel, routes)
         core.stats.tunnel_opened(tunnel.identity)
         log.info(
-            "receiver %s connected from %s (%s), routes %s",
+            "receiver %s connected from %s (%s), routes %s%s",
             tunnel.identity,
             tunnel.peer,
             "flow control" if session.flow else "v1 peer",
             format_routes(routes),
+            f", tcp services {', '.join(services)}" if services else "",
         )
 
     def resume_parked(self, now: float) -> None:
@@ -314,6 +337,7 @@ class Tunnels:
                 "flow": t.session.flow,
                 "draining": t.session.peer_draining,
                 "routes": [str(r) for r in t.routes],
+                "services": list(t.services),
             }
             for t in self.open
             if t.session is not None

@@ -18,6 +18,7 @@ from ..didwba import DID_REFUSAL_CODE
 from ..endpoint import EndpointEvent, TunnelEndpoint
 from ..meta import RequestHead
 from ..routing import ROUTES_HEADER
+from ..tcp import has_tcp, offer_tcp
 from ..tunnel import StreamEvent, TunnelSession, offer_extensions, parse_extensions
 from ..websocket import (
     Closed,
@@ -58,6 +59,7 @@ class GatewayLink:
     warned: str = ""  # the refusal last logged at warning (once per run of the same one)
     lost_reason: str = ""  # the socket error that ended it, if any (e.g. a TLS alert)
     streams: dict[str, Any] = field(default_factory=dict)  # request id -> a stream kind's stream
+    tcp: bool = False  # the gateway accepted our TCP services (protocol.md §21)
 
     @property
     def session(self) -> TunnelSession | None:
@@ -137,7 +139,7 @@ class GatewayLink:
         headers += offer_extensions(settings.stream_window)
         if settings.routes:
             headers.append((ROUTES_HEADER, ", ".join(settings.routes)))
-        return headers
+        return headers + offer_tcp(list(settings.tcp_services))
 
     def connect_failed(self, now: float, reason: str) -> None:
         addr = self.address
@@ -281,6 +283,9 @@ class GatewayLink:
             ep.ws.close(1008, "gateway failed authentication")
             return
         peer_window = parse_extensions(event.headers)
+        self.tcp = has_tcp(event.headers) and peer_window is not None
+        if settings.tcp_services and not self.tcp:
+            log.warning("gateway %s does not take TCP services", self.address.host_header)
         session = ep.open_session(
             accepts=RequestHead,
             local_window=settings.stream_window if peer_window is not None else None,

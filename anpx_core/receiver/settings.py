@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from .. import messages as M
 from ..auth import ClientAuth, NoAuth
+from ..tcp import TcpSettings
 from ..tunnel import DEFAULT_HIGH_WATER, DEFAULT_STREAM_WINDOW
 from ..websocket import WsLimits
 
@@ -78,6 +79,9 @@ class ReceiverSettings:
     routes: list[str] = field(
         default_factory=list
     )  # claimed in the handshake; []: the default route
+    # TCP services offered in the handshake: name -> local (host, port) (protocol.md §21)
+    tcp_services: dict[str, tuple[str, int]] = field(default_factory=dict)
+    tcp: TcpSettings = field(default_factory=TcpSettings)
 
 
 @dataclass(slots=True)
@@ -86,4 +90,4 @@ class ConnectRequest:
     host: str
     port: int
     tls: bool
-    purpose: str  # "gateway" or "upstream"
+    purpose: str  # "gateway", "upstream" or "tcp" (a local TCP service: half-close)
