@@ -3,6 +3,7 @@ real loopback sockets, an echo service, half-close both ways, resets, connect fa
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import pytest
@@ -18,9 +19,7 @@ from .tcp_helpers import EchoServer, closed_promptly, exchange, free_port, read_
 class TcpWorld:
     def __init__(self, gw: str, rc: str, services: dict[str, tuple[str, int]], listens=None):
         settings = GatewaySettings()
-        settings.tcp.listeners = listens or [
-            TcpListen(0, name, "127.0.0.1") for name in services
-        ]
+        settings.tcp.listeners = listens or [TcpListen(0, name, "127.0.0.1") for name in services]
         self.gateway = start_gateway(gw, settings)
         self.ports = self.gateway.obj.ports
         self.tcp_ports = self.gateway.obj.tcp_ports
@@ -114,12 +113,12 @@ def test_service_reset_reaches_the_client(pairing):
     try:
         with socket.create_connection(("127.0.0.1", w.tcp_ports[0]), timeout=10) as client:
             conn, _ = lsock.accept()
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            conn.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
             conn.close()  # RST
-            try:
+            with contextlib.suppress(ConnectionResetError):
                 assert client.recv(10) == b""
-            except ConnectionResetError:
-                pass
     finally:
         lsock.close()
         w.close()
