@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from typing import Any
 
 from anpx_host.launch import (
@@ -19,12 +20,16 @@ from anpx_host.tls import gateway_listens, make_context
 
 from .gateway import GatewayServer
 from .receiver import ReceiverClient
+from .visitor import connect_main
 
 PROG = "python -m anpx_asyncio"
 log = logging.getLogger("anpx")
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["connect"]:  # the visitor (anpx_asyncio/visitor.py)
+        return connect_main(args[1:], PROG)
     return run_cli(argv, PROG, lambda plan, app: asyncio.run(_run(plan, app)))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from typing import Any
 
 import trio
@@ -21,12 +22,16 @@ from anpx_host.tls import gateway_listens, make_context
 
 from .gateway import GatewayServer
 from .receiver import ReceiverClient
+from .visitor import connect_main
 
 PROG = "python -m anpx_trio"
 log = logging.getLogger("anpx")
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["connect"]:  # the visitor (anpx_trio/visitor.py)
+        return connect_main(args[1:], prog)
     return run_cli(argv, prog, lambda plan, app: trio.run(_run, plan, app))
 
 
