@@ -36,13 +36,19 @@ def reset_on_close(sock: Any) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
-def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
-    """``127.0.0.1:5432`` / ``[::1]:22`` -> (host, port); ValueError with the reason."""
+def parse_hostport(text: str, what: str = "address", *, any_port: bool = False) -> tuple[str, int]:
+    """``127.0.0.1:5432`` / ``[::1]:22`` -> (host, port); ValueError with the reason.
+    ``any_port``: port 0 (a free port, for listeners) is allowed."""
     host, sep, port = text.strip().rpartition(":")
     if not sep or not host:
         raise ValueError(f"{what} must be HOST:PORT, got {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not port.isascii() or not port.isdigit() or not 0 < int(port) <= 65535:
+    if (
+        not port.isascii()
+        or not port.isdigit()
+        or len(port) > 5
+        or not (0 if any_port else 1) <= int(port) <= 65535
+    ):
         raise ValueError(f"{what} has a bad port: {text!r}")
     return host, int(port)

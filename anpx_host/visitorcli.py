@@ -59,7 +59,7 @@ def parse_visitor(argv: list[str], prog: str) -> VisitorPlan:
     args = build_parser(prog).parse_args(argv)
     try:
         check_service(args.service)
-        listen = parse_hostport(args.listen, "--listen") if args.listen else None
+        listen = parse_hostport(args.listen, "--listen", any_port=True) if args.listen else None
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     secret: bytes | None = None
