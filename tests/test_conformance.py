@@ -20,7 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 CONFORMANCE = REPO / "conformance"
 VECTORS = CONFORMANCE / "vectors"
 ADAPTER_CMD = shlex.join([sys.executable, "-m", "anpx_host.adapter"])
-OPS = {"encode_frame", "decode_frames", "encode_message", "decode_message"}
+OPS = {
+    "encode_frame",
+    "decode_frames",
+    "encode_message",
+    "decode_message",
+    "tcp_handshake",
+    "tcp_service",
+}
 
 # Quoted from issue 2: the reference encoder's bytes for the spec's worked example.
 WORKED_EXAMPLE_HEX = (
@@ -59,7 +66,8 @@ def test_enough_well_formed_vectors(vectors) -> None:
     for v in vectors:
         assert v.description.strip(), v.name
         assert v.request.get("op") in OPS, v.name
-        assert ("error" in v.expect) != bool({"wire", "frames", "message"} & v.expect.keys())
+        answers = {"wire", "frames", "message", "services", "service"}
+        assert ("error" in v.expect) != bool(answers & v.expect.keys())
 
 
 def test_vectors_pass_in_process(vectors) -> None:
@@ -82,7 +90,8 @@ def test_cli_through_adapter_command(vectors) -> None:
 
 def test_every_error_code_has_an_invalid_vector(vectors) -> None:
     codes = {v.expect["error"] for v in vectors if "error" in v.expect}
-    assert codes == set(ERROR_CODES)  # every code covered, and no typo'd code expected
+    # every code covered, and no typo'd code expected (bad_services: the tcp_handshake op's)
+    assert codes == {*ERROR_CODES, "bad_services"}
 
 
 def test_worked_example_in_every_direction(vectors) -> None:
