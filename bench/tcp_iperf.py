@@ -143,19 +143,22 @@ def pct(values: list[float], q: float) -> float:
 class Pair:
     """A gateway and a receiver process of one driver, from config files."""
 
-    def __init__(self, driver: str, tmp: Path, targets: dict[str, int]) -> None:
+    def __init__(self, driver: str, tmp: Path, targets: dict[str, int], window: int = 0) -> None:
         self.http, self.tunnel = free_port(), free_port()
         self.public = {name: free_port() for name in targets}
         gw = tmp / f"gw-{driver}.toml"
         gw.write_text(
             f"[gateway]\nport = {self.http}\nwss_port = {self.tunnel}\nadmin_port = 0\n"
-            "max_streams_per_receiver = 1000\n[logging]\nlevel = \"WARNING\"\n"
+            "max_streams_per_receiver = 1000\n"
+            + (f"stream_window = {window}\n" if window else "")
+            + "[logging]\nlevel = \"WARNING\"\n"
             + "".join(f'[[gateway.tcp]]\nport = {p}\nservice = "{n}"\n' for n, p in self.public.items())
         )  # fmt: skip
         rc = tmp / f"rc-{driver}.toml"
         rc.write_text(
             f'[receiver]\ngateway_url = "ws://127.0.0.1:{self.tunnel}/"\nclient_id = "bench"\n'
-            '[logging]\nlevel = "WARNING"\n'
+            + (f"stream_window = {window}\n" if window else "")
+            + '[logging]\nlevel = "WARNING"\n'
             + "".join(f'[[receiver.tcp]]\nname = "{n}"\nlocal = "127.0.0.1:{p}"\n' for n, p in targets.items())
         )  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -196,6 +199,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--setups", type=int, default=300, help="connections for setup latency")
     parser.add_argument("--streams", type=int, default=100, help="concurrent streams for RSS")
+    parser.add_argument("--window", type=int, default=0, help="stream_window (0: the default)")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/tcp.json")
     args = parser.parse_args()
     if shutil.which("iperf3") is None:
@@ -205,7 +209,12 @@ def main() -> int:
     iperf_port = free_port()
     server = subprocess.Popen(["iperf3", "-s", "-p", str(iperf_port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    results: dict = {"seconds": args.seconds, "cpus": os.cpu_count(), "runs": {}}
+    results: dict = {
+        "seconds": args.seconds,
+        "cpus": os.cpu_count(),
+        "window": args.window or "default",
+        "runs": {},
+    }
     try:
         wait_port(iperf_port)
         direct = {
@@ -225,7 +234,7 @@ def main() -> int:
                    "echo": services.port("echo")}  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             for driver in args.drivers.split(","):
-                pair = Pair(driver, Path(tmp), targets)
+                pair = Pair(driver, Path(tmp), targets, args.window)
                 try:
                     time.sleep(1)  # settle after start (imports, first connections)
                     idle = pair.rss()

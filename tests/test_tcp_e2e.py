@@ -144,3 +144,41 @@ def test_client_half_close_keeps_the_way_back(world):
         assert sock.recv(4) == b"ping"
         sock.shutdown(socket.SHUT_WR)
         assert read_all(sock) == b"bye"
+
+
+def _named_app(name: str):
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = f"{name} {scope['query_string'].decode()}".encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+@pytest.mark.parametrize("driver", ["trio", "asyncio"])
+def test_token_query_routes_to_that_client_id(driver):
+    """AgentX's links: ?token=<client_id> picks the receiver, ahead of Host/path routing."""
+    import httpx
+
+    gateway = start_gateway(driver, GatewaySettings())
+    url = f"ws://127.0.0.1:{gateway.obj.ports.tunnel}/"
+    receivers = [
+        start_receiver(
+            driver, ReceiverSettings(client_id=name, gateway_urls=[url]), _named_app(name)
+        )
+        for name in ("alpha", "beta")
+    ]
+    try:
+        wait_until(lambda: len(gateway.obj.core.receivers) == 2)
+        base = f"http://127.0.0.1:{gateway.obj.ports.http}"
+        for _ in range(3):  # not load balancing by luck: every time
+            assert httpx.get(f"{base}/x?token=beta").text == "beta token=beta"
+            assert httpx.get(f"{base}/x?a=1&token=alpha").text == "alpha a=1&token=alpha"
+        # an unknown token: routed as if absent (either receiver answers)
+        assert httpx.get(f"{base}/x?token=nobody").status_code == 200
+    finally:
+        for r in receivers:
+            r.stop()
+        gateway.stop()
