@@ -20,7 +20,6 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from .contract import WakeKey
 from .meta import RequestHead, ResponseHead
 from .tunnel import EXTENSIONS_HEADER, TunnelSession
 
@@ -140,7 +139,7 @@ class PipeTunnel(Protocol):
 class PipeHost(Protocol):
     """What a pipe asks of its side's coordinator."""
 
-    def wake(self, key: WakeKey) -> None: ...
+    def wake(self, cid: int) -> None: ...
     def abort(self, cid: int) -> None: ...
 
 

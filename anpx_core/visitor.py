@@ -223,6 +223,7 @@ class _Local:
         pipe = self.pipe
         assert pipe is not None
         if isinstance(event, StreamHead):
+            assert isinstance(event.head, ResponseHead)  # the session accepts nothing else
             pipe.stream_head(event.head)
         elif isinstance(event, StreamData):
             pipe.stream_data(event.data, now)

@@ -101,7 +101,7 @@ class GatewayServer:
                 for kind, spec, socks in listeners:
                     for sock in socks:
                         if kind == "tcp":  # a [[gateway.tcp]] listener (anpx_trio/tcp.py)
-                            accepts.start_soon(accept_tcp, self.pump, spec, sock, nursery)
+                            accepts.start_soon(accept_tcp, self.pump, spec, sock, nursery)  # type: ignore[arg-type]
                         else:
                             accepts.start_soon(self._accept, nursery, kind, spec, sock)
         for _kind, _spec, socks in listeners:
