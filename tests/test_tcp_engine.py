@@ -306,3 +306,31 @@ def test_http_clients_cannot_open_tcp_streams(method) -> None:
     world.run(lambda: ex.finished)
     assert ex.status == 405
     assert world.services == []
+
+
+@settings(deadline=None, max_examples=5)
+@given(seed=st.integers(0, 2**32))
+def test_a_silent_tunnel_resets_every_stream_within_the_keepalive_window(seed) -> None:
+    """A tunnel that goes silent (no FIN, no RST: a dead peer or a cut cable) is found by
+    the WebSocket keepalive; every TCP stream on it is reset on both sides by then."""
+    from anpx_core.websocket import WsLimits
+
+    gs = gateway_settings(ws=WsLimits(ping_interval=5.0, ping_timeout=5.0))
+    gs.tcp.listeners = [TcpListen(0, "db", "127.0.0.1")]
+    rs = receiver_settings(tcp_services={"db": SERVICE})
+    rs.ws = WsLimits(ping_interval=5.0, ping_timeout=5.0, handshake_timeout=5.0)
+    world = TcpWorld(seed=seed, gateway=gs, receivers=[rs])
+    world.app = make_app(world)
+    world.wait_connected(1)
+    clients = [world.open_public(i, b"", hold=True) for i in range(3)]
+    world.run(lambda: len(world.services) == 3)
+    for gw, _rx in world.tunnels:  # the cable is cut: nothing more arrives either way
+        for pipe in (gw.end.inbox, gw.end.outbox):
+            pipe.capacity, pipe.size = 0, 0
+            pipe.chunks.clear()
+    cut = world.now
+    world.run(lambda: all(c.done for c in clients) and all(s.done for s in world.services),
+              max_time=60)  # fmt: skip
+    assert all(c.was_reset for c in clients)
+    assert all(s.was_reset or s.got_eof for s in world.services)
+    assert world.now - cut <= 5.0 + 5.0 + 1.0  # ping_interval + ping_timeout, and a step

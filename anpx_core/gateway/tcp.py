@@ -480,6 +480,9 @@ class VisitorLink:
         if service is None:
             session.cancel(vrid, "not a tcp open")
             return
+        if self.unit.core.draining:
+            session.cancel(vrid, "gateway shutting down")
+            return
         if len(self.relays) >= self.unit.core.settings.max_streams_per_receiver:
             session.cancel(vrid, "too many streams")
             return
