@@ -279,7 +279,8 @@ class TcpClientConn:
         self.unit.clients -= 1
         if self.pipe is not None:
             self.pipe.closed()
-            self._maybe_done()
+            if self.tunnel is not None:  # what the session still sends needs no owner
+                self.tunnel.streams.pop(self.pipe.rid, None)
 
     def resume(self, now: float) -> None:
         pass

@@ -98,6 +98,7 @@ class LocalConn:
         self._arm()
 
     def _forget(self) -> None:
+        self.kind.live.discard(self)
         self.kind.ctx.timers.set(self, None)
         if self.link.streams.get(self.rid) is self:
             del self.link.streams[self.rid]
@@ -109,6 +110,7 @@ class TcpStreams:
     def __init__(self, ctx: ReceiverContext) -> None:
         self.ctx = ctx
         self.opened = 0
+        self.live: set[LocalConn] = set()  # streams not yet over
 
     @property
     def services(self) -> dict[str, tuple[str, int]]:
@@ -116,7 +118,7 @@ class TcpStreams:
 
     @property
     def in_flight(self) -> int:
-        return sum(1 for c in self.ctx.conns.values() if isinstance(c, LocalConn))
+        return len(self.live)
 
     def claims(self, head: RequestHead) -> bool:
         return head.method == TCP_METHOD
@@ -143,6 +145,7 @@ class TcpStreams:
         conn = LocalConn(self, cid, link, rid, pipe, what)
         ctx.conns[cid] = conn
         link.streams[rid] = conn
+        self.live.add(conn)
         self.opened += 1
         ctx.connect(ConnectRequest(cid, target[0], target[1], False, "tcp"))
         conn._arm()
