@@ -135,14 +135,17 @@ class Peer(Task):
 
 
 class TcpWorld(World):
-    def __init__(self, *, service_down: bool = False, **kw) -> None:
+    def __init__(self, *, service_down: bool = False, service_hang: bool = False, **kw) -> None:
         self.services: list[Peer] = []
         self.service_down = service_down
+        self.service_hang = service_hang  # the connect never completes nor fails
         super().__init__(**kw)
 
     def _connect(self, core: ReceiverCore, request: ConnectRequest) -> None:
         if request.purpose != "tcp":
             super()._connect(core, request)
+            return
+        if self.service_hang:
             return
         if self.service_down:
             core.connect_failed(request.cid, self.now, "[Errno 111] Connection refused")
@@ -165,10 +168,10 @@ class TcpWorld(World):
         return Peer(self, theirs, payload, **kw)
 
 
-def tcp_world(seed: int, *, idle: float = 0.0, **kw) -> TcpWorld:
+def tcp_world(seed: int, *, idle: float = 0.0, open_timeout: float = 1000.0, **kw) -> TcpWorld:
     gs = gateway_settings()
     gs.tcp.listeners = [TcpListen(0, "db", "127.0.0.1")]
-    gs.tcp.limits = TcpSettings(idle_timeout=idle, open_timeout=1000.0)
+    gs.tcp.limits = TcpSettings(idle_timeout=idle, open_timeout=open_timeout)
     rs = receiver_settings(tcp_services={"db": SERVICE})
     rs.tcp = TcpSettings(idle_timeout=idle, open_timeout=1000.0)
     world = TcpWorld(seed=seed, gateway=gs, receivers=[rs], **kw)
@@ -334,3 +337,13 @@ def test_a_silent_tunnel_resets_every_stream_within_the_keepalive_window(seed) -
     assert all(c.was_reset for c in clients)
     assert all(s.was_reset or s.got_eof for s in world.services)
     assert world.now - cut <= 5.0 + 5.0 + 1.0  # ping_interval + ping_timeout, and a step
+
+
+def test_open_timeout_resets_an_unanswered_stream_at_its_edge() -> None:
+    world = tcp_world(11, open_timeout=12.0, service_hang=True)
+    client = world.open_public(0, b"hello", hold=True)
+    opened = world.now
+    world.run(lambda: client.done, max_time=60)
+    assert client.was_reset
+    assert 12.0 <= world.now - opened <= 12.5
+    world.run(lambda: world.gateway.in_flight == 0, max_time=5)
