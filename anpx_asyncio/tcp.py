@@ -25,10 +25,13 @@ class _Resetting:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.transport = self
         self._writer = writer
+        self.tasks: tuple[asyncio.Task[None], ...] = ()
 
     def abort(self) -> None:
         reset_on_close(self._writer.get_extra_info("socket"))
         self._writer.transport.abort()
+        for task in self.tasks:  # a reader parked on can_read would never wake otherwise
+            task.cancel()
 
 
 async def serve_tcp(
@@ -37,12 +40,17 @@ async def serve_tcp(
     """Pump a TCP stream's socket until both directions ended or the core resets it
     (see ``anpx_trio.tcp.serve_tcp``; call it with no ``sync()`` since ``cid`` was made)."""
     loop = asyncio.get_running_loop()
-    pump._writers[cid] = _Resetting(writer)  # type: ignore[assignment]
-    pump.sync()
+    resetting = _Resetting(writer)
     read_task = loop.create_task(pump._reader(cid, reader, READ_SIZE))
     write_task = loop.create_task(_writer(pump, cid, writer))
+    resetting.tasks = (read_task, write_task)
+    pump._writers[cid] = resetting  # type: ignore[assignment]
+    pump.sync()
     try:
-        await asyncio.gather(read_task, write_task)
+        await asyncio.wait((read_task, write_task))
+        for task in (read_task, write_task):
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
     except Exception as exc:  # the crash barrier: this connection only
         log.error("internal error on connection %d; closing it", cid, exc_info=exc)
         reset_on_close(writer.get_extra_info("socket"))

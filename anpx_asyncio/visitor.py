@@ -14,6 +14,7 @@ from typing import Any
 
 from anpx_core.receiver import ConnectRequest
 from anpx_core.visitor import VisitorCore, VisitorSettings
+from anpx_host.errors import StartupError
 from anpx_host.tls import describe_error
 from anpx_host.visitorcli import VisitorPlan, visitor_main
 
@@ -136,6 +137,8 @@ async def _run(plan: VisitorPlan) -> None:
     visitor = Visitor(plan.settings, tls=plan.tls)  # type: ignore[arg-type]
     if plan.listen is None:
         await visitor.run(stdio=True)
+        if visitor.core.last_error:  # ssh shows our stderr: say why there was nothing
+            raise StartupError(visitor.core.last_error)
         return
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(visitor.run(listen=plan.listen))

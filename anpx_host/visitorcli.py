@@ -104,9 +104,17 @@ def parse_visitor(argv: list[str], prog: str) -> VisitorPlan:
 
 def visitor_main(argv: list[str], prog: str, run: Callable[[VisitorPlan], None]) -> int:
     """Parse, then ``run(plan)`` on the driver's loop; 1 with one line when it fails."""
+    from .launch import first_error
+
     try:
         plan = parse_visitor(argv, prog)
-        run(plan)
+        try:
+            run(plan)
+        except BaseException as exc:  # a task's error arrives wrapped in an exception group
+            err = first_error(exc)
+            if isinstance(err, StartupError):
+                raise err from None
+            raise
     except StartupError as exc:
         print(f"{prog} connect: {exc}", file=sys.stderr)
         return EXIT_FAILURE

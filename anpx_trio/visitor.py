@@ -14,6 +14,7 @@ import trio
 
 from anpx_core.receiver import ConnectRequest
 from anpx_core.visitor import VisitorCore, VisitorSettings
+from anpx_host.errors import StartupError
 from anpx_host.tls import describe_error
 from anpx_host.visitorcli import VisitorPlan, visitor_main
 
@@ -135,6 +136,8 @@ async def _run(plan: VisitorPlan) -> None:
     async with trio.open_nursery() as nursery:
         if plan.listen is None:
             await visitor.run(stdio=True)
+            if visitor.core.last_error:  # ssh shows our stderr: say why there was nothing
+                raise StartupError(visitor.core.last_error)
         else:
             await nursery.start(lambda task_status: visitor.run(listen=plan.listen,
                                                                 task_status=task_status))  # fmt: skip

@@ -16,7 +16,7 @@ from anpx_core.receiver import ReceiverSettings
 from anpx_core.visitor import VisitorSettings
 
 from .deploy import PAIRINGS, start_gateway, start_receiver, start_visitor, wait_until
-from .tcp_helpers import EchoServer, closed_promptly, exchange
+from .tcp_helpers import EchoServer, closed_promptly, exchange, free_port
 
 RECEIVER_SECRET = b"receiver secret"
 VISITOR_SECRET = b"visitor secret"
@@ -121,5 +121,15 @@ def test_visitor_stdio_command(driver, echo):
         )
         assert proc.stdout == b"over stdiobye", proc.stderr.decode()
         assert proc.returncode == 0
+        refused = subprocess.run(
+            [sys.executable, "-m", f"anpx_{driver}", "connect", "nothing-here", "--stdio",
+             "--gateway-url", f"ws://127.0.0.1:{free_port()}/"],
+            input=b"x", capture_output=True, timeout=30,
+            env={**os.environ, "PYTHONPATH": os.getcwd()},
+        )  # fmt: skip
+        assert refused.returncode == 1
+        last = refused.stderr.decode().strip().splitlines()[-1]  # the last line says why
+        assert last.startswith(f"python -m anpx_{driver} connect: cannot connect to the gateway")
+        assert refused.stdout == b""
     finally:
         w.close()
