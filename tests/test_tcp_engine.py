@@ -347,3 +347,19 @@ def test_open_timeout_resets_an_unanswered_stream_at_its_edge() -> None:
     assert client.was_reset
     assert 12.0 <= world.now - opened <= 12.5
     world.run(lambda: world.gateway.in_flight == 0, max_time=5)
+
+
+@settings(deadline=None, max_examples=5)
+@given(seed=st.integers(0, 2**32))
+def test_a_reconnected_receiver_offers_its_services_again(seed) -> None:
+    """No lost listener: after the tunnel is cut the receiver reconnects by itself and the
+    public port reaches its service again, without a restart."""
+    world = tcp_world(seed)
+    first = world.open_public(0, b"before")
+    world.run(lambda: first.done)
+    world.drop_tunnel()
+    world.run(lambda: not world.gateway.receivers, max_time=30)
+    world.run(lambda: any(r["services"] == ["db"] for r in world.gateway.receivers), max_time=60)
+    again = world.open_public(1, b"after")
+    world.run(lambda: again.done)
+    assert bytes(again.received) == b"after" + BYE
