@@ -363,3 +363,23 @@ def test_a_reconnected_receiver_offers_its_services_again(seed) -> None:
     again = world.open_public(1, b"after")
     world.run(lambda: again.done)
     assert bytes(again.received) == b"after" + BYE
+
+
+def test_connections_per_address_are_capped_at_the_edge() -> None:
+    """max_connections_per_address applies to public TCP ports as to HTTP: one address
+    cannot take every connection; the cap frees up as its connections close."""
+    world = tcp_world(13)
+    world.gateway.settings.max_connections_per_address = 2
+    held = [world.open_public(0, b"", hold=True) for _ in range(2)]  # the same address
+    world.run(lambda: len(world.services) == 2)
+    third = world.open_public(0, b"x")
+    world.run(lambda: third.done, max_time=1)
+    assert third.was_reset and world.gateway.tcp.by_address == {"198.51.100.1": 2}
+    other = world.open_public(1, b"other")  # another address is not affected
+    world.run(lambda: other.done)
+    assert bytes(other.received) == b"other" + BYE
+    held[0].end.close()  # one closes: room for one more
+    world.run(lambda: world.gateway.tcp.by_address.get("198.51.100.1") == 1, max_time=10)
+    again = world.open_public(0, b"again")
+    world.run(lambda: again.done)
+    assert bytes(again.received) == b"again" + BYE

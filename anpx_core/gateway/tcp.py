@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..auth import ServerAuth
 from ..endpoint import EndpointEvent
 from ..meta import RequestHead, ResponseHead
+from ..ratelimit import address_key
 from ..tcp import (
     TCP_EXTENSION,
     TcpPipe,
@@ -97,6 +98,7 @@ class GatewayTcp:
     def __init__(self, core: GatewayCore) -> None:
         self.core = core
         self.clients = 0  # public TCP connections open
+        self.by_address: dict[str, int] = {}  # open public connections per address key
 
     @property
     def settings(self) -> GatewayTcpSettings:
@@ -164,6 +166,17 @@ class GatewayTcp:
         peer = f"{client[0]}:{client[1]}" if client else "-"
         conn = TcpClientConn(self, cid, peer, listen.service)
         self.clients += 1
+        if client is not None:
+            conn.key = address_key(client[0])
+            self.by_address[conn.key] = self.by_address.get(conn.key, 0) + 1
+        per_address = self.core.settings.max_connections_per_address
+        if per_address and conn.key is not None and self.by_address[conn.key] > per_address:
+            log.warning(
+                "tcp %s: connection from %s refused: more than %d from that address",
+                listen.service, peer, per_address,
+            )  # fmt: skip
+            self.core.abort(cid)
+            return conn
         if client is None or not allowed(client[0], listen.allow):
             log.warning(
                 "tcp %s: connection from %s refused: not in the allow-list", listen.service, peer
@@ -244,7 +257,7 @@ class GatewayTcp:
 class TcpClientConn:
     """A public TCP connection (a gateway :class:`Connection` and a ``StreamOwner``)."""
 
-    __slots__ = ("cid", "pipe", "service", "tunnel", "unit", "who")
+    __slots__ = ("cid", "key", "pipe", "service", "tunnel", "unit", "who")
 
     def __init__(self, unit: GatewayTcp, cid: int, who: str, service: str) -> None:
         self.unit = unit
@@ -253,6 +266,7 @@ class TcpClientConn:
         self.service = service
         self.tunnel: TunnelConn | None = None
         self.pipe: TcpPipe | None = None
+        self.key: str | None = None  # the address counted against max_connections_per_address
 
     # --- the coordinator's calls -----------------------------------------------------------
 
@@ -277,6 +291,13 @@ class TcpClientConn:
 
     def closed(self, now: float) -> None:
         self.unit.clients -= 1
+        if self.key is not None:
+            left = self.unit.by_address.get(self.key, 1) - 1
+            if left > 0:
+                self.unit.by_address[self.key] = left
+            else:
+                self.unit.by_address.pop(self.key, None)
+            self.key = None
         if self.pipe is not None:
             self.pipe.closed()
             if self.tunnel is not None:  # what the session still sends needs no owner
