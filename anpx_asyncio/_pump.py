@@ -11,12 +11,13 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Coroutine
 from typing import Any
 
 from anpx_core.contract import DriverCore, Signal
-from anpx_host.keys import HostKey, Key
+from anpx_host.keys import HostKey
 from anpx_host.tls import describe_error
+from anpx_host.wakers import Wakers
 
 log = logging.getLogger("anpx.asyncio")
 
@@ -24,36 +25,6 @@ READ_SIZE = 64 * 1024
 TUNNEL_READ_SIZE = 256 * 1024  # tunnels carry bulk: fewer, larger reads
 ERROR_BACKOFF = 0.1  # after a timer failed: its deadline may still be due
 STREAM_ERRORS = (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError)
-
-
-class Wakers:
-    """Wake-ups by key. asyncio never switches tasks between a check and
-    ``await wait()``, so a wake-up cannot be lost between the two."""
-
-    def __init__(self) -> None:
-        self._events: dict[Key, asyncio.Event] = {}
-
-    async def wait(self, key: Key) -> None:
-        event = self._events.get(key)
-        if event is None:
-            event = self._events[key] = asyncio.Event()
-        await event.wait()
-
-    def fire(self, keys: Iterable[Key]) -> None:
-        for key in keys:
-            event = self._events.pop(key, None)
-            if event is not None:
-                event.set()
-
-    async def until(self, condition: Callable[[], bool], key: Key) -> None:
-        """Return once ``condition()`` holds, re-checking it at each wake-up of ``key``."""
-        while not condition():
-            await self.wait(key)
-
-    async def until_within(self, condition: Callable[[], bool], key: Key, timeout: float) -> None:
-        """:meth:`until`, giving up silently after ``timeout`` seconds."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.until(condition, key), timeout)
 
 
 class TaskSet:
@@ -92,7 +63,7 @@ class Pump:
 
     def __init__(self, core: DriverCore) -> None:
         self.core = core
-        self.wakers = Wakers()
+        self.wakers = Wakers(asyncio.Event)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writers: dict[int, asyncio.StreamWriter] = {}  # connections being served
 

@@ -8,28 +8,30 @@ import logging
 import sys
 import time
 
-from anpx_core.contract import Signal
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
+
 from anpx_core.gateway import GatewayCore, GatewaySettings
 from anpx_host.config import GatewayConfig
-from anpx_host.keys import HostKey
+from anpx_host.didserve import serve_documents
+from anpx_host.drain import drain
 from anpx_host.launch import BoundPorts, Listen, bind_failure, gateway_embedding
 from anpx_host.tls import gateway_listens
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump, TaskSet
-from .did import serve_documents
 from .tcp import bind_tcp
 
 log = logging.getLogger("anpx.gateway")
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
-CLOSE_GRACE = 1.0  # seconds the tunnels get to complete their closing handshake
 _START_TLS = sys.version_info >= (3, 11)  # StreamWriter.start_tls
 # asyncio's default backlog (100) overflows under connection bursts; the kernel caps this one
 LISTEN_BACKLOG = 4096
 
 
 class GatewayServer:
-    """Run with ``await server.run()`` (e.g. as a task); ``await server.started`` gives the
+    """Run with ``await server.run()`` (e.g. as a task) or ``await task_group.start(server.run)``
+    (anyio); ``await server.started`` or the ``start`` gives the
     :class:`BoundPorts` once every listener is bound (port 0 picks a free port).
     :meth:`shutdown` drains: no new requests, in-flight ones finish within ``grace``
     seconds, tunnels close with 1001. Cancelling ``run()`` stops at once."""
@@ -62,7 +64,7 @@ class GatewayServer:
             self._started = asyncio.get_running_loop().create_future()
         return self._started
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: TaskStatus[BoundPorts] = TASK_STATUS_IGNORED) -> None:
         self._stopped = asyncio.Event()
         self.core.set_wall_clock(self.pump.now(), time.time())
         bound: dict[str, int | None] = {"admin": None}
@@ -107,6 +109,7 @@ class GatewayServer:
                 self._tasks.spawn(serve_documents(self.core, self.pump, documents))
             if not self.started.done():
                 self.started.set_result(self.ports)
+            task_status.started(self.ports)
             await self._stopped.wait()
         finally:
             for server in self._servers:
@@ -135,14 +138,8 @@ class GatewayServer:
                 )
                 writer.close()
                 return
-        now = self.pump.now()
         try:
-            if kind == "http":
-                cid = self.core.open_client(now, peer, local, "https" if spec.tls else "http")
-            elif kind == "tunnel":
-                cid = self.core.open_tunnel(now, peer)
-            else:
-                cid = self.core.open_admin(now, peer, local)
+            cid = self.core.open(kind, self.pump.now(), peer, local, spec.tls is not None)
             self.pump.sync()
         except Exception:  # the crash barrier: this connection only
             log.exception("internal error accepting a %s connection from %s:%s", kind, *peer)
@@ -163,14 +160,11 @@ class GatewayServer:
     async def shutdown(self, grace: float = 10.0) -> None:
         """Drain and stop: the SIGTERM path."""
         log.info("draining: %d requests in flight, grace %.0fs", self.core.in_flight, grace)
-        core, wakers = self.core, self.pump.wakers
-        core.begin_drain()
-        self.pump.sync()
         for server in self._servers:
             server.close()
-        await wakers.until_within(lambda: core.in_flight == 0, Signal.DRAINED, grace)
-        core.close_tunnels()
-        self.pump.sync()
-        await wakers.until_within(lambda: not core.receivers, HostKey.CLOSED, CLOSE_GRACE)
+        core = self.core
+        await drain(
+            core, self.pump, grace, close=core.close_tunnels, closed=lambda: not core.receivers
+        )
         if self._stopped is not None:
             self._stopped.set()

@@ -26,8 +26,8 @@ from anpx_host.appcalls import (
     serve_lifespan,
 )
 from anpx_host.config import ReceiverConfig
+from anpx_host.drain import drain
 from anpx_host.errors import StartupError
-from anpx_host.keys import HostKey
 from anpx_host.launch import receiver_embedding
 from anpx_host.tcpapp import tcp_only_app
 from anpx_host.tls import make_context
@@ -39,7 +39,6 @@ from .tcp import serve_tcp, tune_writer
 log = logging.getLogger("anpx.receiver")
 
 CONNECT_TIMEOUT = 10.0
-CLOSE_GRACE = 1.0  # seconds the tunnels get to complete their closing handshake
 
 
 class _Threads:
@@ -117,7 +116,7 @@ class ReceiverClient:
             tasks.spawn(serve_http_call(self.app, self.core, call_id, scope, self.pump))
         if self.core.heads_pending:
             self.pump.wakers.fire({HEADS_DUE})
-        if self.core.connected_links and not self.ready.is_set():
+        if not self.ready.is_set() and self.core.connected_links:
             self.ready.set()
 
     async def run(self) -> None:
@@ -191,13 +190,10 @@ class ReceiverClient:
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Ask the gateways for no new requests, let in-flight ones finish, close."""
-        core, wakers = self.core, self.pump.wakers
-        core.begin_drain()
-        self.pump.sync()
-        await wakers.until_within(lambda: core.in_flight == 0, Signal.DRAINED, grace)
-        core.close()
-        self.pump.sync()
-        await wakers.until_within(lambda: core.connected_links == 0, HostKey.CLOSED, CLOSE_GRACE)
+        core = self.core
+        await drain(
+            core, self.pump, grace, close=core.close, closed=lambda: core.connected_links == 0
+        )
         if self._stopped is not None:
             self._stopped.set()
 

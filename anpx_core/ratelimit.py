@@ -23,6 +23,7 @@ for every request.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections import OrderedDict
@@ -117,6 +118,7 @@ def retry_after(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
+@functools.lru_cache(maxsize=4096)  # parsed once per client, not per request; bounded
 def address_key(host: str) -> str:
     """The bucket key of a client address: IPv4 as is (also when IPv4-mapped IPv6),
     IPv6 as its /64 network; anything unparsable (a Unix socket path, "-") unchanged."""

@@ -53,7 +53,10 @@ class Stats:
         route = self._label(route)
         key = (route, status)
         self.responses[key] = self.responses.get(key, 0) + 1
-        self.durations.setdefault(route, _Histogram()).observe(seconds)
+        histogram = self.durations.get(route)
+        if histogram is None:  # not setdefault: that would build a histogram per request
+            histogram = self.durations[route] = _Histogram()
+        histogram.observe(seconds)
         self.recent.append(seconds)
 
     def tunnel_opened(self, identity: str) -> None:

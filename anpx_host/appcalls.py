@@ -10,13 +10,13 @@ call's wake-ups) and ``now()``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 from anpx_core.asgi import LifespanCycle
 from anpx_core.receiver import ReceiverCore
 
-from .keys import HostKey, Key
+from .keys import HostKey
+from .wakers import Wakers
 
 log = logging.getLogger("anpx.receiver")
 
@@ -25,12 +25,6 @@ AsgiMessage = dict[str, Any]  # an ASGI event or scope
 LIFESPAN_QUEUED = HostKey.LIFESPAN_QUEUED
 LIFESPAN_CHANGED = HostKey.LIFESPAN_CHANGED
 HEADS_DUE = HostKey.HEADS_DUE
-
-
-class Wakers(Protocol):
-    async def wait(self, key: Key) -> None: ...
-
-    def fire(self, keys: Iterable[Key]) -> None: ...
 
 
 class Pump(Protocol):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from .config import APP_INTERFACES, LOG_LEVELS, MODES, Config, ConfigError, load_config
+from .config import APP_INTERFACES, LOG_LEVELS, LOOPS, MODES, Config, ConfigError, load_config
 
 __all__ = ["OPTIONS", "build_parser", "parse_command_line", "parse_or_exit"]
 
@@ -145,6 +145,12 @@ OPTIONS: tuple[Option, ...] = (
         key="debug",
         help="debug mode: log at DEBUG level whatever the log level says",
         action="store_true",
+    ),
+    _opt(
+        "--loop",
+        key="loop",
+        help="the asyncio driver's event loop (uvloop: pip install 'anpx[uvloop]')",
+        choices=LOOPS,
     ),
 )
 

@@ -570,10 +570,15 @@ class CommandConfig(_Section):
     audit_log: str | None = _opt(None, "path")  # also a file of its own (else the log only)
 
 
+#: Event loops the asyncio driver can run on (the trio driver runs on trio).
+LOOPS = ("asyncio", "uvloop")
+
+
 @dataclass(frozen=True, slots=True)
 class Config(_Section):
     mode: str = _opt("gateway", "choice", choices=MODES)
     debug: bool = _opt(False, "bool")
+    loop: str = _opt("asyncio", "choice", choices=LOOPS)  # the asyncio driver's event loop
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata=_SECTION)
     gateway: GatewayConfig = field(default_factory=GatewayConfig, metadata=_SECTION)
     receiver: ReceiverConfig = field(default_factory=ReceiverConfig, metadata=_SECTION)

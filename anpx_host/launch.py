@@ -9,6 +9,7 @@ plaintext gateway) are made here, so both drivers refuse alike.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 from collections.abc import Callable
@@ -109,6 +110,7 @@ class Plan:
     gateway: GatewayPlan | None = None
     receiver: ReceiverPlan | None = None
     warnings: list[str] = field(default_factory=list)
+    loop: str = "asyncio"  # the asyncio driver's event loop ("asyncio" or "uvloop")
 
 
 def is_loopback(host: str) -> bool:
@@ -121,7 +123,9 @@ def is_loopback(host: str) -> bool:
 
 
 def make_plan(mode: str, cfg: Config) -> Plan:
-    plan = Plan(mode)
+    plan = Plan(mode, loop=cfg.loop)
+    if cfg.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError("uvloop is not installed (pip install 'anpx[uvloop]')", path="loop")
     plan.warnings.extend(f"config key {key} has no effect in anpx" for key in cfg.ignored)
     if mode in ("gateway", "both"):
         plan.gateway = _gateway_plan(cfg, plan.warnings)

@@ -12,13 +12,13 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Callable, Iterable
 
 import trio
 
 from anpx_core.contract import DriverCore, Signal
-from anpx_host.keys import HostKey, Key
+from anpx_host.keys import HostKey
 from anpx_host.tls import describe_error
+from anpx_host.wakers import Wakers
 
 log = logging.getLogger("anpx.trio")
 
@@ -28,40 +28,12 @@ ERROR_BACKOFF = 0.1  # after a timer failed: its deadline may still be due
 STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 
 
-class Wakers:
-    """Wake-ups by key: a task waits on a key, the core names keys whose state changed.
-
-    trio never switches tasks between a check and ``await wait()``, so a wake-up
-    cannot be lost between the two.
-    """
-
-    def __init__(self) -> None:
-        self._events: dict[Key, trio.Event] = {}
-
-    async def wait(self, key: Key) -> None:
-        event = self._events.get(key)
-        if event is None:
-            event = self._events[key] = trio.Event()
-        await event.wait()
-
-    def fire(self, keys: Iterable[Key]) -> None:
-        for key in keys:
-            event = self._events.pop(key, None)
-            if event is not None:
-                event.set()
-
-    async def until(self, condition: Callable[[], bool], key: Key) -> None:
-        """Return once ``condition()`` holds, re-checking it at each wake-up of ``key``."""
-        while not condition():
-            await self.wait(key)
-
-
 class Pump:
     """Shared by the gateway and receiver drivers: one core, its wake-ups, its clock."""
 
     def __init__(self, core: DriverCore) -> None:
         self.core = core
-        self.wakers = Wakers()
+        self.wakers = Wakers(trio.Event)
         self._scopes: dict[int, trio.CancelScope] = {}  # connections being served
 
     @staticmethod

@@ -7,22 +7,20 @@ import time
 
 import trio
 
-from anpx_core.contract import Signal
 from anpx_core.gateway import GatewayCore, GatewaySettings
 from anpx_host.config import GatewayConfig
-from anpx_host.keys import HostKey
+from anpx_host.didserve import serve_documents
+from anpx_host.drain import drain
 from anpx_host.launch import BoundPorts, Listen, bind_failure, gateway_embedding
 from anpx_host.tls import gateway_listens
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump
-from .did import serve_documents
 from .tcp import accept_tcp, bind_tcp
 
 log = logging.getLogger("anpx.gateway")
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
 _Listeners = tuple[str, Listen, list[trio.SocketListener]]  # kind, spec, bound sockets
-CLOSE_GRACE = 1.0  # seconds the tunnels get to complete their closing handshake
 
 
 class GatewayServer:
@@ -145,14 +143,8 @@ class GatewayServer:
                 await stream.aclose()
                 return
             conn = tls_stream
-        now = self.pump.now()
         try:
-            if kind == "http":
-                cid = self.core.open_client(now, peer, local, "https" if spec.tls else "http")
-            elif kind == "tunnel":
-                cid = self.core.open_tunnel(now, peer)
-            else:
-                cid = self.core.open_admin(now, peer, local)
+            cid = self.core.open(kind, self.pump.now(), peer, local, spec.tls is not None)
             self.pump.sync()
         except Exception:  # the crash barrier: this connection only
             log.exception("internal error accepting a %s connection from %s:%s", kind, *peer)
@@ -163,15 +155,10 @@ class GatewayServer:
     async def shutdown(self, grace: float = 10.0) -> None:
         """Drain and stop: the SIGTERM path."""
         log.info("draining: %d requests in flight, grace %.0fs", self.core.in_flight, grace)
-        core, wakers = self.core, self.pump.wakers
-        core.begin_drain()
-        self.pump.sync()
         if self._listeners is not None:
             self._listeners.cancel()
-        with trio.move_on_after(grace):
-            await wakers.until(lambda: core.in_flight == 0, Signal.DRAINED)
-        core.close_tunnels()
-        self.pump.sync()
-        with trio.move_on_after(CLOSE_GRACE):
-            await wakers.until(lambda: not core.receivers, HostKey.CLOSED)
+        core = self.core
+        await drain(
+            core, self.pump, grace, close=core.close_tunnels, closed=lambda: not core.receivers
+        )
         self._stopped.set()

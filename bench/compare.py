@@ -11,6 +11,7 @@ and measured in turn within each round:
 * ``trio/trio`` ... ``asyncio/asyncio``: an anpx gateway and receiver (gateway driver first);
 * ``<pairing> py-mask``: the same with WebSocket masking in pure Python, as before
   ``anpx_core.wsmask`` (bulk transfers only: what the C masking gains, in the same run);
+* ``asyncio/asyncio uvloop``: that pairing with ``loop = "uvloop"`` (when uvloop is installed);
 * ``reference``: anp-proxy at 62776d6 (``reference.py``), gateway and receiver.
 
 Each round runs: small GETs with wrk at each concurrency (req/s, p50, p99, CPU µs per
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import statistics
 import sys
@@ -58,6 +60,7 @@ MiB = 1024 * 1024
 PAIRINGS = [f"{g}/{r}" for g in DRIVERS for r in DRIVERS]
 DIRECT = {"uvicorn h11": ("h11", "asyncio"), "uvicorn httptools+uvloop": ("httptools", "uvloop")}
 PY_MASK = " py-mask"
+UVLOOP = " uvloop"  # the asyncio driver with `loop = "uvloop"` (the uvloop extra)
 WITHOUT_SPEEDUPS = str(Path(__file__).resolve().with_name("without_speedups.py"))
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -66,8 +69,12 @@ def anpx_keys(bulk_bytes: int) -> dict[str, Any]:
     # 200 slow requests exceed the default max_streams_per_receiver (100, answered 503 by
     # design); 64 MiB bodies fit the default max_body_bytes, a slow pairing's transfer
     # must not meet the default 30 s timeout.
+    # Every load comes from one address (127.0.0.1): the per-address caps (20 streams, 64
+    # connections by default) would answer the excess 429 / 503 by design.
     return {
         "max_streams_per_receiver": 1024,
+        "max_streams_per_address": 0,
+        "max_connections_per_address": 0,
         "max_body_bytes": max(bulk_bytes + MiB, 100 * MiB),
         "timeout": 300.0,
     }
@@ -80,12 +87,13 @@ def start(name: str, logdir: Path, bulk_bytes: int) -> Target:
     elif name == "reference":
         target = reference.start_reference(logdir)
     else:
-        pairing = name.removesuffix(PY_MASK)
+        pairing = name.removesuffix(PY_MASK).removesuffix(UVLOOP)
         wrap = [WITHOUT_SPEEDUPS] if name.endswith(PY_MASK) else []
         gateway, receiver = pairing.split("/")
         keys = anpx_keys(bulk_bytes)
         wraps = {"gateway": wrap, "receiver": wrap}
-        target = start_tunnel(gateway, receiver, logdir, gateway_keys=keys, wrap=wraps)
+        loop = "uvloop" if name.endswith(UVLOOP) else None
+        target = start_tunnel(gateway, receiver, logdir, gateway_keys=keys, wrap=wraps, loop=loop)
     target.name = name
     return target
 
@@ -215,7 +223,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for old in logdir.iterdir():
         old.unlink()
     main_targets = [*DIRECT, *PAIRINGS] + ([] if args.no_reference else ["reference"])
+    if importlib.util.find_spec("uvloop") is not None:
+        main_targets.append("asyncio/asyncio" + UVLOOP)
     bulk_targets = [*main_targets, *(p + PY_MASK for p in PAIRINGS)]
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",")]
+        main_targets = [n for n in main_targets if n in wanted]
+        bulk_targets = [n for n in bulk_targets if n in wanted]
     raw: dict[str, Any] = {"small": {}, "bulk": {}, "sse": {}, "slow": {}, "loadavg": []}
     raw["recovered"], raw["restarted"] = [], []
     targets: dict[str, Target] = {}
@@ -280,6 +294,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sse", type=int, default=20, help="SSE samples per target per round")
     p.add_argument("--slow", type=int, default=200, help="slow requests in flight at once")
     p.add_argument("--no-reference", action="store_true")
+    p.add_argument(
+        "--only",
+        default="",
+        help='comma-separated target names, e.g. "uvicorn h11,asyncio/asyncio,asyncio/asyncio uvloop"',
+    )
     p.add_argument("--no-docs", action="store_true", help="leave docs/performance.md alone")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -302,7 +321,16 @@ def main(argv: list[str] | None = None) -> int:
     machine["uvicorn"] = machine["uvicorn"].split(" ")[0]
     settings = {
         k: getattr(args, k)
-        for k in ("rounds", "duration", "concurrency", "bulk_mib", "sse", "slow", "no_reference")
+        for k in (
+            "rounds",
+            "duration",
+            "concurrency",
+            "bulk_mib",
+            "sse",
+            "slow",
+            "no_reference",
+            "only",
+        )
     }
     started = time.monotonic()
     try:

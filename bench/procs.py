@@ -229,9 +229,12 @@ def _toml_value(value: Any) -> str:
     return repr(value)
 
 
-def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
-    lines = []
+def write_config(path: Path, sections: dict[str, Any]) -> Path:
+    """A TOML file: top-level keys (plain values) first, then one table per dict."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in sections.items() if not isinstance(v, dict)]
     for name, keys in sections.items():
+        if not isinstance(keys, dict):
+            continue
         lines.append(f"[{name}]")
         lines.extend(f"{key} = {_toml_value(value)}" for key, value in keys.items())
         lines.append("")
@@ -266,6 +269,7 @@ def start_tunnel(
     receiver_keys: dict[str, Any] | None = None,
     access_log: bool = False,
     wrap: dict[str, list[str]] | None = None,
+    loop: str | None = None,
 ) -> Target:
     """``python -m anpx_<gateway> gateway`` and ``python -m anpx_<receiver> receiver``
     serving the app in-process, tied together on free ports. ``wrap`` puts interpreter
@@ -286,6 +290,7 @@ def start_tunnel(
                 **(gateway_keys or {}),
             },
             "receiver": {"shutdown_grace": 0.0, **(receiver_keys or {})},
+            **({"loop": loop} if loop else {}),
         },
     )
     target = Target(name)

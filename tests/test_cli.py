@@ -342,3 +342,25 @@ def test_sigterm_drain_completes_an_in_flight_request(driver, tmp_path):
         assert proc.stop() == 0
         client.join(20)
         assert result["r"].status_code == 200 and result["r"].text == "finished"
+
+
+def test_asyncio_driver_on_uvloop_serves_and_drains():
+    pytest.importorskip("uvloop", reason="the uvloop extra is not installed")
+    ports, args = ports_args()
+    with running("anpx_asyncio", "both", "--loop", "uvloop", *args) as proc:
+        proc.wait_for("tunnel to")
+        r = httpx.get(f"http://127.0.0.1:{ports['http']}/echo?x=1")
+        assert r.status_code == 200 and r.json()["query_string"] == "x=1"
+        assert proc.stop() == 0
+    assert "Traceback" not in proc.output
+
+
+def test_unknown_loop_is_a_config_error_naming_the_key():
+    proc = subprocess.run(
+        [sys.executable, "-m", "anpx_asyncio", "both", "--loop", "tokio"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "--loop" in proc.stderr and "tokio" in proc.stderr

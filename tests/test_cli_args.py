@@ -79,6 +79,7 @@ CASES = [
     (["--route", "api.example.com/", "--route", "/v2"], lambda c: c.receiver.routes, ("api.example.com/", "/v2")),
     (["--log-level", "warning"], lambda c: c.logging.level, "WARNING"),
     (["--debug"], lambda c: c.debug, True),
+    (["--loop", "uvloop"], lambda c: c.loop, "uvloop"),
     (["--command-mode", "--command-root", "/srv/code"], lambda c: c.command.enabled, True),
     (["--command-root", "/a", "--command-root", "/b"], lambda c: c.command.roots, ("/a", "/b")),
     (["--enable-mcp"], lambda c: c.command.enable_mcp, True),

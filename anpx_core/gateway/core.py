@@ -205,6 +205,23 @@ class GatewayCore(CrashBarrier):
         front = HttpFront(self.settings.front, now, client=client, server=server)
         return self._add(AdminConn(self, self._new_id(), front))
 
+    def open(
+        self,
+        kind: str,
+        now: float,
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
+        tls: bool = False,
+    ) -> int:
+        """A connection accepted on a listener of ``kind`` ("http", "tunnel" or "admin")."""
+        if kind == "http":
+            return self.open_client(now, client, server, "https" if tls else "http")
+        if kind == "tunnel":
+            return self.open_tunnel(now, client)
+        if kind == "admin":
+            return self.open_admin(now, client, server)
+        raise ValueError(f"no listener kind {kind!r}")
+
     # --- driver contract -------------------------------------------------------------------
 
     def receive(self, cid: int, data: bytes, now: float) -> None:
