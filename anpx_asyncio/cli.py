@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 from anpx_host.launch import Plan, run_cli
@@ -10,11 +11,15 @@ from anpx_host.runplan import run_plan
 
 from .gateway import GatewayServer
 from .receiver import ReceiverClient
+from .visitor import connect_main
 
 PROG = "python -m anpx_asyncio"
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["connect"]:  # the visitor (anpx_asyncio/visitor.py)
+        return connect_main(args[1:], PROG)
     return run_cli(argv, PROG, _execute)
 
 

@@ -19,6 +19,7 @@ from anpx_host.launch import BoundPorts, Listen, bind_failure, gateway_embedding
 from anpx_host.tls import gateway_listens
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump, TaskSet
+from .tcp import bind_tcp
 
 log = logging.getLogger("anpx.gateway")
 
@@ -51,6 +52,7 @@ class GatewayServer:
         self.tunnel = tunnel or planned[1]
         self.admin = admin or planned[2]
         self.ports: BoundPorts | None = None
+        self.tcp_ports: list[int] = []  # [[gateway.tcp]] listeners, in order, once bound
         self._servers: list[asyncio.Server] = []
         self._tasks = TaskSet()
         self._stopped: asyncio.Event | None = None
@@ -89,6 +91,9 @@ class GatewayServer:
                     raise bind_failure(spec.host, spec.port, exc) from None
                 self._servers.append(server)
                 bound[name] = server.sockets[0].getsockname()[1]
+            for _listen, server in await bind_tcp(self.pump, self.core):  # anpx_asyncio/tcp.py
+                self._servers.append(server)
+                self.tcp_ports.append(server.sockets[0].getsockname()[1])
             self.ports = BoundPorts(bound["http"], bound["tunnel"], bound["admin"])  # type: ignore[arg-type]
             log.info(
                 "gateway listening: %s://%s:%d/ (tunnel %s://%s:%d)",

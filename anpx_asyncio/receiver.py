@@ -29,10 +29,12 @@ from anpx_host.config import ReceiverConfig
 from anpx_host.drain import drain
 from anpx_host.errors import StartupError
 from anpx_host.launch import receiver_embedding
+from anpx_host.tcpapp import tcp_only_app
 from anpx_host.tls import make_context
 from anpx_host.wsgi import WsgiApp
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump, TaskSet
+from .tcp import serve_tcp, tune_writer
 
 log = logging.getLogger("anpx.receiver")
 
@@ -82,6 +84,8 @@ class ReceiverClient:
         run_lifespan: bool = True,
     ) -> None:
         self.settings, policy = receiver_embedding(settings or ReceiverSettings())
+        if app is None and self.settings.forward is None and self.settings.tcp_services:
+            app = tcp_only_app  # TCP services only: HTTP requests get 404
         if app is None and self.settings.forward is None:
             raise ValueError("give an ASGI app, or a local_url / settings.forward to forward to")
         self.app = app
@@ -174,6 +178,11 @@ class ReceiverClient:
             log.exception("internal error connecting to %s:%d", request.host, request.port)
             self.core.connect_failed(request.cid, self.pump.now(), "internal error")
             self.pump.sync()
+            return
+        if request.purpose == "tcp":  # a local TCP service (anpx_asyncio/tcp.py)
+            tune_writer(writer, self.settings.tcp.keepalive)
+            self.core.connected(request.cid, self.pump.now())
+            await serve_tcp(self.pump, request.cid, reader, writer)
             return
         self.core.connected(request.cid, self.pump.now())
         self.pump.sync()

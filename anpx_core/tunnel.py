@@ -202,6 +202,11 @@ class TunnelSession:
     def has_stream(self, request_id: str) -> bool:
         return request_id in self._streams
 
+    def unsent(self, request_id: str) -> int:
+        """Body bytes of this stream waiting for credit (0 for a finished stream)."""
+        stream = self._streams.get(request_id)
+        return 0 if stream is None else stream.blocked_bytes
+
     def _new_stream(self, request_id: str) -> _Stream:
         stream = _Stream(send_credit=self.peer_window, recv_outstanding=self.local_window)
         self._streams[request_id] = stream

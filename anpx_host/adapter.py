@@ -7,6 +7,8 @@ One JSON object per line in, one per line out, bytes as lowercase hex::
     {"op":"encode_message","message":M,"max_frame_size":n} -> {"wire":["<hex>",...]}
     {"op":"decode_message","wire":["<hex>",...]}     -> {"message":M}
     {"op":"parse_tunnel_ports","value":"8765, 8766","limit":n} -> {"ports":[8765,8766]}
+    {"op":"tcp_handshake","headers":[[n,v],...]}      -> {"tcp":b,"visitor":b,"services":[...]}
+    {"op":"tcp_service","message":M}                 -> {"service":s-or-null}
 
 A ProtocolError answers ``{"error": "<code>"}``; a request the adapter cannot
 understand answers ``{"error": "bad_request", "detail": "..."}``.
@@ -30,8 +32,10 @@ from anpx_core.messages import (
     decode_message,
     encode_message,
 )
+from anpx_core.meta import RequestHead
 from anpx_core.siblings import parse_tunnel_ports
 from anpx_core.strict import StrictError
+from anpx_core.tcp import has_tcp, is_visitor, parse_services, service_of
 from anpx_core.tunnel import parse_extensions
 from anpx_core.wsstream import (
     CloseRecord,
@@ -158,6 +162,18 @@ def handle(request: Any) -> dict[str, Any]:
             except StrictError as exc:
                 return {"error": "bad_tunnel_ports", "detail": str(exc)}
             return {"ports": ports}
+        if op == "tcp_handshake":  # protocol.md section 21
+            headers = _headers(request.get("headers"))
+            try:
+                services = parse_services(headers)
+            except ValueError as exc:
+                return {"error": "bad_services", "detail": str(exc)}
+            return {"tcp": has_tcp(headers), "visitor": is_visitor(headers), "services": services}
+        if op == "tcp_service":
+            msg = message_from_json(request.get("message"))
+            if not isinstance(msg, Request):
+                raise BadRequest("tcp_service needs a request")
+            return {"service": service_of(RequestHead(msg.method, msg.target, msg.headers))}
         raise BadRequest(f"unknown op {op!r}")
     except ProtocolError as exc:
         return {"error": exc.code, "detail": exc.message}

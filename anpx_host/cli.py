@@ -94,6 +94,19 @@ OPTIONS: tuple[Option, ...] = (
     ),
     _opt("--client-id", key="receiver.client_id", help="this receiver's name", metavar="ID"),
     _opt(
+        "--local-addr",
+        key="receiver.tcp_local_addr",
+        help="with --local-port: the TCP service's address (AgentX's name; default 127.0.0.1)",
+        metavar="HOST",
+    ),
+    _opt(
+        "--local-port",
+        key="receiver.tcp_local_port",
+        help="offer the TCP service at --local-addr:PORT, named by --client-id (docs/tcp.md)",
+        type=int,
+        metavar="PORT",
+    ),
+    _opt(
         "--route",
         key="receiver.routes",
         help='a route this receiver serves, "host/prefix" or "/prefix" (repeat for several)',

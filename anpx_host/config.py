@@ -34,8 +34,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from anpx_core.gateway import GatewaySettings
+from anpx_core.gateway.tcp import GatewayTcpSettings, TcpListen
 from anpx_core.receiver import ReceiverSettings
+from anpx_core.tcp import TcpSettings
 from anpx_core.ws_relay import WsSettings
+
+from .tcpsock import parse_hostport
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -75,6 +79,7 @@ _GW = GatewaySettings()
 _RX = ReceiverSettings()
 _GW_WS = _GW.websocket
 _RX_WS = _RX.websocket
+_TCP = TcpSettings()
 
 
 class ConfigError(Exception):
@@ -129,6 +134,78 @@ def _network_ok(value: object) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _service_ok(value: object) -> bool:
+    from anpx_core.tcp import check_service
+
+    try:
+        check_service(value)  # type: ignore[arg-type]
+    except ValueError:
+        return False
+    return True
+
+
+def _hostport_ok(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parse_hostport(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _claim_ok(value: object) -> bool:
+    """A route, or ``tcp:NAME`` / ``tcp:*``: a TCP service the receiver may offer."""
+    if isinstance(value, str) and value.startswith("tcp:"):
+        return value == "tcp:*" or _service_ok(value[4:])
+    return _route_ok(value)
+
+
+def _tcp_services(value: Any) -> tuple[bool, Any]:
+    """``[[receiver.tcp]]``: tables of ``name`` and ``local`` ("HOST:PORT")."""
+    if not isinstance(value, (list, tuple)):
+        return False, value
+    out: list[tuple[str, str]] = []
+    for table in value:
+        if isinstance(table, tuple) and len(table) == 2:  # normalised already (re-checked)
+            table = {"name": table[0], "local": table[1]}
+        if not isinstance(table, Mapping) or set(table) != {"name", "local"}:
+            return False, value
+        if not _service_ok(table["name"]) or not _hostport_ok(table["local"]):
+            return False, value
+        if any(name == table["name"] for name, _ in out):
+            return False, value
+        out.append((table["name"], table["local"]))
+    return True, tuple(out)
+
+
+def _tcp_listeners(value: Any) -> tuple[bool, Any]:
+    """``[[gateway.tcp]]``: ``port``, ``service``, optional ``host`` and ``allow``."""
+    if not isinstance(value, (list, tuple)):
+        return False, value
+    out: list[tuple[int, str, str | None, tuple[str, ...]]] = []
+    for table in value:
+        if isinstance(table, tuple) and len(table) == 4:  # normalised already (re-checked)
+            table = dict(zip(("port", "service", "host", "allow"), table, strict=True))
+            if table["host"] is None:
+                del table["host"]
+        if not isinstance(table, Mapping) or not {"port", "service"} <= set(table):
+            return False, value
+        if not set(table) <= {"port", "service", "host", "allow"}:
+            return False, value
+        port, host, allow = table["port"], table.get("host"), table.get("allow", [])
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            return False, value
+        if not _service_ok(table["service"]):
+            return False, value
+        if host is not None and (not isinstance(host, str) or not host):
+            return False, value
+        if not isinstance(allow, (list, tuple)) or not all(_network_ok(a) for a in allow):
+            return False, value
+        out.append((port, table["service"], host, tuple(allow)))
+    return True, tuple(out)
 
 
 def _route_ok(value: object) -> bool:
@@ -448,6 +525,13 @@ class GatewayConfig(_Section):
     # state shared across workers and hosts (replay caches, rate limits); unset: per process
     shared_store: str | None = _opt(None, "str", extra=_redis_url)
     shared_store_timeout: float = _opt(0.5, "float", lo=0, lo_open=True, unit="seconds")
+    # TCP services (docs/tcp.md): [[gateway.tcp]] listeners, the visitor credential, limits
+    tcp: tuple[tuple[int, str, str | None, tuple[str, ...]], ...] = _opt((), "tcplisteners")
+    visitor_secret: str | None = _opt(None, "str", nonempty=True, secret=True)
+    visitor_secret_file: str | None = _opt(None, "path")
+    tcp_idle_timeout: float = _opt(_TCP.idle_timeout, "float", lo=0, unit="seconds")
+    tcp_open_timeout: float = _opt(_TCP.open_timeout, "float", lo=0, lo_open=True, unit="seconds")
+    tcp_keepalive: float = _opt(_TCP.keepalive, "float", lo=0, unit="seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,6 +581,14 @@ class ReceiverConfig(_Section):
     # a multi-worker gateway's 101 names its other tunnel endpoints: hold a tunnel to each
     learn_endpoints: bool = _opt(_RX.learn_endpoints, "bool")
     max_learned_endpoints: int = _opt(_RX.max_learned_endpoints, "int", lo=0, hi=1024)
+    # TCP services offered through the gateway (docs/tcp.md): [[receiver.tcp]] tables, and
+    # the one-service case of AgentX's command line (--local-addr/--local-port, named by
+    # the client id)
+    tcp: tuple[tuple[str, str], ...] = _opt((), "tcpservices")
+    tcp_local_addr: str = _opt("127.0.0.1", "str", nonempty=True)
+    tcp_local_port: int | None = _opt(None, "int", lo=1, hi=65535)
+    tcp_idle_timeout: float = _opt(_TCP.idle_timeout, "float", lo=0, unit="seconds")
+    tcp_keepalive: float = _opt(_TCP.keepalive, "float", lo=0, unit="seconds")
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -656,6 +748,13 @@ def _expected(check: _Check) -> str:
         return "expected an array of non-empty strings"
     if check.kind == "argvs":
         return 'expected a table of name = argv array, e.g. {aider = ["aider", "--message", "{prompt}"]}'
+    if check.kind == "tcpservices":
+        return 'expected [[receiver.tcp]] tables of name = "db" and local = "127.0.0.1:5432"'
+    if check.kind == "tcplisteners":
+        return (
+            'expected [[gateway.tcp]] tables of port = 15432, service = "db", optional '
+            'host = "0.0.0.0" and allow = ["10.0.0.0/8"]'
+        )
     if check.kind == "claims":
         return 'expected a table of receiver id = array of routes, e.g. {"rc-1" = ["api.example.com/"]}'
     if check.kind == "dids":
@@ -771,10 +870,14 @@ def _convert(check: _Check, value: Any) -> tuple[bool, Any]:
             isinstance(k, str)
             and k
             and isinstance(v, (list, tuple))
-            and all(_route_ok(r) for r in v)
+            and all(_claim_ok(r) for r in v)
             for k, v in value.items()
         )
         return ok, {k: tuple(v) for k, v in value.items()} if ok else value
+    if kind == "tcpservices":
+        return _tcp_services(value)
+    if kind == "tcplisteners":
+        return _tcp_listeners(value)
     if kind == "dids":
         ok = isinstance(value, (list, tuple)) and all(
             isinstance(v, str) and _did(v) is None for v in value
@@ -1112,7 +1215,10 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
         trusted_proxies=[ipaddress.ip_network(n, strict=False) for n in g.trusted_proxies],
         route_claims=None
         if g.route_claims is None
-        else {rid: [parse_route(r) for r in routes] for rid, routes in g.route_claims.items()},
+        else {
+            rid: [parse_route(r) for r in routes if not r.startswith("tcp:")]
+            for rid, routes in g.route_claims.items()
+        },
         rate_limit=make_limiter(g.rate_limit, g.rate_burst),
         max_output_bytes=g.max_output_bytes,
         max_connections_per_address=g.max_connections_per_address,
@@ -1120,6 +1226,24 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
         send_timeout=g.send_timeout,
         websocket=to_ws_settings(g.websocket),
         new_request_id=lambda: str(uuid.uuid4()),
+        tcp=GatewayTcpSettings(
+            limits=TcpSettings(g.tcp_idle_timeout, g.tcp_open_timeout, g.tcp_keepalive),
+            listeners=[
+                TcpListen(
+                    port,
+                    service,
+                    host or g.host,
+                    [ipaddress.ip_network(a, strict=False) for a in allow],
+                )
+                for port, service, host, allow in g.tcp
+            ],
+            service_claims=None
+            if g.route_claims is None
+            else {
+                rid: [r[4:] for r in routes if r.startswith("tcp:")]
+                for rid, routes in g.route_claims.items()
+            },
+        ),
     )
 
 
@@ -1164,4 +1288,6 @@ def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
         websocket=to_ws_settings(r.websocket),
         learn_endpoints=r.learn_endpoints,
         max_learned_endpoints=r.max_learned_endpoints,
+        tcp_services={name: parse_hostport(local) for name, local in r.tcp},
+        tcp=TcpSettings(idle_timeout=r.tcp_idle_timeout, keepalive=r.tcp_keepalive),
     )

@@ -204,6 +204,7 @@ def _gateway_plan(cfg: Config, warnings: list[str]) -> GatewayPlan:
             "[gateway.auth] is disabled: any host that reaches the tunnel listener can register "
             "as a receiver and answer your users' requests"
         )
+    settings.tcp.visitor_auth = _visitor_auth(cfg, settings, warnings)
     if g.admin_port:
         settings.admin_token = resolve_admin_token(g, warnings)
     if g.shared_store is not None:
@@ -231,6 +232,31 @@ def _gateway_plan(cfg: Config, warnings: list[str]) -> GatewayPlan:
         warning,
         workers=g.workers,
     )
+
+
+def _visitor_auth(cfg: Config, settings: Any, warnings: list[str]) -> Any:
+    """How visitors authenticate: the visitor credential ([gateway] visitor_secret, its
+    file, or ANPX_VISITOR_SECRET); none needed when the gateway's auth is off; without a
+    credential on an authenticating gateway visitors are refused (None)."""
+    from anpx_core.auth import NoAuth
+
+    g = cfg.gateway
+    secret = read_credential(
+        g.visitor_secret,
+        g.visitor_secret_file,
+        "ANPX_VISITOR_SECRET",
+        "gateway",
+        "visitor_secret",
+        "the visitor credential",
+        warnings,
+    )
+    if secret is not None:
+        return SharedSecretServer(
+            secret, clock_skew=g.auth.clock_skew, max_attempts=g.auth.max_attempts
+        )
+    if g.auth.enabled or g.auth.did_wba_enabled:
+        return None
+    return NoAuth()
 
 
 def _receiver_plan(cfg: Config, *, both: bool) -> ReceiverPlan:
@@ -263,7 +289,9 @@ def _receiver_plan(cfg: Config, *, both: bool) -> ReceiverPlan:
         settings.gateway_urls = [f"{'wss' if g.tls.enabled else 'ws'}://{host}:{g.wss_port}/"]
         check_hostname = False
     tls = TlsPolicy(False, r.tls.cert_file, r.tls.key_file, r.tls.ca_file, verify, check_hostname)
-    demo = r.backend == "demo"
+    if r.tcp_local_port is not None:  # AgentX's one-service case, named by the client id
+        settings.tcp_services.setdefault(client_id, (r.tcp_local_addr, r.tcp_local_port))
+    demo = r.backend == "demo" and not settings.tcp_services  # TCP only: HTTP gets 404
     return ReceiverPlan(
         settings, r.local_app_module, r.app_factory, demo, tls, r.shutdown_grace, r.interface
     )
@@ -343,8 +371,15 @@ def receiver_lines(plan: Plan) -> list[str]:
     elif r.settings.forward is not None:
         host, port = r.settings.forward
         what = f"http://{_hostport(host, port)}"
+    elif r.settings.tcp_services and not r.demo:
+        what = "no HTTP (TCP services only)"
     else:
         what = "the demo app"
+    services = ", ".join(
+        f"{name}={_hostport(*local)}" for name, local in r.settings.tcp_services.items()
+    )
+    if services:
+        what += f" and tcp {services}"
     return [f"anpx receiver: serving {what} through {', '.join(r.settings.gateway_urls)}"]
 
 

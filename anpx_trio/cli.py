@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import trio
@@ -12,11 +13,15 @@ from anpx_host.runplan import run_plan
 
 from .gateway import GatewayServer
 from .receiver import ReceiverClient
+from .visitor import connect_main
 
 PROG = "python -m anpx_trio"
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["connect"]:  # the visitor (anpx_trio/visitor.py)
+        return connect_main(args[1:], prog)
     return run_cli(argv, prog, _execute)
 
 

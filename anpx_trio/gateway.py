@@ -15,6 +15,7 @@ from anpx_host.launch import BoundPorts, Listen, bind_failure, gateway_embedding
 from anpx_host.tls import gateway_listens
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump
+from .tcp import accept_tcp, bind_tcp
 
 log = logging.getLogger("anpx.gateway")
 
@@ -73,6 +74,7 @@ class GatewayServer:
         self.tunnel = tunnel or planned[1]
         self.admin = admin or planned[2]
         self.ports: BoundPorts | None = None
+        self.tcp_ports: list[int] = []  # [[gateway.tcp]] listeners, in order, once bound
         self._listeners: trio.CancelScope | None = None
         self._stopped = trio.Event()
 
@@ -97,6 +99,9 @@ class GatewayServer:
                     raise bind_failure(spec.host, spec.port, exc) from None
                 bound[name] = socks[0].socket.getsockname()[1]
                 listeners.append((name, spec, socks))
+            tcp = await bind_tcp(self.core)
+            self.tcp_ports = [socks[0].socket.getsockname()[1] for _, socks in tcp]
+            listeners += [("tcp", listen, socks) for listen, socks in tcp]  # type: ignore[misc]
             self.ports = BoundPorts(bound["http"], bound["tunnel"], bound["admin"])  # type: ignore[arg-type]
             scheme = "https" if self.http.tls else "http"
             log.info(
@@ -120,7 +125,10 @@ class GatewayServer:
             async with trio.open_nursery() as accepts:
                 for kind, spec, socks in listeners:
                     for sock in socks:
-                        accepts.start_soon(self._accept, nursery, kind, spec, sock)
+                        if kind == "tcp":  # a [[gateway.tcp]] listener (anpx_trio/tcp.py)
+                            accepts.start_soon(accept_tcp, self.pump, spec, sock, nursery)  # type: ignore[arg-type]
+                        else:
+                            accepts.start_soon(self._accept, nursery, kind, spec, sock)
         for _kind, _spec, socks in listeners:
             for sock in socks:
                 await sock.aclose()

@@ -24,10 +24,12 @@ from anpx_host.config import ReceiverConfig
 from anpx_host.drain import drain
 from anpx_host.errors import StartupError
 from anpx_host.launch import receiver_embedding
+from anpx_host.tcpapp import tcp_only_app
 from anpx_host.tls import make_context
 from anpx_host.wsgi import WsgiApp
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump
+from .tcp import serve_tcp, tune_stream
 
 log = logging.getLogger("anpx.receiver")
 
@@ -73,6 +75,8 @@ class ReceiverClient:
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.settings, policy = receiver_embedding(settings or ReceiverSettings())
+        if app is None and self.settings.forward is None and self.settings.tcp_services:
+            app = tcp_only_app  # TCP services only: HTTP requests get 404
         if app is None and self.settings.forward is None:
             raise ValueError("give an ASGI app, or a local_url / settings.forward to forward to")
         self.app = app
@@ -150,6 +154,11 @@ class ReceiverClient:
             log.exception("internal error connecting to %s:%d", request.host, request.port)
             self.core.connect_failed(request.cid, now(), "internal error")
             self.pump.sync()
+            return
+        if request.purpose == "tcp":  # a local TCP service (anpx_trio/tcp.py)
+            tune_stream(stream, self.settings.tcp.keepalive)
+            self.core.connected(request.cid, now())
+            await serve_tcp(self.pump, request.cid, stream)
             return
         self.core.connected(request.cid, now())
         self.pump.sync()

@@ -2052,6 +2052,148 @@ def handshake_file() -> VectorFile:
     return f
 
 
+# --- tcp.json -------------------------------------------------------------------------------
+
+TCP_PEER = ("anpx-tcp-peer", "203.0.113.9:51234")
+
+
+def stream_frames(ftype: int, meta: bytes, parts: list[bytes]) -> list[bytes]:
+    """How a TCP stream is sent: chunk 0 carries the meta (and any early bytes), no
+    chunk_tot, one frame per socket read, final_chunk alone on the last (the EOF)."""
+    return chunk_frames(ftype, meta, [*parts, b""], total=False)
+
+
+def tcp_file() -> VectorFile:
+    f = VectorFile(
+        "tcp.json",
+        "TCP streams (protocol.md section 21): the open head, the answer, the data and EOF "
+        "of each direction, resets, and the handshake headers (op tcp_handshake) and open "
+        "heads (op tcp_service) an implementation must parse the same way.",
+    )
+    open_meta = req_meta("ANPX-TCP", "db", {TCP_PEER[0]: TCP_PEER[1]})
+    f.both(
+        "tcp_open",
+        "Opening a stream to service db: method ANPX-TCP, the service as the target, the "
+        "client's address for the receiver's log; nothing sent yet.",
+        request("db", "ANPX-TCP", [TCP_PEER]),
+        [single(REQ, open_meta)],
+    )
+    f.both(
+        "tcp_open_early_data_and_eof",
+        "A client that wrote its bytes and half-closed before the stream opened: head, data "
+        "and EOF travel as one unchunked frame.",
+        request("db", "ANPX-TCP", [TCP_PEER], b"SELECT 1;\n"),
+        [single(REQ, open_meta, b"SELECT 1;\n")],
+    )
+    connected = resp_meta(200, "connected")
+    f.decode_message(
+        "tcp_answer_data_then_eof_decode",
+        "The receiver's direction: 200 connected in chunk 0, a frame per read, then the "
+        "service's EOF as a final chunk without body (the other direction keeps flowing).",
+        stream_frames(RESP, connected, [b"", b"hello ", b"world"]),
+        response(200, "connected", [], b"hello world"),
+    )
+    f.decode_message(
+        "tcp_client_data_then_eof_decode",
+        "The opener's direction sent as a stream: the head alone in chunk 0, then data, "
+        "then the EOF.",
+        stream_frames(REQ, open_meta, [b"", BINARY, b"\x00"]),
+        request("db", "ANPX-TCP", [TCP_PEER], BINARY + b"\x00"),
+    )
+    for name, text, why in (
+        ("tcp_connect_refused", "connect failed: refused", "the service refused the connection"),
+        ("tcp_connect_timed_out", "connect failed: timed out", "the service did not answer"),
+        ("tcp_no_such_service", "no such service", "the receiver offers no such service"),
+        ("tcp_reset", "connection reset", "a socket was reset: the stream is reset both ways"),
+        ("tcp_idle", "idle timeout", "no byte either way for tcp_idle_timeout"),
+    ):
+        f.both(name, f"An ERROR frame: {why}.", error(text), [err_frame(text)])
+
+    def handshake(name: str, desc: str, headers: list[tuple[str, str]], expect: dict) -> None:
+        req = {"op": "tcp_handshake", "headers": [list(h) for h in headers]}
+        f.add(name, desc, req, expect)
+
+    handshake(
+        "tcp_handshake_offer",
+        "A receiver offering two services (names in order, duplicates dropped).",
+        [("anpx-extensions", "flow=1048576"), ("anpx-extensions", "tcp=1"),
+         ("anpx-tcp-services", "db, ssh,db")],
+        {"tcp": True, "visitor": False, "services": ["db", "ssh"]},
+    )  # fmt: skip
+    handshake(
+        "tcp_handshake_one_line",
+        "tcp=1 may share the anpx-extensions line with flow; service lists may repeat.",
+        [("anpx-extensions", "flow=65536, tcp=1"), ("anpx-tcp-services", "a"),
+         ("anpx-tcp-services", "b.c_d-e")],
+        {"tcp": True, "visitor": False, "services": ["a", "b.c_d-e"]},
+    )  # fmt: skip
+    handshake(
+        "tcp_handshake_services_without_tcp",
+        "A service list without tcp=1 offers nothing.",
+        [("anpx-extensions", "flow=65536"), ("anpx-tcp-services", "db")],
+        {"tcp": False, "visitor": False, "services": []},
+    )
+    handshake(
+        "tcp_handshake_tcp_2",
+        "Only tcp=1 announces the extension.",
+        [("anpx-extensions", "tcp=2"), ("anpx-tcp-services", "db")],
+        {"tcp": False, "visitor": False, "services": []},
+    )
+    handshake(
+        "tcp_handshake_visitor",
+        "A visitor: anpx-role: visitor, flow and tcp=1, no services.",
+        [("anpx-role", "visitor"), ("anpx-extensions", "flow=1048576"),
+         ("anpx-extensions", "tcp=1")],
+        {"tcp": True, "visitor": True, "services": []},
+    )  # fmt: skip
+    for name, value in (
+        ("space", "my db"),
+        ("leading_dot", ".db"),
+        ("too_long", "a" * 65),
+        ("non_ascii", "d\u00e9"),
+        ("slash", "db/1"),
+    ):
+        handshake(
+            f"tcp_handshake_bad_name_{name}",
+            "A malformed service name refuses the handshake (HTTP 400).",
+            [("anpx-extensions", "tcp=1"), ("anpx-tcp-services", value)],
+            {"error": "bad_services"},
+        )
+    handshake(
+        "tcp_handshake_too_many",
+        "At most 64 services.",
+        [("anpx-extensions", "tcp=1"),
+         ("anpx-tcp-services", ", ".join(f"s{i}" for i in range(65)))],
+        {"error": "bad_services"},
+    )  # fmt: skip
+    handshake(
+        "tcp_handshake_64",
+        "64 services are fine.",
+        [("anpx-extensions", "tcp=1"),
+         ("anpx-tcp-services", ", ".join(f"s{i}" for i in range(64)))],
+        {"tcp": True, "visitor": False, "services": [f"s{i}" for i in range(64)]},
+    )  # fmt: skip
+
+    def service(name: str, desc: str, message: dict, expect: str | None) -> None:
+        f.add(name, desc, {"op": "tcp_service", "message": message}, {"service": expect})
+
+    service("tcp_service_open", "An open head names its service.", request("db", "ANPX-TCP"), "db")
+    service("tcp_service_http", "An HTTP request is no TCP open.", request("/db", "GET"), None)
+    service(
+        "tcp_service_case",
+        "The method is case-sensitive: anpx-tcp is an HTTP method like any other.",
+        request("db", "anpx-tcp"),
+        None,
+    )
+    service(
+        "tcp_service_bad_name",
+        "An open head naming no valid service is refused (no such service).",
+        request("/db", "ANPX-TCP"),
+        None,
+    )
+    return f
+
+
 FILES = (
     frames_file,
     requests_file,
@@ -2062,6 +2204,7 @@ FILES = (
     reference_file,
     websocket_file,
     handshake_file,
+    tcp_file,
 )
 
 

@@ -132,3 +132,49 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not reached in time")
         time.sleep(0.01)
+
+
+class _TrioVisitor:
+    """A trio visitor in listen mode on 127.0.0.1:0, shaped for :class:`Runner`."""
+
+    def __init__(self, settings: Any) -> None:
+        import anpx_trio.visitor
+
+        self.visitor = anpx_trio.visitor.Visitor(settings)
+        self.port = 0
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self.port = await nursery.start(
+                lambda task_status: self.visitor.run(
+                    listen=("127.0.0.1", 0), task_status=task_status
+                )
+            )
+            task_status.started()
+
+
+class _AsyncioVisitor:
+    def __init__(self, settings: Any) -> None:
+        import anpx_asyncio.visitor
+
+        self.visitor = anpx_asyncio.visitor.Visitor(settings)
+        self.port = 0
+
+    @property
+    def started(self) -> Any:
+        return self.visitor.started
+
+    async def run(self) -> None:
+        task = asyncio.ensure_future(self.visitor.run(listen=("127.0.0.1", 0)))
+        self.port = await self.visitor.started
+        await task
+
+
+def start_visitor(driver: str, settings: Any) -> Runner:
+    """A visitor (``connect SERVICE --listen 127.0.0.1:0``) in its own thread; ``.obj.port``."""
+    runner = Runner(
+        driver, _TrioVisitor(settings) if driver == "trio" else _AsyncioVisitor(settings)
+    )
+    if driver == "asyncio":
+        wait_until(lambda: runner.obj.port != 0)
+    return runner

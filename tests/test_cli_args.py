@@ -75,6 +75,8 @@ CASES = [
     (["--interface", "wsgi"], lambda c: c.receiver.interface, "wsgi"),
     (["--local-url", "http://127.0.0.1:8000"], lambda c: c.receiver.forward, ("127.0.0.1", 8000)),
     (["--client-id", "edge-7"], lambda c: c.receiver.client_id, "edge-7"),
+    (["--local-addr", "10.0.0.5"], lambda c: c.receiver.tcp_local_addr, "10.0.0.5"),
+    (["--local-port", "5432"], lambda c: c.receiver.tcp_local_port, 5432),
     (["--route", "api.example.com/", "--route", "/v2"], lambda c: c.receiver.routes, ("api.example.com/", "/v2")),
     (["--log-level", "warning"], lambda c: c.logging.level, "WARNING"),
     (["--debug"], lambda c: c.debug, True),

@@ -23,6 +23,7 @@ ADAPTER_CMD = shlex.join([sys.executable, "-m", "anpx_host.adapter"])
 OPS = {"encode_frame", "decode_frames", "encode_message", "decode_message"}
 OPS |= {"ws_encode_records", "ws_decode_records", "ws_extensions"}  # section 20
 OPS |= {"parse_tunnel_ports"}  # section 15.1
+OPS |= {"tcp_handshake", "tcp_service"}  # section 21
 
 # Quoted from issue 2: the reference encoder's bytes for the spec's worked example.
 WORKED_EXAMPLE_HEX = (
@@ -62,6 +63,7 @@ def test_enough_well_formed_vectors(vectors) -> None:
         assert v.description.strip(), v.name
         assert v.request.get("op") in OPS, v.name
         success = {"wire", "frames", "message", "body", "records", "ws", "ports"}
+        success |= {"services", "service"}
         assert ("error" in v.expect) != bool(success & v.expect.keys())
 
 
@@ -85,8 +87,8 @@ def test_cli_through_adapter_command(vectors) -> None:
 
 def test_every_error_code_has_an_invalid_vector(vectors) -> None:
     codes = {v.expect["error"] for v in vectors if "error" in v.expect}
-    # every code covered, and no typo'd code expected (plus the handshake values' own code)
-    assert codes == {*ERROR_CODES, "bad_tunnel_ports"}
+    # every code covered, and no typo'd code expected (plus the handshake values' own codes)
+    assert codes == {*ERROR_CODES, "bad_tunnel_ports", "bad_services"}
 
 
 def test_worked_example_in_every_direction(vectors) -> None:

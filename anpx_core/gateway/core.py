@@ -23,6 +23,7 @@ from ..ws_relay import WsSettings
 from .admin import AdminConn
 from .http import REQUEST_ID_HEADER, WRITE_CHUNK, HttpExchanges
 from .proxy import IPNetwork, ProxyTrust
+from .tcp import GatewayTcp, GatewayTcpSettings, TcpListen
 from .tunnels import Tunnels
 from .websocket import WebSockets
 
@@ -86,6 +87,8 @@ class GatewaySettings:
     # Every worker's tunnel port, named in each 101 (anpx-tunnel-ports) so that a receiver
     # holds a tunnel to every worker of a multi-process gateway; []: one process, no header.
     tunnel_ports: list[int] = field(default_factory=list)
+    # TCP streams: listeners, service claims, visitors, timeouts (gateway/tcp.py)
+    tcp: GatewayTcpSettings = field(default_factory=GatewayTcpSettings)
 
 
 class Connection(Protocol):
@@ -124,6 +127,7 @@ class GatewayCore(CrashBarrier):
         self.http = HttpExchanges(self)
         self.tunnels = Tunnels(self)
         self.websockets = WebSockets(self)
+        self.tcp = GatewayTcp(self)
         self._conns: dict[int, Connection] = {}
         self._next_id = 1
         self._wakeups: set[WakeKey] = set()
@@ -203,6 +207,12 @@ class GatewayCore(CrashBarrier):
         self._now = now
         return self._add(self.tunnels.new(self._new_id(), now, peer))
 
+    def open_tcp(self, now: float, client: tuple[str, int] | None, listen: TcpListen) -> int:
+        """A connection accepted on a ``[[gateway.tcp]]`` listener (reset at once when
+        refused: the driver registers it before ``sync()`` so the abort is seen)."""
+        self._now = now
+        return self._add(self.tcp.open(self._new_id(), now, client, listen))
+
     def open_admin(
         self, now: float, client: tuple[str, int] | None, server: tuple[str, int] | None
     ) -> int:
@@ -242,8 +252,17 @@ class GatewayCore(CrashBarrier):
             conn.receive(data, now)
 
     def lost(self, cid: int, now: float, reason: str = "") -> None:
-        """The socket failed (``reason``: the error, for logs): same as EOF here."""
+        """The socket failed (``reason``: the error, for logs): EOF, after telling a
+        connection that wants to know (a TCP stream propagates it as a reset)."""
+        note = getattr(self._conns.get(cid), "note_lost", None)
+        if note is not None:
+            self._now = now
+            self._note_lost(cid, note, reason)
         self.receive(cid, b"", now)
+
+    @guarded()
+    def _note_lost(self, cid: int, note: Callable[[str], None], reason: str) -> None:
+        note(reason)
 
     def take_output(self, cid: int) -> tuple[bytes, bool]:
         out: tuple[bytes, bool] = self._take_output(cid)

@@ -28,6 +28,8 @@ from ..http1 import (
 )
 from ..meta import RequestHead, ResponseHead
 from ..ratelimit import address_key
+from ..routing import DEFAULT_ROUTE
+from ..tcp import TCP_METHOD
 from ..tunnel import StreamData, StreamEnd, StreamHead, StreamReset, StreamWritable
 
 if TYPE_CHECKING:
@@ -364,9 +366,15 @@ class ClientConn:
                 retry = str(max(1, math.ceil(wait)))
                 self._reply(429, "too many requests from your address", [("retry-after", retry)])
                 return
+        if event.head.method == TCP_METHOD:  # only the gateway opens TCP streams
+            self._reply(405, "method not allowed")
+            return
         host = get_header(headers, "host")
         path = event.head.target.partition("?")[0]
+        by_token = core.tcp.by_token(event.head.target)
         route = core.routes.match(host, path)
+        if by_token is not None:
+            route = by_token.routes[0] if by_token.routes else DEFAULT_ROUTE
         if route is None:
             if not core.tunnels.open and not core.routes.routes:
                 self._reply(503, "no receiver connected", [("retry-after", "5")])
@@ -384,7 +392,7 @@ class ClientConn:
                 429, "too many requests in progress from your address", [("retry-after", "1")]
             )
             return
-        tunnel = core.tunnels.pick(route)
+        tunnel = by_token or core.tunnels.pick(route)
         if tunnel is None:
             if core.tunnels.serving(route):
                 self._reply(503, f"all receivers of route {route} are busy", [("retry-after", "1")])

@@ -19,6 +19,7 @@ from ..headers import get_header
 from ..meta import ResponseHead
 from ..routing import ROUTES_HEADER, Route, claims_allowed, format_routes, parse_routes_header
 from ..siblings import format_tunnel_ports
+from ..tcp import is_visitor
 from ..tunnel import (
     PeerDraining,
     StreamData,
@@ -32,6 +33,7 @@ from ..tunnel import (
 )
 from ..websocket import Closed, HandshakeAccepted, HandshakeRejected, HandshakeRequested, WsServer
 from ..wsstream import offer_ws_extensions, ws_in_effect
+from .tcp import TcpRefusal, VisitorLink
 
 if TYPE_CHECKING:
     from .core import GatewayCore
@@ -60,11 +62,13 @@ class TunnelConn:
     __slots__ = (
         "congested",
         "connected_at",
+        "delegate",
         "end",
         "identity",
         "peer",
         "peer_host",
         "routes",
+        "services",
         "streams",
         "unit",
         "websockets",
@@ -85,6 +89,8 @@ class TunnelConn:
         self.routes: list[Route] = []
         self.ws_streams = False  # the ws extension is in effect (WebSockets may be opened)
         self.websockets = 0  # WebSocket sessions open on this tunnel (also in streams)
+        self.services: list[str] = []  # TCP services offered (protocol.md §21)
+        self.delegate: VisitorLink | None = None  # a visitor's connection, not a receiver's
 
     @property
     def cid(self) -> int:
@@ -122,6 +128,8 @@ class TunnelConn:
 
     def closed(self, now: float) -> None:
         self.unit.parked.pop(self.cid, None)
+        if self.delegate is not None:
+            self.delegate.gone("visitor disconnected")
         self.unit.gone(self, "receiver disconnected")
 
     def deadline_at(self, now: float) -> float | None:
@@ -137,7 +145,9 @@ class TunnelConn:
 
     def _event(self, event: EndpointEvent, now: float) -> None:
         self.unit.core.wake(self.cid)
-        if isinstance(event, HandshakeRequested):
+        if self.delegate is not None:
+            self.delegate.event(event, now)
+        elif isinstance(event, HandshakeRequested):
             self.unit.handshake(self, event, now)
         elif isinstance(event, Closed):
             self.unit.gone(self, f"receiver disconnected ({event.code})")
@@ -197,6 +207,9 @@ class Tunnels:
 
     def handshake(self, tunnel: TunnelConn, event: HandshakeRequested, now: float) -> None:
         core, settings = self.core, self.core.settings
+        if is_visitor(event.headers):
+            core.tcp.visitor_handshake(tunnel, event, now)
+            return
         client = core.proxies.client(tunnel.peer_host, get_header(event.headers, "x-forwarded-for"))
         if client != tunnel.peer_host:
             tunnel.peer = client  # else keep the port too, for the logs
@@ -236,12 +249,19 @@ class Tunnels:
                 log.warning("tunnel handshake from %s refused: %s", tunnel.peer, why)
                 ws.reject(403, why)
                 return
+        try:
+            services = core.tcp.admit(verdict.identity, event.headers)
+        except TcpRefusal as exc:
+            log.warning("tunnel handshake from %s refused: %s", tunnel.peer, exc)
+            ws.reject(exc.status, str(exc))
+            return
         peer_window = parse_extensions(event.headers)
         local_window = settings.stream_window if peer_window is not None else None
         ws_on = settings.websocket.enabled
-        extra = format_tunnel_ports(settings.tunnel_ports)
+        extra = format_tunnel_ports(settings.tunnel_ports) + core.tcp.accept_headers(services)
         ws.accept(verdict.headers + offer_ws_extensions(local_window, ws=ws_on) + extra)
         tunnel.ws_streams = ws_on and ws_in_effect(local_window, peer_window, event.headers)
+        tunnel.services = services
         tunnel.identity = verdict.identity
         session = tunnel.end.open_session(
             accepts=ResponseHead,
@@ -255,13 +275,14 @@ class Tunnels:
         core.routes.add(tunnel, routes)
         core.stats.tunnel_opened(tunnel.identity)
         log.info(
-            "receiver %s connected from %s (%s), routes %s",
+            "receiver %s connected from %s (%s), routes %s%s",
             tunnel.identity,
             tunnel.peer,
             ("flow control, websocket" if tunnel.ws_streams else "flow control")
             if session.flow
             else "v1 peer",
             format_routes(routes),
+            f", tcp services {', '.join(services)}" if services else "",
         )
 
     def resume_parked(self, now: float) -> None:
@@ -342,6 +363,7 @@ class Tunnels:
                 "flow": t.session.flow,
                 "draining": t.session.peer_draining,
                 "routes": [str(r) for r in t.routes],
+                "services": list(t.services),
             }
             for t in self.open
             if t.session is not None

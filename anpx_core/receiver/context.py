@@ -81,6 +81,7 @@ class ReceiverContext:
         self.doomed: set[int] = set()  # reset by the crash barrier, socket not closed yet
         self.wakeups: set[WakeKey] = set()
         self.connects: list[ConnectRequest] = []
+        self.aborts: set[int] = set()  # sockets to reset (TCP streams)
         self.app_calls: list[tuple[int, Scope]] = []
         # app calls whose receive/send a stream kind other than HTTP serves, by call id
         self.app_handlers: dict[int, AppCallHandler] = {}
@@ -100,6 +101,11 @@ class ReceiverContext:
     def wake(self, key: WakeKey | None) -> None:
         if key is not None:
             self.wakeups.add(key)
+
+    def abort(self, cid: int) -> None:
+        """Have the driver reset socket ``cid`` (a TCP stream's local connection)."""
+        self.aborts.add(cid)
+        self.wakeups.add(cid)
 
     def arm(self, owner: Timed, when: float | None) -> None:
         """(Re-)arm ``owner``'s deadline; wake the driver's timer if it moved earlier."""

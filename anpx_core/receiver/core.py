@@ -30,6 +30,7 @@ from .forward_calls import ForwardCalls
 from .http import HttpBackend, HttpStreams
 from .links import GatewayLink
 from .settings import ConnectRequest, GatewayAddress, ReceiverSettings
+from .tcp import TcpStreams
 from .websockets import WsStreams
 
 log = logging.getLogger("anpx.receiver")
@@ -56,6 +57,8 @@ class ReceiverCore(CrashBarrier):
         self._calls = self._http.calls
         # stream kinds in the order they are asked to claim a head; HTTP takes the rest
         self._kinds: list[StreamKind] = [self._http]
+        if self.settings.tcp_services:
+            self.add_stream_kind(TcpStreams(ctx))
         self._drained = False
         self.add_stream_kind(WsStreams(ctx, lambda: self.lifespan_state))
 
@@ -135,7 +138,8 @@ class ReceiverCore(CrashBarrier):
         return out
 
     def pop_aborts(self) -> set[int]:
-        return set()  # the receiver never abandons a socket mid-write
+        out, self._ctx.aborts = self._ctx.aborts, set()  # TCP streams' resets only
+        return out
 
     # --- driver contract: timers ------------------------------------------------------------
 

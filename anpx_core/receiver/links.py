@@ -20,6 +20,7 @@ from ..meta import RequestHead
 from ..routing import ROUTES_HEADER
 from ..siblings import TUNNEL_PORTS_HEADER, parse_tunnel_ports
 from ..strict import StrictError
+from ..tcp import has_tcp, offer_tcp
 from ..tunnel import StreamEvent, TunnelSession, parse_extensions
 from ..websocket import (
     Closed,
@@ -72,6 +73,8 @@ class GatewayLink:
     def key(self) -> tuple[str, int, str, bool]:
         a = self.address
         return (a.host.lower(), a.port, a.path, a.tls)
+
+    tcp: bool = False  # the gateway accepted our TCP services (protocol.md §21)
 
     @property
     def session(self) -> TunnelSession | None:
@@ -155,7 +158,7 @@ class GatewayLink:
         headers += offer_ws_extensions(settings.stream_window, ws=settings.websocket.enabled)
         if settings.routes:
             headers.append((ROUTES_HEADER, ", ".join(settings.routes)))
-        return headers
+        return headers + offer_tcp(list(settings.tcp_services))
 
     def connect_failed(self, now: float, reason: str) -> None:
         addr = self.address
@@ -318,6 +321,9 @@ class GatewayLink:
         self.ws_streams = settings.websocket.enabled and ws_in_effect(
             local_window, peer_window, event.headers
         )
+        self.tcp = has_tcp(event.headers) and peer_window is not None
+        if settings.tcp_services and not self.tcp:
+            log.warning("gateway %s does not take TCP services", self.address.host_header)
         session = ep.open_session(
             accepts=RequestHead,
             local_window=local_window,

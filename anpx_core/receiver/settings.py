@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from .. import messages as M
 from ..auth import ClientAuth, NoAuth
+from ..tcp import TcpSettings
 from ..tunnel import DEFAULT_HIGH_WATER, DEFAULT_STREAM_WINDOW
 from ..websocket import WsLimits
 from ..ws_relay import WsSettings
@@ -85,6 +86,9 @@ class ReceiverSettings:
     # hold a tunnel to each of them too, at most this many beyond the configured URLs.
     learn_endpoints: bool = True
     max_learned_endpoints: int = 64
+    # TCP services offered in the handshake: name -> local (host, port) (protocol.md §21)
+    tcp_services: dict[str, tuple[str, int]] = field(default_factory=dict)
+    tcp: TcpSettings = field(default_factory=TcpSettings)
 
 
 @dataclass(slots=True)
@@ -93,4 +97,4 @@ class ConnectRequest:
     host: str
     port: int
     tls: bool
-    purpose: str  # "gateway" or "upstream"
+    purpose: str  # "gateway", "upstream" or "tcp" (a local TCP service: half-close)

@@ -1,0 +1,136 @@
+"""TCP streams on asyncio (protocol.md §21): the twin of ``anpx_trio.tcp``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+
+from anpx_core.gateway import GatewayCore
+from anpx_core.gateway.tcp import TcpListen
+from anpx_host.keys import HostKey
+from anpx_host.launch import bind_failure
+from anpx_host.tcpsock import reset_on_close, tune
+from anpx_host.tls import describe_error
+
+from ._pump import READ_SIZE, STREAM_ERRORS, Pump
+
+log = logging.getLogger("anpx.asyncio")
+
+
+class _Resetting:
+    """What the pump aborts for a TCP stream: a RST (SO_LINGER 0), not a FIN."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.transport = self
+        self._writer = writer
+        self.tasks: tuple[asyncio.Task[None], ...] = ()
+
+    def abort(self) -> None:
+        reset_on_close(self._writer.get_extra_info("socket"))
+        self._writer.transport.abort()
+        for task in self.tasks:  # a reader parked on can_read would never wake otherwise
+            task.cancel()
+
+
+async def serve_tcp(
+    pump: Pump, cid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Pump a TCP stream's socket until both directions ended or the core resets it
+    (see ``anpx_trio.tcp.serve_tcp``; call it with no ``sync()`` since ``cid`` was made)."""
+    loop = asyncio.get_running_loop()
+    resetting = _Resetting(writer)
+    read_task = loop.create_task(pump._reader(cid, reader, READ_SIZE))
+    write_task = loop.create_task(_writer(pump, cid, writer))
+    resetting.tasks = (read_task, write_task)
+    pump._writers[cid] = resetting  # type: ignore[assignment]
+    pump.sync()
+    try:
+        await asyncio.wait((read_task, write_task))
+        for task in (read_task, write_task):
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    except Exception as exc:  # the crash barrier: this connection only
+        log.error("internal error on connection %d; closing it", cid, exc_info=exc)
+        reset_on_close(writer.get_extra_info("socket"))
+    finally:
+        pump._writers.pop(cid, None)
+        for task in (read_task, write_task):
+            task.cancel()
+        for task in (read_task, write_task):
+            with contextlib.suppress(BaseException):
+                await task
+        writer.close()
+        with contextlib.suppress(*STREAM_ERRORS, asyncio.TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), 1)
+        try:
+            pump.core.closed(cid, pump.now())
+            pump.sync()
+        except Exception:
+            log.exception("internal error closing connection %d", cid)
+        pump.wakers.fire((HostKey.CLOSED,))
+
+
+async def _writer(pump: Pump, cid: int, writer: asyncio.StreamWriter) -> None:
+    core = pump.core
+    while True:
+        data, close = core.take_output(cid)
+        if data:
+            try:
+                writer.write(data)
+                await writer.drain()
+            except STREAM_ERRORS as exc:
+                core.lost(cid, pump.now(), describe_error(exc))
+                pump.sync()
+                return
+            core.written(cid, pump.now())
+            pump.sync()
+            continue
+        if close:
+            with contextlib.suppress(*STREAM_ERRORS, RuntimeError):
+                if writer.can_write_eof() and not writer.transport.is_closing():
+                    writer.write_eof()
+            return
+        await pump.wakers.wait(cid)
+
+
+def tune_writer(writer: asyncio.StreamWriter, keepalive: float) -> None:
+    """TCP_NODELAY and keepalive on the connection's socket."""
+    tune(writer.get_extra_info("socket"), keepalive)
+
+
+async def bind_tcp(pump: Pump, core: GatewayCore) -> list[tuple[TcpListen, asyncio.Server]]:
+    """Start every ``[[gateway.tcp]]`` listener (port 0 picks a free port)."""
+    bound = []
+    for listen in core.settings.tcp.listeners:
+        try:
+            server = await asyncio.start_server(
+                functools.partial(_connection, pump, listen), listen.host, listen.port
+            )
+        except OSError as exc:
+            raise bind_failure(listen.host, listen.port, exc) from None
+        port = server.sockets[0].getsockname()[1]
+        log.info("tcp service %s listening on %s:%d", listen.service, listen.host, port)
+        bound.append((listen, server))
+    return bound
+
+
+async def _connection(
+    pump: Pump, listen: TcpListen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    core = pump.core
+    assert isinstance(core, GatewayCore)
+    peer = writer.get_extra_info("peername")
+    if peer is None:
+        writer.close()
+        return
+    tune_writer(writer, core.settings.tcp.limits.keepalive)
+    try:
+        cid = core.open_tcp(pump.now(), tuple(peer[:2]), listen)
+    except Exception:  # the crash barrier: this connection only
+        log.exception("internal error accepting a tcp connection from %s", peer)
+        writer.close()
+        return
+    with contextlib.suppress(asyncio.CancelledError):  # shutdown: serve_tcp cleaned up
+        await serve_tcp(pump, cid, reader, writer)
