@@ -154,7 +154,9 @@ def pct(values: list[float], q: float) -> float:
 class Pair:
     """A gateway and a receiver process of one driver, from config files."""
 
-    def __init__(self, driver: str, tmp: Path, targets: dict[str, int], window: int = 0) -> None:
+    def __init__(
+        self, driver: str, tmp: Path, targets: dict[str, int], window: int = 0, tcp_window: int = 0
+    ) -> None:
         self.http, self.tunnel = free_port(), free_port()
         self.public = {name: free_port() for name in targets}
         gw = tmp / f"gw-{driver}.toml"
@@ -162,6 +164,7 @@ class Pair:
             f"[gateway]\nport = {self.http}\nwss_port = {self.tunnel}\nadmin_port = 0\n"
             "max_streams_per_receiver = 1000\n"
             + (f"stream_window = {window}\n" if window else "")
+            + (f"tcp_stream_window = {tcp_window}\n" if tcp_window else "")
             + "[logging]\nlevel = \"WARNING\"\n"
             + "".join(f'[[gateway.tcp]]\nport = {p}\nservice = "{n}"\n' for n, p in self.public.items())
         )  # fmt: skip
@@ -169,16 +172,19 @@ class Pair:
         rc.write_text(
             f'[receiver]\ngateway_url = "ws://127.0.0.1:{self.tunnel}/"\nclient_id = "bench"\n'
             + (f"stream_window = {window}\n" if window else "")
+            + (f"tcp_stream_window = {tcp_window}\n" if tcp_window else "")
             + '[logging]\nlevel = "WARNING"\n'
             + "".join(f'[[receiver.tcp]]\nname = "{n}"\nlocal = "127.0.0.1:{p}"\n' for n, p in targets.items())
         )  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         py = [sys.executable, "-m", f"anpx_{driver}"]
         self.gw = subprocess.Popen([*py, "gateway", "-c", str(gw)], env=env, cwd=REPO,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                                   stdout=subprocess.DEVNULL,
+                                   stderr=open(tmp / f"gw-{driver}.log", "wb"))  # noqa: SIM115  # fmt: skip
         wait_port(self.tunnel)
         self.rc = subprocess.Popen([*py, "receiver", "-c", str(rc)], env=env, cwd=REPO,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                                   stdout=subprocess.DEVNULL,
+                                   stderr=open(tmp / f"rc-{driver}.log", "wb"))  # noqa: SIM115  # fmt: skip
         # ready once a connection through the public port gets an answer
         deadline = time.monotonic() + 20
         banner = self.public.get("banner")
@@ -189,7 +195,9 @@ class Pair:
                         return
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError("the receiver's services did not come up")
+        self.stop()
+        logs = (tmp / f"rc-{driver}.log").read_text()[-500:]
+        raise RuntimeError(f"the receiver's services did not come up: {logs}")
 
     def rss(self) -> int:
         return rss_kib(self.gw.pid) + rss_kib(self.rc.pid)
@@ -204,6 +212,37 @@ class Pair:
                 proc.kill()
 
 
+def setup_rounds(args: argparse.Namespace) -> int:
+    """Connection setup only, interleaved: each round measures direct then every driver
+    (both pairs stay up), so that load from other processes hits all of them alike."""
+    services = Services()
+    targets = {"banner": services.port("banner")}
+    drivers = args.drivers.split(",")
+    p50: dict[str, list[float]] = {"direct": [], **{d: [] for d in drivers}}
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs = {d: Pair(d, Path(tmp), targets, args.window, args.tcp_window) for d in drivers}
+        try:
+            time.sleep(1)
+            for _ in range(args.setup_only):
+                p50["direct"].append(
+                    statistics.median(setup_latency(targets["banner"], args.setups))
+                )
+                for d, pair in pairs.items():
+                    p50[d].append(
+                        statistics.median(setup_latency(pair.public["banner"], args.setups))
+                    )
+        finally:
+            for pair in pairs.values():
+                pair.stop()
+    direct = statistics.median(p50["direct"])
+    for name, values in p50.items():
+        med = statistics.median(values)
+        extra = "" if name == "direct" else f" (+{med - direct:.3f})"
+        print(f"{name}: setup p50 {med:.3f} ms{extra}; per round "
+              + " ".join(f"{v:.2f}" for v in values))  # fmt: skip
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--drivers", default="trio,asyncio")
@@ -211,8 +250,15 @@ def main() -> int:
     parser.add_argument("--setups", type=int, default=300, help="connections for setup latency")
     parser.add_argument("--streams", type=int, default=100, help="concurrent streams for RSS")
     parser.add_argument("--window", type=int, default=0, help="stream_window (0: the default)")
+    parser.add_argument("--tcp-window", type=int, default=0, help="tcp_stream_window (0: default)")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/tcp.json")
+    parser.add_argument(
+        "--setup-only", type=int, default=0, metavar="ROUNDS",
+        help="only connection setup: ROUNDS interleaved rounds (direct, each driver), medians",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.setup_only:
+        return setup_rounds(args)
     if shutil.which("iperf3") is None:
         print("iperf3 is not installed (Debian: iperf3)", file=sys.stderr)
         return 2
@@ -245,7 +291,7 @@ def main() -> int:
                    "echo": services.port("echo")}  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             for driver in args.drivers.split(","):
-                pair = Pair(driver, Path(tmp), targets, args.window)
+                pair = Pair(driver, Path(tmp), targets, args.window, args.tcp_window)
                 try:
                     time.sleep(1)  # settle after start (imports, first connections)
                     idle = pair.rss()

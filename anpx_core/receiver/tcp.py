@@ -120,8 +120,11 @@ class TcpStreams:
     def in_flight(self) -> int:
         return len(self.live)
 
-    def claims(self, head: RequestHead) -> bool:
+    def claims(self, link: GatewayLink, head: RequestHead) -> bool:
         return head.method == TCP_METHOD
+
+    def stop(self) -> None:
+        """The receiver closes its tunnels next: each stream is reset by its tunnel going."""
 
     def open(self, link: GatewayLink, rid: str, head: RequestHead, now: float) -> None:
         if not link.tcp:
