@@ -33,6 +33,8 @@ TCP_METHOD = "ANPX-TCP"
 PEER_HEADER = "anpx-tcp-peer"
 CONNECTED = ResponseHead(200, "connected")
 MAX_SERVICES = 64
+TCP_STREAM_WINDOW = 8 * 1024 * 1024
+MAX_TCP_STREAM_WINDOW = 256 * 1024 * 1024
 _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -46,6 +48,9 @@ class TcpSettings:
     open_timeout: float = 15.0
     #: TCP keepalive on the sockets (idle seconds before probes, drivers only); 0: off.
     keepalive: float = 60.0
+    #: Receive window of each TCP stream (credit granted above the tunnel's stream_window
+    #: when larger): what one stream may have in flight toward us, so its throughput.
+    window: int = TCP_STREAM_WINDOW
 
 
 def check_service(name: str) -> str:

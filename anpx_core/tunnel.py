@@ -140,6 +140,7 @@ class _Stream:
     recv_outstanding: int = 0  # flow mode: peer may still send this much
     recv_unacked: int = 0  # consumed by us, credit not yet granted
     want_writable: bool = False
+    window: int = 0  # a receive window above the session's (widen()); 0: the session's
 
 
 class TunnelSocket(Protocol):
@@ -460,10 +461,26 @@ class TunnelSession:
         if stream is None or stream.received_end:
             return
         stream.recv_unacked += nbytes
-        if stream.recv_unacked >= self.local_window // 4:
+        if stream.recv_unacked >= (stream.window or self.local_window) // 4:
             self._credit_due[request_id] = self._credit_due.get(request_id, 0) + stream.recv_unacked
             stream.recv_outstanding += stream.recv_unacked
             stream.recv_unacked = 0
+
+    def widen(self, request_id: str, window: int) -> None:
+        """Let the peer send up to ``window`` bytes of this stream ahead of our consumer,
+        above the session's window (TCP streams, ``tcp_stream_window``). Only credit goes
+        on the wire (sent by the next :meth:`flush_credits`): any peer with flow control
+        honours it. Call it before the stream's first body byte arrives; a no-op when the
+        window is not larger, the stream unknown or flow control off."""
+        stream = self._streams.get(request_id)
+        if not self.flow or stream is None or stream.received_end or stream.window:
+            return
+        extra = min(window, MAX_WINDOW) - self.local_window
+        if extra <= 0:
+            return
+        stream.window = self.local_window + extra
+        stream.recv_outstanding += extra
+        self._credit_due[request_id] = self._credit_due.get(request_id, 0) + extra
 
     def flush_credits(self) -> None:
         """Send the credit granted since the last call as one control message."""

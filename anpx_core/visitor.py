@@ -202,6 +202,8 @@ class _Local:
         rid = core.new_request_id()
         session.start(rid, open_head(core.settings.service, self.peer))
         session.flush(rid)
+        session.widen(rid, core.settings.tcp.window)
+        session.flush_credits()
         what = f"tcp {core.settings.service} for {self.peer}"
         self.pipe = TcpPipe(
             self.cid, rid, link, link.cid, core, core.settings.tcp, now, answered=False, what=what

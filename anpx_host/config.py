@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from anpx_core.gateway import GatewaySettings
 from anpx_core.gateway.tcp import GatewayTcpSettings, TcpListen
 from anpx_core.receiver import ReceiverSettings
-from anpx_core.tcp import TcpSettings
+from anpx_core.tcp import MAX_TCP_STREAM_WINDOW, TcpSettings
 from anpx_core.ws_relay import WsSettings
 
 from .tcpsock import parse_hostport
@@ -532,6 +532,7 @@ class GatewayConfig(_Section):
     tcp_idle_timeout: float = _opt(_TCP.idle_timeout, "float", lo=0, unit="seconds")
     tcp_open_timeout: float = _opt(_TCP.open_timeout, "float", lo=0, lo_open=True, unit="seconds")
     tcp_keepalive: float = _opt(_TCP.keepalive, "float", lo=0, unit="seconds")
+    tcp_stream_window: int = _opt(_TCP.window, "int", lo=0, hi=MAX_TCP_STREAM_WINDOW, unit="bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,6 +590,7 @@ class ReceiverConfig(_Section):
     tcp_local_port: int | None = _opt(None, "int", lo=1, hi=65535)
     tcp_idle_timeout: float = _opt(_TCP.idle_timeout, "float", lo=0, unit="seconds")
     tcp_keepalive: float = _opt(_TCP.keepalive, "float", lo=0, unit="seconds")
+    tcp_stream_window: int = _opt(_TCP.window, "int", lo=0, hi=MAX_TCP_STREAM_WINDOW, unit="bytes")
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -1227,7 +1229,9 @@ def to_gateway_settings(cfg: Config | GatewayConfig) -> GatewaySettings:
         websocket=to_ws_settings(g.websocket),
         new_request_id=lambda: str(uuid.uuid4()),
         tcp=GatewayTcpSettings(
-            limits=TcpSettings(g.tcp_idle_timeout, g.tcp_open_timeout, g.tcp_keepalive),
+            limits=TcpSettings(
+                g.tcp_idle_timeout, g.tcp_open_timeout, g.tcp_keepalive, g.tcp_stream_window
+            ),
             listeners=[
                 TcpListen(
                     port,
@@ -1289,5 +1293,9 @@ def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
         learn_endpoints=r.learn_endpoints,
         max_learned_endpoints=r.max_learned_endpoints,
         tcp_services={name: parse_hostport(local) for name, local in r.tcp},
-        tcp=TcpSettings(idle_timeout=r.tcp_idle_timeout, keepalive=r.tcp_keepalive),
+        tcp=TcpSettings(
+            idle_timeout=r.tcp_idle_timeout,
+            keepalive=r.tcp_keepalive,
+            window=r.tcp_stream_window,
+        ),
     )

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from anpx_core.auth import NoAuth, SharedSecretClient
-from anpx_core.tcp import TcpSettings, check_service
+from anpx_core.tcp import MAX_TCP_STREAM_WINDOW, TcpSettings, check_service
 from anpx_core.visitor import VisitorSettings
 
 from .errors import StartupError
@@ -51,6 +51,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--ca-file", metavar="FILE", help="CA bundle to verify a wss:// gateway")
     p.add_argument("--idle-timeout", type=float, default=TcpSettings().idle_timeout, metavar="S")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=TcpSettings().window,
+        metavar="BYTES",
+        help="receive window of each connection (like tcp_stream_window; default 8 MiB)",
+    )
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -59,6 +66,8 @@ def parse_visitor(argv: list[str], prog: str) -> VisitorPlan:
     args = build_parser(prog).parse_args(argv)
     try:
         check_service(args.service)
+        if not 0 <= args.window <= MAX_TCP_STREAM_WINDOW:
+            raise ValueError(f"--window must be 0 to {MAX_TCP_STREAM_WINDOW} bytes")
         listen = parse_hostport(args.listen, "--listen", any_port=True) if args.listen else None
     except ValueError as exc:
         raise StartupError(str(exc)) from None
@@ -84,7 +93,7 @@ def parse_visitor(argv: list[str], prog: str) -> VisitorPlan:
         service=args.service,
         client_id=client_id,
         auth=auth,
-        tcp=TcpSettings(idle_timeout=args.idle_timeout),
+        tcp=TcpSettings(idle_timeout=args.idle_timeout, window=args.window),
         new_request_id=lambda: str(uuid.uuid4()),
     )
     try:

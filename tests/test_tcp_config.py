@@ -168,3 +168,25 @@ def test_command_line_end_to_end(tmp_path, driver):
             receiver.stop()
         gateway.stop()
         echo.close()
+
+
+def test_tcp_stream_window_defaults_and_bounds(tmp_path):
+    from anpx_core.tcp import MAX_TCP_STREAM_WINDOW, TCP_STREAM_WINDOW
+    from anpx_host.errors import StartupError
+    from anpx_host.visitorcli import parse_visitor
+
+    cfg = _load(tmp_path, "")
+    assert to_gateway_settings(cfg.gateway).tcp.limits.window == TCP_STREAM_WINDOW == 8 << 20
+    assert to_receiver_settings(cfg.receiver).tcp.window == TCP_STREAM_WINDOW
+    for side in ("gateway", "receiver"):
+        for ok in (0, MAX_TCP_STREAM_WINDOW):
+            cfg = _load(tmp_path, f"[{side}]\ntcp_stream_window = {ok}\n")
+            assert getattr(cfg, side).tcp_stream_window == ok
+        for bad in (-1, MAX_TCP_STREAM_WINDOW + 1):
+            with pytest.raises(ConfigError, match="tcp_stream_window"):
+                _load(tmp_path, f"[{side}]\ntcp_stream_window = {bad}\n")
+    base = ["db", "--gateway-url", "ws://127.0.0.1:1/", "--listen", "127.0.0.1:0"]
+    plan = parse_visitor([*base, "--window", str(MAX_TCP_STREAM_WINDOW)], "connect")
+    assert plan.settings.tcp.window == MAX_TCP_STREAM_WINDOW
+    with pytest.raises(StartupError, match="--window"):
+        parse_visitor([*base, "--window", str(MAX_TCP_STREAM_WINDOW + 1)], "connect")

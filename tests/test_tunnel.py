@@ -375,3 +375,80 @@ def test_abandon_forgets_every_stream() -> None:
     assert pair.gw.stream_count == 0
     pair.gw.send("a", b"dropped")  # sends to forgotten streams are ignored
     assert pair.gw.writable("a")
+
+
+# --- a wider window for one stream (TCP streams, tcp_stream_window) ---------------------------
+
+
+def _sent_body(pair: Pair, rid: str, data: bytes) -> bytes:
+    pair.gw.send(rid, data)
+    pair.gw.flush(rid)
+    return body_of(pair.to_rx(), rid)
+
+
+def test_widen_grants_the_extra_as_credit_and_the_peer_may_use_all_of_it() -> None:
+    pair = Pair(100, 100, frame_size=65536)
+    rid = "tcp-1"
+    pair.gw.start(rid, REQUEST)
+    pair.gw.flush(rid)
+    assert [type(e) for e in pair.to_rx()] == [StreamHead]
+    pair.rx.widen(rid, 400)
+    pair.rx.flush_credits()
+    assert pair.rx_ws.out == [{"type": CONTROL_CREDIT, "credits": [[rid, 300]]}]
+    pair.to_gw()
+    # the sender (unchanged: it only sees credit) may now have 400 bytes in flight, not 100
+    assert _sent_body(pair, rid, b"x" * 450) == b"x" * 400
+    assert pair.gw.unsent(rid) == 50
+    # credit returns in quarters of the wider window: 99 consumed bytes grant nothing yet
+    pair.rx.consumed(rid, 99)
+    pair.rx.flush_credits()
+    assert pair.rx_ws.take() == []
+    pair.rx.consumed(rid, 1)
+    pair.rx.flush_credits()
+    assert pair.rx_ws.take() == [{"type": CONTROL_CREDIT, "credits": [[rid, 100]]}]
+
+
+def test_a_widened_stream_is_still_bounded_by_its_window() -> None:
+    # a peer ignoring the window (it acts as if 1000 bytes were granted per stream): one byte
+    # beyond the wider window resets the stream
+    pair = Pair(100, 100, frame_size=65536)
+    pair.gw = TunnelSession(pair.gw_ws, accepts=ResponseHead, local_window=100, peer_window=1000)
+    rid = "tcp-1"
+    pair.gw.start(rid, REQUEST)
+    pair.gw.flush(rid)
+    pair.to_rx()
+    pair.rx.widen(rid, 400)
+    assert _sent_body(pair, rid, b"y" * 400) == b"y" * 400
+    pair.gw.send(rid, b"y")
+    pair.gw.flush(rid)
+    assert any(isinstance(e, StreamReset) for e in pair.to_rx())
+
+
+@pytest.mark.parametrize("window", [0, 50, 100])
+def test_widen_to_no_more_than_the_session_window_sends_nothing(window: int) -> None:
+    pair = Pair(100, 100)
+    pair.gw.start("s", REQUEST)
+    pair.gw.flush("s")
+    pair.to_rx()
+    pair.rx.widen("s", window)
+    pair.rx.flush_credits()
+    assert pair.rx_ws.out == []
+
+
+def test_widen_is_a_no_op_without_flow_control_or_stream_and_only_once() -> None:
+    v1 = Pair(None, 100)
+    v1.gw.start("s", REQUEST)
+    v1.to_rx()
+    v1.rx.widen("s", 1000)
+    v1.rx.flush_credits()
+    assert v1.rx_ws.out == []
+    pair = Pair(100, 100)
+    pair.rx.widen("unknown", 1000)
+    pair.rx.flush_credits()
+    assert pair.rx_ws.out == []
+    pair.gw.start("s", REQUEST)
+    pair.to_gw()
+    pair.gw.widen("s", 300)
+    pair.gw.widen("s", 300)  # granted once: a second call does not add credit
+    pair.gw.flush_credits()
+    assert pair.gw_ws.out[-1] == {"type": CONTROL_CREDIT, "credits": [["s", 200]]}

@@ -204,6 +204,8 @@ class GatewayTcp:
         tunnel.streams[rid] = conn
         tunnel.session.start(rid, open_head(listen.service, peer))
         tunnel.session.flush(rid)
+        tunnel.session.widen(rid, self.settings.limits.window)
+        tunnel.session.flush_credits()
         what = f"tcp {listen.service} for {peer} via {tunnel.identity or tunnel.peer}"
         conn.tunnel = tunnel
         conn.pipe = TcpPipe(
@@ -519,6 +521,11 @@ class VisitorLink:
         tunnel.streams[rid] = relay
         tunnel.session.start(rid, open_head(service, f"visitor {self.tunnel.identity}"))
         tunnel.session.flush(rid)
+        window = self.unit.settings.limits.window  # a TCP window each way waits here at most
+        tunnel.session.widen(rid, window)
+        tunnel.session.flush_credits()
+        session.widen(vrid, window)
+        session.flush_credits()
         self.unit.core.wake(tunnel.cid)
 
     def gone(self, why: str) -> None:

@@ -150,6 +150,8 @@ class TcpStreams:
         link.streams[rid] = conn
         self.live.add(conn)
         self.opened += 1
+        link.session.widen(rid, ctx.settings.tcp.window)
+        link.session.flush_credits()
         ctx.connect(ConnectRequest(cid, target[0], target[1], False, "tcp"))
         conn._arm()
 
