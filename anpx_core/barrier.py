@@ -3,9 +3,11 @@
 Every per-connection entry point of a core (``receive``, ``take_output``, ``written``,
 ``can_read``, ...) is wrapped by :func:`guarded`. An exception that escapes the core's
 own handling (a bug, or an input nobody thought of) is logged once, with its traceback,
-and the connection is *doomed*: from then on ``take_output`` says "close" and nothing
-else is done for it, so the driver closes the socket and calls ``closed(cid)``, whose
-normal clean-up (the stream cancelled, the tunnel's streams failed, a reconnect) follows.
+and the connection is *doomed*: it is aborted (the driver closes its socket without
+flushing: "close" from ``take_output`` alone would only shut a TCP stream's write side and
+leave its reader waiting), from then on ``take_output`` says "close" and nothing else is
+done for it, and the driver's ``closed(cid)`` runs the normal clean-up (the stream
+cancelled, the tunnel's streams failed, a reconnect).
 Finer barriers inside the cores reset one stream instead of its whole tunnel.
 """
 
@@ -37,6 +39,11 @@ class CrashBarrier:
         )
         self._doomed.add(cid)
         self._wakeups.add(cid)
+        self.abort(cid)
+
+    def abort(self, cid: int) -> None:
+        """Have the driver close connection ``cid`` at once (each core defines it)."""
+        raise NotImplementedError
 
     @property
     def doomed(self) -> int:

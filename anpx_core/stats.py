@@ -12,6 +12,26 @@ from typing import Any
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _RECENT = 2048  # durations kept for the percentiles in /stats
 MAX_ROUTE_LABELS = 1000  # distinct route labels in metrics; the rest count as "other"
+MAX_SERVICE_LABELS = 256  # distinct TCP service labels; the rest count as "other"
+
+
+@dataclass(slots=True)
+class TcpCounters:
+    """One TCP service's counters at the gateway (public ports and visitors together)."""
+
+    opened: int = 0  # streams opened to a receiver
+    bytes_in: int = 0  # from clients (public connections, visitors) toward the service
+    bytes_out: int = 0  # from the service to clients
+    connect_failures: int = 0  # no receiver offered it, or the receiver could not connect
+
+    def as_dict(self, open_now: int) -> dict[str, int]:
+        return {
+            "open": open_now,
+            "opened": self.opened,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "connect_failures": self.connect_failures,
+        }
 
 
 @dataclass(slots=True)
@@ -42,7 +62,23 @@ class Stats:
     auth_failures: int = 0
     tunnels_opened: int = 0
     reconnects: int = 0  # tunnels opened by a receiver id seen before
+    tcp: dict[str, TcpCounters] = field(default_factory=dict)  # per TCP service
     _seen_ids: set[str] = field(default_factory=set)
+
+    def tcp_service(self, service: str) -> TcpCounters:
+        """The counters of ``service`` (bounded: past MAX_SERVICE_LABELS, "other")."""
+        counters = self.tcp.get(service)
+        if counters is None:
+            if len(self.tcp) >= MAX_SERVICE_LABELS:
+                service = "other"
+                counters = self.tcp.get(service)
+            if counters is None:
+                counters = self.tcp[service] = TcpCounters()
+        return counters
+
+    def tcp_view(self, open_now: dict[str, int]) -> dict[str, dict[str, int]]:
+        names = sorted(set(self.tcp) | set(open_now))
+        return {n: self.tcp.get(n, TcpCounters()).as_dict(open_now.get(n, 0)) for n in names}
 
     def _label(self, route: str) -> str:
         if route in self.durations or len(self.durations) < MAX_ROUTE_LABELS:
@@ -94,7 +130,12 @@ class Stats:
         ).encode()
 
     def stats_json(
-        self, *, receivers: list[dict[str, Any]], routes: dict[str, int], in_flight: int
+        self,
+        *,
+        receivers: list[dict[str, Any]],
+        routes: dict[str, int],
+        in_flight: int,
+        tcp_open: dict[str, int] | None = None,
     ) -> bytes:
         return json.dumps(
             {
@@ -114,11 +155,17 @@ class Stats:
                 "auth_failures": self.auth_failures,
                 "tunnels_opened": self.tunnels_opened,
                 "reconnects": self.reconnects,
+                "tcp": self.tcp_view(tcp_open or {}),
             }
         ).encode()
 
     def prometheus(
-        self, *, receivers: int, in_flight: int, identities: tuple[str, ...] = ()
+        self,
+        *,
+        receivers: int,
+        in_flight: int,
+        identities: tuple[str, ...] = (),
+        tcp_open: dict[str, int] | None = None,
     ) -> bytes:
         """The Prometheus text exposition format, version 0.0.4."""
         lines: list[str] = []
@@ -193,6 +240,29 @@ class Stats:
         for identity in sorted(set(identities)):
             count = identities.count(identity)
             lines.append(f'anpx_receiver_tunnels{{id="{_escape(identity)}"}} {count}')
+        tcp = self.tcp_view(tcp_open or {})
+        for name, kind, help_text, key in (
+            ("anpx_tcp_streams", "gauge", "TCP streams open now, by service.", "open"),
+            ("anpx_tcp_streams_opened_total", "counter", "TCP streams opened.", "opened"),
+            (
+                "anpx_tcp_connect_failures_total",
+                "counter",
+                "TCP connections not made: no receiver offered the service, or its connect failed.",
+                "connect_failures",
+            ),
+        ):
+            metric(name, kind, help_text)
+            for service, values in tcp.items():
+                lines.append(f'{name}{{service="{_escape(service)}"}} {values[key]}')
+        metric("anpx_tcp_bytes_total", "counter", "TCP bytes relayed, by service and direction.")
+        for service, values in tcp.items():
+            label = _escape(service)
+            lines.append(
+                f'anpx_tcp_bytes_total{{service="{label}",direction="in"}} {values["bytes_in"]}'
+            )
+            lines.append(
+                f'anpx_tcp_bytes_total{{service="{label}",direction="out"}} {values["bytes_out"]}'
+            )
         return ("\n".join(lines) + "\n").encode()
 
 

@@ -33,6 +33,7 @@ TCP_METHOD = "ANPX-TCP"
 PEER_HEADER = "anpx-tcp-peer"
 CONNECTED = ResponseHead(200, "connected")
 MAX_SERVICES = 64
+CONNECT_FAILED = "connect failed"  # the start of a receiver's reset reason for a failed connect
 TCP_STREAM_WINDOW = 8 * 1024 * 1024
 MAX_TCP_STREAM_WINDOW = 256 * 1024 * 1024
 _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -81,6 +81,14 @@ def combine_stats(answers: list[Answer]) -> dict[str, Any]:
                 for k, n in value.items():
                     if isinstance(n, int) and not isinstance(n, bool):
                         into[k] = into.get(k, 0) + n
+            elif key == "tcp" and isinstance(value, dict):  # service -> counters
+                into = total.setdefault("tcp", {})
+                for service, counters in value.items():
+                    if isinstance(counters, dict):
+                        mine = into.setdefault(service, {})
+                        for k, n in counters.items():
+                            if isinstance(n, int) and not isinstance(n, bool):
+                                mine[k] = mine.get(k, 0) + n
             elif key == "latency_ms" and isinstance(value, dict):
                 into = total["latency_ms"]
                 for q, ms in value.items():

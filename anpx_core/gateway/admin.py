@@ -79,13 +79,17 @@ class AdminConn:
             status = 200 if ready and not core.draining else 503
         elif path == "/stats":
             body = core.stats.stats_json(
-                receivers=core.receivers, routes=core.routes.routes, in_flight=core.in_flight
+                receivers=core.receivers,
+                routes=core.routes.routes,
+                in_flight=core.in_flight,
+                tcp_open=core.tcp.open_streams(),
             )
         elif path == "/metrics":
             body = core.stats.prometheus(
                 receivers=receivers,
                 in_flight=core.in_flight,
                 identities=tuple(t.identity for t in core.tunnels.open if t.session is not None),
+                tcp_open=core.tcp.open_streams(),
             )
             content_type = "text/plain; version=0.0.4; charset=utf-8"
         else:

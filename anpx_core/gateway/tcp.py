@@ -23,7 +23,9 @@ from ..auth import ServerAuth
 from ..endpoint import EndpointEvent
 from ..meta import RequestHead, ResponseHead
 from ..ratelimit import address_key
+from ..stats import TcpCounters
 from ..tcp import (
+    CONNECT_FAILED,
     TCP_EXTENSION,
     TcpPipe,
     TcpSettings,
@@ -158,6 +160,17 @@ class GatewayTcp:
                 return None
         return None
 
+    def open_streams(self) -> dict[str, int]:
+        """TCP streams open now per service (public connections and visitors' relays)."""
+        out: dict[str, int] = {}
+        for tunnel in self.core.tunnels.open:
+            for owner in tunnel.streams.values():
+                if isinstance(owner, TcpClientConn | Relay):
+                    # every opened stream's service has counters, or counts as "other"
+                    label = owner.service if owner.service in self.core.stats.tcp else "other"
+                    out[label] = out.get(label, 0) + 1
+        return out
+
     # --- public listeners ------------------------------------------------------------------
 
     def open(
@@ -165,6 +178,7 @@ class GatewayTcp:
     ) -> TcpClientConn:
         peer = f"{client[0]}:{client[1]}" if client else "-"
         conn = TcpClientConn(self, cid, peer, listen.service)
+        counters = self.core.stats.tcp_service(listen.service)
         self.clients += 1
         if client is not None:
             conn.key = address_key(client[0])
@@ -198,8 +212,11 @@ class GatewayTcp:
                 listen.service,
                 peer,
             )
+            counters.connect_failures += 1
             self.core.abort(cid)
             return conn
+        counters.opened += 1
+        conn.counters = counters
         rid = self.core.settings.new_request_id()
         tunnel.streams[rid] = conn
         tunnel.session.start(rid, open_head(listen.service, peer))
@@ -259,7 +276,7 @@ class GatewayTcp:
 class TcpClientConn:
     """A public TCP connection (a gateway :class:`Connection` and a ``StreamOwner``)."""
 
-    __slots__ = ("cid", "key", "pipe", "service", "tunnel", "unit", "who")
+    __slots__ = ("cid", "counters", "key", "pipe", "service", "tunnel", "unit", "who")
 
     def __init__(self, unit: GatewayTcp, cid: int, who: str, service: str) -> None:
         self.unit = unit
@@ -269,11 +286,14 @@ class TcpClientConn:
         self.tunnel: TunnelConn | None = None
         self.pipe: TcpPipe | None = None
         self.key: str | None = None  # the address counted against max_connections_per_address
+        self.counters: TcpCounters | None = None  # set once a stream is open
 
     # --- the coordinator's calls -----------------------------------------------------------
 
     def receive(self, data: bytes, now: float) -> None:
         if self.pipe is not None:
+            if self.counters is not None:
+                self.counters.bytes_in += len(data)
             self.pipe.sock_data(data, now)
             self._maybe_done()
 
@@ -325,10 +345,14 @@ class TcpClientConn:
             assert isinstance(event.head, ResponseHead)
             pipe.stream_head(event.head)
         elif isinstance(event, StreamData):
+            if self.counters is not None:
+                self.counters.bytes_out += len(event.data)
             pipe.stream_data(event.data, self.unit.core.now)
         elif isinstance(event, StreamEnd):
             pipe.stream_end()
         elif isinstance(event, StreamReset):
+            if self.counters is not None and event.reason.startswith(CONNECT_FAILED):
+                self.counters.connect_failures += 1
             pipe.stream_reset(event.reason)
         elif isinstance(event, StreamWritable):
             pipe.writable()
@@ -355,18 +379,24 @@ class Relay:
     __slots__ = (
         "back_in",
         "back_paid",
+        "counters",
         "done_back",
         "done_fwd",
         "fwd_in",
         "fwd_paid",
         "link",
         "rid",
+        "service",
         "tunnel",
         "vrid",
     )
 
-    def __init__(self, link: VisitorLink, vrid: str, tunnel: TunnelConn, rid: str) -> None:
+    def __init__(
+        self, link: VisitorLink, vrid: str, tunnel: TunnelConn, rid: str, service: str
+    ) -> None:
         self.link = link
+        self.service = service
+        self.counters = link.unit.core.stats.tcp_service(service)
         self.vrid = vrid
         self.tunnel = tunnel
         self.rid = rid
@@ -410,6 +440,7 @@ class Relay:
         rs = self.tunnel.session
         if isinstance(event, StreamData):
             self.fwd_in += len(event.data)
+            self.counters.bytes_in += len(event.data)
             if rs is not None:
                 rs.send(self.rid, event.data)
                 rs.flush(self.rid)
@@ -441,6 +472,7 @@ class Relay:
             vs.flush(self.vrid)
         elif isinstance(event, StreamData):
             self.back_in += len(event.data)
+            self.counters.bytes_out += len(event.data)
             vs.send(self.vrid, event.data)
             vs.flush(self.vrid)
         elif isinstance(event, StreamEnd):
@@ -450,9 +482,29 @@ class Relay:
             log.info(
                 "visitor %s stream %s reset: %s", self.link.tunnel.identity, self.vrid, event.reason
             )
+            if event.reason.startswith(CONNECT_FAILED):
+                self.counters.connect_failures += 1
             vs.cancel(self.vrid, event.reason)
             self.done_fwd = self.done_back = True
         self._settle()
+
+    def crashed(self, exc: BaseException, where: str) -> None:
+        """The crash barrier for one relay: an unexpected exception resets its two streams
+        (the visitor's and the receiver's), never the visitor's tunnel nor its other streams."""
+        log.error(
+            "internal error in visitor %s %s; resetting it",
+            self.link.tunnel.identity, where, exc_info=exc,
+        )  # fmt: skip
+        for session, rid in (
+            (self.link.tunnel.session, self.vrid),
+            (self.tunnel.session, self.rid),
+        ):
+            if session is not None and session.has_stream(rid):
+                session.cancel(rid, "internal error")
+        self.done_fwd = self.done_back = True
+        self.link.relays.pop(self.vrid, None)
+        self.tunnel.streams.pop(self.rid, None)
+        self._wake()
 
     def tunnel_failed(self, why: str) -> None:
         vs = self.link.tunnel.session
@@ -477,25 +529,46 @@ class VisitorLink:
     def event(self, event: EndpointEvent, now: float) -> None:
         core = self.unit.core
         core.wake(self.tunnel.cid)
-        session = self.tunnel.session
         if isinstance(event, Closed):
             self.gone(f"visitor disconnected ({event.code})")
         elif isinstance(event, TunnelBroken):
             log.warning("visitor %s sent unframeable data: %s", self.tunnel.identity, event.reason)
             self.tunnel.ws.close(1002, "bad ANPX frame")
             self.gone("malformed frame")
-        elif isinstance(event, StreamHead) and session is not None:
-            self._open(event.request_id, event.head, now)
-        elif isinstance(event, StreamData | StreamEnd | StreamReset):
-            relay = self.relays.get(event.request_id)
-            if relay is not None:
-                relay.from_visitor(event)
-        elif isinstance(event, StreamWritable):
-            relay = self.relays.get(event.request_id)
-            if relay is not None:
-                relay._settle()
         elif isinstance(event, PeerDraining):
             pass
+        elif isinstance(event, StreamHead | StreamData | StreamEnd | StreamReset | StreamWritable):
+            try:
+                self._stream_event(event, now)
+            except Exception as exc:  # the crash barrier: this stream only
+                self._contain(event.request_id, exc)
+
+    def _stream_event(self, event: Any, now: float) -> None:
+        if isinstance(event, StreamHead):
+            if self.tunnel.session is not None:
+                self._open(event.request_id, event.head, now)
+            return
+        relay = self.relays.get(event.request_id)
+        if relay is None:
+            return
+        if isinstance(event, StreamWritable):
+            relay._settle()
+        else:
+            relay.from_visitor(event)
+
+    def _contain(self, vrid: str, exc: BaseException) -> None:
+        relay = self.relays.get(vrid)
+        if relay is not None:
+            relay.crashed(exc, f"stream {vrid}")
+            return
+        log.error(
+            "internal error in visitor %s stream %s; resetting it",
+            self.tunnel.identity, vrid, exc_info=exc,
+        )  # fmt: skip
+        session = self.tunnel.session
+        if session is not None and session.has_stream(vrid):
+            session.cancel(vrid, "internal error")
+        self.unit.core.wake(self.tunnel.cid)
 
     def _open(self, vrid: str, head: Any, now: float) -> None:
         session = self.tunnel.session
@@ -513,10 +586,12 @@ class VisitorLink:
         tunnel = self.unit.pick(service)
         if tunnel is None or tunnel.session is None:
             log.warning("visitor %s: no receiver offers service %s", self.tunnel.identity, service)
+            self.unit.core.stats.tcp_service(service).connect_failures += 1
             session.cancel(vrid, f"no receiver offers service {service}")
             return
         rid = self.unit.core.settings.new_request_id()
-        relay = Relay(self, vrid, tunnel, rid)
+        relay = Relay(self, vrid, tunnel, rid, service)
+        relay.counters.opened += 1
         self.relays[vrid] = relay
         tunnel.streams[rid] = relay
         tunnel.session.start(rid, open_head(service, f"visitor {self.tunnel.identity}"))

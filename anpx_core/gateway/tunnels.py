@@ -170,6 +170,8 @@ class TunnelConn:
                     core.contain(self.cid, exc, "a tunnel event")
                     return
                 log.error("internal error on stream %s; resetting it", rid, exc_info=exc)
+            elif hasattr(owner, "crashed"):  # a visitor's relay: that stream only, both sides
+                owner.crashed(exc, f"stream {rid}")
             else:
                 core.contain(owner.cid, exc, f"stream {rid}")
             if self.session is not None and rid is not None:

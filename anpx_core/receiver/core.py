@@ -138,8 +138,11 @@ class ReceiverCore(CrashBarrier):
         return out
 
     def pop_aborts(self) -> set[int]:
-        out, self._ctx.aborts = self._ctx.aborts, set()  # TCP streams' resets only
+        out, self._ctx.aborts = self._ctx.aborts, set()  # TCP streams' resets, crashes
         return out
+
+    def abort(self, cid: int) -> None:
+        self._ctx.abort(cid)
 
     # --- driver contract: timers ------------------------------------------------------------
 

@@ -13,7 +13,15 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..meta import RequestHead
-from ..tcp import CONNECTED, PEER_HEADER, TCP_METHOD, TcpPipe, service_of, short_reason
+from ..tcp import (
+    CONNECT_FAILED,
+    CONNECTED,
+    PEER_HEADER,
+    TCP_METHOD,
+    TcpPipe,
+    service_of,
+    short_reason,
+)
 from .context import ReceiverContext
 from .settings import ConnectRequest
 
@@ -66,7 +74,7 @@ class LocalConn:
     def connect_failed(self, now: float, reason: str) -> None:
         log.warning("%s: connect failed: %s", self.what, reason)
         self.pipe.dead = True
-        self.link.cancel_stream(self.rid, f"connect failed: {short_reason(reason)}")
+        self.link.cancel_stream(self.rid, f"{CONNECT_FAILED}: {short_reason(reason)}")
         self._forget()
 
     def note_lost(self, reason: str) -> None:
