@@ -2,6 +2,8 @@
 """TCP services through the tunnel vs direct, in the same run (docs/performance.md, issue 16).
 
     python bench/tcp_iperf.py [--drivers trio,asyncio] [--seconds 5] [--out bench/results/tcp.json]
+                              [--window BYTES] [--tcp-window BYTES]
+    python bench/tcp_iperf.py --setup-only ROUNDS [--setups N]   # connection setup only
 
 For each driver (gateway and receiver processes on the same driver, on 127.0.0.1):
 
@@ -101,7 +103,7 @@ def iperf(port: int, streams: int, seconds: float) -> float:
         try:
             return _iperf(port, streams, seconds)
         except RuntimeError as exc:
-            if "busy" not in str(exc):
+            if "busy" not in str(exc) and "reset by peer" not in str(exc):  # still ending the last
                 raise
             time.sleep(0.5)
     return _iperf(port, streams, seconds)
