@@ -120,8 +120,12 @@ class TcpStreams:
     def in_flight(self) -> int:
         return len(self.live)
 
-    def claims(self, head: RequestHead) -> bool:
-        return head.method == TCP_METHOD
+    def claims(self, link: GatewayLink, head: RequestHead) -> bool:
+        return head.method == TCP_METHOD  # open() refuses it where tcp was not negotiated
+
+    def stop(self) -> None:
+        """The receiver closes its tunnels next, which resets every TCP stream on them:
+        a TCP connection has no going-away message to send first."""
 
     def open(self, link: GatewayLink, rid: str, head: RequestHead, now: float) -> None:
         if not link.tcp:
