@@ -183,6 +183,26 @@ def _phrase(status: int) -> str:
         return ""
 
 
+# h11 checks every header of an event it is given, one regular expression call per name and
+# per value. A response head from the tunnel is checked here instead, all its fields in one
+# call of the same expressions (h11's own grammar), and handed over as already parsed; a head
+# that fails goes the usual way, so h11 raises exactly what it always raised.
+try:
+    from h11._abnf import field_name as _h11_name
+    from h11._abnf import field_value as _h11_value
+
+    _fields_ok = re.compile(f"(?:{_h11_name}:{_h11_value}\n)*".encode("ascii")).fullmatch
+except ImportError:  # another h11 layout: let h11 check every field itself
+    _fields_ok = None
+
+
+def h11_response(status: int, reason: bytes, fields: list[tuple[bytes, bytes]]) -> h11.Response:
+    """``h11.Response(status_code=status, reason=reason, headers=fields)``, checked once."""
+    if _fields_ok is not None and _fields_ok(b"".join([n + b":" + v + b"\n" for n, v in fields])):
+        return h11.Response(status_code=int(status), reason=reason, headers=fields, _parsed=True)
+    return h11.Response(status_code=status, reason=reason, headers=fields)
+
+
 def _reason(status: int, reason: str) -> bytes:
     """The reason phrase to send: the receiver's if it is valid (it carries no meaning,
     so an invalid one is replaced, never a reason to fail the response)."""
@@ -563,10 +583,10 @@ class HttpFront:
         try:
             if not 200 <= status <= 999:
                 raise ValueError(status)
-            response = h11.Response(
-                status_code=status,
-                reason=_reason(status, head.reason),
-                headers=[(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
+            response = h11_response(
+                status,
+                _reason(status, head.reason),
+                [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
             )
         except (h11.LocalProtocolError, UnicodeEncodeError, ValueError):
             self._queue_error(502, "Bad Gateway: invalid response head", [], close=True)
