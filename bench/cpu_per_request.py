@@ -345,7 +345,7 @@ def callgrind(n: int) -> dict[str, float]:
         argv += ["--collect-atstart=no"]
         argv += [f"--toggle-collect={fn}" for fn in MARKERS.values()]
         argv += [sys.executable, __file__, "--marked", "-n", str(n)]
-        env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONMALLOC": "malloc"}
+        env = {**os.environ, "PYTHONHASHSEED": "0"}  # pymalloc, as in production
         subprocess.run(argv, check=True, env=env, stderr=subprocess.DEVNULL)
         annotate = subprocess.run(
             ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(out)],
