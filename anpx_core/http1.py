@@ -46,7 +46,7 @@ was read completely.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -187,6 +187,7 @@ def _phrase(status: int) -> str:
 # per value. A response head from the tunnel is checked here instead, all its fields in one
 # call of the same expressions (h11's own grammar), and handed over as already parsed; a head
 # that fails goes the usual way, so h11 raises exactly what it always raised.
+_fields_ok: Callable[[bytes], re.Match[bytes] | None] | None
 try:
     from h11._abnf import field_name as _h11_name
     from h11._abnf import field_value as _h11_value
