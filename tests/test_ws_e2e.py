@@ -289,6 +289,24 @@ def test_limits_per_address_per_receiver_and_message_size() -> None:
         t.close()
 
 
+def test_a_message_over_the_receivers_smaller_limit_closes_the_client_with_1009(
+    pairing: tuple[str, str],
+) -> None:
+    rc = ReceiverSettings(websocket=WsSettings(max_message_size=1024))
+    t = WsTunnel(*pairing, rc_settings=rc)  # the gateway's own limit: 16 MiB
+    key = f"rc-limit-{pairing[0]}-{pairing[1]}"
+    try:
+        with t.connect(f"/ws/echo?key={key}") as ws:
+            ws.send(b"x" * 1024)
+            assert ws.recv(timeout=10) == b"x" * 1024
+            ws.send(b"x" * 300_000)
+            assert _closed_code(ws) == (1009, "message over 1024 bytes")
+        wait_until(lambda: disconnects(key) == [(1009, "")])
+        wait_until(lambda: t.gateway.obj.core.in_flight == 0)
+    finally:
+        t.close()
+
+
 def test_gateway_cap_per_receiver_and_idle_timeout() -> None:
     ws = WsSettings(max_open=1, idle_timeout=0.5, ping_interval=0.1)
     t = WsTunnel("asyncio", "asyncio", gw_settings=GatewaySettings(websocket=ws))
