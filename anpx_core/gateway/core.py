@@ -153,6 +153,10 @@ class GatewayCore(CrashBarrier):
         self._wakeups.add(cid)
         self._touched.add(cid)
 
+    def signal(self, key: Signal) -> None:
+        """Name ``key`` in the next ``pop_wakeups()``."""
+        self._wakeups.add(key)
+
     def wake_all(self, cids: Iterable[int]) -> None:
         for cid in cids:
             self.wake(cid)
