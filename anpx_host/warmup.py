@@ -32,10 +32,10 @@ async def hold_for_receiver(core: HasReceivers, pump: Pump, wait: float) -> None
     """Return once ``core`` has a receiver, or after ``wait`` seconds; log which."""
     if wait <= 0 or core.receivers:
         return
-    log.info("public port held until a receiver is connected (at most %.0fs)", wait)
+    log.info("public port held until a receiver is connected (at most %gs)", wait)
     with anyio.move_on_after(wait):
         await pump.wakers.until(lambda: bool(core.receivers), Signal.RECEIVERS)
     if core.receivers:
         log.info("a receiver is connected: taking public connections")
     else:
-        log.warning("no receiver after %.0fs: taking public connections anyway", wait)
+        log.warning("no receiver after %gs: taking public connections anyway", wait)

@@ -219,6 +219,50 @@ def test_both_mode_refuses_workers():
     assert "[gateway] workers: more than one worker needs mode gateway" in proc.output
 
 
+@pytest.mark.parametrize("driver", ["trio", "asyncio"])
+def test_a_held_public_port_opens_with_the_first_receiver_or_after_the_wait(driver, caplog):
+    """The worker's hold (Listen.hold_for_receiver), on an embedded gateway."""
+    import anpx_asyncio.gateway
+    import anpx_trio.gateway
+    from anpx_core.gateway import GatewaySettings
+    from anpx_core.receiver import ReceiverSettings
+
+    from .apps import app as hello_app
+    from .deploy import Runner, start_receiver
+
+    mod = anpx_trio.gateway if driver == "trio" else anpx_asyncio.gateway
+
+    def gateway(wait: float) -> tuple[Runner, str]:
+        port = free_port()
+        server = mod.GatewayServer(
+            GatewaySettings(),
+            http=mod.Listen("127.0.0.1", port, hold_for_receiver=wait),
+            tunnel=mod.Listen("127.0.0.1", 0),
+        )
+        return Runner(driver, server), f"http://127.0.0.1:{port}/"
+
+    caplog.set_level("INFO", logger="anpx.gateway")
+    runner, url = gateway(1000.0)  # only a receiver can open it
+    try:
+        with pytest.raises(httpx.ConnectError):  # tunnel open, public port not listening yet
+            httpx.get(url, timeout=5)
+        rc = ReceiverSettings(gateway_urls=[f"ws://127.0.0.1:{runner.obj.ports.tunnel}/"])
+        receiver = start_receiver(driver, rc, hello_app)
+        try:
+            until(lambda: httpx.get(f"{url}echo").status_code == 200, 10, "the port opened")
+        finally:
+            receiver.stop()
+        assert "a receiver is connected: taking public connections" in caplog.text
+    finally:
+        runner.stop()
+    runner, url = gateway(0.2)  # no receiver: the port opens anyway, with its 503
+    try:
+        until(lambda: httpx.get(url, timeout=5).status_code == 503, 10, "the port opened")
+        assert "no receiver after 0.2s: taking public connections anyway" in caplog.text
+    finally:
+        runner.stop()
+
+
 def test_a_malformed_worker_role_is_refused():
     from anpx_host.errors import StartupError
     from anpx_host.workers import WORKER_ENV, worker_role
