@@ -632,6 +632,25 @@ def test_client_leaving_before_the_answer_cancels_the_stream() -> None:
     assert pair.call.take_ops() == []
 
 
+def test_client_leaving_while_the_101_is_unwritten_ends_the_session() -> None:
+    pair = Pair()
+    pair.client_reads = False  # the 101 stays queued at the gateway
+    pair.connect()
+    assert pair.call is not None and pair.gw is not None
+    assert pair.call.receive() == {"type": "websocket.connect"}
+    pair.call.send({"type": "websocket.accept"})
+    pair.pump()
+    assert pair.gw.phase == "open" and pair.gw.status == 101
+    pair.client_eof()
+    assert pair.gw.closed
+    assert pair.call.receive() == {
+        "type": "websocket.disconnect",
+        "code": 1006,
+        "reason": "connection closed without a Close frame",
+    }
+    assert finished(pair)
+
+
 def test_no_answer_in_open_timeout_is_504_at_the_edge() -> None:
     pair = Pair(gateway_settings=WsSettings(open_timeout=10.0))
     pair.connect()
