@@ -522,6 +522,8 @@ class GatewayConfig(_Section):
     # worker_restart_delay, doubling while it keeps dying young
     workers: int = _opt(1, "int", lo=1, hi=MAX_WORKERS)
     worker_restart_delay: float = _opt(1.0, "float", lo=0, lo_open=True, unit="seconds")
+    # a restarted worker opens its public port once a receiver is on its tunnel, or after this
+    worker_receiver_wait: float = _opt(10.0, "float", lo=0, hi=3600, unit="seconds")
     # state shared across workers and hosts (replay caches, rate limits); unset: per process
     shared_store: str | None = _opt(None, "str", extra=_redis_url)
     shared_store_timeout: float = _opt(0.5, "float", lo=0, lo_open=True, unit="seconds")
