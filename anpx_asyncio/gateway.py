@@ -17,6 +17,7 @@ from anpx_host.didserve import serve_documents
 from anpx_host.drain import drain
 from anpx_host.launch import BoundPorts, Listen, bind_failure, gateway_embedding
 from anpx_host.tls import gateway_listens
+from anpx_host.warmup import hold_for_receiver
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump, TaskSet
 from .tcp import bind_tcp
@@ -68,6 +69,8 @@ class GatewayServer:
         self._stopped = asyncio.Event()
         self.core.set_wall_clock(self.pump.now(), time.time())
         bound: dict[str, int | None] = {"admin": None}
+        held = self.http if self.http.hold_for_receiver > 0 else None
+        held_server: asyncio.Server | None = None
         try:
             for name, spec in (("http", self.http), ("tunnel", self.tunnel), ("admin", self.admin)):
                 if spec is None:
@@ -86,10 +89,13 @@ class GatewayServer:
                         limit=TUNNEL_READ_SIZE if name == "tunnel" else READ_SIZE,
                         backlog=LISTEN_BACKLOG,
                         reuse_port=spec.reuse_port or None,  # workers share the port
+                        start_serving=spec is not held,  # bound, listening only once served
                     )
                 except OSError as exc:
                     raise bind_failure(spec.host, spec.port, exc) from None
                 self._servers.append(server)
+                if spec is held:
+                    held_server = server
                 bound[name] = server.sockets[0].getsockname()[1]
             for _listen, server in await bind_tcp(self.pump, self.core):  # anpx_asyncio/tcp.py
                 self._servers.append(server)
@@ -111,11 +117,19 @@ class GatewayServer:
             if not self.started.done():
                 self.started.set_result(self.ports)
             task_status.started(self.ports)
+            if held_server is not None and held is not None:
+                self._tasks.spawn(self._serve_held(held_server, held))
             await self._stopped.wait()
         finally:
             for server in self._servers:
                 server.close()
             await self._tasks.cancel_all()
+
+    async def _serve_held(self, server: asyncio.Server, held: Listen) -> None:
+        """Listen on the held HTTP port once a receiver is connected (anpx_host/warmup.py)."""
+        await hold_for_receiver(self.core, self.pump, held.hold_for_receiver)
+        if not self.core.draining:  # shutdown() closed the server meanwhile
+            await server.start_serving()
 
     async def _connection(
         self,

@@ -108,11 +108,21 @@ def build_scope(
         "raw_path": raw,
         "query_string": _encode(query),
         "root_path": root_path,
-        "headers": [(_encode(name.lower()), _encode(value)) for name, value in head.headers],
+        "headers": _scope_headers(head.headers),
         "client": tuple(client) if client is not None else None,
         "server": tuple(server) if server is not None else None,
         "state": dict(state) if state is not None else {},
     }
+
+
+def _scope_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
+    """The scope's ``headers``: names lower case, every string as :func:`wire_bytes` gives it."""
+    try:  # the usual case: every name and value is latin-1 text (wire bytes)
+        return [
+            (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers
+        ]
+    except (UnicodeEncodeError, AttributeError):  # UTF-8 text, or not str: field by field
+        return [(_encode(name.lower()), _encode(value)) for name, value in headers]
 
 
 def _as_bytes(value: object, what: str) -> bytes:

@@ -37,6 +37,8 @@ class Signal(enum.Enum):
     APP_CALLS = "app_calls"
     #: ``next_deadline()`` moved earlier: the timer task wakes and re-arms its sleep.
     TIMER = "timer"
+    #: Gateway: a receiver's tunnel opened (``core.receivers`` grew).
+    RECEIVERS = "receivers"
 
 
 #: What ``pop_wakeups()`` names and a driver's tasks wait on.

@@ -46,7 +46,7 @@ was read completely.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -181,6 +181,27 @@ def _phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return ""
+
+
+# h11 checks every header of an event it is given, one regular expression call per name and
+# per value. A response head from the tunnel is checked here instead, all its fields in one
+# call of the same expressions (h11's own grammar), and handed over as already parsed; a head
+# that fails goes the usual way, so h11 raises exactly what it always raised.
+_fields_ok: Callable[[bytes], re.Match[bytes] | None] | None
+try:
+    from h11._abnf import field_name as _h11_name
+    from h11._abnf import field_value as _h11_value
+
+    _fields_ok = re.compile(f"(?:{_h11_name}:{_h11_value}\n)*".encode("ascii")).fullmatch
+except ImportError:  # another h11 layout: let h11 check every field itself
+    _fields_ok = None
+
+
+def h11_response(status: int, reason: bytes, fields: list[tuple[bytes, bytes]]) -> h11.Response:
+    """``h11.Response(status_code=status, reason=reason, headers=fields)``, checked once."""
+    if _fields_ok is not None and _fields_ok(b"".join([n + b":" + v + b"\n" for n, v in fields])):
+        return h11.Response(status_code=int(status), reason=reason, headers=fields, _parsed=True)
+    return h11.Response(status_code=status, reason=reason, headers=fields)
 
 
 def _reason(status: int, reason: str) -> bytes:
@@ -563,10 +584,10 @@ class HttpFront:
         try:
             if not 200 <= status <= 999:
                 raise ValueError(status)
-            response = h11.Response(
-                status_code=status,
-                reason=_reason(status, head.reason),
-                headers=[(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
+            response = h11_response(
+                status,
+                _reason(status, head.reason),
+                [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
             )
         except (h11.LocalProtocolError, UnicodeEncodeError, ValueError):
             self._queue_error(502, "Bad Gateway: invalid response head", [], close=True)

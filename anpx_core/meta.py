@@ -22,6 +22,7 @@ refused where it enters instead of failing later in the app or the front.
 from __future__ import annotations
 
 import json
+import json.encoder
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -116,6 +117,33 @@ def _headers_dict(headers: Headers) -> tuple[dict[str, str], bool]:
     return merged, lossless
 
 
+# json.dumps(obj) with its default options builds a new C encoder on every call; this is
+# that same encoder built once (no circular check: a meta dict is built here, from strings).
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_dumps_encoder = (
+    None
+    if _c_make_encoder is None
+    else _c_make_encoder(
+        None,
+        json.JSONEncoder().default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ": ",
+        ", ",
+        False,
+        False,
+        True,
+    )
+)
+
+
+def _dumps(meta: dict[str, object]) -> bytes:
+    """``json.dumps(meta).encode("ascii")``, byte for byte."""
+    if _dumps_encoder is None:  # an interpreter without the C accelerator
+        return json.dumps(meta).encode("ascii")
+    return "".join(_dumps_encoder(meta, 0)).encode("ascii")
+
+
 def encode_request_meta(head: RequestHead) -> bytes:
     path, query, target_lossless = v1_view(head.target)
     headers, lossless = _headers_dict(head.headers)
@@ -129,7 +157,7 @@ def encode_request_meta(head: RequestHead) -> bytes:
         meta[KEY_TARGET] = head.target
     if not lossless:
         meta[KEY_HEADERS] = [[name.lower(), value] for name, value in head.headers]
-    return json.dumps(meta).encode("ascii")
+    return _dumps(meta)
 
 
 def encode_response_meta(head: ResponseHead) -> bytes:
@@ -137,7 +165,7 @@ def encode_response_meta(head: ResponseHead) -> bytes:
     meta: dict[str, object] = {"status": head.status, "reason": head.reason, "headers": headers}
     if not lossless:
         meta[KEY_HEADERS] = [[name.lower(), value] for name, value in head.headers]
-    return json.dumps(meta).encode("ascii")
+    return _dumps(meta)
 
 
 _raw_decode = json.JSONDecoder().raw_decode  # what json.loads uses, minus its wrapping

@@ -25,7 +25,7 @@ from .asgi import build_scope as build_http_scope
 from .errors import ProtocolError
 from .meta import RequestHead, ResponseHead
 from .strict import StrictError, check_text, check_token
-from .ws_relay import WsSettings
+from .ws_relay import TOO_BIG, WsSettings
 from .wsstream import (
     ABNORMAL,
     CloseRecord,
@@ -127,8 +127,17 @@ class AsgiWebSocketCall:
         try:
             records = self._decoder.feed(data)
         except ProtocolError as exc:
+            if exc.code == "too_large" and self.state in ("accepted", "closing"):
+                # Not a broken stream: close with 1009 by a CLOSE record, so the gateway gives
+                # the client the same code (a reset would reach it as 1011); the rest of the
+                # client's records are discarded (credited) until the stream ends.
+                self._send_close(TOO_BIG, f"message over {self._settings.max_message_size} bytes")
+                self._disconnect(TOO_BIG, "")
+                self._held_credit += len(data)
+                self._release_credit()
+                return
             self._ops.append(StreamCancel(f"bad WebSocket record: {exc.message}"))
-            self._disconnect(1009 if exc.code == "too_large" else ABNORMAL, "")
+            self._disconnect(TOO_BIG if exc.code == "too_large" else ABNORMAL, "")
             return
         for record in records:
             if isinstance(record, CloseRecord):

@@ -240,9 +240,18 @@ class PeerRelay:
         try:
             records = self._decoder.feed(data)
         except ProtocolError as exc:
+            if exc.code == "too_large":
+                # A message over our limit: close both ways with 1009 (a CLOSE record, so the
+                # far side tells its own peer the same code) and discard the far side's
+                # records from here on, as after its CLOSE.
+                self._credit += len(data)
+                self._far_close_received = True
+                self._far_code, self._far_reason = TOO_BIG, ""
+                self.close(TOO_BIG, f"message over {self._limits.max_message_size} bytes", now)
+                self._grant()
+                return
             self._ops.append(StreamCancel(f"bad WebSocket record: {exc.message}"))
-            code = TOO_BIG if exc.code == "too_large" else INTERNAL_ERROR
-            self.far_gone(code, now, exc.message[:100])
+            self.far_gone(INTERNAL_ERROR, now, exc.message[:100])
             return
         for record in records:
             if isinstance(record, CloseRecord):

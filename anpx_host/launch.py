@@ -62,17 +62,21 @@ class Listener:
     port: int
     tls: TlsPolicy | None = None
     reuse_port: bool = False  # SO_REUSEPORT: a gateway worker shares the port with its siblings
+    hold_for_receiver: float = 0.0  # open only once a receiver is connected, or after this
 
 
 @dataclass(slots=True)
 class Listen:
     """Where a driver listens: ``tls`` is the driver's TLS context (an ``ssl.SSLContext``) or
-    None; ``reuse_port``: set SO_REUSEPORT before binding (gateway workers share the port)."""
+    None; ``reuse_port``: set SO_REUSEPORT before binding (gateway workers share the port);
+    ``hold_for_receiver`` > 0: open it only once a receiver is connected, or after that many
+    seconds (a restarted worker's public port, :func:`anpx_host.warmup.hold_for_receiver`)."""
 
     host: str
     port: int
     tls: Any = None
     reuse_port: bool = False
+    hold_for_receiver: float = 0.0
 
 
 @dataclass(slots=True)
@@ -607,7 +611,13 @@ def run_cli(argv: list[str] | None, prog: str, execute: Callable[[Plan, Any], in
         driver = execute.__module__.partition(".")[0]
         arguments = list(sys.argv[1:] if argv is None else argv)
         try:
-            workers.supervise(plan, arguments, driver, cfg.gateway.worker_restart_delay)
+            workers.supervise(
+                plan,
+                arguments,
+                driver,
+                cfg.gateway.worker_restart_delay,
+                cfg.gateway.worker_receiver_wait,
+            )
         except StartupError as exc:
             print(f"{prog}: {exc}", file=sys.stderr)
             return EXIT_FAILURE

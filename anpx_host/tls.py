@@ -49,7 +49,9 @@ def gateway_listens(plan: GatewayPlan | None) -> tuple[Listen, Listen, Listen | 
         return Listen("127.0.0.1", 8080), Listen("127.0.0.1", 8765), None
     http, tunnel, admin = plan.http, plan.tunnel, plan.admin
     return (
-        Listen(http.host, http.port, make_context(http.tls), http.reuse_port),
+        Listen(
+            http.host, http.port, make_context(http.tls), http.reuse_port, http.hold_for_receiver
+        ),
         Listen(tunnel.host, tunnel.port, make_context(tunnel.tls), tunnel.reuse_port),
         None if admin is None else Listen(admin.host, admin.port, make_context(admin.tls)),
     )

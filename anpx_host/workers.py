@@ -22,7 +22,9 @@ socket it keeps open, so a restarted worker gets the same port back.
 A worker reports its bound ports on a pipe (:meth:`WorkerRole.report_ready`); once all have,
 the supervisor prints the ready lines. A worker that exits is restarted after
 ``worker_restart_delay``, doubling (up to :data:`MAX_RESTART_DELAY`) while it keeps dying
-within :data:`STABLE_AFTER` seconds of its start. SIGTERM or SIGINT to the supervisor is
+within :data:`STABLE_AFTER` seconds of its start. A restarted worker opens its public listener
+only once a receiver is on its tunnel, or after ``worker_receiver_wait`` seconds
+(:mod:`anpx_host.warmup`). SIGTERM or SIGINT to the supervisor is
 forwarded to every worker as SIGTERM (each drains within ``shutdown_grace``); a worker still
 running ``shutdown_grace`` + :data:`KILL_MARGIN` seconds later is killed. A worker that fails
 before the first ready report (port in use, bad certificate) stops the whole start with exit
@@ -55,6 +57,7 @@ MAX_RESTART_DELAY = 30.0  # seconds
 STABLE_AFTER = 10.0  # a worker that ran this long before dying is restarted after the first delay
 KILL_MARGIN = 5.0  # seconds past shutdown_grace before a draining worker is killed
 POLL = 0.2  # seconds between looks at the workers (signals and pipes wake it sooner)
+MAX_RECEIVER_WAIT = 3600.0  # [gateway] worker_receiver_wait's bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,7 @@ class WorkerRole:
     tunnel_ports: tuple[int, ...]
     ready_fd: int
     life_fd: int  # read end of a pipe the supervisor holds open: EOF means it is gone
+    receiver_wait: float = 0.0  # a restart: hold the public port for a receiver, at most this
 
     def watch_supervisor(self) -> None:
         """Drain (SIGTERM ourselves) when the supervisor dies, even by SIGKILL: a worker
@@ -104,9 +108,12 @@ def worker_role(environ: dict[str, str] | None = None) -> WorkerRole | None:
             tuple(int(p) for p in data["tunnel_ports"]),
             int(data["ready_fd"]),
             int(data["life_fd"]),
+            float(data.get("receiver_wait", 0.0)),
         )
         if not 0 <= role.index < len(role.tunnel_ports):
             raise ValueError("index out of range")
+        if not 0.0 <= role.receiver_wait <= MAX_RECEIVER_WAIT:  # also refuses nan
+            raise ValueError("receiver_wait out of range")
     except (ValueError, KeyError, TypeError) as exc:
         raise StartupError(
             f"{WORKER_ENV} is malformed ({exc}): it is set by the supervisor"
@@ -119,7 +126,9 @@ def apply_role(plan: Plan, role: WorkerRole) -> None:
     g = plan.gateway
     if g is None:
         raise StartupError(f"{WORKER_ENV} is set, but this is not a gateway")
-    g.http = replace(g.http, port=role.http_port, reuse_port=True)
+    g.http = replace(
+        g.http, port=role.http_port, reuse_port=True, hold_for_receiver=role.receiver_wait
+    )
     g.tunnel = replace(g.tunnel, port=role.tunnel_ports[role.index], reuse_port=True)
     if g.admin is not None:
         g.admin = Listener("127.0.0.1", 0)
@@ -160,6 +169,7 @@ class Supervisor:
     argv: list[str]
     driver: str  # the driver's package, run as ``python -m driver``
     restart_delay: float = 1.0
+    receiver_wait: float = 10.0  # a restarted worker's public port waits this long for a receiver
     workers: list[_Worker] = field(default_factory=list)
     http_port: int = 0
     tunnel_ports: tuple[int, ...] = ()
@@ -270,6 +280,9 @@ class Supervisor:
             "tunnel_ports": list(self.tunnel_ports),
             "ready_fd": write_end,
             "life_fd": life_read,
+            # at the first start every worker opens at once (503 until receivers come, not a
+            # refused connection); a restarted one waits while its siblings serve the port
+            "receiver_wait": self.receiver_wait if worker.proc is not None else 0.0,
         }
         env = {**os.environ, WORKER_ENV: json.dumps(role)}
         if worker.life is not None:
@@ -392,6 +405,8 @@ class Supervisor:
         return lines
 
 
-def supervise(plan: Plan, argv: list[str], driver: str, restart_delay: float) -> None:
+def supervise(
+    plan: Plan, argv: list[str], driver: str, restart_delay: float, receiver_wait: float = 10.0
+) -> None:
     """Run ``plan``'s gateway as ``plan.gateway.workers`` worker processes (see module doc)."""
-    Supervisor(plan, argv, driver, restart_delay).run()
+    Supervisor(plan, argv, driver, restart_delay, receiver_wait).run()

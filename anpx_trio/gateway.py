@@ -13,6 +13,7 @@ from anpx_host.didserve import serve_documents
 from anpx_host.drain import drain
 from anpx_host.launch import BoundPorts, Listen, bind_failure, gateway_embedding
 from anpx_host.tls import gateway_listens
+from anpx_host.warmup import hold_for_receiver
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump
 from .tcp import accept_tcp, bind_tcp
@@ -90,8 +91,12 @@ class GatewayServer:
             self._listeners = trio.CancelScope()
             bound: dict[str, int | None] = {"admin": None}
             listeners = []
+            held = self.http if self.http.hold_for_receiver > 0 else None
             for name, spec in (("http", self.http), ("tunnel", self.tunnel), ("admin", self.admin)):
                 if spec is None:
+                    continue
+                if spec is held:  # opened by _accept_all once a receiver is connected
+                    bound[name] = spec.port
                     continue
                 try:
                     socks = await _open_listeners(spec)
@@ -113,13 +118,16 @@ class GatewayServer:
                 self.tunnel.host,
                 self.ports.tunnel,
             )
-            nursery.start_soon(self._accept_all, nursery, listeners)
+            nursery.start_soon(self._accept_all, nursery, listeners, held)
             task_status.started(self.ports)
             await self._stopped.wait()
             nursery.cancel_scope.cancel()
 
-    async def _accept_all(self, nursery: trio.Nursery, listeners: list[_Listeners]) -> None:
-        """Accept on every listener until shutdown() cancels ``self._listeners``."""
+    async def _accept_all(
+        self, nursery: trio.Nursery, listeners: list[_Listeners], held: Listen | None
+    ) -> None:
+        """Accept on every listener until shutdown() cancels ``self._listeners``; open the
+        ``held`` HTTP listener once a receiver is connected (anpx_host/warmup.py)."""
         assert self._listeners is not None
         with self._listeners:
             async with trio.open_nursery() as accepts:
@@ -129,6 +137,15 @@ class GatewayServer:
                             accepts.start_soon(accept_tcp, self.pump, spec, sock, nursery)  # type: ignore[arg-type]
                         else:
                             accepts.start_soon(self._accept, nursery, kind, spec, sock)
+                if held is not None:
+                    await hold_for_receiver(self.core, self.pump, held.hold_for_receiver)
+                    try:
+                        socks = await _open_listeners(held)
+                    except OSError as exc:
+                        raise bind_failure(held.host, held.port, exc) from None
+                    listeners.append(("http", held, socks))
+                    for sock in socks:
+                        accepts.start_soon(self._accept, nursery, "http", held, sock)
         for _kind, _spec, socks in listeners:
             for sock in socks:
                 await sock.aclose()

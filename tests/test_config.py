@@ -837,3 +837,16 @@ def test_websocket_sections_map_to_the_units_settings() -> None:
         parse_config({"gateway": {"websocket": {"max_message_size": 1023}}})
     with pytest.raises(ConfigError, match=r"\[receiver.websocket\] max_open"):
         parse_config({"receiver": {"websocket": {"max_open": 0}}})
+
+
+def test_request_ids_are_random_uuid4_text() -> None:
+    import uuid
+
+    from anpx_host.config import uuid4_text
+
+    ids = {uuid4_text() for _ in range(200)}
+    assert len(ids) == 200
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122

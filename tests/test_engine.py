@@ -685,3 +685,27 @@ def test_forward_mode_property(seed: int, flow: str, idle_close: bool, plans: li
             previous = ex
     world.settle()
     world.assert_no_leaks()
+
+
+def test_a_head_carried_by_its_body_leaves_nothing_to_flush() -> None:
+    """A response head waits for its first body part; once that part carried it, the
+    receiver has no head pending and no head timer armed (no extra driver wake-up)."""
+    world = basic_world()
+    core = world.receivers[0]
+    seen: list[tuple[bool, float | None]] = []
+
+    async def app(scope, receive, send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        seen.append((core.heads_pending, core.next_deadline()))
+        await send({"type": "http.response.body", "body": b"hi"})
+        seen.append((core.heads_pending, core.next_deadline()))
+
+    world.app = app
+    ex = Exchange("GET", "/", [])
+    one_request(world, ex)
+    assert ex.complete and bytes(ex.response_body) == b"hi"
+    (pending_before, due_before), (pending_after, due_after) = seen
+    assert pending_before and due_before is not None and due_before <= world.now
+    assert not pending_after
+    assert due_after is None or due_after > world.now  # only the link's own timers remain

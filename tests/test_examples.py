@@ -314,6 +314,8 @@ def test_nginx_in_front_terminates_tls_and_carries_the_tunnel(procs, tmp_path: P
         ("listen 80;", f"listen 127.0.0.1:{plain};"),
         ("127.0.0.1:8080", f"127.0.0.1:{http}"),
         ("127.0.0.1:8765", f"127.0.0.1:{tunnel}"),
+        # plain HTTP's timeout, shortened: a user's WebSocket must outlive it
+        ("proxy_read_timeout 90s;", "proxy_read_timeout 1s;"),
     ]
     for old, new in replacements:
         assert old in site, old
@@ -369,6 +371,12 @@ def test_nginx_in_front_terminates_tls_and_carries_the_tunnel(procs, tmp_path: P
         assert ws.recv(timeout=10) == "connected to the anpx demo echo"
         ws.send("via nginx")
         assert ws.recv(timeout=10) == "via nginx"
+        # nothing comes back for longer than plain HTTP's read timeout (1 s here, before the
+        # gateway's first ping at 30 s): the upgraded connection has its own, so it stays open
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=2.5)
+        ws.send("still open")
+        assert ws.recv(timeout=10) == "still open"
     redirect = httpx.get(f"http://127.0.0.1:{plain}/x?y=1", headers={"host": "localhost"})
     assert redirect.status_code == 301
     assert redirect.headers["location"] == "https://localhost/x?y=1"

@@ -353,9 +353,10 @@ def test_slowloris_from_one_address_does_not_deny_others(driver):
         assert late.response().status == 503
 
 
+@pytest.mark.parametrize("per_address", [3, GatewaySettings().max_streams_per_address])
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_streams_per_address_edge_and_slow_uploads(driver):
-    per_address = 3
+def test_streams_per_address_edge_and_slow_uploads(driver, per_address):
+    # the default too (50): that many slow requests from one address pass, one more is refused
     settings = GatewaySettings(max_streams_per_receiver=per_address + 2)
     settings.max_streams_per_address = per_address
     app = CountingApp()
@@ -416,7 +417,7 @@ def test_per_address_settings_are_configurable():
     keys = ("max_output_bytes", "max_connections_per_address", "max_streams_per_address")
     assert [getattr(s, k) for k in (*keys, "send_timeout")] == [4096, 0, 7, 0]
     d = GatewaySettings()  # the documented defaults
-    assert [getattr(d, k) for k in (*keys, "send_timeout")] == [1024 * 1024, 100, 20, 60.0]
+    assert [getattr(d, k) for k in (*keys, "send_timeout")] == [1024 * 1024, 100, 50, 60.0]
 
 
 # --- error pages (exposure) -----------------------------------------------------------------

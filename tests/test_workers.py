@@ -41,9 +41,7 @@ async def app(scope, receive, send):
 def fleet(driver: str, tmp_path: Path, workers: int = 2):
     """A gateway of ``workers`` processes and a receiver given worker 0's URL only."""
     (tmp_path / "slowapp.py").write_text(SLOW_APP)
-    # A restarted worker takes connections as soon as it listens, before the receiver is back
-    # on its tunnel (503 meanwhile, docs/operations.md): a restart delay that leaves the test
-    # time to see the surviving worker serve alone.
+    # A restart delay that leaves the test time to see the surviving worker serve alone.
     (tmp_path / "gw.toml").write_text("[gateway]\nworker_restart_delay = 3.0\n")
     http, admin = free_port(), free_port()
     gateway = Proc(
@@ -133,6 +131,29 @@ def test_one_url_reaches_every_worker_and_a_killed_worker_is_replaced(driver, tm
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_a_restarted_worker_takes_connections_only_once_its_receiver_is_back(driver, tmp_path):
+    with fleet(driver, tmp_path) as (gateway, receiver, public, admin):
+        health = until(lambda: all_ready(admin), what="a receiver on both workers")
+        victim = next(w for w in health["workers"] if w["worker"] == 1)["pid"]
+        os.kill(victim, signal.SIGKILL)
+        gateway.wait_for("restarting gateway worker 1", timeout=15)
+        # new connections, one request each, from before the new worker listens until it has
+        # served some: the kernel gives it its share only once it holds its public port, after
+        # the receiver (backing off since the kill) is on its tunnel again
+        statuses: dict[int, int] = {}
+        deadline = time.monotonic() + 30
+        while "1" not in served_by(gateway, "back"):
+            assert time.monotonic() < deadline, "worker 1 never served"
+            r = httpx.get(f"{public}/back{len(statuses)}", timeout=10)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        assert set(statuses) == {200}, statuses
+        gateway.wait_for("[worker 1] public port held until a receiver is connected")
+        gateway.wait_for("[worker 1] a receiver is connected: taking public connections")
+        assert "[worker 0] public port held" not in gateway.output  # not at the first start
+        assert "Traceback" not in gateway.output + receiver.output
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_sigterm_drains_every_worker(driver, tmp_path):
     with fleet(driver, tmp_path) as (gateway, receiver, public, admin):
         health = until(lambda: all_ready(admin), what="a receiver on both workers")
@@ -198,6 +219,50 @@ def test_both_mode_refuses_workers():
     assert "[gateway] workers: more than one worker needs mode gateway" in proc.output
 
 
+@pytest.mark.parametrize("driver", ["trio", "asyncio"])
+def test_a_held_public_port_opens_with_the_first_receiver_or_after_the_wait(driver, caplog):
+    """The worker's hold (Listen.hold_for_receiver), on an embedded gateway."""
+    import anpx_asyncio.gateway
+    import anpx_trio.gateway
+    from anpx_core.gateway import GatewaySettings
+    from anpx_core.receiver import ReceiverSettings
+
+    from .apps import app as hello_app
+    from .deploy import Runner, start_receiver
+
+    mod = anpx_trio.gateway if driver == "trio" else anpx_asyncio.gateway
+
+    def gateway(wait: float) -> tuple[Runner, str]:
+        port = free_port()
+        server = mod.GatewayServer(
+            GatewaySettings(),
+            http=mod.Listen("127.0.0.1", port, hold_for_receiver=wait),
+            tunnel=mod.Listen("127.0.0.1", 0),
+        )
+        return Runner(driver, server), f"http://127.0.0.1:{port}/"
+
+    caplog.set_level("INFO", logger="anpx.gateway")
+    runner, url = gateway(1000.0)  # only a receiver can open it
+    try:
+        with pytest.raises(httpx.ConnectError):  # tunnel open, public port not listening yet
+            httpx.get(url, timeout=5)
+        rc = ReceiverSettings(gateway_urls=[f"ws://127.0.0.1:{runner.obj.ports.tunnel}/"])
+        receiver = start_receiver(driver, rc, hello_app)
+        try:
+            until(lambda: httpx.get(f"{url}echo").status_code == 200, 10, "the port opened")
+        finally:
+            receiver.stop()
+        assert "a receiver is connected: taking public connections" in caplog.text
+    finally:
+        runner.stop()
+    runner, url = gateway(0.2)  # no receiver: the port opens anyway, with its 503
+    try:
+        until(lambda: httpx.get(url, timeout=5).status_code == 503, 10, "the port opened")
+        assert "no receiver after 0.2s: taking public connections anyway" in caplog.text
+    finally:
+        runner.stop()
+
+
 def test_a_malformed_worker_role_is_refused():
     from anpx_host.errors import StartupError
     from anpx_host.workers import WORKER_ENV, worker_role
@@ -211,7 +276,18 @@ def test_a_malformed_worker_role_is_refused():
         "life_fd": 6,
     }
     assert worker_role({WORKER_ENV: json.dumps(good)}).tunnel_ports == (8765, 8766)
-    for bad in ("{", "[]", json.dumps({**good, "index": 2}), json.dumps({**good, "ready_fd": "x"})):
+    assert worker_role({WORKER_ENV: json.dumps(good)}).receiver_wait == 0.0  # a first start
+    for wait in (0, 3600):  # [gateway] worker_receiver_wait's range, at its edges
+        role = worker_role({WORKER_ENV: json.dumps({**good, "receiver_wait": wait})})
+        assert role is not None and role.receiver_wait == wait
+    bad_roles = [
+        "{",
+        "[]",
+        json.dumps({**good, "index": 2}),
+        json.dumps({**good, "ready_fd": "x"}),
+        *(json.dumps({**good, "receiver_wait": w}) for w in (-1, 3600.5, "nan", "inf", "x")),
+    ]
+    for bad in bad_roles:
         with pytest.raises(StartupError, match=WORKER_ENV):
             worker_role({WORKER_ENV: bad})
 

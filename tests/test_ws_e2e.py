@@ -10,6 +10,8 @@ import contextlib
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -287,6 +289,24 @@ def test_limits_per_address_per_receiver_and_message_size() -> None:
         t.close()
 
 
+def test_a_message_over_the_receivers_smaller_limit_closes_the_client_with_1009(
+    pairing: tuple[str, str],
+) -> None:
+    rc = ReceiverSettings(websocket=WsSettings(max_message_size=1024))
+    t = WsTunnel(*pairing, rc_settings=rc)  # the gateway's own limit: 16 MiB
+    key = f"rc-limit-{pairing[0]}-{pairing[1]}"
+    try:
+        with t.connect(f"/ws/echo?key={key}") as ws:
+            ws.send(b"x" * 1024)
+            assert ws.recv(timeout=10) == b"x" * 1024
+            ws.send(b"x" * 300_000)
+            assert _closed_code(ws) == (1009, "message over 1024 bytes")
+        wait_until(lambda: disconnects(key) == [(1009, "")])
+        wait_until(lambda: t.gateway.obj.core.in_flight == 0)
+    finally:
+        t.close()
+
+
 def test_gateway_cap_per_receiver_and_idle_timeout() -> None:
     ws = WsSettings(max_open=1, idle_timeout=0.5, ping_interval=0.1)
     t = WsTunnel("asyncio", "asyncio", gw_settings=GatewaySettings(websocket=ws))
@@ -315,6 +335,46 @@ def test_open_websockets_take_no_place_of_http_requests() -> None:
             two.send("2")
             assert (one.recv(timeout=10), two.recv(timeout=10)) == ("1", "2")
             assert httpx.get(f"http://{t.base}/", timeout=10).status_code == 200
+    finally:
+        t.close()
+
+
+@pytest.mark.parametrize("gw", ["trio", "asyncio"])
+def test_a_client_leaving_before_the_answer_cancels_the_pending_open(gw: str) -> None:
+    # open_timeout far away: only the client's disconnect can end the wait
+    ws = WsSettings(open_timeout=1000, max_per_client=1)
+    t = WsTunnel(gw, "trio", gw_settings=GatewaySettings(websocket=ws))
+    core = t.gateway.obj.core
+    key = f"leave-{gw}"
+    upgrade = (
+        f"GET /ws/hold?key={key} HTTP/1.1\r\nHost: {t.base}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    try:
+        # a FIN, then a reset (the second wait needs the first one's per-address place back)
+        for reset in (False, True):
+            with socket.create_connection(("127.0.0.1", t.ports.http), timeout=10) as sock:
+                sock.sendall(upgrade)
+                wait_until(lambda: disconnects(key)[-1:] == [(0, "held")])
+                if reset:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # the app's wait ends (the stream was reset) and every place is given back
+            wait_until(lambda: disconnects(key)[-1][1] == "websocket.disconnect")
+            wait_until(lambda: core.in_flight == 0 and not core.websockets.by_address)
+        assert core.websockets.sessions == {}
+        # a client that leaves as soon as it has read the 101: the app sees it go, too
+        accepted = upgrade.replace(b"/ws/hold?key=", b"/ws/echo?key=after-101-")
+        with socket.create_connection(("127.0.0.1", t.ports.http), timeout=10) as sock:
+            sock.sendall(accepted)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                assert chunk, head
+                head += chunk
+            assert head.startswith(b"HTTP/1.1 101 ")
+        wait_until(lambda: len(disconnects(f"after-101-{key}")) == 1)
+        wait_until(lambda: core.in_flight == 0 and not core.websockets.by_address)
     finally:
         t.close()
 

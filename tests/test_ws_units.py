@@ -18,7 +18,7 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 
 from anpx_core.ws_relay import WsSettings
-from tests.ws_pair import RID, Pair
+from tests.ws_pair import RID, Pair, Service
 
 DISCONNECTS: list[dict[str, Any]] = []
 
@@ -303,6 +303,34 @@ def test_app_message_size_limit_at_the_gateway(size: int, passes: bool) -> None:
     else:
         close = pair.client_close()
         assert close is not None and close.code == 1009
+        assert pair.resets == [] and finished(pair)
+        assert DISCONNECTS[0]["code"] == 1009  # told by a CLOSE record, not a reset (1006)
+
+
+@pytest.mark.parametrize("forward", [False, True])
+def test_a_receiver_limit_below_the_gateways_reaches_the_client_as_1009(forward: bool) -> None:
+    # the message passes the gateway (16 MiB) and is too large for the receiver (1000)
+    small = WsSettings(max_message_size=1000)
+    if forward:
+        pair = Pair(service=Service(), receiver_settings=small)
+        pair.connect()
+    else:
+        pair = opened(receiver_settings=small)
+    pair.send(Message(data=b"a" * 1000))
+    assert pair.messages() == [b"a" * 1000]
+    pair.send(Message(data=b"a" * 600, message_finished=False))
+    pair.send(Message(data=b"a" * 200_000))  # four records: those after the first discarded
+    close = pair.client_close()
+    assert close is not None and close.code == 1009
+    assert close.reason == "message over 1000 bytes"
+    if forward:
+        assert pair.service is not None
+        closes = [e for e in pair.service.events if isinstance(e, CloseConnection)]
+        assert [c.code for c in closes] == [1009]
+    else:
+        assert DISCONNECTS[0]["code"] == 1009
+    assert pair.resets == []  # closed by CLOSE records both ways, not a reset
+    assert finished(pair)
 
 
 def test_sixteen_mib_message_passes_both_ways() -> None:
@@ -602,6 +630,25 @@ def test_client_leaving_before_the_answer_cancels_the_stream() -> None:
     assert pair.call.receive() == {"type": "websocket.disconnect", "code": 1006, "reason": ""}
     pair.call.send({"type": "websocket.accept"})  # too late: nobody to tell, no error
     assert pair.call.take_ops() == []
+
+
+def test_client_leaving_while_the_101_is_unwritten_ends_the_session() -> None:
+    pair = Pair()
+    pair.client_reads = False  # the 101 stays queued at the gateway
+    pair.connect()
+    assert pair.call is not None and pair.gw is not None
+    assert pair.call.receive() == {"type": "websocket.connect"}
+    pair.call.send({"type": "websocket.accept"})
+    pair.pump()
+    assert pair.gw.phase == "open" and pair.gw.status == 101
+    pair.client_eof()
+    assert pair.gw.closed
+    assert pair.call.receive() == {
+        "type": "websocket.disconnect",
+        "code": 1006,
+        "reason": "connection closed without a Close frame",
+    }
+    assert finished(pair)
 
 
 def test_no_answer_in_open_timeout_is_504_at_the_edge() -> None:

@@ -56,7 +56,7 @@ def disconnects(key: str) -> list[tuple[int, str]]:
 async def ws_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """/ws/echo (echoes; "close <code> <reason>" makes the app close), /ws/info (the scope
     as JSON), /ws/push (PUSH_COUNT messages of PUSH_SIZE bytes at once), /ws/deny (an HTTP
-    403 through websocket.http.response), /ws/raise (the app fails before accepting); any
+    403 through websocket.http.response), /ws/raise (the app fails before accepting), /ws/hold (never answers the upgrade); any
     HTTP request gets the browser test's page (a POST to /result is recorded)."""
     if scope["type"] == "lifespan":
         while True:
@@ -105,6 +105,11 @@ async def ws_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if path == "/ws/raise":
         raise RuntimeError("the app fails before accepting")
+    if path == "/ws/hold":  # never answers the upgrade: records how the client's wait ended
+        _record(key, 0, "held")
+        message = await receive()
+        _record(key, message.get("code", 0), message["type"])
+        return
     offered = scope["subprotocols"]
     await send(
         {

@@ -30,7 +30,9 @@ Driver contract (:class:`anpx_core.contract.DriverCore`; the receiver core offer
   mid-write) the sockets named by ``pop_aborts()``;
 * one timer task sleeps until ``next_deadline()`` (forever if None) or until
   ``Signal.TIMER`` is woken, then calls ``handle_timer(now)`` and ``set_wall_clock``;
-* after ``begin_drain()``, ``Signal.DRAINED`` is woken once ``in_flight`` is 0.
+* after ``begin_drain()``, ``Signal.DRAINED`` is woken once ``in_flight`` is 0;
+* ``Signal.RECEIVERS`` is woken when a receiver's tunnel opens (a driver holding its public
+  listener until then waits on it: :mod:`anpx_host.warmup`).
 """
 
 from __future__ import annotations

@@ -76,7 +76,9 @@ class GatewaySettings:
     # Fairness: one client address (IPv6: its /64) holds at most this many connections
     # (connections from trusted proxies are not counted) and in-flight requests; 0: no cap.
     max_connections_per_address: int = 100
-    max_streams_per_address: int = 20
+    # half of max_streams_per_receiver: an office behind one NAT or an agent fanning out gets
+    # 50 at once, one address never more than half a receiver (docs/security.md)
+    max_streams_per_address: int = 50
     # A client connection whose pending output makes no progress for this long (the client
     # stopped reading but keeps the connection open) is reset; 0: never.
     send_timeout: float = 60.0
@@ -152,6 +154,10 @@ class GatewayCore(CrashBarrier):
         """Connection ``cid`` has something new for the driver (and maybe a new deadline)."""
         self._wakeups.add(cid)
         self._touched.add(cid)
+
+    def signal(self, key: Signal) -> None:
+        """Name ``key`` in the next ``pop_wakeups()``."""
+        self._wakeups.add(key)
 
     def wake_all(self, cids: Iterable[int]) -> None:
         for cid in cids:

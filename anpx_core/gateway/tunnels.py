@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..contract import Signal
 from ..didwba import DID_REFUSAL
 from ..endpoint import EndpointEvent, TunnelEndpoint
 from ..headers import get_header
@@ -276,6 +277,7 @@ class Tunnels:
         tunnel.routes = routes
         core.routes.add(tunnel, routes)
         core.stats.tunnel_opened(tunnel.identity)
+        core.signal(Signal.RECEIVERS)
         log.info(
             "receiver %s connected from %s (%s), routes %s%s",
             tunnel.identity,

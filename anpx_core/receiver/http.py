@@ -70,7 +70,8 @@ class HttpStreams:
     def __init__(self, ctx: ReceiverContext, backend: Callable[[HttpStreams], HttpBackend]) -> None:
         self.ctx = ctx
         self.calls: dict[int, HttpCall] = {}  # in flight, by call id
-        self._heads_due: list[HttpCall] = []
+        # calls whose response head waits for a body part or the flush, by call id
+        self._heads_due: dict[int, HttpCall] = {}
         self.requests = 0
         self.rejected = 0  # requests answered 503 at max_concurrent_requests
         self.backend = backend(self)
@@ -159,11 +160,15 @@ class HttpStreams:
                 call.status = part.head.status
                 session.start(call.rid, part.head)
                 call.head_flush_due = True  # sent with the first body, or by flush_heads()
-                self._heads_due.append(call)
+                self._heads_due[call.cid] = call
                 if self.ctx.timers.get(self) is None:  # due now: the next timer run sends it
                     self.ctx.arm(self, self.ctx.now)  # unless a body part carries it first
             elif isinstance(part, ResponseBody):
-                call.head_flush_due = False
+                if call.head_flush_due:  # this part carries the head: nothing left to flush
+                    call.head_flush_due = False
+                    self._heads_due.pop(call.cid, None)
+                    if not self._heads_due:
+                        self.ctx.arm(self, None)
                 call.body_out += len(part.data)
                 session.send(call.rid, part.data)
                 if part.more:
@@ -184,9 +189,9 @@ class HttpStreams:
 
     def flush_heads(self) -> None:
         """Send every response head still waiting for a body part."""
-        due, self._heads_due = self._heads_due, []
+        due, self._heads_due = self._heads_due, {}
         self.ctx.arm(self, None)
-        for call in due:
+        for call in due.values():
             if call.head_flush_due and call.link.session is not None and not call.done:
                 call.head_flush_due = False
                 try:

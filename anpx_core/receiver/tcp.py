@@ -129,10 +129,11 @@ class TcpStreams:
         return len(self.live)
 
     def claims(self, link: GatewayLink, head: RequestHead) -> bool:
-        return head.method == TCP_METHOD
+        return head.method == TCP_METHOD  # open() refuses it where tcp was not negotiated
 
     def stop(self) -> None:
-        """The receiver closes its tunnels next: each stream is reset by its tunnel going."""
+        """The receiver closes its tunnels next, which resets every TCP stream on them:
+        a TCP connection has no going-away message to send first."""
 
     def open(self, link: GatewayLink, rid: str, head: RequestHead, now: float) -> None:
         if not link.tcp:
