@@ -320,6 +320,17 @@ def test_stats_sum_counters_and_keep_each_worker():
     assert [w["status"] for w in total["workers"]] == ["up", "up", "down"]
 
 
+def test_stats_sum_tcp_counters_per_service():
+    a = {"tcp": {"db": {"open": 1, "opened": 5, "bytes_in": 10, "connect_failures": 0}}}
+    b = {"tcp": {"db": {"open": 2, "opened": 1, "bytes_in": 7, "connect_failures": 1},
+                 "ssh": {"open": 0, "opened": 3, "bytes_in": True}}}  # fmt: skip
+    total = combine_stats([(0, a), (1, b), (2, None)])
+    assert total["tcp"] == {
+        "db": {"open": 3, "opened": 6, "bytes_in": 17, "connect_failures": 1},
+        "ssh": {"open": 0, "opened": 3},  # a non-number (here a JSON true) is left out
+    }
+
+
 def test_metrics_get_a_worker_label_and_one_help_per_family():
     text = (
         "# HELP anpx_receivers Receivers.\n# TYPE anpx_receivers gauge\nanpx_receivers 1\n"
