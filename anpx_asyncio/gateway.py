@@ -15,7 +15,7 @@ from anpx_core.gateway import GatewayCore, GatewaySettings
 from anpx_host.config import GatewayConfig
 from anpx_host.didserve import serve_documents
 from anpx_host.drain import drain
-from anpx_host.launch import BoundPorts, Listen, bind_failure, gateway_embedding
+from anpx_host.launch import BoundPorts, Listen, bind_failure, gateway_embedding, log_listening
 from anpx_host.tls import gateway_listens
 from anpx_host.warmup import hold_for_receiver
 
@@ -101,15 +101,7 @@ class GatewayServer:
                 self._servers.append(server)
                 self.tcp_ports.append(server.sockets[0].getsockname()[1])
             self.ports = BoundPorts(bound["http"], bound["tunnel"], bound["admin"])  # type: ignore[arg-type]
-            log.info(
-                "gateway listening: %s://%s:%d/ (tunnel %s://%s:%d)",
-                "https" if self.http.tls else "http",
-                self.http.host,
-                self.ports.http,
-                "wss" if self.tunnel.tls else "ws",
-                self.tunnel.host,
-                self.ports.tunnel,
-            )
+            log_listening(self.http, self.tunnel, self.ports)
             self._tasks.spawn(self.pump.run_timers())
             documents = getattr(self.core.settings.auth, "cache", None)  # DID-WBA
             if documents is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -418,6 +419,19 @@ def first_error(exc: BaseException) -> BaseException:
     while isinstance(getattr(exc, "exceptions", None), (list, tuple)) and exc.exceptions:  # type: ignore[attr-defined]
         exc = exc.exceptions[0]  # type: ignore[attr-defined]
     return exc
+
+
+def log_listening(http: Listen, tunnel: Listen, ports: BoundPorts) -> None:
+    """The gateway's one line saying where it listens (both drivers)."""
+    logging.getLogger("anpx.gateway").info(
+        "gateway listening: %s://%s:%d/ (tunnel %s://%s:%d)",
+        "https" if http.tls else "http",
+        http.host,
+        ports.http,
+        "wss" if tunnel.tls else "ws",
+        tunnel.host,
+        ports.tunnel,
+    )
 
 
 def bind_failure(host: str, port: int, exc: OSError) -> StartupError:

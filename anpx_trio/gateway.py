@@ -11,7 +11,7 @@ from anpx_core.gateway import GatewayCore, GatewaySettings
 from anpx_host.config import GatewayConfig
 from anpx_host.didserve import serve_documents
 from anpx_host.drain import drain
-from anpx_host.launch import BoundPorts, Listen, bind_failure, gateway_embedding
+from anpx_host.launch import BoundPorts, Listen, bind_failure, gateway_embedding, log_listening
 from anpx_host.tls import gateway_listens
 from anpx_host.warmup import hold_for_receiver
 
@@ -108,16 +108,7 @@ class GatewayServer:
             self.tcp_ports = [socks[0].socket.getsockname()[1] for _, socks in tcp]
             listeners += [("tcp", listen, socks) for listen, socks in tcp]  # type: ignore[misc]
             self.ports = BoundPorts(bound["http"], bound["tunnel"], bound["admin"])  # type: ignore[arg-type]
-            scheme = "https" if self.http.tls else "http"
-            log.info(
-                "gateway listening: %s://%s:%d/ (tunnel %s://%s:%d)",
-                scheme,
-                self.http.host,
-                self.ports.http,
-                "wss" if self.tunnel.tls else "ws",
-                self.tunnel.host,
-                self.ports.tunnel,
-            )
+            log_listening(self.http, self.tunnel, self.ports)
             nursery.start_soon(self._accept_all, nursery, listeners, held)
             task_status.started(self.ports)
             await self._stopped.wait()
