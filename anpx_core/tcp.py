@@ -92,9 +92,9 @@ def parse_services(headers: list[tuple[str, str]]) -> list[str]:
         for item in value.split(","):
             item = item.strip()
             if item and item not in names:
+                if len(names) == MAX_SERVICES:  # before the list grows: no quadratic work
+                    raise ValueError(f"more than {MAX_SERVICES} services")
                 names.append(check_service(item))
-    if len(names) > MAX_SERVICES:
-        raise ValueError(f"more than {MAX_SERVICES} services")
     return names
 
 

@@ -190,3 +190,19 @@ def test_tcp_stream_window_defaults_and_bounds(tmp_path):
     assert plan.settings.tcp.window == MAX_TCP_STREAM_WINDOW
     with pytest.raises(StartupError, match="--window"):
         parse_visitor([*base, "--window", str(MAX_TCP_STREAM_WINDOW + 1)], "connect")
+
+
+def test_a_receiver_may_offer_64_services_and_no_more():
+    from anpx_core.tcp import MAX_SERVICES, parse_services
+
+    def offer(names: list[str]) -> list[tuple[str, str]]:
+        return [("anpx-extensions", "tcp=1"), ("anpx-tcp-services", ", ".join(names))]
+
+    names = [f"s{i}" for i in range(MAX_SERVICES)]
+    assert parse_services(offer(names)) == names
+    assert parse_services(offer(names + names)) == names  # repeats count once
+    with pytest.raises(ValueError, match="more than 64 services"):
+        parse_services(offer([*names, "one-more"]))
+    # a header packed with distinct names is refused at the 65th, whatever follows
+    with pytest.raises(ValueError, match="more than 64 services"):
+        parse_services(offer([f"n{i}" for i in range(20_000)]))
