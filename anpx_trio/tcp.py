@@ -36,7 +36,8 @@ async def serve_tcp(pump: Pump, cid: int, stream: trio.abc.Stream) -> None:
             pump._scopes[cid] = nursery.cancel_scope
             pump.sync()
             nursery.start_soon(pump._reader, cid, stream, READ_SIZE)
-            nursery.start_soon(_writer, pump, cid, stream)
+            # The writer runs in this task: one task less to start and switch to per stream.
+            await _writer(pump, cid, stream)
         aborted = nursery.cancel_scope.cancelled_caught
     except Exception as exc:  # the crash barrier: this connection only
         log.error("internal error on connection %d; closing it", cid, exc_info=exc)

@@ -229,7 +229,7 @@ def main() -> None:
         calls = stats.total_calls  # type: ignore[attr-defined]
         print(f"  {side:8}  {calls / n:7.0f} Python calls   {spent[side] / n * 1e6:6.0f} µs CPU")
         if args.top:
-            stats.sort_stats("ncalls").print_stats(args.top)
+            stats.sort_stats("tottime").print_stats(args.top)
 
 
 if __name__ == "__main__":
