@@ -59,6 +59,7 @@ class Tunnel:
         # TCP connections each side's driver pumps: cid -> state
         self.public: dict[int, dict] = {}
         self.service: dict[int, dict] = {}
+        self.connecting: list[int] = []
         self.got = 0
         self.rx.start(self.now, time.time())
         (request,) = self.rx.pop_connects()
@@ -103,14 +104,20 @@ class Tunnel:
         for cid in rx.pop_aborts():
             self.service.pop(cid, None)
             rx.closed(cid, self.now)
-        for request in rx.pop_connects():
-            if request.purpose == "tcp":
-                rx.connected(request.cid, self.now)
-                # the service writes one byte on accept, reads to EOF, then closes
-                self.service[request.cid] = {"out": b"x", "eof_in": False, "eof_out": False}
+        # the connect completes later, as a driver's connect does: after this step's writes
+        self.connecting += [r.cid for r in rx.pop_connects() if r.purpose == "tcp"]
+
+    def _rx_connected(self) -> None:
+        connecting, self.connecting = self.connecting, []
+        for cid in connecting:
+            self.rx.connected(cid, self.now)
+            # the service writes one byte on accept, reads to EOF, then closes
+            self.service[cid] = {"out": b"x", "eof_in": False, "eof_out": False}
+            self._rx_sync()
 
     def rx_step(self) -> None:
         rx, now = self.rx, self.now
+        self._rx_connected()
         if self.to_rx:
             data, self.to_rx = self.to_rx, b""
             rx.receive(self.link, data, now)
@@ -162,7 +169,7 @@ class Tunnel:
         for _ in range(40):
             gw_run(self.gw_step)
             rx_run(self.rx_step)
-            if not (self.public or self.service or self.to_gw or self.to_rx):
+            if not (self.public or self.service or self.connecting or self.to_gw or self.to_rx):
                 break
         else:
             raise RuntimeError("the connection did not finish")
@@ -229,7 +236,7 @@ def main() -> None:
         calls = stats.total_calls  # type: ignore[attr-defined]
         print(f"  {side:8}  {calls / n:7.0f} Python calls   {spent[side] / n * 1e6:6.0f} µs CPU")
         if args.top:
-            stats.sort_stats("tottime").print_stats(args.top)
+            stats.sort_stats("cumtime").print_stats(args.top)
 
 
 if __name__ == "__main__":
