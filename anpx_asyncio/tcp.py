@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from typing import Any
 
 from anpx_core.gateway import GatewayCore
 from anpx_core.gateway.tcp import TcpListen
@@ -25,9 +26,11 @@ class _Resetting:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.transport = self
         self._writer = writer
-        self.tasks: tuple[asyncio.Task[None], ...] = ()
+        self.tasks: tuple[asyncio.Task[Any], ...] = ()
+        self.aborted = False  # the serving task's CancelledError is ours, not a shutdown
 
     def abort(self) -> None:
+        self.aborted = True
         reset_on_close(self._writer.get_extra_info("socket"))
         self._writer.transport.abort()
         for task in self.tasks:  # a reader parked on can_read would never wake otherwise
@@ -41,26 +44,33 @@ async def serve_tcp(
     (see ``anpx_trio.tcp.serve_tcp``; call it with no ``sync()`` since ``cid`` was made)."""
     loop = asyncio.get_running_loop()
     resetting = _Resetting(writer)
+    this = asyncio.current_task()
+    assert this is not None
     read_task = loop.create_task(pump._reader(cid, reader, READ_SIZE))
-    write_task = loop.create_task(_writer(pump, cid, writer))
-    resetting.tasks = (read_task, write_task)
+    # The writer runs in this task (one task less to start and switch to per stream): an
+    # abort cancels this task too, and the CancelledError it gets is caught below.
+    resetting.tasks = (read_task, this)
     pump._writers[cid] = resetting  # type: ignore[assignment]
     pump.sync()
     try:
-        await asyncio.wait((read_task, write_task))
-        for task in (read_task, write_task):
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        await _writer(pump, cid, writer)
+        await asyncio.wait((read_task,))  # always suspends: a pending abort lands here
+        if not read_task.cancelled() and read_task.exception() is not None:
+            raise read_task.exception()  # type: ignore[misc]
+    except asyncio.CancelledError:
+        if not resetting.aborted:
+            raise  # shutdown: not ours to swallow
+        uncancel = getattr(this, "uncancel", None)  # Python >= 3.11 counts cancellations
+        if uncancel is not None:
+            uncancel()
     except Exception as exc:  # the crash barrier: this connection only
         log.error("internal error on connection %d; closing it", cid, exc_info=exc)
         reset_on_close(writer.get_extra_info("socket"))
     finally:
         pump._writers.pop(cid, None)
-        for task in (read_task, write_task):
-            task.cancel()
-        for task in (read_task, write_task):
-            with contextlib.suppress(BaseException):
-                await task
+        read_task.cancel()
+        with contextlib.suppress(BaseException):
+            await read_task
         writer.close()
         with contextlib.suppress(*STREAM_ERRORS, asyncio.TimeoutError):
             await asyncio.wait_for(writer.wait_closed(), 1)

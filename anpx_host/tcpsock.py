@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import ipaddress
 import socket
 import struct
 from typing import Any
@@ -26,6 +28,16 @@ def tune(sock: Any, keepalive: float) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 4))
         if hasattr(socket, "TCP_KEEPCNT"):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+
+
+@functools.lru_cache(maxsize=256)  # service addresses come from the configuration
+def numeric_family(host: str) -> int | None:
+    """The address family of a numeric IP address; None for a name (it needs resolving)."""
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
 def reset_on_close(sock: Any) -> None:

@@ -29,7 +29,7 @@ from anpx_host.tls import make_context
 from anpx_host.wsgi import WsgiApp
 
 from ._pump import READ_SIZE, STREAM_ERRORS, TUNNEL_READ_SIZE, Pump
-from .tcp import serve_tcp, tune_stream
+from .tcp import open_stream, serve_tcp, tune_stream
 
 log = logging.getLogger("anpx.receiver")
 
@@ -145,7 +145,7 @@ class ReceiverClient:
                     )
                     await stream.do_handshake()  # type: ignore[attr-defined]
                 else:
-                    stream = await trio.open_tcp_stream(request.host, request.port)
+                    stream = await open_stream(request.host, request.port)
         except (trio.TooSlowError, *STREAM_ERRORS) as exc:
             self.core.connect_failed(request.cid, now(), _describe(exc))
             self.pump.sync()

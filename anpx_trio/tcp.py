@@ -12,7 +12,7 @@ from anpx_core.gateway import GatewayCore
 from anpx_core.gateway.tcp import TcpListen
 from anpx_host.keys import HostKey
 from anpx_host.launch import bind_failure
-from anpx_host.tcpsock import reset_on_close, tune
+from anpx_host.tcpsock import numeric_family, reset_on_close, tune
 from anpx_host.tls import describe_error
 
 from ._pump import READ_SIZE, STREAM_ERRORS, Pump
@@ -36,7 +36,8 @@ async def serve_tcp(pump: Pump, cid: int, stream: trio.abc.Stream) -> None:
             pump._scopes[cid] = nursery.cancel_scope
             pump.sync()
             nursery.start_soon(pump._reader, cid, stream, READ_SIZE)
-            nursery.start_soon(_writer, pump, cid, stream)
+            # The writer runs in this task: one task less to start and switch to per stream.
+            await _writer(pump, cid, stream)
         aborted = nursery.cancel_scope.cancelled_caught
     except Exception as exc:  # the crash barrier: this connection only
         log.error("internal error on connection %d; closing it", cid, exc_info=exc)
@@ -76,6 +77,26 @@ async def _writer(pump: Pump, cid: int, stream: trio.abc.Stream) -> None:
                     await stream.send_eof()
             return
         await pump.wakers.wait(cid)
+
+
+async def open_stream(host: str, port: int) -> trio.SocketStream:
+    """``trio.open_tcp_stream``, without its resolver call, nursery and happy-eyeballs task
+    for a numeric address (a local service has one address: one attempt is all there is).
+    A failure reads as trio's does, so the stream's reset reason is the same either way."""
+    family = numeric_family(host)
+    if family is None:
+        return await trio.open_tcp_stream(host, port)
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        await sock.connect((host, port))
+    except OSError as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if family == trio.socket.AF_INET6 else f"{host}:{port}"
+        raise OSError(f"all attempts to connect to {where} failed") from exc
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
 
 
 def tune_stream(stream: trio.abc.Stream, keepalive: float) -> None:

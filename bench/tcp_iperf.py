@@ -54,6 +54,13 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -221,6 +228,7 @@ def setup_rounds(args: argparse.Namespace) -> int:
     targets = {"banner": services.port("banner")}
     drivers = args.drivers.split(",")
     p50: dict[str, list[float]] = {"direct": [], **{d: [] for d in drivers}}
+    cpu: dict[str, tuple[list[float], list[float]]] = {d: ([], []) for d in drivers}
     with tempfile.TemporaryDirectory() as tmp:
         pairs = {d: Pair(d, Path(tmp), targets, args.window, args.tcp_window) for d in drivers}
         try:
@@ -230,9 +238,12 @@ def setup_rounds(args: argparse.Namespace) -> int:
                     statistics.median(setup_latency(targets["banner"], args.setups))
                 )
                 for d, pair in pairs.items():
+                    before = [cpu_seconds(pair.gw.pid), cpu_seconds(pair.rc.pid)]
                     p50[d].append(
                         statistics.median(setup_latency(pair.public["banner"], args.setups))
                     )
+                    for side, pid in enumerate((pair.gw.pid, pair.rc.pid)):
+                        cpu[d][side].append((cpu_seconds(pid) - before[side]) / args.setups)
         finally:
             for pair in pairs.values():
                 pair.stop()
@@ -242,6 +253,9 @@ def setup_rounds(args: argparse.Namespace) -> int:
         extra = "" if name == "direct" else f" (+{med - direct:.3f})"
         print(f"{name}: setup p50 {med:.3f} ms{extra}; per round "
               + " ".join(f"{v:.2f}" for v in values))  # fmt: skip
+    for name, (gw, rc) in cpu.items():
+        print(f"{name}: CPU per connection (median of rounds), gateway "
+              f"{statistics.median(gw) * 1e6:.0f} µs, receiver {statistics.median(rc) * 1e6:.0f} µs")  # fmt: skip
     return 0
 
 

@@ -8,9 +8,11 @@ import socket
 
 import httpx
 import pytest
+import trio
 
 from anpx_core.gateway.tcp import Relay, TcpClientConn
-from anpx_host.tcpsock import tune
+from anpx_host.tcpsock import numeric_family, tune
+from anpx_trio.tcp import open_stream
 
 from .deploy import wait_until
 from .tcp_helpers import EchoServer, closed_promptly, exchange, free_port
@@ -144,3 +146,44 @@ def test_keepalive_and_nodelay_are_set_on_a_real_socket():
             tune(sock, 0)  # keepalive off: no probes, TCP_NODELAY still on
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_numeric_family_only_for_ip_addresses():
+    assert numeric_family("127.0.0.1") == socket.AF_INET
+    assert numeric_family("::1") == socket.AF_INET6
+    assert numeric_family("localhost") is None
+    assert numeric_family("127.0.0.1.example") is None
+
+
+def test_trio_open_stream_connects_directly_and_fails_like_trio():
+    """The receiver's connect to a numeric address skips trio's resolver and happy eyeballs;
+    it still carries bytes, and a refused connect reads as ``trio.open_tcp_stream``'s."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    refused_port = closed.getsockname()[1]
+    closed.close()
+
+    async def main() -> tuple[bytes, str, str]:
+        stream = await open_stream("127.0.0.1", port)
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"hi")
+            got = await stream.receive_some(10)
+        await stream.aclose()
+        errors = []
+        for opener in (open_stream, trio.open_tcp_stream):
+            with pytest.raises(OSError) as info:
+                await opener("127.0.0.1", refused_port)
+            errors.append(str(info.value))
+        return got, errors[0], errors[1]
+
+    try:
+        got, ours, theirs = trio.run(main)
+    finally:
+        listener.close()
+    assert got == b"hi"
+    assert ours == theirs

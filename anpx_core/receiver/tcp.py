@@ -4,7 +4,8 @@ becomes a connection to its local address, bridged by a :class:`~anpx_core.tcp.T
 The answer (``200 connected``) goes out once the driver has connected; a failed connect
 resets the stream with a one-word reason (``connect failed: refused``), the full OS error
 going to our log. Bytes that arrive before the connection is up wait here, bounded by the
-stream's credit window (credit returns only as the service's socket takes them).
+session's window (the stream's wider ``tcp_stream_window`` is granted with the answer; credit
+returns only as the service's socket takes them).
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class LocalConn:
         if session is not None and session.has_stream(self.rid):
             session.start(self.rid, CONNECTED)
             session.flush(self.rid)
+            # The stream's own window is granted with the answer, in the same tunnel write:
+            # granted at open it cost the gateway a wake-up of its own per connection, and
+            # until the service is connected bytes wait here within the session's window.
+            session.widen(self.rid, ctx.settings.tcp.window)
+            session.flush_credits()
             ctx.wake(self.link.cid)
         pipe.last = now
         log.debug("%s: connected", self.what)
@@ -159,8 +165,6 @@ class TcpStreams:
         link.streams[rid] = conn
         self.live.add(conn)
         self.opened += 1
-        link.session.widen(rid, ctx.settings.tcp.window)
-        link.session.flush_credits()
         ctx.connect(ConnectRequest(cid, target[0], target[1], False, "tcp"))
         conn._arm()
 
