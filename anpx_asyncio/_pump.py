@@ -140,7 +140,12 @@ class Pump:
             if not data:
                 return
 
-    async def _writer(self, cid: int, writer: asyncio.StreamWriter) -> None:
+    async def _writer(
+        self, cid: int, writer: asyncio.StreamWriter, half_close: bool = False
+    ) -> None:
+        """Write what the core queues; at its close, return (the caller closes the socket)
+        or, with ``half_close`` (a TCP stream), shut only the write side: the peer reads EOF
+        and the other direction keeps flowing."""
         core = self.core
         while True:
             data, close = core.take_output(cid)
@@ -156,6 +161,10 @@ class Pump:
                 self.sync()
                 continue
             if close:
+                if half_close:
+                    with contextlib.suppress(*STREAM_ERRORS, RuntimeError):
+                        if writer.can_write_eof() and not writer.transport.is_closing():
+                            writer.write_eof()
                 return
             await self.wakers.wait(cid)
 

@@ -13,7 +13,6 @@ from anpx_core.gateway.tcp import TcpListen
 from anpx_host.keys import HostKey
 from anpx_host.launch import bind_failure
 from anpx_host.tcpsock import reset_on_close, tune
-from anpx_host.tls import describe_error
 
 from ._pump import READ_SIZE, STREAM_ERRORS, Pump
 
@@ -53,7 +52,7 @@ async def serve_tcp(
     pump._writers[cid] = resetting  # type: ignore[assignment]
     pump.sync()
     try:
-        await _writer(pump, cid, writer)
+        await pump._writer(cid, writer, half_close=True)
         await asyncio.wait((read_task,))  # always suspends: a pending abort lands here
         if not read_task.cancelled() and read_task.exception() is not None:
             raise read_task.exception()  # type: ignore[misc]
@@ -80,29 +79,6 @@ async def serve_tcp(
         except Exception:
             log.exception("internal error closing connection %d", cid)
         pump.wakers.fire((HostKey.CLOSED,))
-
-
-async def _writer(pump: Pump, cid: int, writer: asyncio.StreamWriter) -> None:
-    core = pump.core
-    while True:
-        data, close = core.take_output(cid)
-        if data:
-            try:
-                writer.write(data)
-                await writer.drain()
-            except STREAM_ERRORS as exc:
-                core.lost(cid, pump.now(), describe_error(exc))
-                pump.sync()
-                return
-            core.written(cid, pump.now())
-            pump.sync()
-            continue
-        if close:
-            with contextlib.suppress(*STREAM_ERRORS, RuntimeError):
-                if writer.can_write_eof() and not writer.transport.is_closing():
-                    writer.write_eof()
-            return
-        await pump.wakers.wait(cid)
 
 
 def tune_writer(writer: asyncio.StreamWriter, keepalive: float) -> None:

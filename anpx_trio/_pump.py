@@ -92,7 +92,10 @@ class Pump:
             if not data:
                 return
 
-    async def _writer(self, cid: int, stream: trio.abc.Stream) -> None:
+    async def _writer(self, cid: int, stream: trio.abc.Stream, half_close: bool = False) -> None:
+        """Write what the core queues; at its close, return (the caller closes the socket)
+        or, with ``half_close`` (a TCP stream), shut only the write side: the peer reads EOF
+        and the other direction keeps flowing."""
         core = self.core
         while True:
             data, close = core.take_output(cid)
@@ -107,6 +110,9 @@ class Pump:
                 self.sync()
                 continue
             if close:
+                if half_close and isinstance(stream, trio.abc.HalfCloseableStream):
+                    with contextlib.suppress(*STREAM_ERRORS):
+                        await stream.send_eof()
                 return
             await self.wakers.wait(cid)
 

@@ -13,7 +13,6 @@ from anpx_core.gateway.tcp import TcpListen
 from anpx_host.keys import HostKey
 from anpx_host.launch import bind_failure
 from anpx_host.tcpsock import numeric_family, reset_on_close, tune
-from anpx_host.tls import describe_error
 
 from ._pump import READ_SIZE, STREAM_ERRORS, Pump
 
@@ -37,7 +36,7 @@ async def serve_tcp(pump: Pump, cid: int, stream: trio.abc.Stream) -> None:
             pump.sync()
             nursery.start_soon(pump._reader, cid, stream, READ_SIZE)
             # The writer runs in this task: one task less to start and switch to per stream.
-            await _writer(pump, cid, stream)
+            await pump._writer(cid, stream, half_close=True)
         aborted = nursery.cancel_scope.cancelled_caught
     except Exception as exc:  # the crash barrier: this connection only
         log.error("internal error on connection %d; closing it", cid, exc_info=exc)
@@ -55,28 +54,6 @@ async def serve_tcp(pump: Pump, cid: int, stream: trio.abc.Stream) -> None:
             except Exception:
                 log.exception("internal error closing connection %d", cid)
             pump.wakers.fire((HostKey.CLOSED,))
-
-
-async def _writer(pump: Pump, cid: int, stream: trio.abc.Stream) -> None:
-    core = pump.core
-    while True:
-        data, close = core.take_output(cid)
-        if data:
-            try:
-                await stream.send_all(data)
-            except STREAM_ERRORS as exc:
-                core.lost(cid, pump.now(), describe_error(exc))
-                pump.sync()
-                return
-            core.written(cid, pump.now())
-            pump.sync()
-            continue
-        if close:
-            with contextlib.suppress(*STREAM_ERRORS):
-                if isinstance(stream, trio.abc.HalfCloseableStream):
-                    await stream.send_eof()
-            return
-        await pump.wakers.wait(cid)
 
 
 async def open_stream(host: str, port: int) -> trio.SocketStream:
