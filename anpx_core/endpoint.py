@@ -124,6 +124,12 @@ class TunnelEndpoint(Generic[W]):
     def next_deadline(self) -> float | None:
         return self.ws.next_deadline()
 
+    def stalled(self) -> bool:
+        """Closed with output the peer never took: a peer that stopped reading (its keepalive
+        or close timed out while the driver's write was blocked on it). Such a socket must be
+        reset, since closing it politely waits on that write."""
+        return self.ws.closed and self.ws.backlog > 0
+
     def _events(self, events: Iterable[WsEvent]) -> Iterator[EndpointEvent]:
         for event in events:
             if isinstance(event, BinaryReceived):

@@ -8,6 +8,7 @@ docs/security.md ("Hostile tunnel peers and exposure") maps each attack to its t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -509,3 +510,88 @@ def test_gateway_stops_reading_a_tunnel_that_does_not_read_its_replies():
     core.pop_wakeups()
     core.written(cid, 0.2)
     assert core.can_read(cid) and cid in core.pop_wakeups()  # the reader is woken
+
+
+# --- a tunnel peer that stops reading -----------------------------------------------------------
+
+
+def _socket_held(local_port: int, peer_port: int) -> bool:
+    """Does a process still hold the TCP socket 127.0.0.1:local_port <-> :peer_port open?
+    (A socket closed with unsent data lingers in the kernel as an orphan, inode 0; a socket
+    still open in a process has an inode.)"""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if (
+                int(local.split(":")[1], 16) == local_port
+                and int(remote.split(":")[1], 16) == peer_port
+                and inode != "0"
+            ):
+                return True
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's /proc/net/tcp")
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_tunnel_peer_that_never_reads_is_dropped_at_its_keepalive_timeout(driver):
+    """A receiver that stops reading while the gateway sends it a request body: the
+    gateway's write blocks on a full socket. The keepalive timeout must still end the
+    connection, not leave the socket, its tasks and its buffers pinned for ever."""
+    limits = WsLimits(ping_interval=0.5, ping_timeout=0.5)
+    gateway = start_gateway(driver, GatewaySettings(ws=limits))
+    sock, _ws = _raw_tunnel(gateway.obj.ports.tunnel, rcvbuf=4096)
+    http_port = gateway.obj.ports.http
+    wait_until(lambda: len(gateway.obj.core.receivers) == 1)
+
+    def upload() -> None:
+        body = b"x" * (8 * MiB)  # more than the tunnel's socket buffers hold
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(f"http://127.0.0.1:{http_port}/upload", content=body, timeout=15)
+
+    client = threading.Thread(target=upload, daemon=True)
+    client.start()
+    try:
+        tunnel_port, peer_port = gateway.obj.ports.tunnel, sock.getsockname()[1]
+        assert _socket_held(tunnel_port, peer_port)
+        wait_until(lambda: len(gateway.obj.core.receivers) == 0)  # the keepalive timed out
+        wait_until(lambda: not _socket_held(tunnel_port, peer_port))  # and the socket is gone
+    finally:
+        sock.close()
+        client.join(20)
+        gateway.stop()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's /proc/net/tcp")
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_gateway_that_never_reads_is_dropped_at_the_receivers_keepalive_timeout(driver):
+    """The mirror case: a gateway asks for a large download and then reads nothing (its
+    WebSocket library stops reading once its queue is full). The receiver's keepalive
+    must end the connection, not leave a write blocked on it for ever."""
+    peer: dict = {}
+    release = threading.Event()
+
+    def handler(ws) -> None:
+        if "port" in peer:
+            return  # a reconnection: not part of this test
+        peer["port"] = ws.remote_address[1]
+        ws.send(
+            M.encode_message(M.Request("r1", "GET", "/download?n=67108864", [("host", "h")]))[0]
+        )
+        release.wait(30)  # read nothing
+
+    port, stop = _hostile_gateway(handler)
+    settings = ReceiverSettings(
+        gateway_urls=[f"ws://127.0.0.1:{port}/"],
+        ws=WsLimits(ping_interval=0.5, ping_timeout=0.5),
+        reconnect_delay=30,
+    )
+    receiver = start_receiver(driver, settings, app)
+    try:
+        wait_until(lambda: "port" in peer)
+        assert _socket_held(peer["port"], port)
+        wait_until(lambda: not _socket_held(peer["port"], port))
+    finally:
+        release.set()
+        receiver.stop()
+        stop()

@@ -137,8 +137,13 @@ class TunnelConn:
         return self.end.next_deadline()
 
     def on_timer(self, now: float) -> None:
+        open_before = not self.end.ws.closed
         for event in self.end.timers(now):
             self._event(event, now)
+        if open_before and self.end.stalled():
+            # Ended by a timeout with output unwritten: the peer stopped reading and the
+            # driver's write may be blocked on it for ever. Reset the socket instead.
+            self.unit.core.abort(self.cid)
         # a keepalive ping or a close timeout changes the output without an event
         self.unit.core.wake(self.cid)
 

@@ -110,7 +110,11 @@ class GatewayLink:
         if self.cid in self.ctx.doomed:
             return
         if self.ep is not None:
-            self._events(self.ep.timers(now), now)
+            ep = self.ep
+            open_before = not ep.ws.closed
+            self._events(ep.timers(now), now)
+            if open_before and ep.stalled():
+                self.ctx.abort(self.cid)  # timed out with output unwritten: see Endpoint.stalled
             self.ctx.wake(self.cid)  # a keepalive ping may be queued
         elif (
             self.state == "idle"
