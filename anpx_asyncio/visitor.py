@@ -129,20 +129,35 @@ class Visitor:
 
 
 def connect_main(argv: list[str], prog: str) -> int:
-    """``python -m anpx_asyncio connect SERVICE ...``."""
-    return visitor_main(argv, prog, lambda plan: asyncio.run(_run(plan)))
+    """``python -m anpx_asyncio connect [SERVICE] ...``."""
+    return visitor_main(argv, prog, lambda plans: asyncio.run(_run(plans)))
 
 
-async def _run(plan: VisitorPlan) -> None:
-    visitor = Visitor(plan.settings, tls=plan.tls)  # type: ignore[arg-type]
-    if plan.listen is None:
+async def _run(plans: list[VisitorPlan]) -> None:
+    first = plans[0]
+    if first.listen is None:  # --stdio: one visitor, for as long as stdin lasts
+        visitor = Visitor(first.settings, tls=first.tls)  # type: ignore[arg-type]
         await visitor.run(stdio=True)
         if visitor.core.last_error:  # ssh shows our stderr: say why there was nothing
             raise StartupError(visitor.core.last_error)
         return
     loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(visitor.run(listen=plan.listen))
+    tasks = [
+        asyncio.ensure_future(
+            Visitor(plan.settings, tls=plan.tls).run(listen=plan.listen)  # type: ignore[arg-type]
+        )
+        for plan in plans
+    ]
+
+    def stop() -> None:
+        for task in tasks:
+            task.cancel()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+        loop.add_signal_handler(signum, stop)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks)  # the first failure (a port in use) ends them all
+    finally:
+        stop()
+        await asyncio.gather(*tasks, return_exceptions=True)

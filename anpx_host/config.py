@@ -56,6 +56,7 @@ __all__ = [
     "LoggingConfig",
     "ReceiverConfig",
     "TlsConfig",
+    "VisitorConfig",
     "load_config",
     "parse_config",
     "to_gateway_settings",
@@ -205,6 +206,29 @@ def _tcp_listeners(value: Any) -> tuple[bool, Any]:
         if not isinstance(allow, (list, tuple)) or not all(_network_ok(a) for a in allow):
             return False, value
         out.append((port, table["service"], host, tuple(allow)))
+    return True, tuple(out)
+
+
+def _visitor_connects(value: Any) -> tuple[bool, Any]:
+    """``[[visitor.connect]]``: ``service`` and ``listen`` ("HOST:PORT"), each listen once."""
+    if not isinstance(value, (list, tuple)):
+        return False, value
+    out: list[tuple[str, str]] = []
+    for table in value:
+        if isinstance(table, tuple) and len(table) == 2:  # normalised already (re-checked)
+            table = {"service": table[0], "listen": table[1]}
+        if not isinstance(table, Mapping) or set(table) != {"service", "listen"}:
+            return False, value
+        service, listen = table["service"], table["listen"]
+        if not _service_ok(service) or not isinstance(listen, str):
+            return False, value
+        try:
+            parse_hostport(listen, any_port=True)
+        except ValueError:
+            return False, value
+        if any(taken == listen for _, taken in out):
+            return False, value
+        out.append((service, listen))
     return True, tuple(out)
 
 
@@ -629,6 +653,19 @@ _DEFAULT_ENV_ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_C
 
 
 @dataclass(frozen=True, slots=True)
+class VisitorConfig(_Section):
+    """``[visitor]``: what ``connect`` reads with ``--config`` (docs/tcp.md#visitors)."""
+
+    gateway_url: str | None = _opt(None, "str", extra=_ws_url)
+    client_id: str = _opt("", "str", extra=_client_id)  # "": a random visitor-xxxxxxxx
+    visitor_secret_file: str | None = _opt(None, "path")
+    ca_file: str | None = _opt(None, "path")
+    idle_timeout: float = _opt(_TCP.idle_timeout, "float", lo=0, unit="seconds")
+    window: int = _opt(_TCP.window, "int", lo=0, hi=MAX_TCP_STREAM_WINDOW, unit="bytes")
+    connect: tuple[tuple[str, str], ...] = _opt((), "visitorconnects")
+
+
+@dataclass(frozen=True, slots=True)
 class CommandConfig(_Section):
     """``[command]``: the command-mode app (anpx_command) the receiver serves; off by default."""
 
@@ -674,6 +711,7 @@ class Config(_Section):
     gateway: GatewayConfig = field(default_factory=GatewayConfig, metadata=_SECTION)
     receiver: ReceiverConfig = field(default_factory=ReceiverConfig, metadata=_SECTION)
     command: CommandConfig = field(default_factory=CommandConfig, metadata=_SECTION)
+    visitor: VisitorConfig = field(default_factory=VisitorConfig, metadata=_SECTION)
     #: Seed keys accepted but without effect in anpx, e.g. "[gateway.auth] did_document_path".
     ignored: tuple[str, ...] = field(default=(), metadata={"internal": True})
 
@@ -754,6 +792,11 @@ def _expected(check: _Check) -> str:
         return 'expected a table of name = argv array, e.g. {aider = ["aider", "--message", "{prompt}"]}'
     if check.kind == "tcpservices":
         return 'expected [[receiver.tcp]] tables of name = "db" and local = "127.0.0.1:5432"'
+    if check.kind == "visitorconnects":
+        return (
+            'expected [[visitor.connect]] tables of service = "db" and listen = '
+            '"127.0.0.1:15432", each listen address once'
+        )
     if check.kind == "tcplisteners":
         return (
             'expected [[gateway.tcp]] tables of port = 15432, service = "db", optional '
@@ -882,6 +925,8 @@ def _convert(check: _Check, value: Any) -> tuple[bool, Any]:
         return _tcp_services(value)
     if kind == "tcplisteners":
         return _tcp_listeners(value)
+    if kind == "visitorconnects":
+        return _visitor_connects(value)
     if kind == "dids":
         ok = isinstance(value, (list, tuple)) and all(
             isinstance(v, str) and _did(v) is None for v in value
@@ -958,7 +1003,7 @@ class _Parser:
         if close:
             hint = f" (did you mean {_where((*path, close[0]))}?)"
         elif not path:
-            hint = " (sections are [logging], [gateway], [receiver] and [command])"
+            hint = " (sections are [logging], [gateway], [receiver], [command] and [visitor])"
         else:
             hint = ""
         dotted = ".".join((*path, key))

@@ -127,21 +127,24 @@ class Visitor:
 
 
 def connect_main(argv: list[str], prog: str) -> int:
-    """``python -m anpx_trio connect SERVICE ...``."""
-    return visitor_main(argv, prog, lambda plan: trio.run(_run, plan))
+    """``python -m anpx_trio connect [SERVICE] ...``."""
+    return visitor_main(argv, prog, lambda plans: trio.run(_run, plans))
 
 
-async def _run(plan: VisitorPlan) -> None:
-    visitor = Visitor(plan.settings, tls=plan.tls)  # type: ignore[arg-type]
+async def _run(plans: list[VisitorPlan]) -> None:
+    first = plans[0]
+    if first.listen is None:  # --stdio: one visitor, for as long as stdin lasts
+        visitor = Visitor(first.settings, tls=first.tls)  # type: ignore[arg-type]
+        await visitor.run(stdio=True)
+        if visitor.core.last_error:  # ssh shows our stderr: say why there was nothing
+            raise StartupError(visitor.core.last_error)
+        return
     async with trio.open_nursery() as nursery:
-        if plan.listen is None:
-            await visitor.run(stdio=True)
-            if visitor.core.last_error:  # ssh shows our stderr: say why there was nothing
-                raise StartupError(visitor.core.last_error)
-        else:
-            await nursery.start(lambda task_status: visitor.run(listen=plan.listen,
-                                                                task_status=task_status))  # fmt: skip
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    break
+        for plan in plans:  # the first failure (a port in use) ends them all
+            visitor = Visitor(plan.settings, tls=plan.tls)  # type: ignore[arg-type]
+            await nursery.start(lambda task_status, v=visitor, at=plan.listen: v.run(
+                listen=at, task_status=task_status))  # fmt: skip
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                break
         nursery.cancel_scope.cancel()

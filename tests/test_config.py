@@ -249,7 +249,7 @@ ERRORS = [
     ({"gateway": {"tls": True}}, "config error: [gateway] tls: expected a table [gateway.tls], got true"),
     ({"gateway": {"tsl": {"enabled": True}}}, "config error: [gateway.tsl]: unknown section (did you mean [gateway.tls]?)"),
     ({"gatewy": {}}, "config error: [gatewy]: unknown section (did you mean [gateway]?)"),
-    ({"extras": {}}, "config error: [extras]: unknown section (sections are [logging], [gateway], [receiver] and [command])"),
+    ({"extras": {}}, "config error: [extras]: unknown section (sections are [logging], [gateway], [receiver], [command] and [visitor])"),
     ({"verbose": True}, "config error: verbose: unknown key"),
     ({"gateway": 5}, "config error: gateway: expected a table [gateway], got 5"),
     ({"gateway": {"odd key": 1}}, 'config error: [gateway] "odd key": unknown key'),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import textwrap
 
 import pytest
@@ -206,3 +207,79 @@ def test_a_receiver_may_offer_64_services_and_no_more():
     # a header packed with distinct names is refused at the 65th, whatever follows
     with pytest.raises(ValueError, match="more than 64 services"):
         parse_services(offer([f"n{i}" for i in range(20_000)]))
+
+
+def test_visitor_section_and_options(tmp_path):
+    from anpx_host.errors import StartupError
+    from anpx_host.visitorcli import parse_visitors
+
+    secret = tmp_path / "s"
+    secret.write_text("shh\n")
+    path = tmp_path / "v.toml"
+    path.write_text(
+        f"""[visitor]
+gateway_url = "ws://127.0.0.1:8765"
+client_id = "laptop"
+visitor_secret_file = "{secret}"
+window = 65536
+
+[[visitor.connect]]
+service = "db"
+listen = "127.0.0.1:15432"
+
+[[visitor.connect]]
+service = "ssh"
+listen = "127.0.0.1:2222"
+"""
+    )
+    plans = parse_visitors(["--config", str(path)], "connect")
+    assert [(p.settings.service, p.listen) for p in plans] == [
+        ("db", ("127.0.0.1", 15432)),
+        ("ssh", ("127.0.0.1", 2222)),
+    ]
+    assert {p.settings.client_id for p in plans} == {"laptop"}
+    assert {p.settings.tcp.window for p in plans} == {65536}
+    # a SERVICE picks its table; options win over the file
+    only = parse_visitors(["ssh", "--config", str(path), "--window", "0"], "connect")
+    assert [(p.settings.service, p.listen, p.settings.tcp.window) for p in only] == [
+        ("ssh", ("127.0.0.1", 2222), 0)
+    ]
+    stdio = parse_visitors(["db", "--config", str(path), "--stdio"], "connect")
+    assert [p.listen for p in stdio] == [None]
+    url = parse_visitors(["db", "--config", str(path), "--gateway-url", "ws://h:1/"], "connect")
+    assert url[0].settings.gateway_url == "ws://h:1/"
+    refusals = [
+        (["--config", str(path), "--listen", "127.0.0.1:1"], "go with a SERVICE"),
+        (["--gateway-url", "ws://h:1/"], "name a SERVICE"),
+        (["web", "--config", str(path)], "give --listen"),
+        (["db", "--listen", "127.0.0.1:1"], "--gateway-url is required"),
+    ]
+    for argv, message in refusals:
+        with pytest.raises(StartupError, match=message):
+            parse_visitors(argv, "connect")
+
+
+@pytest.mark.parametrize(
+    "body, key",
+    [
+        ('[visitor]\ngateway_url = "http://h"\n', "[visitor] gateway_url"),
+        ('[visitor]\nclient_id = " x"\n', "[visitor] client_id"),
+        ("[visitor]\nwindow = -1\n", "[visitor] window"),
+        ('[[visitor.connect]]\nservice = "db"\n', "[visitor] connect"),
+        ('[[visitor.connect]]\nservice = "a b"\nlisten = "127.0.0.1:1"\n', "[visitor] connect"),
+        (
+            '[[visitor.connect]]\nservice = "a"\nlisten = "127.0.0.1:1"\n'
+            '[[visitor.connect]]\nservice = "b"\nlisten = "127.0.0.1:1"\n',
+            "each listen address once",
+        ),
+        ('[visitor]\nlisten = "127.0.0.1:1"\n', "[visitor] listen: unknown key"),
+    ],
+)
+def test_visitor_section_errors_name_the_key(tmp_path, body, key):
+    from anpx_host.errors import StartupError
+    from anpx_host.visitorcli import parse_visitors
+
+    path = tmp_path / "v.toml"
+    path.write_text(body)
+    with pytest.raises(StartupError, match=re.escape(key)):
+        parse_visitors(["--config", str(path)], "connect")

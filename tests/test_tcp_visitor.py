@@ -35,7 +35,7 @@ class World:
         rs = ReceiverSettings(client_id="rc-1", gateway_urls=[self.url], reconnect_delay=0.05)
         if auth:
             rs.auth = SharedSecretClient(RECEIVER_SECRET, "rc-1", nonce_source=os.urandom)
-        rs.tcp_services = {"echo": ("127.0.0.1", echo_port)}
+        rs.tcp_services = {"echo": ("127.0.0.1", echo_port), "echo2": ("127.0.0.1", echo_port)}
         self.receiver = start_receiver(rc, rs)
         wait_until(lambda: any(r["services"] for r in self.gateway.obj.core.receivers))
         self.visitors = []
@@ -132,4 +132,55 @@ def test_visitor_stdio_command(driver, echo):
         assert last.startswith(f"python -m anpx_{driver} connect: cannot connect to the gateway")
         assert refused.stdout == b""
     finally:
+        w.close()
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("driver", ["trio", "asyncio"])
+def test_visitor_config_file_runs_every_table(driver, echo, tmp_path):
+    """``connect --config FILE``: every ``[[visitor.connect]]`` table at once, like frpc's
+    visitors, with the gateway and credential from ``[visitor]``; SIGTERM ends it cleanly."""
+    w = World(driver, driver, echo.port, auth=True)
+    secret = tmp_path / "visitor.secret"
+    secret.write_bytes(VISITOR_SECRET + b"\n")
+    ports = [free_port(), free_port()]
+    config = tmp_path / "visitor.toml"
+    config.write_text(
+        f"""[visitor]
+gateway_url = "{w.url}"
+client_id = "laptop"
+visitor_secret_file = "{secret}"
+
+[[visitor.connect]]
+service = "echo"
+listen = "127.0.0.1:{ports[0]}"
+
+[[visitor.connect]]
+service = "echo2"
+listen = "127.0.0.1:{ports[1]}"
+"""
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"anpx_{driver}", "connect", "--config", str(config)],
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    try:
+        for port in ports:
+            wait_until(lambda port=port: _listening(port) or proc.poll() is not None, 30)
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert exchange(ports[0], b"one") == b"onebye"
+        assert exchange(ports[1], b"two") == b"twobye"
+        proc.terminate()
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
         w.close()
