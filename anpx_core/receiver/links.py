@@ -110,11 +110,11 @@ class GatewayLink:
         if self.cid in self.ctx.doomed:
             return
         if self.ep is not None:
-            ep = self.ep
+            ep, cid = self.ep, self.cid
             open_before = not ep.ws.closed
             self._events(ep.timers(now), now)
-            if open_before and ep.stalled():
-                self.ctx.abort(self.cid)  # timed out with output unwritten: see Endpoint.stalled
+            if open_before and ep.stalled() and cid is not None:
+                self.ctx.abort(cid)  # timed out with output unwritten: see Endpoint.stalled
             self.ctx.wake(self.cid)  # a keepalive ping may be queued
         elif (
             self.state == "idle"
