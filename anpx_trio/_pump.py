@@ -29,12 +29,43 @@ ERROR_BACKOFF = 0.1  # after a timer failed: its deadline may still be due
 STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 
 
+class Wake:
+    """A one-shot event for :class:`Wakers`: what ``trio.Event`` does for this use, without
+    its parking lot (an ordered dict and two objects per event, a generator per wake-up).
+    Each task waiting on a core key creates one; the pump sets it at most once."""
+
+    __slots__ = ("_flag", "_tasks")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._tasks: list[trio.lowlevel.Task] = []
+
+    def set(self) -> None:
+        self._flag = True
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        if self._flag:
+            await trio.lowlevel.checkpoint()
+            return
+        task = trio.lowlevel.current_task()
+        self._tasks.append(task)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._tasks.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+
 class Pump:
     """Shared by the gateway and receiver drivers: one core, its wake-ups, its clock."""
 
     def __init__(self, core: DriverCore) -> None:
         self.core = core
-        self.wakers = Wakers(trio.Event)
+        self.wakers = Wakers(Wake)
         self._scopes: dict[int, trio.CancelScope] = {}  # connections being served
 
     @staticmethod
