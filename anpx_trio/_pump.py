@@ -193,10 +193,13 @@ class Pump:
 async def _receive(
     sock: trio.socket.SocketType, size: int, *, wait_first: bool, waited: bool
 ) -> bytes:
-    """Up to ``size`` bytes, b"" at EOF; a checkpoint (one scheduler round at least)."""
+    """Up to ``size`` bytes, b"" at EOF; a checkpoint (one scheduler round at least, and
+    a cancelled scope raises before anything is read, as with trio's recv)."""
     if wait_first:
         await trio.lowlevel.wait_readable(sock)
         waited = True
+    else:
+        await trio.lowlevel.checkpoint_if_cancelled()  # no yield unless cancelled
     while True:
         try:
             data = os.read(sock.fileno(), size)
@@ -212,7 +215,9 @@ async def _receive(
 async def _send_all(sock: trio.socket.SocketType, data: bytes | bytearray | memoryview) -> None:
     """Write all of ``data``, waiting while the socket's buffer is full. Not a checkpoint when
     the kernel took it all at once: the writer loop waits on its waker once the core's
-    queue is empty, and the queue only grows while other tasks run."""
+    queue is empty, and the queue only grows while other tasks run. A cancelled scope
+    raises before anything is written, as with trio's send."""
+    await trio.lowlevel.checkpoint_if_cancelled()  # no yield unless cancelled
     with memoryview(data) as view:
         while view:
             try:

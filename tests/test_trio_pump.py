@@ -150,3 +150,28 @@ def test_a_reset_peer_is_a_stream_error_for_the_reader_and_the_writer() -> None:
         await a.aclose()
 
     trio.run(main)
+
+
+def test_a_cancelled_scope_stops_reads_and_writes_before_any_byte_moves() -> None:
+    """An abort cancels the connection's scope: a reader whose data is already there and a
+    writer whose socket has room must both stop there, not read or write on."""
+
+    async def main() -> None:
+        a, b = await _connected_pair()
+        await _send_all(b.socket, b"waiting")
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await _receive(a.socket, 1024, wait_first=False, waited=False)
+        assert scope.cancelled_caught
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await _send_all(a.socket, b"not sent")
+        assert scope.cancelled_caught
+        await a.send_eof()
+        with trio.fail_after(10):
+            assert await _receive(a.socket, 1024, wait_first=True, waited=False) == b"waiting"
+            assert await _receive(b.socket, 1024, wait_first=True, waited=False) == b""
+        await a.aclose()
+        await b.aclose()
+
+    trio.run(main)
