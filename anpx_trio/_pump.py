@@ -110,7 +110,7 @@ class Pump:
 
     async def _reader(self, cid: int, stream: trio.abc.Stream, read_size: int) -> None:
         core = self.core
-        sock = stream.socket if type(stream) is trio.SocketStream else None
+        sock = _plain_socket(stream)
         full = True  # the last read filled the buffer: more may be waiting
         while True:
             waited = False
@@ -137,7 +137,7 @@ class Pump:
         or, with ``half_close`` (a TCP stream), shut only the write side: the peer reads EOF
         and the other direction keeps flowing."""
         core = self.core
-        sock = stream.socket if type(stream) is trio.SocketStream else None
+        sock = _plain_socket(stream)
         while True:
             data, close = core.take_output(cid)
             if data:
@@ -188,6 +188,14 @@ class Pump:
 # round and one system call less per small request on each connection. The socket's own
 # fileno() is read at each call: -1 once trio closed it (EBADF, a stream error), never a
 # number reused by another socket.
+
+
+def _plain_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The socket under a plain SocketStream, where its descriptor can be read and written
+    with os.read/os.write (not on Windows, whose sockets are not file descriptors)."""
+    if type(stream) is trio.SocketStream and os.name != "nt":
+        return stream.socket
+    return None
 
 
 async def _receive(
