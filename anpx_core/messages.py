@@ -454,6 +454,21 @@ class MessageDecoder:
         """Drop a partial message (its stream was cancelled)."""
         self._drop(request_id)
 
+    def receive_whole(self, frame_type: int, rid: str, meta: bytes, body: bytes) -> list[Event]:
+        """What :meth:`receive` gives for an unchunked frame found by
+        :func:`~anpx_core.frames.whole_message` (``rid`` already checked)."""
+        events: list[Event] = [HeadReceived(rid, self.whole_head(frame_type, rid, meta))]
+        if body:
+            events.append(BodyReceived(rid, body))
+        events.append(MessageComplete(rid))
+        return events
+
+    def whole_head(self, frame_type: int, rid: str, meta: bytes) -> RequestHead | ResponseHead:
+        """The head of the message in such a frame (its body and end follow at once)."""
+        if rid in self._partials:
+            raise ProtocolError("bad_chunk", "unchunked frame for a message still in progress", rid)
+        return self._head(frame_type, meta, rid)
+
     def receive(self, frame: F.Frame) -> list[Event]:
         fields = _fields(frame)
         if frame.type == F.TYPE_ERROR:
