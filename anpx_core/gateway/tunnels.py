@@ -147,7 +147,8 @@ class TunnelConn:
     # --- events ----------------------------------------------------------------------------
 
     def _event(self, event: EndpointEvent, now: float) -> None:
-        self.unit.core.wake(self.cid)
+        # No wake(self.cid) here: both callers woke this connection already (the
+        # coordinator before receive(), on_timer() after its events).
         if self.delegate is not None:
             self.delegate.event(event, now)
         elif type(event) in _OWN_EVENTS:  # the common case first: a stream's event
