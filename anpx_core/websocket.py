@@ -384,11 +384,14 @@ class _WsConnection(ABC):
         if self._state == "open":
             conn = self._ws.connection
             if (
-                self._send_plain
+                self.fast_frames
                 and conn._state is ConnectionState.OPEN  # type: ignore[union-attr]
                 and conn._proto._outbound_opcode is None  # type: ignore[union-attr]
             ):
-                self._plain_frame(data)
+                if self._send_plain:
+                    self._plain_frame(data)
+                else:  # a client without an entropy source: wsproto frames and masks it
+                    self._emit(bytes(conn._proto.send_data(data)))  # type: ignore[union-attr]
             else:
                 self._emit(self._ws.send(BytesMessage(data=data)))
         elif self._state == "handshake":

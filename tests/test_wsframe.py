@@ -59,6 +59,24 @@ def by_definition(payload: bytes, key: bytes | None) -> bytes:
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
+def unmasked(wire: bytes) -> list[tuple[int, bytes]]:
+    """A client's frames as (first byte, payload): its masking keys are random."""
+    frames, at = [], 0
+    while at < len(wire):
+        first, n = wire[at], wire[at + 1] & 0x7F
+        at += 2
+        if n == 126:
+            (n,) = struct.unpack(">H", wire[at : at + 2])
+            at += 2
+        elif n == 127:
+            (n,) = struct.unpack(">Q", wire[at : at + 8])
+            at += 8
+        key, at = wire[at : at + 4], at + 4
+        frames.append((first, bytes(b ^ key[i % 4] for i, b in enumerate(wire[at : at + n]))))
+        at += n
+    return frames
+
+
 def open_server(cls: type[WsServer], limits: WsLimits = LIMITS) -> WsServer:
     peer = WSConnection(ConnectionType.CLIENT)
     server = cls(limits, 0.0)
@@ -132,12 +150,17 @@ def test_a_short_entropy_source_is_refused():
         keys.take()
 
 
-def test_a_client_without_an_entropy_source_lets_wsproto_mask():
-    client = open_client(WsClient)
-    client.send_binary(b"abc")
-    wire = client.data_to_send()
-    assert wire[:2] == b"\x82\x83" and len(wire) == 9
-    assert open_server(RefServer).receive_data(wire, 0.0) == [BinaryReceived(b"abc")]
+@FAST
+@given(st.lists(payloads, min_size=1, max_size=4))
+def test_a_client_without_an_entropy_source_lets_wsproto_mask(messages):
+    fast, ref = open_client(WsClient), open_client(RefClient)
+    for m in messages:
+        fast.send_binary(m)
+        ref.send_binary(m)
+    wire = fast.data_to_send()
+    assert type(wire) is bytes
+    assert unmasked(wire) == unmasked(ref.data_to_send()) == [(0x82, m) for m in messages]
+    assert open_server(RefServer).receive_data(wire, 0.0) == [BinaryReceived(m) for m in messages]
 
 
 # --- receiving: the same events, output and state as wsproto alone ------------------------
@@ -191,24 +214,6 @@ def _feed(conn, wire: bytes, cuts: list[int]) -> tuple[list, bytes, str]:
     events += conn.tick(100.0)
     out += conn.data_to_send()
     return events, out, conn.state
-
-
-def unmasked(wire: bytes) -> list[tuple[int, bytes]]:
-    """A client's frames as (first byte, payload): its masking keys are random."""
-    frames, at = [], 0
-    while at < len(wire):
-        first, n = wire[at], wire[at + 1] & 0x7F
-        at += 2
-        if n == 126:
-            (n,) = struct.unpack(">H", wire[at : at + 2])
-            at += 2
-        elif n == 127:
-            (n,) = struct.unpack(">Q", wire[at : at + 8])
-            at += 8
-        key, at = wire[at : at + 4], at + 4
-        frames.append((first, bytes(b ^ key[i % 4] for i, b in enumerate(wire[at : at + n]))))
-        at += n
-    return frames
 
 
 LIMIT_CASES = [LIMITS, WsLimits(max_message_size=200, ping_interval=0)]
