@@ -144,6 +144,58 @@ def _parse_body(
     return Frame(ftype, flags, tlvs)
 
 
+_WHOLE_HEADER = struct.Struct(">4sBBBBIII4x")  # the header, for whole_message()
+_META_TAG = {TYPE_REQUEST: TAG_HTTP_META, TYPE_RESPONSE: TAG_RESP_META}
+
+
+def whole_message(
+    data: bytes, max_frame_size: int, max_request_id: int
+) -> tuple[int, str, bytes, bytes] | None:
+    """(type, request_id, meta, body) of a valid unchunked request or response frame whose
+    TLVs are exactly request_id, its type's meta and an optional body, in that order: the
+    one frame every sender makes of a small message. None for any other frame, valid or
+    not (:func:`decode_frame` and the message decoder then take it and find any fault), so
+    a frame read here is one they accept with the same result, without building a
+    :class:`Frame` and its TLV list."""
+    size = len(data)
+    if size < HEADER_SIZE + 2 * TLV_HEADER_SIZE + 1 or size > max_frame_size:
+        return None
+    magic, version, ftype, flags, _reserved, total, header_crc, body_crc = (
+        _WHOLE_HEADER.unpack_from(data)
+    )
+    meta_tag = _META_TAG.get(ftype)
+    if magic != MAGIC or version != VERSION or flags or total != size or meta_tag is None:
+        return None
+    body = data[HEADER_SIZE:] if size < 2048 else memoryview(data)[HEADER_SIZE:]
+    if crc32(data[:12]) != header_crc or crc32(body) != body_crc:
+        return None
+    unpack = _TLV.unpack_from
+    tag, length = unpack(data, HEADER_SIZE)
+    pos = HEADER_SIZE + TLV_HEADER_SIZE
+    end = pos + length
+    if tag != TAG_REQUEST_ID or not 0 < length <= max_request_id or end + TLV_HEADER_SIZE > size:
+        return None
+    try:
+        request_id = data[pos:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    tag, length = unpack(data, end)
+    pos = end + TLV_HEADER_SIZE
+    end = pos + length
+    if tag != meta_tag or end > size:
+        return None
+    meta = data[pos:end]
+    if end == size:
+        return ftype, request_id, meta, b""
+    if end + TLV_HEADER_SIZE > size:
+        return None
+    tag, length = unpack(data, end)
+    pos = end + TLV_HEADER_SIZE
+    if tag != TAG_HTTP_BODY or pos + length != size:
+        return None
+    return ftype, request_id, meta, data[pos:]
+
+
 def decode_frame(
     data: bytes | bytearray | memoryview, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
 ) -> Frame:

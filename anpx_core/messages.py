@@ -9,6 +9,7 @@ ever needs a whole body in memory. :func:`encode_message` and
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -44,6 +45,7 @@ _FINAL_VALUES = (_FINAL_VALUE, b"\x00\x00\x00\x01")
 _IDX_HEAD = F.tlv_header(F.TAG_CHUNK_IDX, 4)
 _TOT_HEAD = F.tlv_header(F.TAG_CHUNK_TOT, 4)
 _FINAL_TLV_BYTES = F.tlv_header(F.TAG_FINAL_CHUNK, 1) + _FINAL_VALUE
+_TLV_PACK = struct.Struct(">BI").pack  # F.tlv_header without its call
 
 
 # --- whole messages ------------------------------------------------------------------------
@@ -167,12 +169,10 @@ class MessageEncoder:
         chunk_total: int | None = None,
     ) -> None:
         if isinstance(head, RequestHead):
-            self._type, self._meta_tag = F.TYPE_REQUEST, F.TAG_HTTP_META
-            self._meta = encode_request_meta(head)
+            self._type, tag, meta = F.TYPE_REQUEST, F.TAG_HTTP_META, encode_request_meta(head)
         else:
-            self._type, self._meta_tag = F.TYPE_RESPONSE, F.TAG_RESP_META
-            self._meta = encode_response_meta(head)
-        self._rid = request_id.encode()
+            self._type, tag, meta = F.TYPE_RESPONSE, F.TAG_RESP_META, encode_response_meta(head)
+        rid = self._rid = request_id.encode()
         self._max = max_frame_size
         self._total = chunk_total
         self._idx = 0  # next chunk index; 0 means nothing emitted yet
@@ -180,25 +180,25 @@ class MessageEncoder:
         self._held = 0  # bytes in _parts
         self.ended = False
         # TLVs every frame repeats, serialized once
-        self._rid_tlv = F.tlv_header(F.TAG_REQUEST_ID, len(self._rid)) + self._rid
-        self._meta_tlv = F.tlv_header(self._meta_tag, len(self._meta)) + self._meta
-        self._tot_tlv = b"" if chunk_total is None else _TOT_HEAD + F.u32(chunk_total)
-        base = F.HEADER_SIZE + len(self._rid_tlv) + _CHUNK_TLV + len(self._tot_tlv)
+        rid_tlv = self._rid_tlv = _TLV_PACK(F.TAG_REQUEST_ID, len(rid)) + rid
+        meta_tlv = self._meta_tlv = _TLV_PACK(tag, len(meta)) + meta
+        tot_tlv = self._tot_tlv = b"" if chunk_total is None else _TOT_HEAD + F.u32(chunk_total)
+        base = F.HEADER_SIZE + len(rid_tlv) + _CHUNK_TLV + len(tot_tlv)
         # body bytes a non-final chunk holds: chunk 0 (with the meta), then every later one
-        self._room0 = max(max_frame_size - base - F.TLV_HEADER_SIZE - len(self._meta_tlv), 0)
-        self._room = max_frame_size - base - F.TLV_HEADER_SIZE
-        head_min = base + len(self._meta_tlv)
+        room = self._room = max_frame_size - base - F.TLV_HEADER_SIZE
+        self._room0 = max(room - len(meta_tlv), 0)
+        head_min = base + len(meta_tlv)
         self._chunk_head_fits = head_min <= max_frame_size
-        self._single_min = F.HEADER_SIZE + len(self._rid_tlv) + len(self._meta_tlv)
+        single_min = self._single_min = F.HEADER_SIZE + len(rid_tlv) + len(meta_tlv)
         if chunk_total is None:  # an unchunked frame needs no chunk_idx: the head may fit only so
-            head_min = self._single_min
+            head_min = single_min
         if head_min > max_frame_size:
             raise ProtocolError(
                 "too_large",
                 f"message head needs {head_min} bytes, frames are limited to {max_frame_size}",
                 request_id,
             )
-        if self._room - _FINAL_TLV < 1:
+        if room - _FINAL_TLV < 1:
             raise ProtocolError(
                 "too_large",
                 f"max_frame_size {max_frame_size} leaves no room for body bytes",
@@ -299,8 +299,13 @@ class MessageEncoder:
         if self._idx == 0 and self._total is None and single <= self._max:
             pieces: list[bytes | memoryview] = [b"", self._rid_tlv, self._meta_tlv]
             if held:
-                pieces.append(F.tlv_header(F.TAG_HTTP_BODY, held))
-                pieces += self._take(held)
+                pieces.append(_TLV_PACK(F.TAG_HTTP_BODY, held))
+                parts = self._parts
+                if len(parts) == 1:
+                    pieces.append(parts.pop())
+                    self._held = 0
+                else:
+                    pieces += self._take(held)
             return [F.assemble(self._type, 0, pieces)]
         out: list[bytes] = []
         while self._held > self._body_room(final=True):
@@ -453,6 +458,21 @@ class MessageDecoder:
     def forget(self, request_id: str) -> None:
         """Drop a partial message (its stream was cancelled)."""
         self._drop(request_id)
+
+    def receive_whole(self, frame_type: int, rid: str, meta: bytes, body: bytes) -> list[Event]:
+        """What :meth:`receive` gives for an unchunked frame found by
+        :func:`~anpx_core.frames.whole_message` (``rid`` already checked)."""
+        events: list[Event] = [HeadReceived(rid, self.whole_head(frame_type, rid, meta))]
+        if body:
+            events.append(BodyReceived(rid, body))
+        events.append(MessageComplete(rid))
+        return events
+
+    def whole_head(self, frame_type: int, rid: str, meta: bytes) -> RequestHead | ResponseHead:
+        """The head of the message in such a frame (its body and end follow at once)."""
+        if rid in self._partials:
+            raise ProtocolError("bad_chunk", "unchunked frame for a message still in progress", rid)
+        return self._head(frame_type, meta, rid)
 
     def receive(self, frame: F.Frame) -> list[Event]:
         fields = _fields(frame)

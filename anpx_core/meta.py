@@ -233,9 +233,12 @@ def decode_request_meta(raw: bytes, max_size: int) -> RequestHead:
     else:
         path = _str(obj, "path", "http_meta")
         query = obj.get("query", {})
-        if type(query) is not dict or not all(
-            type(v) is str or (type(v) is list and all(type(i) is str for i in v))
-            for v in query.values()
+        if type(query) is not dict or (
+            query
+            and not all(
+                type(v) is str or (type(v) is list and all(type(i) is str for i in v))
+                for v in query.values()
+            )
         ):
             raise ProtocolError("bad_meta", "http_meta 'query' must map names to strings")
         try:

@@ -6,6 +6,9 @@ leaves the earlier entry in the heap, and when that entry surfaces it is re-queu
 the key's current time, so a deadline that keeps moving later (a keep-alive refreshed
 by traffic) costs no heap push per refresh. Stale entries are bounded: the heap is
 rebuilt when it holds far more entries than there are keys.
+
+The earliest deadline is cached: a core asks for it after every call, and most calls only
+re-arm a key at the time it already had, or later while another key stays first.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ class Deadlines(Generic[K]):
         self._queued: dict[K, float] = {}  # the time of each key's live heap entry
         self._heap: list[tuple[float, int, K]] = []
         self._seq = 0  # ties in time never compare keys
+        # the earliest deadline and its key, while _known (None: no deadline armed)
+        self._first: float | None = None
+        self._first_key: K | None = None
+        self._known = True
 
     def __len__(self) -> int:
         return len(self._when)
@@ -35,12 +42,21 @@ class Deadlines(Generic[K]):
     def set(self, key: K, when: float | None) -> None:
         """Arm ``key`` at ``when`` (None: disarm it)."""
         if when is None:
-            self._when.pop(key, None)
+            if self._when.pop(key, None) is not None and key == self._first_key:
+                self._known = False
             return
+        if self._when.get(key) == when:
+            return  # unchanged (the usual re-arm after a call)
         self._when[key] = when
         queued = self._queued.get(key)
         if queued is None or when < queued:
             self._push(key, when)
+        if self._known:
+            first = self._first
+            if first is None or when < first:
+                self._first, self._first_key = when, key
+            elif key == self._first_key:
+                self._known = False  # the first one moved later: another may be first now
 
     def _push(self, key: K, when: float) -> None:
         self._queued[key] = when
@@ -73,8 +89,11 @@ class Deadlines(Generic[K]):
 
     def next(self) -> float | None:
         """The earliest deadline armed, or None."""
-        top = self._top()
-        return None if top is None else top[0]
+        if not self._known:
+            top = self._top()
+            self._first, self._first_key = (None, None) if top is None else top
+            self._known = True
+        return self._first
 
     def pop_due(self, now: float) -> list[K]:
         """Disarm and return every key whose deadline is at or before ``now``."""
@@ -85,4 +104,6 @@ class Deadlines(Generic[K]):
             del self._queued[key]
             del self._when[key]
             due.append(key)
+        if due:
+            self._known = False
         return due

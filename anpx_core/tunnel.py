@@ -305,9 +305,14 @@ class TunnelSession:
 
     def receive_binary(self, data: bytes) -> list[StreamEvent]:
         self.bytes_in += len(data)
+        decoder = self._decoder
+        if type(data) is bytes:
+            whole = F.whole_message(data, decoder.limits.max_frame_size, M.MAX_REQUEST_ID_BYTES)
+            if whole is not None:  # the common case: a whole message in one plain frame
+                return self._receive_whole(*whole)
         frame = None
         try:
-            frame = F.decode_frame(data, self._decoder.limits.max_frame_size)
+            frame = F.decode_frame(data, decoder.limits.max_frame_size)
             if self._accepts is ResponseHead and frame.type != F.TYPE_ERROR:
                 # A gateway only takes responses to requests it sent: anything else is refused
                 # before decoding, so a peer cannot make us hold chunks of made-up messages.
@@ -316,13 +321,9 @@ class TunnelSession:
                     return self._reset(rid, "unexpected message type on this tunnel")
                 if rid not in self._streams:
                     return []
-            decoded = self._decoder.receive(frame)
+            decoded = decoder.receive(frame)
         except ProtocolError as exc:
-            if exc.request_id is None:
-                return [TunnelBroken(str(exc))]
-            if exc.request_id in self._closed:
-                return []  # the rest of a message we stopped decoding when its stream ended
-            return self._reset(exc.request_id, f"{_BAD_FRAME}{exc}")
+            return self._refused(exc)
         except Exception:  # the crash barrier: a bug decoding one frame resets its stream
             rid = _frame_request_id(frame) if frame is not None else None
             log.exception("internal error decoding a frame of stream %s", rid)
@@ -373,6 +374,56 @@ class TunnelSession:
                 stream.received_end = True
                 events.append(StreamEnd(rid))
                 self._maybe_finish(rid, stream)
+        return events
+
+    def _refused(self, exc: ProtocolError) -> list[StreamEvent]:
+        """A frame the decoder refused: reset its stream, or break the tunnel if it has none."""
+        if exc.request_id is None:
+            return [TunnelBroken(str(exc))]
+        if exc.request_id in self._closed:
+            return []  # the rest of a message we stopped decoding when its stream ended
+        return self._reset(exc.request_id, f"{_BAD_FRAME}{exc}")
+
+    def _receive_whole(
+        self, frame_type: int, rid: str, meta: bytes, body: bytes
+    ) -> list[StreamEvent]:
+        """A whole message in one frame (frames.whole_message): what receive_binary's general
+        path makes of it (the same checks in the same order), without a Frame or the
+        decoder's head, body and end events."""
+        try:
+            if self._accepts is ResponseHead:  # see receive_binary
+                if frame_type == F.TYPE_REQUEST:
+                    return self._reset(rid, "unexpected message type on this tunnel")
+                if rid not in self._streams:
+                    return []
+            head = self._decoder.whole_head(frame_type, rid, meta)
+        except ProtocolError as exc:
+            return self._refused(exc)
+        except Exception:  # the crash barrier, as in receive_binary
+            log.exception("internal error decoding a frame of stream %s", rid)
+            return self._reset(rid, "internal error")
+        if rid in self._closed:  # as below: late frames of a stream that ended
+            self._decoder.forget(rid)
+            return []
+        if not isinstance(head, self._accepts):
+            return self._reset(rid, "unexpected message type on this tunnel")
+        stream = self._streams.get(rid)
+        if stream is None:
+            if self._accepts is ResponseHead:
+                self._decoder.forget(rid)
+                return []
+            stream = self._new_stream(rid)
+        events: list[StreamEvent] = [StreamHead(rid, head)]
+        if body:
+            if self.flow:
+                stream.recv_outstanding -= len(body)
+                if stream.recv_outstanding < 0:
+                    events += self._reset(rid, "peer exceeded its flow-control window")
+                    return events
+            events.append(StreamData(rid, body))
+        stream.received_end = True
+        events.append(StreamEnd(rid))
+        self._maybe_finish(rid, stream)
         return events
 
     def receive_discarded(self, prefix: bytes, size: int) -> list[StreamEvent]:

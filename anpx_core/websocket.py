@@ -56,7 +56,7 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any
@@ -77,6 +77,8 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from . import wsmask
+from .wsframe import AVAILABLE as _FRAMES_AVAILABLE
+from .wsframe import MASK_BIT, MaskKeys, binary_header, plain_binary, wsproto_idle
 
 # wsproto masks and unmasks in C from here on (when websockets' speedups are installed).
 wsmask.install()
@@ -262,6 +264,10 @@ def _http_error(status: int, body: str, headers: Iterable[tuple[str, str]] = ())
 
 class _WsConnection(ABC):
     _client: bool
+    #: Whole plain binary frames are written and read without wsproto's per-frame objects
+    #: (:mod:`anpx_core.wsframe`) while wsproto holds no state; False: wsproto does every
+    #: frame (the reference the tests compare with).
+    fast_frames: bool = _FRAMES_AVAILABLE
 
     def __init__(self, limits: WsLimits, now: float) -> None:
         self._limits = limits
@@ -298,6 +304,10 @@ class _WsConnection(ABC):
         self._last_recv = now
         self._ping_sent_at: float | None = None
         self._next_ping = 0.0
+        # masking keys of our plain frames: None for a server (unmasked); a client without
+        # an entropy source leaves its sends to wsproto
+        self._keys: MaskKeys | None = None
+        self._send_plain = self.fast_frames and not self._client
 
     # --- public API ------------------------------------------------------------------------
 
@@ -372,9 +382,35 @@ class _WsConnection(ABC):
     def send_binary(self, data: bytes) -> None:
         """Send one binary message (one ANPX frame). Dropped unless the connection is open."""
         if self._state == "open":
-            self._emit(self._ws.send(BytesMessage(data=data)))
+            conn = self._ws.connection
+            if (
+                self.fast_frames
+                and conn._state is ConnectionState.OPEN  # type: ignore[union-attr]
+                and conn._proto._outbound_opcode is None  # type: ignore[union-attr]
+            ):
+                if self._send_plain:
+                    self._plain_frame(data)
+                else:  # a client without an entropy source: wsproto frames and masks it
+                    self._emit(bytes(conn._proto.send_data(data)))  # type: ignore[union-attr]
+            else:
+                self._emit(self._ws.send(BytesMessage(data=data)))
         elif self._state == "handshake":
             raise RuntimeError("the WebSocket handshake has not completed")
+
+    def _plain_frame(self, data: bytes) -> None:
+        """One final binary frame, byte for byte what wsproto writes (given the same key);
+        header and payload are queued as separate pieces (joined once, by data_to_send)."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        keys = self._keys
+        if keys is None:
+            self._emit(binary_header(len(data), 0))
+        else:
+            key = keys.take()
+            self._emit(binary_header(len(data), MASK_BIT) + key)
+            data = wsmask.apply_mask(data, key)
+        if data:
+            self._emit(data)
 
     def send_control(self, message: dict[str, Any], *, v1_untyped: bool = False) -> None:
         """Send one JSON control message; it must be an object with a string "type"
@@ -488,8 +524,27 @@ class _WsConnection(ABC):
             self._finish(ABNORMAL, "connection closed during the handshake", False)
 
     def _feed(self, data: bytes) -> None:
-        """Frame-level input: hand bytes to wsproto and act on what it parsed."""
+        """Frame-level input: hand bytes to wsproto and act on what it parsed. Whole plain
+        binary frames at the start of ``data`` are read directly while wsproto holds nothing
+        (and we hold no message part), exactly as wsproto would deliver them."""
         ws = self._ws
+        if (
+            self.fast_frames
+            and type(data) is bytes
+            and self._state == "open"
+            and not self._parts
+            and self._dropping is None
+            and wsproto_idle(ws.connection)
+        ):
+            masked, limit, pos, end = not self._client, self.max_message_size, 0, len(data)
+            events = self._events
+            while (found := plain_binary(data, pos, masked, limit)) is not None:
+                payload, pos = found
+                events.append(BinaryReceived(payload))
+                if pos == end:
+                    return
+            if pos:
+                data = data[pos:]
         ws.receive_data(data)
         self._process(ws.events())
 
@@ -789,8 +844,14 @@ class WsClient(_WsConnection):
         now: float,
         headers: Iterable[tuple[str, str]] = (),
         subprotocols: Iterable[str] = (),
+        mask_source: Callable[[int], bytes] | None = None,
     ) -> None:
         super().__init__(limits, now)
+        if mask_source is not None and self.fast_frames:
+            # ``mask_source(n)``: n unpredictable bytes (the host passes os.urandom); without
+            # it, wsproto masks each frame with its own os.urandom call
+            self._keys = MaskKeys(mask_source)
+            self._send_plain = True
         extra = _byte_headers((n, v) for n, v in headers if n.lower() != "host")
         request = Request(
             host=host, target=path, extra_headers=extra, subprotocols=list(subprotocols)

@@ -165,6 +165,8 @@ def test_deadlines_match_a_plain_dict(seed: int, keys: int) -> None:
         op, key = rng.random(), rng.randrange(keys)
         if op < 0.6:
             when = now + rng.uniform(0, 10) if rng.random() < 0.9 else None
+            if key in ref and rng.random() < 0.3:  # re-armed at the time it has (the cache)
+                when = ref[key]
             heap.set(key, when)
             if when is None:
                 ref.pop(key, None)

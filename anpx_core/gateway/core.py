@@ -366,11 +366,12 @@ class GatewayCore(CrashBarrier):
                 conn.resume(self._now)
             except Exception as exc:  # the crash barrier: this connection only
                 self._contain(cid, exc, "a pipelined request")
-        while self._touched:
-            cid = self._touched.pop()
-            touched = self._conns.get(cid)
-            if touched is None or cid in self._doomed:
-                self._timers.set(cid, None)
+        touched_set, conns, doomed, timers = self._touched, self._conns, self._doomed, self._timers
+        while touched_set:
+            cid = touched_set.pop()
+            touched = conns.get(cid)
+            if touched is None or cid in doomed:
+                timers.set(cid, None)
                 continue
             try:
                 when = touched.deadline_at(self._now)
@@ -379,9 +380,9 @@ class GatewayCore(CrashBarrier):
                     # timer task: run it again a little later instead (a bug, not a plan).
                     log.warning("connection %d: a timer left its deadline due", cid)
                     when = self._now + MIN_TIMER_STEP
-                self._timers.set(cid, when)
+                timers.set(cid, when)
             except Exception as exc:  # the crash barrier: this connection only
-                self._timers.set(cid, None)
+                timers.set(cid, None)
                 self._contain(cid, exc, "arming a timer")
         earliest = self._timers.next()
         if earliest is not None and (self._reported is None or earliest < self._reported):

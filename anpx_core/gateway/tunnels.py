@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("anpx.gateway")
 
 OwnStreamEvent = StreamHead | StreamData | StreamEnd | StreamReset | StreamWritable
+#: The event classes above (exact types: the tunnel layer makes no subclasses of them).
+_OWN_EVENTS = frozenset({StreamHead, StreamData, StreamEnd, StreamReset, StreamWritable})
 
 
 class StreamOwner(Protocol):
@@ -150,9 +152,14 @@ class TunnelConn:
     # --- events ----------------------------------------------------------------------------
 
     def _event(self, event: EndpointEvent, now: float) -> None:
-        self.unit.core.wake(self.cid)
+        # No wake(self.cid) here: both callers woke this connection already (the
+        # coordinator before receive(), on_timer() after its events).
         if self.delegate is not None:
             self.delegate.event(event, now)
+        elif type(event) in _OWN_EVENTS:  # the common case first: a stream's event
+            owner = self.streams.get(event.request_id)  # type: ignore[union-attr]
+            if owner is not None:  # else: a stream that ended already, or one we never opened
+                self._guarded_stream_event(event, owner)
         elif isinstance(event, HandshakeRequested):
             self.unit.handshake(self, event, now)
         elif isinstance(event, Closed):
@@ -160,13 +167,17 @@ class TunnelConn:
         elif isinstance(event, HandshakeAccepted | HandshakeRejected):
             pass  # client-side events; a server never sees them
         else:
-            self._guarded_stream_event(event)
+            self._guarded_stream_event(event, None)
 
-    def _guarded_stream_event(self, event: Any) -> None:
+    def _guarded_stream_event(self, event: Any, owner: StreamOwner | None) -> None:
         """The crash barrier for one stream: an unexpected exception resets that stream
-        (and its client connection, whose response is in an unknown state), not the tunnel."""
+        (and its client connection, whose response is in an unknown state), not the tunnel.
+        ``owner``: the stream's owner, looked up already (None: look it up)."""
         try:
-            self._stream_event(event)
+            if owner is not None:
+                owner.stream_event(self, event)
+            else:
+                self._stream_event(event)
         except Exception as exc:
             core = self.unit.core
             rid = getattr(event, "request_id", None)
