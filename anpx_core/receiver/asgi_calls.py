@@ -12,8 +12,6 @@ import logging
 from typing import Any
 
 from ..asgi import AsgiError, AsgiHttpCall, ClientDisconnected, build_scope
-from ..headers import get_header
-from ..meta import RequestHead
 from .context import ReceiverContext
 from .http import HttpCall, HttpStreams
 
@@ -31,11 +29,17 @@ class AsgiCalls:
 
     # --- HttpBackend ------------------------------------------------------------------------
 
-    def start(self, call: HttpCall, server: tuple[str, int | None] | None, scheme: str) -> None:
+    def start(
+        self,
+        call: HttpCall,
+        server: tuple[str, int | None] | None,
+        scheme: str,
+        client: tuple[str, int] | None,
+    ) -> None:
         settings = self.ctx.settings
         scope = build_scope(
             call.head,
-            client=client_from(call.head),
+            client=client,
             server=server,
             scheme=scheme,
             root_path=settings.root_path,
@@ -148,15 +152,3 @@ class AsgiCalls:
         except Exception as err:  # the crash barrier: this stream only
             self.http.contain(call, err, "the end of the app call")
         call.link.streams.pop(call.rid, None)
-
-
-def client_from(head: RequestHead) -> tuple[str, int] | None:
-    """The client as the gateway determined it: X-Real-IP (an anpx gateway always sets it),
-    else the last X-Forwarded-For hop (the one a v1 gateway added)."""
-    real = get_header(head.headers, "x-real-ip")
-    if real:
-        return (real, 0)
-    xff = get_header(head.headers, "x-forwarded-for")
-    if not xff:
-        return None
-    return (xff.rsplit(",", 1)[-1].strip(), 0)

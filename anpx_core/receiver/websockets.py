@@ -37,9 +37,8 @@ from ..wsstream import (
     deny_ops,
     is_open_head,
 )
-from .asgi_calls import client_from
 from .context import ReceiverContext
-from .http import server_from
+from .http import client_from, server_from
 from .settings import ConnectRequest
 
 if TYPE_CHECKING:
