@@ -128,7 +128,14 @@ def build_scope(
 
 def _scope_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
     """The scope's ``headers``: names lower case, every string as :func:`wire_bytes` gives it."""
-    try:  # the usual case: every name and value is latin-1 text (wire bytes)
+    try:  # the usual case, every name and value latin-1 text (wire bytes): two encodes in all
+        names = "\0".join([name for name, _ in headers]).lower().encode("latin-1").split(b"\0")
+        values = "\0".join([value for _, value in headers]).encode("latin-1").split(b"\0")
+        if len(names) == len(headers) == len(values):  # no NUL inside a name or value
+            return list(zip(names, values, strict=True))
+    except (UnicodeEncodeError, TypeError):
+        pass
+    try:  # field by field: latin-1 text with a NUL somewhere
         return [
             (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers
         ]

@@ -125,10 +125,13 @@ class AsgiCalls:
 
     def writable_now(self, call_id: int) -> bool:
         call = self._call(call_id)
-        if call is None or call.done or call.link.session is None:
+        if call is None or call.done:
+            return True
+        ep = call.link.ep
+        if ep is None or ep.session is None:
             return True
         try:
-            return call.link.may_produce(call_id, call.rid)  # False: woken when it may
+            return ep.may_produce(call_id, call.rid)  # False: woken when it may
         except Exception as exc:  # the crash barrier: this stream only
             self.http.contain(call, exc, "send")
             return True

@@ -109,7 +109,9 @@ class HttpStreams:
         fields = read_fields(head.headers)
         try:
             server = server_of(fields)
-            scheme = parse_scheme(fields.get("x-forwarded-proto") or "http", "x-forwarded-proto")
+            scheme = fields.get("x-forwarded-proto") or "http"
+            if scheme != "http" and scheme != "https":  # what the gateway sends: already so
+                scheme = parse_scheme(scheme, "x-forwarded-proto")
         except StrictError as exc:
             # refused where it enters: the gateway sent a value no client of ours could have
             log.warning("refusing request %s from the gateway: %s", rid, exc)
@@ -157,9 +159,10 @@ class HttpStreams:
     # --- the response -------------------------------------------------------------------
 
     def respond(self, call: HttpCall, parts: list[ResponsePart]) -> None:
-        session = call.link.session
-        if session is None or call.done or not parts:
+        ep = call.link.ep
+        if not parts or ep is None or ep.session is None or call.done:
             return
+        session = ep.session
         for part in parts:
             if isinstance(part, ResponseBody):
                 if call.head_flush_due:  # this part carries the head: nothing left to flush
