@@ -112,8 +112,8 @@ class AsgiCalls:
         return message
 
     def send(self, call_id: int, message: Message) -> None:
-        call = self._call(call_id)
-        if call is None:
+        call = self.http.calls.get(call_id)
+        if call is None or call.asgi is None:
             raise ClientDisconnected("the request is over")
         assert call.asgi is not None
         parts = call.asgi.send(message)  # AsgiError / ClientDisconnected: the app's to handle
@@ -124,8 +124,8 @@ class AsgiCalls:
             raise ClientDisconnected("the stream was reset after an internal error") from None
 
     def writable_now(self, call_id: int) -> bool:
-        call = self._call(call_id)
-        if call is None or call.done:
+        call = self.http.calls.get(call_id)
+        if call is None or call.asgi is None or call.done:
             return True
         ep = call.link.ep
         if ep is None or ep.session is None:
@@ -140,13 +140,15 @@ class AsgiCalls:
         call = self.http.calls.pop(call_id, None)
         if call is None or call.asgi is None:
             return
-        if isinstance(exc, ClientDisconnected) and call.gone_reason:
+        if exc is None:
+            pass
+        elif isinstance(exc, ClientDisconnected) and call.gone_reason:
             # the stream ended first (client gone, gateway timeout, reset): the app only learnt
             # it at its next send/receive, which is the ASGI way, not an app failure
             log.debug(
                 "app stopped on %s %s: %s", call.head.method, call.head.target, call.gone_reason
             )
-        elif exc is not None:
+        else:
             log.error("app failed on %s %s", call.head.method, call.head.target, exc_info=exc)
         try:
             self.http.respond(call, call.asgi.app_returned(exc))

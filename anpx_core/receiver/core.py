@@ -149,7 +149,7 @@ class ReceiverCore(CrashBarrier):
     def next_deadline(self) -> float | None:
         when = self._ctx.timers.next()
         http = self._http
-        if http.heads_pending and (when is None or http.heads_at < when):
+        if http.heads_due and (when is None or http.heads_at < when):
             return http.heads_at  # a response head waits: due at once (not in the heap, which
             # a head carried by its body, the usual case, would only churn)
         return when
@@ -157,7 +157,7 @@ class ReceiverCore(CrashBarrier):
     def handle_timer(self, now: float) -> None:
         """Run every timer due at ``now``: reconnects, WebSocket pings and timeouts, heads."""
         self._ctx.now = now
-        if self._http.heads_pending and self._http.heads_at <= now:
+        if self._http.heads_due and self._http.heads_at <= now:
             try:
                 self._http.flush_heads()
             except Exception as exc:  # the crash barrier: the other timers still run
@@ -210,7 +210,7 @@ class ReceiverCore(CrashBarrier):
         conn = self._conns.get(cid)
         if conn is None:
             return
-        self._ctx.wake(cid)
+        self._wakeups.add(cid)
         conn.receive(data, now)
 
     def lost(self, cid: int, now: float, reason: str = "") -> None:
@@ -313,7 +313,7 @@ class ReceiverCore(CrashBarrier):
         """A response head waits for its first body part. It goes out at the next timer run
         (its deadline is "now"); drivers may also call :meth:`flush_heads` after one turn of
         their loop, so an app that sends its body right away still gets a single frame."""
-        return self._http.heads_pending
+        return bool(self._http.heads_due)
 
     def flush_heads(self) -> None:
         """Send every response head still waiting for a body part."""
@@ -357,7 +357,13 @@ class ReceiverCore(CrashBarrier):
         if stream is None:
             return
         kind = stream.kind
-        if isinstance(event, StreamData):
+        cls = type(event)
+        if cls is StreamEnd or cls is StreamData:  # the usual ones: no isinstance chain
+            if cls is StreamEnd:
+                kind.end(stream, now)
+            else:
+                kind.data(stream, event.data, now)  # type: ignore[attr-defined]
+        elif isinstance(event, StreamData):
             kind.data(stream, event.data, now)
         elif isinstance(event, StreamEnd):
             kind.end(stream, now)

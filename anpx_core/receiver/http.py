@@ -78,7 +78,7 @@ class HttpStreams:
         self.ctx = ctx
         self.calls: dict[int, HttpCall] = {}  # in flight, by call id
         # calls whose response head waits for a body part or the flush, by call id
-        self._heads_due: dict[int, HttpCall] = {}
+        self.heads_due: dict[int, HttpCall] = {}
         self.heads_at = 0.0  # when the oldest head in _heads_due became due
         self.requests = 0
         self.rejected = 0  # requests answered 503 at max_concurrent_requests
@@ -167,7 +167,7 @@ class HttpStreams:
             if isinstance(part, ResponseBody):
                 if call.head_flush_due:  # this part carries the head: nothing left to flush
                     call.head_flush_due = False
-                    self._heads_due.pop(call.cid, None)
+                    self.heads_due.pop(call.cid, None)
                 call.body_out += len(part.data)
                 session.send(call.rid, part.data)
                 if part.more:
@@ -182,21 +182,21 @@ class HttpStreams:
                 # Sent with the first body part, or by flush_heads(): the driver's next turn
                 # (heads_pending) or the next timer run (due now: see next_deadline).
                 call.head_flush_due = True
-                if not self._heads_due:
+                if not self.heads_due:
                     self.heads_at = self.ctx.now
                     self.ctx.wakeups.add(Signal.TIMER)
-                self._heads_due[call.cid] = call
+                self.heads_due[call.cid] = call
             elif isinstance(part, ResponseAborted):
                 self.cancel(call, part.reason)
         self.ctx.wake(call.link.cid)
 
     @property
     def heads_pending(self) -> bool:
-        return bool(self._heads_due)
+        return bool(self.heads_due)
 
     def flush_heads(self) -> None:
         """Send every response head still waiting for a body part."""
-        due, self._heads_due = self._heads_due, {}
+        due, self.heads_due = self.heads_due, {}
         for call in due.values():
             if call.head_flush_due and call.link.session is not None and not call.done:
                 call.head_flush_due = False
