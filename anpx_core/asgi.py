@@ -25,7 +25,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from .headers import strip_hop_by_hop
+from .headers import HOP_BY_HOP, strip_hop_by_hop
 from .meta import Headers, RequestHead, ResponseHead
 from .strict import wire_bytes
 
@@ -38,6 +38,11 @@ ERROR_BODY = b"Internal Server Error"
 _ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/?]*")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+").fullmatch
 _BAD_VALUE = re.compile(rb"[\x00\r\n]").search
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
+# Response header names already checked, as given -> as sent (lower-case text): apps send
+# the same few names on every response. Bounded: names past the cap are checked each time.
+_CHECKED_NAMES: dict[bytes, str] = {}
+_CHECKED_NAMES_MAX = 256
 
 
 class AsgiError(Exception):
@@ -91,22 +96,28 @@ def build_scope(
     is the lifespan state; each call gets its own shallow copy, as the lifespan spec asks.
     """
     target = head.target
-    authority = _ABSOLUTE_FORM.match(target)
-    if authority:
-        target = target[authority.end() :]
-        if not target.startswith("/"):
-            target = "/" + target
+    if target[:1] != "/":  # origin form needs no look for a scheme and authority
+        authority = _ABSOLUTE_FORM.match(target)
+        if authority:
+            target = target[authority.end() :]
+            if not target.startswith("/"):
+                target = "/" + target
     raw_path, _, query = target.partition("?")
-    raw = _encode(raw_path)
+    if "%" in raw_path or not raw_path.isascii():
+        raw = _encode(raw_path)
+        path = unquote_to_bytes(raw).decode("utf-8", "replace")
+    else:  # nothing to decode: the path is the raw path
+        raw = raw_path.encode("ascii")
+        path = raw_path
     return {
         "type": "http",
         "asgi": dict(ASGI_VERSION),
         "http_version": http_version,
         "method": head.method.upper(),
         "scheme": scheme,
-        "path": unquote_to_bytes(raw).decode("utf-8", "replace"),
+        "path": path,
         "raw_path": raw,
-        "query_string": _encode(query),
+        "query_string": _encode(query) if query else b"",
         "root_path": root_path,
         "headers": _scope_headers(head.headers),
         "client": tuple(client) if client is not None else None,
@@ -117,7 +128,14 @@ def build_scope(
 
 def _scope_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
     """The scope's ``headers``: names lower case, every string as :func:`wire_bytes` gives it."""
-    try:  # the usual case: every name and value is latin-1 text (wire bytes)
+    try:  # the usual case, every name and value latin-1 text (wire bytes): two encodes in all
+        names = "\0".join([name for name, _ in headers]).lower().encode("latin-1").split(b"\0")
+        values = "\0".join([value for _, value in headers]).encode("latin-1").split(b"\0")
+        if len(names) == len(headers) == len(values):  # no NUL inside a name or value
+            return list(zip(names, values, strict=True))
+    except (UnicodeEncodeError, TypeError):
+        pass
+    try:  # field by field: latin-1 text with a NUL somewhere
         return [
             (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers
         ]
@@ -131,28 +149,58 @@ def _as_bytes(value: object, what: str) -> bytes:
     raise AsgiError(f"{what} must be a byte string, got {type(value).__name__}")
 
 
+def _header_name(raw: object) -> str:
+    """A response header name as sent: checked as an HTTP token, lower case."""
+    if type(raw) is bytes:
+        known = _CHECKED_NAMES.get(raw)
+        if known is not None:
+            return known
+    name = _as_bytes(raw, "a response header name").lower()
+    if not _TOKEN(name):
+        raise AsgiError(f"invalid response header name {name!r}")
+    text = name.decode("latin-1")
+    if type(raw) is bytes and len(_CHECKED_NAMES) < _CHECKED_NAMES_MAX:
+        _CHECKED_NAMES[raw] = text
+    return text
+
+
 def _response_headers(raw: object) -> Headers:
+    headers, _ = _checked_headers(raw)
+    return headers
+
+
+def _checked_headers(raw: object) -> tuple[Headers, bool]:
+    """The app's response headers as sent, and whether any is hop-by-hop (or Proxy-*)."""
     headers: Headers = []
-    try:
-        pairs = list(raw)  # type: ignore[call-overload]
-    except TypeError:
-        raise AsgiError("'headers' must be an iterable of [name, value] pairs") from None
+    hop = False
+    if type(raw) is list:
+        pairs = raw
+    else:
+        try:
+            pairs = list(raw)  # type: ignore[call-overload]
+        except TypeError:
+            raise AsgiError("'headers' must be an iterable of [name, value] pairs") from None
     for pair in pairs:
         try:
             name, value = pair
         except (TypeError, ValueError):
             raise AsgiError(f"response header {pair!r} is not a [name, value] pair") from None
-        name = _as_bytes(name, "a response header name").lower()
-        value = _as_bytes(value, "a response header value")
-        if not _TOKEN(name):
-            raise AsgiError(f"invalid response header name {name!r}")
+        name = _header_name(name)
+        if type(value) is not bytes:
+            value = _as_bytes(value, "a response header value")
         if _BAD_VALUE(value):
             raise AsgiError(f"response header {name!r} has a value with CR, LF or NUL")
-        headers.append((name.decode("latin-1"), value.strip(b" \t").decode("latin-1")))
-    return headers
+        if name in HOP_BY_HOP or name.startswith("proxy-"):
+            hop = True
+        headers.append((name, value.strip(b" \t").decode("latin-1")))
+    return headers, hop
 
 
 def _message_type(message: object) -> str:
+    if type(message) is dict:  # what apps send: no ABC check
+        kind = message.get("type")
+        if type(kind) is str:
+            return kind
     if not isinstance(message, Mapping):
         raise AsgiError(f"ASGI messages are dicts, got {type(message).__name__}")
     kind = message.get("type")
@@ -242,19 +290,22 @@ class AsgiHttpCall:
         kind = _message_type(message)
         if self._disconnected:
             raise ClientDisconnected("the client went away")
-        if self._response == "finished":
-            raise AsgiError(f"ASGI message {kind!r} sent after the application returned")
-        if self._response == "complete":
-            raise AsgiError(f"unexpected ASGI message {kind!r} after the response completed")
-        if self._response == "waiting":
+        state = self._response
+        if state == "waiting":
             if kind != "http.response.start":
                 raise AsgiError(f"expected ASGI message 'http.response.start', got {kind!r}")
             return [ResponseStart(self._start(message))]
+        if state == "finished":
+            raise AsgiError(f"ASGI message {kind!r} sent after the application returned")
+        if state == "complete":
+            raise AsgiError(f"unexpected ASGI message {kind!r} after the response completed")
         if kind != "http.response.body":
             raise AsgiError(f"expected ASGI message 'http.response.body', got {kind!r}")
-        body = _as_bytes(message.get("body", b""), "'body'")
+        body = message.get("body", b"")
+        if type(body) is not bytes:
+            body = _as_bytes(body, "'body'")
         more = message.get("more_body", False)
-        if not isinstance(more, bool):
+        if more is not False and more is not True:
             raise AsgiError(f"'more_body' must be a bool, got {type(more).__name__}")
         if not more:
             self._response = "complete"
@@ -265,17 +316,17 @@ class AsgiHttpCall:
 
     def _start(self, message: Mapping[str, Any]) -> ResponseHead:
         status = message.get("status")
-        if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 999:
+        if type(status) is not int and (isinstance(status, bool) or not isinstance(status, int)):
+            raise AsgiError(f"'status' must be an integer from 200 to 999, got {status!r}")
+        if not 200 <= status <= 999:
             raise AsgiError(f"'status' must be an integer from 200 to 999, got {status!r}")
         if message.get("trailers", False):
             raise AsgiError("response trailers are not supported (http.response.trailers)")
-        headers = strip_hop_by_hop(_response_headers(message.get("headers", ())))
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = ""
+        headers, hop = _checked_headers(message.get("headers", ()))
+        if hop:
+            headers = strip_hop_by_hop(headers)
         self._response = "started"
-        return ResponseHead(status, reason, headers)
+        return ResponseHead(status, _PHRASES.get(status, ""), headers)
 
     def app_returned(self, exc: BaseException | None) -> list[ResponsePart]:
         """The app's coroutine ended (``exc`` is what it raised, if anything)."""

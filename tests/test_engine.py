@@ -31,6 +31,7 @@ from .harness import (
     echo_body,
     make_app,
     pattern,
+    pause,
 )
 from .hypothesis_profiles import examples
 
@@ -709,3 +710,29 @@ def test_a_head_carried_by_its_body_leaves_nothing_to_flush() -> None:
     assert pending_before and due_before is not None and due_before <= world.now
     assert not pending_after
     assert due_after is None or due_after > world.now  # only the link's own timers remain
+
+
+def test_a_head_whose_body_waits_goes_out_at_the_next_timer_run() -> None:
+    """A head with no body part behind it is due at once: the harness, which never calls
+    flush_heads(), delivers it through next_deadline()/handle_timer() alone, and the
+    client has the status and headers while the app still holds the body back."""
+    world = basic_world()
+    core = world.receivers[0]
+    release: list[bool] = []
+
+    async def app(scope, receive, send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 201, "headers": [(b"x-a", b"1")]})
+        while not release:
+            await pause(1)
+        await send({"type": "http.response.body", "body": b"later"})
+
+    world.app = app
+    ex = Exchange("GET", "/", [])
+    client = HttpClient(world, [ex], index=0)
+    world.run(lambda: ex.status is not None, max_time=1.0)  # fake time: not a ping later
+    assert ex.status == 201 and ex.header("x-a") == "1" and not ex.response_body
+    assert not core.heads_pending and not ex.finished
+    release.append(True)
+    world.run(lambda: ex.finished)
+    assert ex.complete and bytes(ex.response_body) == b"later" and client is not None

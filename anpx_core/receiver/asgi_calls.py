@@ -12,8 +12,6 @@ import logging
 from typing import Any
 
 from ..asgi import AsgiError, AsgiHttpCall, ClientDisconnected, build_scope
-from ..headers import get_header
-from ..meta import RequestHead
 from .context import ReceiverContext
 from .http import HttpCall, HttpStreams
 
@@ -31,11 +29,17 @@ class AsgiCalls:
 
     # --- HttpBackend ------------------------------------------------------------------------
 
-    def start(self, call: HttpCall, server: tuple[str, int | None] | None, scheme: str) -> None:
+    def start(
+        self,
+        call: HttpCall,
+        server: tuple[str, int | None] | None,
+        scheme: str,
+        client: tuple[str, int] | None,
+    ) -> None:
         settings = self.ctx.settings
         scope = build_scope(
             call.head,
-            client=client_from(call.head),
+            client=client,
             server=server,
             scheme=scheme,
             root_path=settings.root_path,
@@ -108,8 +112,8 @@ class AsgiCalls:
         return message
 
     def send(self, call_id: int, message: Message) -> None:
-        call = self._call(call_id)
-        if call is None:
+        call = self.http.calls.get(call_id)
+        if call is None or call.asgi is None:
             raise ClientDisconnected("the request is over")
         assert call.asgi is not None
         parts = call.asgi.send(message)  # AsgiError / ClientDisconnected: the app's to handle
@@ -120,11 +124,14 @@ class AsgiCalls:
             raise ClientDisconnected("the stream was reset after an internal error") from None
 
     def writable_now(self, call_id: int) -> bool:
-        call = self._call(call_id)
-        if call is None or call.done or call.link.session is None:
+        call = self.http.calls.get(call_id)
+        if call is None or call.asgi is None or call.done:
+            return True
+        ep = call.link.ep
+        if ep is None or ep.session is None:
             return True
         try:
-            return call.link.may_produce(call_id, call.rid)  # False: woken when it may
+            return ep.may_produce(call_id, call.rid)  # False: woken when it may
         except Exception as exc:  # the crash barrier: this stream only
             self.http.contain(call, exc, "send")
             return True
@@ -133,13 +140,15 @@ class AsgiCalls:
         call = self.http.calls.pop(call_id, None)
         if call is None or call.asgi is None:
             return
-        if isinstance(exc, ClientDisconnected) and call.gone_reason:
+        if exc is None:
+            pass
+        elif isinstance(exc, ClientDisconnected) and call.gone_reason:
             # the stream ended first (client gone, gateway timeout, reset): the app only learnt
             # it at its next send/receive, which is the ASGI way, not an app failure
             log.debug(
                 "app stopped on %s %s: %s", call.head.method, call.head.target, call.gone_reason
             )
-        elif exc is not None:
+        else:
             log.error("app failed on %s %s", call.head.method, call.head.target, exc_info=exc)
         try:
             self.http.respond(call, call.asgi.app_returned(exc))
@@ -148,15 +157,3 @@ class AsgiCalls:
         except Exception as err:  # the crash barrier: this stream only
             self.http.contain(call, err, "the end of the app call")
         call.link.streams.pop(call.rid, None)
-
-
-def client_from(head: RequestHead) -> tuple[str, int] | None:
-    """The client as the gateway determined it: X-Real-IP (an anpx gateway always sets it),
-    else the last X-Forwarded-For hop (the one a v1 gateway added)."""
-    real = get_header(head.headers, "x-real-ip")
-    if real:
-        return (real, 0)
-    xff = get_header(head.headers, "x-forwarded-for")
-    if not xff:
-        return None
-    return (xff.rsplit(",", 1)[-1].strip(), 0)

@@ -109,9 +109,16 @@ class ReceiverContext:
 
     def arm(self, owner: Timed, when: float | None) -> None:
         """(Re-)arm ``owner``'s deadline; wake the driver's timer if it moved earlier."""
-        before = self.timers.next()
-        self.timers.set(owner, when)
-        if when is not None and (before is None or when < before):
+        timers = self.timers
+        current = timers.get(owner)
+        if when == current:
+            return  # unchanged (a link re-armed after each read, its keepalive as it was)
+        if when is None or (current is not None and when > current):
+            timers.set(owner, when)  # later or off: the earliest deadline cannot move earlier
+            return
+        before = timers.next()
+        timers.set(owner, when)
+        if before is None or when < before:
             self.wakeups.add(Signal.TIMER)
 
     def connect(self, request: ConnectRequest) -> None:

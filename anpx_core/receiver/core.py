@@ -147,11 +147,21 @@ class ReceiverCore(CrashBarrier):
     # --- driver contract: timers ------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        return self._ctx.timers.next()
+        when = self._ctx.timers.next()
+        http = self._http
+        if http.heads_due and (when is None or http.heads_at < when):
+            return http.heads_at  # a response head waits: due at once (not in the heap, which
+            # a head carried by its body, the usual case, would only churn)
+        return when
 
     def handle_timer(self, now: float) -> None:
         """Run every timer due at ``now``: reconnects, WebSocket pings and timeouts, heads."""
         self._ctx.now = now
+        if self._http.heads_due and self._http.heads_at <= now:
+            try:
+                self._http.flush_heads()
+            except Exception as exc:  # the crash barrier: the other timers still run
+                log.error("internal error sending response heads", exc_info=exc)
         timers = self._ctx.timers
         for owner in timers.pop_due(now):
             try:
@@ -200,7 +210,7 @@ class ReceiverCore(CrashBarrier):
         conn = self._conns.get(cid)
         if conn is None:
             return
-        self._ctx.wake(cid)
+        self._wakeups.add(cid)
         conn.receive(data, now)
 
     def lost(self, cid: int, now: float, reason: str = "") -> None:
@@ -303,7 +313,7 @@ class ReceiverCore(CrashBarrier):
         """A response head waits for its first body part. It goes out at the next timer run
         (its deadline is "now"); drivers may also call :meth:`flush_heads` after one turn of
         their loop, so an app that sends its body right away still gets a single frame."""
-        return self._http.heads_pending
+        return bool(self._http.heads_due)
 
     def flush_heads(self) -> None:
         """Send every response head still waiting for a body part."""
@@ -329,22 +339,31 @@ class ReceiverCore(CrashBarrier):
                 self._contain(link.cid, exc, "a tunnel event")
 
     def _dispatch(self, link: GatewayLink, event: StreamEvent, now: float) -> None:
-        if isinstance(event, TunnelBroken):
-            log.warning("gateway sent unframeable data: %s", event.reason)
-            link.fail(1002, "bad ANPX frame")
-            return
         if isinstance(event, StreamHead):
             head = event.head
             assert isinstance(head, RequestHead)
-            kind = next(k for k in self._kinds if k.claims(link, head))
-            kind.open(link, event.request_id, head, now)
-            return
+            for kind in self._kinds:
+                if kind.claims(link, head):
+                    kind.open(link, event.request_id, head, now)
+                    return
+            raise RuntimeError("no stream kind claims the request")  # HTTP claims every one
         rid = getattr(event, "request_id", None)
-        stream = link.streams.get(rid) if rid is not None else None
+        if rid is None:
+            if isinstance(event, TunnelBroken):
+                log.warning("gateway sent unframeable data: %s", event.reason)
+                link.fail(1002, "bad ANPX frame")
+            return
+        stream = link.streams.get(rid)
         if stream is None:
             return
         kind = stream.kind
-        if isinstance(event, StreamData):
+        cls = type(event)
+        if cls is StreamEnd or cls is StreamData:  # the usual ones: no isinstance chain
+            if cls is StreamEnd:
+                kind.end(stream, now)
+            else:
+                kind.data(stream, event.data, now)  # type: ignore[attr-defined]
+        elif isinstance(event, StreamData):
             kind.data(stream, event.data, now)
         elif isinstance(event, StreamEnd):
             kind.end(stream, now)

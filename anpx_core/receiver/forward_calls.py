@@ -98,7 +98,13 @@ class ForwardCalls:
 
     # --- HttpBackend ------------------------------------------------------------------------
 
-    def start(self, call: HttpCall, server: tuple[str, int | None] | None, scheme: str) -> None:
+    def start(
+        self,
+        call: HttpCall,
+        server: tuple[str, int | None] | None,
+        scheme: str,
+        client: tuple[str, int] | None,
+    ) -> None:
         self._forward(call, reuse=True)
 
     def body(self, call: HttpCall, data: bytes) -> None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ..asgi import AsgiHttpCall, ResponseAborted, ResponseBody, ResponsePart, ResponseStart
-from ..headers import get_header
+from ..contract import Signal
+from ..headers import Headers, get_header
 from ..meta import RequestHead, ResponseHead
 from ..strict import StrictError, parse_port, parse_scheme
 from .context import ReceiverContext
@@ -55,7 +56,13 @@ class HttpCall:
 class HttpBackend(Protocol):
     """What produces responses for the HTTP stream kind."""
 
-    def start(self, call: HttpCall, server: tuple[str, int | None] | None, scheme: str) -> None: ...
+    def start(
+        self,
+        call: HttpCall,
+        server: tuple[str, int | None] | None,
+        scheme: str,
+        client: tuple[str, int] | None,
+    ) -> None: ...
     def body(self, call: HttpCall, data: bytes) -> None: ...
     def end(self, call: HttpCall) -> None: ...
     def writable(self, call: HttpCall) -> None: ...  # the stream has credit again
@@ -71,7 +78,8 @@ class HttpStreams:
         self.ctx = ctx
         self.calls: dict[int, HttpCall] = {}  # in flight, by call id
         # calls whose response head waits for a body part or the flush, by call id
-        self._heads_due: dict[int, HttpCall] = {}
+        self.heads_due: dict[int, HttpCall] = {}
+        self.heads_at = 0.0  # when the oldest head in _heads_due became due
         self.requests = 0
         self.rejected = 0  # requests answered 503 at max_concurrent_requests
         self.backend = backend(self)
@@ -87,10 +95,9 @@ class HttpStreams:
 
     def open(self, link: GatewayLink, rid: str, head: RequestHead, now: float) -> None:
         self.requests += 1
-        settings = self.ctx.settings
         call = HttpCall(self.ctx.new_id(), rid, link, head, now, self)
         link.streams[rid] = call
-        if len(self.calls) >= settings.max_concurrent_requests:
+        if len(self.calls) >= self.ctx.settings.max_concurrent_requests:
             # A gateway that does not limit what it sends us (a v1 one) must not make us
             # start unbounded work: answer 503 ourselves.
             self.rejected += 1
@@ -99,17 +106,18 @@ class HttpStreams:
             link.streams.pop(rid, None)
             return
         self.calls[call.cid] = call
+        fields = read_fields(head.headers)
         try:
-            server = server_from(head)
-            scheme = parse_scheme(
-                get_header(head.headers, "x-forwarded-proto") or "http", "x-forwarded-proto"
-            )
+            server = server_of(fields)
+            scheme = fields.get("x-forwarded-proto") or "http"
+            if scheme != "http" and scheme != "https":  # what the gateway sends: already so
+                scheme = parse_scheme(scheme, "x-forwarded-proto")
         except StrictError as exc:
             # refused where it enters: the gateway sent a value no client of ours could have
             log.warning("refusing request %s from the gateway: %s", rid, exc)
             self.cancel(call, f"bad_meta: {exc}")
             return
-        self.backend.start(call, server, scheme)
+        self.backend.start(call, server, scheme, client_of(fields))
 
     def data(self, stream: HttpCall, data: bytes, now: float) -> None:
         self.backend.body(stream, data)
@@ -151,24 +159,15 @@ class HttpStreams:
     # --- the response -------------------------------------------------------------------
 
     def respond(self, call: HttpCall, parts: list[ResponsePart]) -> None:
-        session = call.link.session
-        if session is None or call.done:
+        ep = call.link.ep
+        if not parts or ep is None or ep.session is None or call.done:
             return
+        session = ep.session
         for part in parts:
-            if isinstance(part, ResponseStart):
-                call.response_started = True
-                call.status = part.head.status
-                session.start(call.rid, part.head)
-                call.head_flush_due = True  # sent with the first body, or by flush_heads()
-                self._heads_due[call.cid] = call
-                if self.ctx.timers.get(self) is None:  # due now: the next timer run sends it
-                    self.ctx.arm(self, self.ctx.now)  # unless a body part carries it first
-            elif isinstance(part, ResponseBody):
+            if isinstance(part, ResponseBody):
                 if call.head_flush_due:  # this part carries the head: nothing left to flush
                     call.head_flush_due = False
-                    self._heads_due.pop(call.cid, None)
-                    if not self._heads_due:
-                        self.ctx.arm(self, None)
+                    self.heads_due.pop(call.cid, None)
                 call.body_out += len(part.data)
                 session.send(call.rid, part.data)
                 if part.more:
@@ -176,21 +175,28 @@ class HttpStreams:
                 else:
                     session.end(call.rid)
                     self._complete(call)
+            elif isinstance(part, ResponseStart):
+                call.response_started = True
+                call.status = part.head.status
+                session.start(call.rid, part.head)
+                # Sent with the first body part, or by flush_heads(): the driver's next turn
+                # (heads_pending) or the next timer run (due now: see next_deadline).
+                call.head_flush_due = True
+                if not self.heads_due:
+                    self.heads_at = self.ctx.now
+                    self.ctx.wakeups.add(Signal.TIMER)
+                self.heads_due[call.cid] = call
             elif isinstance(part, ResponseAborted):
                 self.cancel(call, part.reason)
         self.ctx.wake(call.link.cid)
 
     @property
     def heads_pending(self) -> bool:
-        return bool(self._heads_due)
-
-    def on_timer(self, now: float) -> None:
-        self.flush_heads()
+        return bool(self.heads_due)
 
     def flush_heads(self) -> None:
         """Send every response head still waiting for a body part."""
-        due, self._heads_due = self._heads_due, {}
-        self.ctx.arm(self, None)
+        due, self.heads_due = self.heads_due, {}
         for call in due.values():
             if call.head_flush_due and call.link.session is not None and not call.done:
                 call.head_flush_due = False
@@ -202,15 +208,16 @@ class HttpStreams:
 
     def _complete(self, call: HttpCall) -> None:
         call.done = True
-        access_log.info(
-            "%s %s %s %d %dB %.1fms",
-            get_header(call.head.headers, "x-request-id") or call.rid,
-            call.head.method,
-            call.head.target,
-            call.status,
-            call.body_out,
-            (self.ctx.now - call.started) * 1000,
-        )
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "%s %s %s %d %dB %.1fms",
+                get_header(call.head.headers, "x-request-id") or call.rid,
+                call.head.method,
+                call.head.target,
+                call.status,
+                call.body_out,
+                (self.ctx.now - call.started) * 1000,
+            )
 
     def finish(self, call: HttpCall) -> None:
         """The call is over on our side too: forget it."""
@@ -240,13 +247,62 @@ def error_page(
     return [ResponseStart(head), ResponseBody(body, False)]
 
 
+# The request fields the receiver reads itself (the gateway sets them).
+_READ = frozenset(
+    {
+        "host",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-proto",
+        "x-forwarded-for",
+        "x-real-ip",
+    }
+)
+
+
+def read_fields(headers: Headers) -> dict[str, str]:
+    """The first value of each field the receiver reads itself, by lower-case name
+    (one pass over the head, rather than one :func:`get_header` scan per field)."""
+    found: dict[str, str] = {}
+    for name, value in headers:
+        if name not in _READ:
+            name = name.lower()
+            if name not in _READ:
+                continue
+        if name not in found:
+            found[name] = value
+    return found
+
+
 def server_from(head: RequestHead) -> tuple[str, int | None] | None:
     """The server as the client addressed it; StrictError for an X-Forwarded-Port that is
     not a port number (it is checked even when no host is known)."""
-    port = get_header(head.headers, "x-forwarded-port")
+    return server_of(read_fields(head.headers))
+
+
+def server_of(fields: dict[str, str]) -> tuple[str, int | None] | None:
+    """:func:`server_from` for the fields :func:`read_fields` found."""
+    port = fields.get("x-forwarded-port")
     number = parse_port(port, "x-forwarded-port") if port is not None else None
-    host = get_header(head.headers, "x-forwarded-host") or get_header(head.headers, "host")
+    host = fields.get("x-forwarded-host") or fields.get("host")
     if not host:
         return None
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     return (name, number)
+
+
+def client_from(head: RequestHead) -> tuple[str, int] | None:
+    """The client as the gateway determined it: X-Real-IP (an anpx gateway always sets it),
+    else the last X-Forwarded-For hop (the one a v1 gateway added)."""
+    return client_of(read_fields(head.headers))
+
+
+def client_of(fields: dict[str, str]) -> tuple[str, int] | None:
+    """:func:`client_from` for the fields :func:`read_fields` found."""
+    real = fields.get("x-real-ip")
+    if real:
+        return (real, 0)
+    xff = fields.get("x-forwarded-for")
+    if not xff:
+        return None
+    return (xff.rsplit(",", 1)[-1].strip(), 0)

@@ -288,7 +288,9 @@ class GatewayLink:
 
     def _events(self, events: Iterator[EndpointEvent], now: float) -> None:
         for event in events:  # lazily: the handshake opens the session for what follows
-            if isinstance(event, HandshakeAccepted):
+            if isinstance(event, StreamEvent):  # the usual case: one test
+                self.owner.stream_event(self, event, now)
+            elif isinstance(event, HandshakeAccepted):
                 self._accepted(event, now)
             elif isinstance(event, HandshakeRejected):
                 lines = event.body.decode("utf-8", "replace").strip().splitlines()

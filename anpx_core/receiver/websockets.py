@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..asgi import AsgiError, ClientDisconnected
-from ..headers import get_header
+from ..headers import Headers, get_header
 from ..meta import RequestHead
 from ..strict import StrictError, parse_scheme
 from ..ws_asgi import AsgiWebSocketCall, admission, build_scope
@@ -35,11 +35,9 @@ from ..wsstream import (
     StreamSend,
     StreamStart,
     deny_ops,
-    is_open_head,
 )
-from .asgi_calls import client_from
 from .context import ReceiverContext
-from .http import server_from
+from .http import client_from, server_from
 from .settings import ConnectRequest
 
 if TYPE_CHECKING:
@@ -150,7 +148,7 @@ class WsStreams:
     # --- the stream kind --------------------------------------------------------------------
 
     def claims(self, link: GatewayLink, head: RequestHead) -> bool:
-        return link.ws_streams and is_open_head(head)
+        return link.ws_streams and head.method == "GET" and _asks_upgrade(head.headers)
 
     def open(self, link: GatewayLink, rid: str, head: RequestHead, now: float) -> None:
         ctx, settings = self.ctx, self.ctx.settings
@@ -377,3 +375,12 @@ class WsStreams:
                 close if close is not None else "-",
                 (self.ctx.now - stream.started) * 1000,
             )
+
+
+def _asks_upgrade(headers: Headers) -> bool:
+    """:func:`~anpx_core.wsstream.is_open_head` for a GET, as one loop (every request asks):
+    only a 7-character name can be ``Upgrade`` in any case, so the others are not lowered."""
+    for name, value in headers:
+        if len(name) == 7 and name.lower() == "upgrade" and value.strip().lower() == "websocket":
+            return True
+    return False
