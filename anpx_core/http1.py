@@ -9,10 +9,11 @@ an argument.
 Reading. The front finds the end of each request head itself and hands h11 exactly
 that head, so the head size limit is exact (h11 alone lets a head of any size through
 when it arrives in one piece) and bytes after the current request (pipelining) stay
-in the front's buffer until their turn. Bodies are passed to h11 as they arrive and
-surface as :class:`RequestData` at once, never buffered whole. Each request/response
-cycle gets a fresh ``h11.Connection``: it starts clean even when h11 had read past a
-chunked body.
+in the front's buffer until their turn. A plain head (no body, no upgrade, nothing h11
+might refuse) is read by :mod:`anpx_core.http1_head` instead, as h11 would read it.
+Bodies are passed to h11 as they arrive and surface as :class:`RequestData` at once,
+never buffered whole. Each request/response cycle that used h11 is followed by a fresh
+``h11.Connection``: it starts clean even when h11 had read past a chunked body.
 
 Pipelining. The next request is surfaced only after :meth:`HttpFront.end_response`.
 ``end_response`` cannot return events, so if the next request is already buffered,
@@ -49,13 +50,14 @@ was read completely.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 
 import h11
 
 from .headers import HOP_BY_HOP, Headers, strip_hop_by_hop, wants_close
+from .http1_head import plain_request
 from .http1_out import ResponseRefused, body_end, body_piece, response_head
 from .meta import RequestHead, ResponseHead
 from .strict import StrictError, check_host, parse_port, parse_scheme, parse_uint
@@ -219,6 +221,7 @@ class HttpFront:
         self._server = server
         self._scheme = scheme
         self._conn = self._new_conn()
+        self._conn_used = False  # h11 was given this cycle's request (not a plain one)
         self._inbuf = bytearray()  # received, not yet given to h11
         self._out = bytearray()
         self._now = now  # the latest time we were given
@@ -407,9 +410,17 @@ class HttpFront:
         if end > limit:
             self._fail(431, f"request head over {limit} bytes", events)
             return False
-        self._conn.receive_data(bytes(buf[:end]))
+        head = bytes(buf[:end])
         del buf[:end]
         self._scan = 0
+        plain = plain_request(head)
+        if plain is not None:  # read as h11 would, and like h11 it ends there: no body
+            if self._start_request(*plain, False, events):
+                self._phase = _WAIT
+                events.append(RequestEnded())
+            return False
+        self._conn_used = True
+        self._conn.receive_data(head)
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -418,18 +429,31 @@ class HttpFront:
         if type(event) is not h11.Request:  # cannot happen with a whole head; be safe
             self._fail(400, "malformed request head", events)
             return False
-        return self._start_request(event, events)
+        waiting = self._conn.client_is_waiting_for_100_continue
+        return self._start_request(
+            event.method, event.target, event.http_version, event.headers, waiting, events
+        )
 
-    def _start_request(self, request: h11.Request, events: list[FrontEvent]) -> bool:
-        method = request.method.decode("ascii")
+    def _start_request(
+        self,
+        method_b: bytes,
+        target: bytes,
+        version: bytes,
+        fields: Sequence[tuple[bytes, bytes]],
+        waiting: bool,
+        events: list[FrontEvent],
+    ) -> bool:
+        """The request h11 read (or would read: http1_head); ``waiting``: the client
+        waits for 100 Continue."""
+        method = method_b.decode("ascii")
         self._head_request = method == "HEAD"
-        self._method = request.method
-        self._version = version = request.http_version
-        raw = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers]
+        self._method = method_b
+        self._version = version
+        raw = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in fields]
         # h11's rule: a request keeps the connection unless it is older than 1.1 or asks to close
         self._keep_alive = version >= b"1.1" and not any(
             name == b"connection" and b"close" in [t.strip() for t in value.lower().split(b",")]
-            for name, value in request.headers
+            for name, value in fields
         )
         chunked = any(name == "transfer-encoding" for name, _ in raw)
         length_values = [value for name, value in raw if name == "content-length"]
@@ -463,8 +487,8 @@ class HttpFront:
         self._suppress_body = self._head_request
         self._cl_left = length
         self._body_bytes = 0
-        expect = self._conn.client_is_waiting_for_100_continue and length != 0
-        head = RequestHead(method, request.target.decode("latin-1"), headers)
+        expect = waiting and length != 0
+        head = RequestHead(method, target.decode("latin-1"), headers)
         events.append(RequestStarted(head, expect, length, _upgrade(raw)))
         return True
 
@@ -659,7 +683,9 @@ class HttpFront:
         if self._phase != _WAIT or not self._keep_alive:
             self._closed = True  # Connection: close, HTTP/1.0, or an unread request body
             return
-        self._conn = self._new_conn()
+        if self._conn_used:
+            self._conn = self._new_conn()
+            self._conn_used = False
         self._phase = _HEAD
         self._response_started = self._suppress_body = self._head_request = False
         self._method = self._version = None

@@ -120,7 +120,7 @@ def _ours(request, status, reason, fields, pieces):
     return out, False, None, keep_alive
 
 
-@settings(max_examples=examples(1500), deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(
     request=st.none() | _REQUESTS,
     status=st.sampled_from([200, 201, 204, 206, 304, 404, 500, 599, 999]),
