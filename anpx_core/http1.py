@@ -247,6 +247,7 @@ class HttpFront:
         self._held = False  # hold_requests(True): surface no further request for now
         self._closed = False
         self._switched = False  # switch_protocols(): the connection is no longer HTTP
+        self._host_ok: str | None = None  # the last Host value check_host() accepted
 
     def _new_conn(self) -> h11.Connection:
         # The front hands h11 whole heads only; the bound still covers chunk-size lines
@@ -383,17 +384,18 @@ class HttpFront:
     def _read_head(self, events: list[FrontEvent]) -> bool:
         buf = self._inbuf
         # RFC 9112 section 2.2: ignore empty lines before a request-line.
-        start = 0
-        while True:
-            if buf.startswith(b"\r\n", start):
-                start += 2
-            elif buf.startswith(b"\n", start):
-                start += 1
-            else:
-                break
-        if start:
-            del buf[:start]
-            self._scan = 0
+        if buf[:1] == b"\r" or buf[:1] == b"\n":
+            start = 0
+            while True:
+                if buf.startswith(b"\r\n", start):
+                    start += 2
+                elif buf.startswith(b"\n", start):
+                    start += 1
+                else:
+                    break
+            if start:
+                del buf[:start]
+                self._scan = 0
         if not buf or buf == b"\r":
             return False
         if buf[0] not in _TCHAR:
@@ -410,8 +412,12 @@ class HttpFront:
         if end > limit:
             self._fail(431, f"request head over {limit} bytes", events)
             return False
-        head = bytes(buf[:end])
-        del buf[:end]
+        if end == len(buf):  # the usual case: nothing after the head yet
+            head = bytes(buf)
+            buf.clear()
+        else:
+            head = bytes(buf[:end])
+            del buf[:end]
         self._scan = 0
         plain = plain_request(head)
         if plain is not None:  # read as h11 would, and like h11 it ends there: no body
@@ -450,13 +456,22 @@ class HttpFront:
         self._method = method_b
         self._version = version
         raw = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in fields]
+        names = {name for name, _ in raw}
         # h11's rule: a request keeps the connection unless it is older than 1.1 or asks to close
-        self._keep_alive = version >= b"1.1" and not any(
-            name == b"connection" and b"close" in [t.strip() for t in value.lower().split(b",")]
-            for name, value in fields
+        self._keep_alive = version >= b"1.1" and not (
+            "connection" in names
+            and any(
+                name == b"connection" and b"close" in [t.strip() for t in value.lower().split(b",")]
+                for name, value in fields
+            )
         )
-        chunked = any(name == "transfer-encoding" for name, _ in raw)
-        length_values = [value for name, value in raw if name == "content-length"]
+        chunked = "transfer-encoding" in names
+        length_values = (
+            [value for name, value in raw if name == "content-length"]
+            if "content-length" in names
+            else []
+        )
+        upgrade = _upgrade(raw) if "upgrade" in names and "connection" in names else None
         if method == "CONNECT":
             self._fail(501, "CONNECT is not supported", events)
             return False
@@ -473,7 +488,7 @@ class HttpFront:
                 if length_values
                 else 0
             )
-            headers = self._forward_headers(raw)
+            headers = self._forward_headers(raw, names)
         except StrictError as exc:
             # the reason quotes only the client's own value: safe to tell it
             self._fail(400, f"bad request header: {exc}", events, f"Bad Request: {exc}")
@@ -489,15 +504,20 @@ class HttpFront:
         self._body_bytes = 0
         expect = waiting and length != 0
         head = RequestHead(method, target.decode("latin-1"), headers)
-        events.append(RequestStarted(head, expect, length, _upgrade(raw)))
+        events.append(RequestStarted(head, expect, length, upgrade))
         return True
 
-    def _forward_headers(self, raw: Headers) -> Headers:
+    def _forward_headers(self, raw: Headers, names: set[str]) -> Headers:
+        """``raw``'s fields (names lower case, all of them in ``names``) to forward."""
         headers: Headers = []
         xff: list[str] = []
         host = None
         kept: dict[str, str] = {}
-        for name, value in strip_hop_by_hop(raw):
+        # Fields named by Connection go only when there is one, and it is hop-by-hop itself.
+        fields = raw if names.isdisjoint(HOP_BY_HOP) else strip_hop_by_hop(raw)
+        for name, value in fields:
+            if name.startswith("proxy-"):
+                continue  # hop-by-hop (strip_hop_by_hop's rule)
             if name == "x-forwarded-for":
                 xff.append(value)
             elif name in _FORWARDED:
@@ -509,7 +529,9 @@ class HttpFront:
                 if name == "host":
                     if host is not None:  # RFC 9112 section 3.2: exactly one Host
                         raise StrictError("more than one Host header")
-                    host = check_host(value)
+                    if value != self._host_ok:  # a kept-alive client sends the same one
+                        self._host_ok = check_host(value)
+                    host = value
                 headers.append((name, value))
         if self._client is not None:
             xff.append(self._client[0])

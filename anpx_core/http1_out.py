@@ -60,6 +60,7 @@ except ImportError:  # another h11 layout: let h11 check every field itself
 _DIGITS = re.compile(rb"[0-9]+").fullmatch
 _MAX_DIGITS = 20  # h11's CONTENT_LENGTH_MAX_DIGITS
 _SPECIAL = frozenset({b"content-length", b"transfer-encoding", b"connection", b"host"})
+_LENGTH_ONLY = frozenset({b"content-length"})
 _NO_BODY = frozenset({204, 304})
 
 
@@ -85,6 +86,43 @@ def _tokens(fields: list[tuple[bytes, bytes, bytes]], name: bytes) -> list[bytes
     return out
 
 
+def _simple_head(
+    status: int,
+    reason: bytes,
+    fields: list[tuple[bytes, bytes]],
+    length: bytes | None,
+    method: bytes | None,
+    version: bytes | None,
+    keep_alive: bool,
+) -> tuple[bytes, int, bool]:
+    """response_head() for the usual head: no Transfer-Encoding, Connection or Host field,
+    at most one Content-Length (``length``), already in its normal form. The same steps
+    as the general case below, with what cannot apply left out."""
+    lines = [b"HTTP/1.1 %d %s" % (status, reason)]
+    lines += [raw + b": " + value for raw, value in fields]
+    no_body = status in _NO_BODY
+    need_close = False
+    framing = 0
+    if no_body or method == b"HEAD":
+        pass
+    elif length is not None:
+        framing = int(length)
+    elif version is None or version < b"1.1":
+        framing = CLOSE_DELIMITED
+    else:
+        framing = CHUNKED
+    if not no_body and length is None:
+        if version is None or version < b"1.1":
+            need_close = method != b"HEAD"
+        else:
+            lines.append(b"Transfer-Encoding: chunked")
+    if not keep_alive or need_close:
+        lines.append(b"Connection: close")
+        keep_alive = False
+    lines += [b"", b""]
+    return b"\r\n".join(lines), framing, keep_alive
+
+
 def response_head(
     status: int,
     reason: bytes,
@@ -105,7 +143,15 @@ def response_head(
         raise ResponseRefused(f"status {status} is not a final status")
     if not fields_ok(fields):
         raise ResponseRefused("illegal header name or value")
-    # One pass; the common head (no special field) is kept as it is.
+    lows = [raw.lower() for raw, _ in fields]
+    special = _SPECIAL.intersection(lows)
+    if not special:
+        return _simple_head(status, reason, fields, None, method, version, keep_alive)
+    if special == _LENGTH_ONLY and lows.count(b"content-length") == 1:
+        given = fields[lows.index(b"content-length")][1]
+        if len(given) <= _MAX_DIGITS and _DIGITS(given):  # as it is: nothing to normalize
+            return _simple_head(status, reason, fields, given, method, version, keep_alive)
+    # One pass; fields that need no change are kept as they are.
     items: list[tuple[bytes, bytes, bytes]] | None = None
     length: bytes | None = None
     chunked = False
