@@ -104,6 +104,7 @@ class ClientConn:
         "body_out",
         "cid",
         "conn_key",
+        "core",
         "deadline",
         "front",
         "head",
@@ -129,6 +130,7 @@ class ClientConn:
         self, http: HttpExchanges, cid: int, front: HttpFront, peer: str, *, behind_proxy: bool
     ) -> None:
         self.http = http
+        self.core: GatewayCore = http.core  # (read on every event: an attribute, not a property)
         self.cid = cid
         self.front = front
         self.peer = peer  # the client's address (behind a trusted proxy: from X-Forwarded-For)
@@ -152,10 +154,6 @@ class ClientConn:
         self.stream_key: str | None = None  # the address counted for the current stream
         self.request_id = ""  # X-Request-ID: the client's, or the stream's request_id
         self.route = "-"
-
-    @property
-    def core(self) -> GatewayCore:
-        return self.http.core
 
     # --- the coordinator's calls -----------------------------------------------------------
 
@@ -475,8 +473,11 @@ class ClientConn:
             tunnel.streams.pop(rid, None)
             tunnel.congested.discard(self.cid)
             tunnel.end.unpause(self.cid)
-            if cancel is not None and tunnel.session is not None:
-                tunnel.session.cancel(rid, cancel)
+            session = tunnel.session
+            # (a stream already over both ways, as after a complete exchange, has nothing to
+            # cancel: the tunnel is not woken for nothing)
+            if cancel is not None and session is not None and session.has_stream(rid):
+                session.cancel(rid, cancel)
                 core.wake(tunnel.cid)
         self.rid = self.tunnel = None
         self.deadline = None
