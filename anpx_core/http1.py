@@ -383,6 +383,8 @@ class HttpFront:
 
     def _read_head(self, events: list[FrontEvent]) -> bool:
         buf = self._inbuf
+        if not buf:
+            return False
         # RFC 9112 section 2.2: ignore empty lines before a request-line.
         if buf[:1] == b"\r" or buf[:1] == b"\n":
             start = 0

@@ -386,8 +386,8 @@ class ClientConn:
         if event.head.method == TCP_METHOD:  # only the gateway opens TCP streams
             self._reply(405, "method not allowed")
             return
-        path = event.head.target.partition("?")[0]
-        by_token = core.tcp.by_token(event.head.target)
+        path, query, _ = event.head.target.partition("?")
+        by_token = core.tcp.by_token(event.head.target) if query else None  # (?token=)
         route = core.routes.match(host, path)
         if by_token is not None:
             route = by_token.routes[0] if by_token.routes else DEFAULT_ROUTE
