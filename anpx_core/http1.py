@@ -610,16 +610,15 @@ class HttpFront:
         if not self._active:
             raise RuntimeError("no request is waiting for a response")
 
-    def send_response(self, head: ResponseHead, extra: Sequence[tuple[str, str]] = ()) -> None:
-        """Start the response (``extra``: fields to add to the head's); hop-by-hop headers
-        are stripped, the body framed here."""
+    def send_response(self, head: ResponseHead) -> None:
+        """Start the response; hop-by-hop headers are stripped, the body framed here."""
         if self._closed:
             return
         self._require_request()
         if self._response_started:
             raise RuntimeError("response already started")
         status = head.status
-        headers = strip_hop_by_hop([*head.headers, *extra] if extra else head.headers)
+        headers = strip_hop_by_hop(head.headers)
         if status == 204:  # RFC 9110 section 8.6: never a Content-Length on a 204
             headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
         if self._phase == _BODY:

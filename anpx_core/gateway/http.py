@@ -272,9 +272,10 @@ class ClientConn:
             self.response_started = True
             self.status = head.status
             if self.request_id and get_header(head.headers, REQUEST_ID_HEADER) is None:
-                self.front.send_response(head, ((REQUEST_ID_HEADER, self.request_id),))
-            else:
-                self.front.send_response(head)
+                head = ResponseHead(
+                    head.status, head.reason, [*head.headers, (REQUEST_ID_HEADER, self.request_id)]
+                )
+            self.front.send_response(head)
             core.wake(self.cid)
         elif kind is StreamEnd:
             self.front.end_response()
