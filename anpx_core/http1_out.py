@@ -3,15 +3,15 @@
 h11 stays the request parser; sending a response through its ``Connection`` cost more
 than the rest of a small response's work at the gateway (an event object per head, data
 piece and end, its state machine on each, its header clean-up re-checking every field).
-:func:`response_head` writes what h11 0.14-0.16 writes for the same response to the same
+:func:`response_head` writes what h11 (0.16) writes for the same response to the same
 request, byte for byte, refuses what h11 refuses, and says how the body is framed and
-whether the connection stays open; tests/test_http1_out.py checks this against h11
-itself over generated responses and requests. What h11 does, so this does too:
+whether the connection stays open; tests/test_http1_out.py checks this against the
+installed h11 over generated responses and requests. What h11 does, so this does too:
 
-* fields are checked with h11's own grammar (name a token, value without leading or
-  trailing whitespace or control characters); Content-Length values must all be one
-  number (``5, 5`` and repeated equal fields collapse to the first field), at most 20
-  digits; Transfer-Encoding only ``chunked``, once;
+* fields are checked with h11's own grammar (name a token; value without NUL, CR, LF or
+  other ASCII whitespace, but spaces and tabs inside it); Content-Length values must all
+  be one number (``5, 5`` and repeated equal fields collapse to the first field), at most
+  20 digits (h11 before 0.16 took more); Transfer-Encoding only ``chunked``, once;
 * a body of unknown length is chunked for an HTTP/1.1 client (``Transfer-Encoding:
   chunked`` appended, any Content-Length dropped) and close-delimited for an older one;
   the fields of a response to HEAD are those of the same response to GET;
