@@ -47,6 +47,12 @@ def header_tokens(headers: Iterable[tuple[str, str]], name: str) -> set[str]:
 def strip_hop_by_hop(headers: Headers, keep: frozenset[str] = frozenset()) -> Headers:
     """``headers`` in order without hop-by-hop fields, those Connection names, and
     ``Proxy-*``; names in ``keep`` (lower case) stay whatever they are."""
+    for name, _ in headers:
+        low = name.lower()
+        if low in HOP_BY_HOP or low.startswith("proxy-"):
+            break
+    else:  # nothing to strip (the usual case): no Connection field lists anything either
+        return list(headers)
     listed = header_tokens(headers, "connection") - _NEVER_LISTED
     kept: Headers = []
     for name, value in headers:

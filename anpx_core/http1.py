@@ -1,16 +1,19 @@
 """The gateway's public HTTP/1.1 server side: one :class:`HttpFront` per client connection.
 
-Sans-IO on h11: the driver feeds received bytes to :meth:`HttpFront.receive_data`,
-sends what :meth:`HttpFront.data_to_send` returns, and calls :meth:`HttpFront.tick`
-when :meth:`HttpFront.next_deadline` is due. Time is always an argument.
+Sans-IO, h11 reading the requests, :mod:`anpx_core.http1_out` writing the responses (what
+h11 would write, without its per-event cost): the driver feeds received bytes to
+:meth:`HttpFront.receive_data`, sends what :meth:`HttpFront.data_to_send` returns, and
+calls :meth:`HttpFront.tick` when :meth:`HttpFront.next_deadline` is due. Time is always
+an argument.
 
 Reading. The front finds the end of each request head itself and hands h11 exactly
 that head, so the head size limit is exact (h11 alone lets a head of any size through
 when it arrives in one piece) and bytes after the current request (pipelining) stay
-in the front's buffer until their turn. Bodies are passed to h11 as they arrive and
-surface as :class:`RequestData` at once, never buffered whole. Each request/response
-cycle gets a fresh ``h11.Connection``: it starts clean even when h11 had read past a
-chunked body.
+in the front's buffer until their turn. A plain head (no body, no upgrade, nothing h11
+might refuse) is read by :mod:`anpx_core.http1_head` instead, as h11 would read it.
+Bodies are passed to h11 as they arrive and surface as :class:`RequestData` at once,
+never buffered whole. Each request/response cycle that used h11 is followed by a fresh
+``h11.Connection``: it starts clean even when h11 had read past a chunked body.
 
 Pipelining. The next request is surfaced only after :meth:`HttpFront.end_response`.
 ``end_response`` cannot return events, so if the next request is already buffered,
@@ -28,8 +31,9 @@ which carry the message's framing and authority --, Keep-Alive, Transfer-Encodin
 Trailer, Upgrade, Proxy-*) and Expect (100-continue is answered here) are removed;
 X-Forwarded-For gets the client's address appended to any earlier values, and
 X-Forwarded-Proto, -Host (the Host field) and -Port (the server's port) replace whatever
-the client sent. Going out, the same hop-by-hop fields are removed and h11 frames the
-body: the app's Content-Length if it gave one, else chunked (close-delimited for HTTP/1.0).
+the client sent. Going out, the same hop-by-hop fields are removed and http1_out frames
+the body as h11 would: the app's Content-Length if it gave one, else chunked
+(close-delimited for HTTP/1.0).
 
 Timeouts. A complete request head must arrive within ``header_timeout`` of the
 connection opening or the previous response ending, or the client gets a 408 (slowloris).
@@ -46,13 +50,15 @@ was read completely.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 
 import h11
 
 from .headers import HOP_BY_HOP, Headers, strip_hop_by_hop, wants_close
+from .http1_head import plain_request
+from .http1_out import ResponseRefused, body_end, body_piece, response_head
 from .meta import RequestHead, ResponseHead
 from .strict import StrictError, check_host, parse_port, parse_scheme, parse_uint
 
@@ -183,27 +189,6 @@ def _phrase(status: int) -> str:
         return ""
 
 
-# h11 checks every header of an event it is given, one regular expression call per name and
-# per value. A response head from the tunnel is checked here instead, all its fields in one
-# call of the same expressions (h11's own grammar), and handed over as already parsed; a head
-# that fails goes the usual way, so h11 raises exactly what it always raised.
-_fields_ok: Callable[[bytes], re.Match[bytes] | None] | None
-try:
-    from h11._abnf import field_name as _h11_name
-    from h11._abnf import field_value as _h11_value
-
-    _fields_ok = re.compile(f"(?:{_h11_name}:{_h11_value}\n)*".encode("ascii")).fullmatch
-except ImportError:  # another h11 layout: let h11 check every field itself
-    _fields_ok = None
-
-
-def h11_response(status: int, reason: bytes, fields: list[tuple[bytes, bytes]]) -> h11.Response:
-    """``h11.Response(status_code=status, reason=reason, headers=fields)``, checked once."""
-    if _fields_ok is not None and _fields_ok(b"".join([n + b":" + v + b"\n" for n, v in fields])):
-        return h11.Response(status_code=int(status), reason=reason, headers=fields, _parsed=True)
-    return h11.Response(status_code=status, reason=reason, headers=fields)
-
-
 def _reason(status: int, reason: str) -> bytes:
     """The reason phrase to send: the receiver's if it is valid (it carries no meaning,
     so an invalid one is replaced, never a reason to fail the response)."""
@@ -236,6 +221,7 @@ class HttpFront:
         self._server = server
         self._scheme = scheme
         self._conn = self._new_conn()
+        self._conn_used = False  # h11 was given this cycle's request (not a plain one)
         self._inbuf = bytearray()  # received, not yet given to h11
         self._out = bytearray()
         self._now = now  # the latest time we were given
@@ -250,12 +236,18 @@ class HttpFront:
         self._response_started = False
         self._suppress_body = False  # HEAD, 204, 304: the engine's body data is dropped
         self._head_request = False
+        # The request as h11 read it, for the response's framing (see http1_out).
+        self._method: bytes | None = None
+        self._version: bytes | None = None
+        self._keep_alive = True  # the request and (once sent) the response keep it open
+        self._framing = 0  # response body bytes due, or CHUNKED / CLOSE_DELIMITED
         self._cl_left: int | None = None  # body bytes still due (None: chunked)
         self._body_bytes = 0
         self._paused = False
         self._held = False  # hold_requests(True): surface no further request for now
         self._closed = False
         self._switched = False  # switch_protocols(): the connection is no longer HTTP
+        self._host_ok: str | None = None  # the last Host value check_host() accepted
 
     def _new_conn(self) -> h11.Connection:
         # The front hands h11 whole heads only; the bound still covers chunk-size lines
@@ -391,18 +383,21 @@ class HttpFront:
 
     def _read_head(self, events: list[FrontEvent]) -> bool:
         buf = self._inbuf
+        if not buf:
+            return False
         # RFC 9112 section 2.2: ignore empty lines before a request-line.
-        start = 0
-        while True:
-            if buf.startswith(b"\r\n", start):
-                start += 2
-            elif buf.startswith(b"\n", start):
-                start += 1
-            else:
-                break
-        if start:
-            del buf[:start]
-            self._scan = 0
+        if buf[:1] == b"\r" or buf[:1] == b"\n":
+            start = 0
+            while True:
+                if buf.startswith(b"\r\n", start):
+                    start += 2
+                elif buf.startswith(b"\n", start):
+                    start += 1
+                else:
+                    break
+            if start:
+                del buf[:start]
+                self._scan = 0
         if not buf or buf == b"\r":
             return False
         if buf[0] not in _TCHAR:
@@ -419,9 +414,21 @@ class HttpFront:
         if end > limit:
             self._fail(431, f"request head over {limit} bytes", events)
             return False
-        self._conn.receive_data(bytes(buf[:end]))
-        del buf[:end]
+        if end == len(buf):  # the usual case: nothing after the head yet
+            head = bytes(buf)
+            buf.clear()
+        else:
+            head = bytes(buf[:end])
+            del buf[:end]
         self._scan = 0
+        plain = plain_request(head)
+        if plain is not None:  # read as h11 would, and like h11 it ends there: no body
+            if self._start_request(*plain, False, events):
+                self._phase = _WAIT
+                events.append(RequestEnded())
+            return False
+        self._conn_used = True
+        self._conn.receive_data(head)
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -430,14 +437,43 @@ class HttpFront:
         if type(event) is not h11.Request:  # cannot happen with a whole head; be safe
             self._fail(400, "malformed request head", events)
             return False
-        return self._start_request(event, events)
+        waiting = self._conn.client_is_waiting_for_100_continue
+        return self._start_request(
+            event.method, event.target, event.http_version, event.headers, waiting, events
+        )
 
-    def _start_request(self, request: h11.Request, events: list[FrontEvent]) -> bool:
-        method = request.method.decode("ascii")
+    def _start_request(
+        self,
+        method_b: bytes,
+        target: bytes,
+        version: bytes,
+        fields: Sequence[tuple[bytes, bytes]],
+        waiting: bool,
+        events: list[FrontEvent],
+    ) -> bool:
+        """The request h11 read (or would read: http1_head); ``waiting``: the client
+        waits for 100 Continue."""
+        method = method_b.decode("ascii")
         self._head_request = method == "HEAD"
-        raw = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers]
-        chunked = any(name == "transfer-encoding" for name, _ in raw)
-        length_values = [value for name, value in raw if name == "content-length"]
+        self._method = method_b
+        self._version = version
+        raw = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in fields]
+        names = {name for name, _ in raw}
+        # h11's rule: a request keeps the connection unless it is older than 1.1 or asks to close
+        self._keep_alive = version >= b"1.1" and not (
+            "connection" in names
+            and any(
+                name == b"connection" and b"close" in [t.strip() for t in value.lower().split(b",")]
+                for name, value in fields
+            )
+        )
+        chunked = "transfer-encoding" in names
+        length_values = (
+            [value for name, value in raw if name == "content-length"]
+            if "content-length" in names
+            else []
+        )
+        upgrade = _upgrade(raw) if "upgrade" in names and "connection" in names else None
         if method == "CONNECT":
             self._fail(501, "CONNECT is not supported", events)
             return False
@@ -454,7 +490,7 @@ class HttpFront:
                 if length_values
                 else 0
             )
-            headers = self._forward_headers(raw)
+            headers = self._forward_headers(raw, names)
         except StrictError as exc:
             # the reason quotes only the client's own value: safe to tell it
             self._fail(400, f"bad request header: {exc}", events, f"Bad Request: {exc}")
@@ -468,17 +504,22 @@ class HttpFront:
         self._suppress_body = self._head_request
         self._cl_left = length
         self._body_bytes = 0
-        expect = self._conn.client_is_waiting_for_100_continue and length != 0
-        head = RequestHead(method, request.target.decode("latin-1"), headers)
-        events.append(RequestStarted(head, expect, length, _upgrade(raw)))
+        expect = waiting and length != 0
+        head = RequestHead(method, target.decode("latin-1"), headers)
+        events.append(RequestStarted(head, expect, length, upgrade))
         return True
 
-    def _forward_headers(self, raw: Headers) -> Headers:
+    def _forward_headers(self, raw: Headers, names: set[str]) -> Headers:
+        """``raw``'s fields (names lower case, all of them in ``names``) to forward."""
         headers: Headers = []
         xff: list[str] = []
         host = None
         kept: dict[str, str] = {}
-        for name, value in strip_hop_by_hop(raw):
+        # Fields named by Connection go only when there is one, and it is hop-by-hop itself.
+        fields = raw if names.isdisjoint(HOP_BY_HOP) else strip_hop_by_hop(raw)
+        for name, value in fields:
+            if name.startswith("proxy-"):
+                continue  # hop-by-hop (strip_hop_by_hop's rule)
             if name == "x-forwarded-for":
                 xff.append(value)
             elif name in _FORWARDED:
@@ -490,7 +531,9 @@ class HttpFront:
                 if name == "host":
                     if host is not None:  # RFC 9112 section 3.2: exactly one Host
                         raise StrictError("more than one Host header")
-                    host = check_host(value)
+                    if value != self._host_ok:  # a kept-alive client sends the same one
+                        self._host_ok = check_host(value)
+                    host = value
                 headers.append((name, value))
         if self._client is not None:
             xff.append(self._client[0])
@@ -568,7 +611,7 @@ class HttpFront:
             raise RuntimeError("no request is waiting for a response")
 
     def send_response(self, head: ResponseHead) -> None:
-        """Start the response; hop-by-hop headers are stripped, h11 frames the body."""
+        """Start the response; hop-by-hop headers are stripped, the body framed here."""
         if self._closed:
             return
         self._require_request()
@@ -582,24 +625,43 @@ class HttpFront:
             # The rest of the request body will not be read: the connection ends here.
             headers.append(("connection", "close"))
         try:
-            if not 200 <= status <= 999:
-                raise ValueError(status)
-            response = h11_response(
-                status,
-                _reason(status, head.reason),
-                [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
-            )
-        except (h11.LocalProtocolError, UnicodeEncodeError, ValueError):
+            fields = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+            self._emit_head(status, _reason(status, head.reason), fields)
+        except (ResponseRefused, UnicodeEncodeError):
             self._queue_error(502, "Bad Gateway: invalid response head", [], close=True)
             self._closed = True
-            return
-        self._emit_head(response)
 
-    def _emit_head(self, response: h11.Response) -> None:
+    def _emit_head(self, status: int, reason: bytes, fields: list[tuple[bytes, bytes]]) -> None:
+        data, self._framing, self._keep_alive = response_head(
+            status,
+            reason,
+            fields,
+            method=self._method,
+            version=self._version,
+            keep_alive=self._keep_alive,
+        )
+        self._out += data
         self._response_started = True
-        status = response.status_code
         self._suppress_body = self._head_request or status in (204, 304)
-        self._send(response)
+
+    def _write_body(self, data: bytes) -> bool:
+        try:
+            out, self._framing = body_piece(self._framing, data)
+        except ResponseRefused:
+            # More body than the receiver's Content-Length promised: the response cannot
+            # be completed correctly, so abort it.
+            self._closed = True
+            return False
+        self._out += out
+        return True
+
+    def _write_end(self) -> bool:
+        try:
+            self._out += body_end(self._framing)
+        except ResponseRefused:  # less body than promised: abort
+            self._closed = True
+            return False
+        return True
 
     def _queue_error(self, status: int, text: str, headers: Headers, *, close: bool) -> None:
         body = (text.rstrip("\n") + "\n").encode("utf-8")
@@ -610,11 +672,10 @@ class HttpFront:
         ]
         if close:
             fields.append((b"connection", b"close"))
-        response = h11.Response(status_code=status, reason=_phrase(status).encode(), headers=fields)
-        self._emit_head(response)
+        self._emit_head(status, _phrase(status).encode(), fields)
         if not self._suppress_body:
-            self._send(h11.Data(data=body))
-        self._send(h11.EndOfMessage())
+            self._write_body(body)
+        self._write_end()
 
     def send_data(self, data: bytes) -> int:
         """A piece of the response body; returns how many of its bytes will reach the
@@ -627,7 +688,7 @@ class HttpFront:
             raise RuntimeError("send_response() first")
         if self._suppress_body:
             return 0
-        return len(data) if self._send(h11.Data(data=data)) else 0
+        return len(data) if self._write_body(data) else 0
 
     def end_response(self) -> None:
         if self._closed:
@@ -635,7 +696,7 @@ class HttpFront:
         self._require_request()
         if not self._response_started:
             raise RuntimeError("send_response() first")
-        if self._send(h11.EndOfMessage()):
+        if self._write_end():
             self._finish_cycle()
 
     def _finish_cycle(self) -> None:
@@ -643,17 +704,15 @@ class HttpFront:
         if self._closed:
             return
         self._active = False
-        conn = self._conn
-        if (
-            self._phase != _WAIT
-            or conn.our_state is not h11.DONE
-            or conn.their_state is not h11.DONE
-        ):
+        if self._phase != _WAIT or not self._keep_alive:
             self._closed = True  # Connection: close, HTTP/1.0, or an unread request body
             return
-        self._conn = self._new_conn()
+        if self._conn_used:
+            self._conn = self._new_conn()
+            self._conn_used = False
         self._phase = _HEAD
         self._response_started = self._suppress_body = self._head_request = False
+        self._method = self._version = None
         self._idle_since = None  # stamped by the next tick / receive_data
         self._first = False
         self._seen = bool(self._inbuf)

@@ -981,26 +981,3 @@ def test_real_socket_keep_alive_smoke():
     thread.join(5)
     listener.close()
     assert not thread.is_alive()
-
-
-_FIELD_BYTES = st.binary(max_size=12) | st.sampled_from(
-    [b"content-length", b"Content-Length", b"transfer-encoding", b"x-a", b" 12", b"chunked"]
-)
-
-
-@settings(max_examples=examples(300), deadline=None)
-@given(st.lists(st.tuples(_FIELD_BYTES, _FIELD_BYTES), max_size=5))
-def test_h11_response_checks_fields_as_h11_does(fields: list[tuple[bytes, bytes]]) -> None:
-    """The one-pass check of a response head accepts and refuses exactly what h11's
-    field-by-field check does, and builds the same event."""
-
-    def build(make):
-        try:
-            response = make()
-        except h11.LocalProtocolError as exc:
-            return ("refused", str(exc))
-        return (response.status_code, response.reason, list(response.headers.raw_items()))
-
-    ours = build(lambda: http1.h11_response(200, b"OK", fields))
-    theirs = build(lambda: h11.Response(status_code=200, reason=b"OK", headers=fields))
-    assert ours == theirs

@@ -104,6 +104,7 @@ class ClientConn:
         "body_out",
         "cid",
         "conn_key",
+        "core",
         "deadline",
         "front",
         "head",
@@ -129,6 +130,7 @@ class ClientConn:
         self, http: HttpExchanges, cid: int, front: HttpFront, peer: str, *, behind_proxy: bool
     ) -> None:
         self.http = http
+        self.core: GatewayCore = http.core  # (read on every event: an attribute, not a property)
         self.cid = cid
         self.front = front
         self.peer = peer  # the client's address (behind a trusted proxy: from X-Forwarded-For)
@@ -152,10 +154,6 @@ class ClientConn:
         self.stream_key: str | None = None  # the address counted for the current stream
         self.request_id = ""  # X-Request-ID: the client's, or the stream's request_id
         self.route = "-"
-
-    @property
-    def core(self) -> GatewayCore:
-        return self.http.core
 
     # --- the coordinator's calls -----------------------------------------------------------
 
@@ -253,21 +251,9 @@ class ClientConn:
 
     def stream_event(self, tunnel: TunnelConn, event: OwnStreamEvent) -> None:
         core = self.core
-        if isinstance(event, StreamWritable):
-            core.wake(self.cid)
-        elif isinstance(event, StreamHead):
-            assert isinstance(event.head, ResponseHead)
-            self.deadline = None
-            self.response_started = True
-            self.status = event.head.status
-            head = event.head
-            if self.request_id and get_header(head.headers, REQUEST_ID_HEADER) is None:
-                head = ResponseHead(
-                    head.status, head.reason, [*head.headers, (REQUEST_ID_HEADER, self.request_id)]
-                )
-            self.front.send_response(head)
-            core.wake(self.cid)
-        elif isinstance(event, StreamData):
+        kind = type(event)  # the stream event classes are final: dispatch on the class
+        if kind is StreamData:
+            assert isinstance(event, StreamData)
             queued = self.front.send_data(event.data)
             self.body_out += queued
             self.backlog += queued
@@ -278,12 +264,28 @@ class ClientConn:
             core.stats.bytes_out += queued
             self._update_congestion()
             core.wake(self.cid)
-        elif isinstance(event, StreamEnd):
+        elif kind is StreamHead:
+            assert isinstance(event, StreamHead)
+            head = event.head
+            assert isinstance(head, ResponseHead)
+            self.deadline = None
+            self.response_started = True
+            self.status = head.status
+            if self.request_id and get_header(head.headers, REQUEST_ID_HEADER) is None:
+                head = ResponseHead(
+                    head.status, head.reason, [*head.headers, (REQUEST_ID_HEADER, self.request_id)]
+                )
+            self.front.send_response(head)
+            core.wake(self.cid)
+        elif kind is StreamEnd:
             self.front.end_response()
             core.defer(self)
             # the stream is over unless the upload still runs: the response is complete, stop it
             self._finish(self.status, cancel="response complete")
+        elif kind is StreamWritable:
+            core.wake(self.cid)
         else:
+            assert isinstance(event, StreamReset)
             # The reason may describe the receiver's inside (an app's exception, a local
             # service's address): it goes to the log, the client gets a generic reason.
             log.info(
@@ -338,16 +340,32 @@ class ClientConn:
         self.body_out = 0
         self.route = "-"
         headers = event.head.headers
+        # One pass over the front's fields (names lower case) for what the exchange reads.
+        host = client_id = forwarded_for = None
+        real_ip = False
+        for name, value in headers:
+            if name == "host":
+                if host is None:
+                    host = value
+            elif name == REQUEST_ID_HEADER:
+                if client_id is None:
+                    client_id = value
+            elif name == "x-forwarded-for":
+                if forwarded_for is None:
+                    forwarded_for = value
+            elif name == "x-real-ip":
+                real_ip = True
         if self.behind_proxy:
-            self.peer = core.proxies.client(self.proxy, get_header(headers, "x-forwarded-for"))
-        self.request_id = _valid_request_id(get_header(headers, REQUEST_ID_HEADER)) or ""
+            self.peer = core.proxies.client(self.proxy, forwarded_for)
+        self.request_id = _valid_request_id(client_id) or ""
         # A client's X-Request-ID stays only when sane (ours replaces it); X-Real-IP is always
         # the client as the gateway determined it, never what a client claims.
-        headers[:] = [
-            (n, v)
-            for n, v in headers
-            if n != "x-real-ip" and (self.request_id or n != REQUEST_ID_HEADER)
-        ]
+        if real_ip or (client_id is not None and not self.request_id):
+            headers[:] = [
+                (n, v)
+                for n, v in headers
+                if n != "x-real-ip" and (self.request_id or n != REQUEST_ID_HEADER)
+            ]
         headers.append(("x-real-ip", self.peer))
         core.stats.requests += 1
         if self.over_limit:
@@ -369,9 +387,8 @@ class ClientConn:
         if event.head.method == TCP_METHOD:  # only the gateway opens TCP streams
             self._reply(405, "method not allowed")
             return
-        host = get_header(headers, "host")
-        path = event.head.target.partition("?")[0]
-        by_token = core.tcp.by_token(event.head.target)
+        path, query, _ = event.head.target.partition("?")
+        by_token = core.tcp.by_token(event.head.target) if query else None  # (?token=)
         route = core.routes.match(host, path)
         if by_token is not None:
             route = by_token.routes[0] if by_token.routes else DEFAULT_ROUTE
@@ -406,12 +423,11 @@ class ClientConn:
         self.stream_key = key
         _count(self.http.streams_by_address, key)
         self.deadline = now + settings.timeout if settings.timeout > 0 else None
-        head = event.head
-        if get_header(head.headers, REQUEST_ID_HEADER) is None:
+        if not self.request_id:  # (a client's invalid one was removed above)
             self.request_id = rid
-            head = RequestHead(head.method, head.target, [*head.headers, (REQUEST_ID_HEADER, rid)])
+            headers.append((REQUEST_ID_HEADER, rid))
         try:
-            tunnel.session.start(rid, head)
+            tunnel.session.start(rid, event.head)
         except ProtocolError:
             tunnel.streams.pop(rid, None)
             self.rid = self.tunnel = None
@@ -458,8 +474,11 @@ class ClientConn:
             tunnel.streams.pop(rid, None)
             tunnel.congested.discard(self.cid)
             tunnel.end.unpause(self.cid)
-            if cancel is not None and tunnel.session is not None:
-                tunnel.session.cancel(rid, cancel)
+            session = tunnel.session
+            # (a stream already over both ways, as after a complete exchange, has nothing to
+            # cancel: the tunnel is not woken for nothing)
+            if cancel is not None and session is not None and session.has_stream(rid):
+                session.cancel(rid, cancel)
                 core.wake(tunnel.cid)
         self.rid = self.tunnel = None
         self.deadline = None
