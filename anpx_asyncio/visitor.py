@@ -15,6 +15,7 @@ from typing import Any
 from anpx_core.receiver import ConnectRequest
 from anpx_core.visitor import VisitorCore, VisitorSettings
 from anpx_host.errors import StartupError
+from anpx_host.launch import with_entropy
 from anpx_host.tls import describe_error
 from anpx_host.visitorcli import VisitorPlan, visitor_main
 
@@ -41,7 +42,7 @@ class Visitor:
     ``await visitor.started`` gives the bound port (listen mode)."""
 
     def __init__(self, settings: VisitorSettings, *, tls: ssl.SSLContext | None = None) -> None:
-        self.core = VisitorCore(settings)
+        self.core = VisitorCore(with_entropy(settings))
         self.pump = _VisitorPump(self.core, self)
         self.tls = tls
         self._tasks: TaskSet | None = None

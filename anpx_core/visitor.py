@@ -70,6 +70,7 @@ class VisitorSettings:
     high_water: int = DEFAULT_HIGH_WATER
     tcp: TcpSettings = field(default_factory=TcpSettings)
     new_request_id: Any = None  # Callable[[], str]; None: a counter
+    mask_source: Any = None  # Callable[[int], bytes] (os.urandom), as ReceiverSettings'
 
 
 class _Link:
@@ -99,7 +100,14 @@ class _Link:
         headers += [(ROLE_HEADER, ROLE_VISITOR)]
         headers += offer_extensions(settings.stream_window)
         headers += [(EXTENSIONS_HEADER, TCP_EXTENSION + "=1")]
-        ws = WsClient(addr.host_header, addr.path, settings.ws, now, headers=headers)
+        ws = WsClient(
+            addr.host_header,
+            addr.path,
+            settings.ws,
+            now,
+            headers=headers,
+            mask_source=settings.mask_source,
+        )
         self.ep = TunnelEndpoint(self.cid, ws, settings.high_water)
         self.state = "handshake"
 

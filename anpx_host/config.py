@@ -1324,6 +1324,7 @@ def to_receiver_settings(cfg: Config | ReceiverConfig) -> ReceiverSettings:
         reconnect_delay=r.reconnect_delay,
         max_reconnect_attempts=r.max_reconnect_attempts,
         jitter=random.random,
+        mask_source=os.urandom,  # WebSocket masking keys (RFC 6455: unpredictable)
         # The seed used `timeout` for the keepalive ping's answer and the handshake alike.
         ws=WsLimits(
             max_message_size=r.max_frame_size,

@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from anpx_core.auth import SharedSecretClient, SharedSecretServer
@@ -34,6 +34,7 @@ from .config import (
 )
 from .errors import StartupError
 
+S = TypeVar("S")
 SECRET_ENV = "ANPX_SHARED_SECRET"
 ADMIN_TOKEN_ENV = "ANPX_ADMIN_TOKEN"
 
@@ -449,9 +450,17 @@ def receiver_embedding(
     core's ``ReceiverSettings``.
     """
     if isinstance(config, ReceiverSettings):
-        return config, TlsPolicy(False)
+        return with_entropy(config), TlsPolicy(False)
     plan = _receiver_plan(Config(receiver=config), both=False)
-    return plan.settings, plan.tls
+    return with_entropy(plan.settings), plan.tls
+
+
+def with_entropy(settings: S) -> S:
+    """``settings`` with ``mask_source = os.urandom`` where the embedder left it unset (the
+    core draws no randomness itself; WebSocket masking keys must be unpredictable)."""
+    if getattr(settings, "mask_source", None) is None:
+        settings = replace(settings, mask_source=os.urandom)  # type: ignore[type-var]
+    return settings
 
 
 def gateway_embedding(

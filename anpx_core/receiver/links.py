@@ -149,6 +149,7 @@ class GatewayLink:
             self.ctx.settings.ws,
             now,
             headers=self._handshake_headers(now),
+            mask_source=self.ctx.settings.mask_source,
         )
         self.ep = TunnelEndpoint(self.cid, ws, self.ctx.settings.high_water)
         self.rearm()

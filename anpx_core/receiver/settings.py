@@ -89,6 +89,9 @@ class ReceiverSettings:
     # TCP services offered in the handshake: name -> local (host, port) (protocol.md §21)
     tcp_services: dict[str, tuple[str, int]] = field(default_factory=dict)
     tcp: TcpSettings = field(default_factory=TcpSettings)
+    # n unpredictable bytes (the host passes os.urandom): the masking keys of our WebSocket
+    # frames, drawn 4 KiB at a time. None: wsproto draws one key per frame itself.
+    mask_source: Callable[[int], bytes] | None = None
 
 
 @dataclass(slots=True)
