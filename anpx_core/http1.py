@@ -690,6 +690,14 @@ class HttpFront:
             return 0
         return len(data) if self._write_body(data) else 0
 
+    def send_message(self, head: ResponseHead, body: bytes) -> int:
+        """A whole response: :meth:`send_response`, :meth:`send_data` (when ``body`` is not
+        empty) and :meth:`end_response` in one call; returns what send_data would."""
+        self.send_response(head)
+        queued = self.send_data(body) if body else 0
+        self.end_response()
+        return queued
+
     def end_response(self) -> None:
         if self._closed:
             return

@@ -314,6 +314,38 @@ class MessageEncoder:
         return out
 
 
+def whole_frame(
+    head: RequestHead | ResponseHead, request_id: str, body: bytes, max_frame_size: int
+) -> bytes | None:
+    """The one unchunked frame :class:`MessageEncoder` makes of a message given as its head,
+    ``data(body)`` and ``end()``, byte for byte; None when the encoder would make more than
+    one frame of it or refuse it."""
+    if isinstance(head, RequestHead):
+        ftype, tag, meta = F.TYPE_REQUEST, F.TAG_HTTP_META, encode_request_meta(head)
+    else:
+        ftype, tag, meta = F.TYPE_RESPONSE, F.TAG_RESP_META, encode_response_meta(head)
+    rid = request_id.encode()
+    size = F.HEADER_SIZE + 2 * F.TLV_HEADER_SIZE + len(rid) + len(meta)
+    if body:
+        # data() holds a body only while chunk 0 could still carry it (room for chunk_idx)
+        size += F.TLV_HEADER_SIZE + len(body)
+        if size + _CHUNK_TLV > max_frame_size:
+            return None
+    # the encoder's own refusal (no room for body bytes in a chunk) comes first: leave it to it
+    room = max_frame_size - F.HEADER_SIZE - F.TLV_HEADER_SIZE - len(rid) - _CHUNK_TLV
+    if size > max_frame_size or room - F.TLV_HEADER_SIZE - _FINAL_TLV < 1:
+        return None
+    pieces: list[bytes | memoryview] = [
+        b"",
+        _TLV_PACK(F.TAG_REQUEST_ID, len(rid)) + rid,
+        _TLV_PACK(tag, len(meta)) + meta,
+    ]
+    if body:
+        pieces.append(_TLV_PACK(F.TAG_HTTP_BODY, len(body)))
+        pieces.append(body)
+    return F.assemble(ftype, 0, pieces)
+
+
 def _count_chunks(meta_len: int, rid_len: int, body_len: int, max_frame_size: int) -> int:
     """How many chunks MessageEncoder.end() makes for a known body with chunk_tot sent."""
     base = F.HEADER_SIZE + F.TLV_HEADER_SIZE + rid_len + 2 * _CHUNK_TLV + F.TLV_HEADER_SIZE

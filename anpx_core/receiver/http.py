@@ -119,6 +119,22 @@ class HttpStreams:
             return
         self.backend.start(call, server, scheme, client_of(fields))
 
+    def message(
+        self, link: GatewayLink, rid: str, head: RequestHead, body: bytes, now: float
+    ) -> None:
+        """A whole request in one event: what open(), data() (when ``body`` is not empty)
+        and end() do for its three events."""
+        self.open(link, rid, head, now)
+        call = link.streams.get(rid)
+        if call is None:  # refused in open(): its data and end would find no stream
+            return
+        assert isinstance(call, HttpCall)
+        if body:
+            self.backend.body(call, body)
+            if link.streams.get(rid) is not call:
+                return
+        self.backend.end(call)
+
     def data(self, stream: HttpCall, data: bytes, now: float) -> None:
         self.backend.body(stream, data)
 
