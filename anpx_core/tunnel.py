@@ -247,27 +247,47 @@ class TunnelSession:
 
     # --- sending -------------------------------------------------------------------------
 
-    def start(self, request_id: str, head: RequestHead | ResponseHead) -> None:
-        """Begin our message on a stream (the gateway opens streams this way)."""
+    def start(
+        self, request_id: str, head: RequestHead | ResponseHead, meta: bytes | None = None
+    ) -> None:
+        """Begin our message on a stream (the gateway opens streams this way). ``meta``:
+        the head's meta, from :meth:`check_head`."""
         stream = self._streams.get(request_id)
         if stream is None:
             stream = self._new_stream(request_id)
         if stream.encoder is not None or stream.sent_end:
             raise RuntimeError(f"stream {request_id} already has a message head")
-        stream.encoder = M.MessageEncoder(head, request_id, self.send_frame_size)
+        stream.encoder = M.MessageEncoder(head, request_id, self.send_frame_size, meta=meta)
 
-    def send_message(self, request_id: str, head: RequestHead | ResponseHead, body: bytes) -> None:
-        """:meth:`start`, :meth:`send` (when ``body`` is not empty) and :meth:`end` for a
-        message known whole: the same frames, the usual single one built without a
-        MessageEncoder."""
+    def check_head(self, request_id: str, head: RequestHead | ResponseHead) -> bytes:
+        """Raise what :meth:`start` would raise for ``head`` now, without starting the
+        message; return the head's meta, for the later :meth:`start` or
+        :meth:`send_message` (a head held until its body is known)."""
         stream = self._streams.get(request_id)
         if stream is not None and (stream.encoder is not None or stream.sent_end):
             raise RuntimeError(f"stream {request_id} already has a message head")
-        frame = M.whole_frame(head, request_id, body, self.send_frame_size)
+        meta = M.head_meta(head)
+        M.check_head(meta, request_id, self.send_frame_size)
+        return meta
+
+    def send_message(
+        self,
+        request_id: str,
+        head: RequestHead | ResponseHead,
+        body: bytes,
+        meta: bytes | None = None,
+    ) -> None:
+        """:meth:`start`, :meth:`send` (when ``body`` is not empty) and :meth:`end` for a
+        message known whole: the same frames, the usual single one built without a
+        MessageEncoder. ``meta``: the head's meta, from :meth:`check_head`."""
+        stream = self._streams.get(request_id)
+        if stream is not None and (stream.encoder is not None or stream.sent_end):
+            raise RuntimeError(f"stream {request_id} already has a message head")
+        frame = M.whole_frame(head, request_id, body, self.send_frame_size, meta)
         credit = self.peer_window if stream is None else stream.send_credit
         if frame is None or (self.flow and len(body) > credit):
             # more than one frame, more than the credit, or a head the encoder refuses
-            self.start(request_id, head)
+            self.start(request_id, head, meta)
             self.send(request_id, body)
             self.end(request_id)
             return

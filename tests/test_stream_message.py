@@ -323,3 +323,49 @@ def test_an_unknown_stream_drops_the_message_as_it_drops_its_events() -> None:
     tunnel = TunnelConn(None, None, "-", "-", 0.0)  # type: ignore[arg-type]
     tunnel._event(StreamMessage("gone", ResponseHead(200, "OK", []), b"x"), 0.0)
     assert tunnel.streams == {}
+
+
+def _outcome(make: Any) -> tuple | None:
+    try:
+        make()
+    except ProtocolError as exc:
+        return (exc.code, str(exc), exc.request_id)
+    return None
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(_HEADS, st.sampled_from(["r", "0123-abcd", "x" * 120]), st.integers(1, 400))
+def test_check_head_refuses_what_the_encoder_refuses(head: Any, rid: str, size: int) -> None:
+    made = _outcome(lambda: M.MessageEncoder(head, rid, size))
+    checked = _outcome(lambda: M.check_head(M.head_meta(head), rid, size))
+    assert made == checked
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(_HEADS, _BODIES, st.integers(60, 900), st.sampled_from([None, 100, 1 << 20]))
+def test_a_head_checked_first_then_sent_whole_gives_the_same_frames(
+    head: Any, body: bytes, size: int, window: int | None
+) -> None:
+    """The receiver holds a checked head until its body: check_head then send_message (or
+    start with the meta) puts out what start/send/end does."""
+
+    def held(whole: bool) -> tuple:
+        ws = Recorder()
+        accepts = ResponseHead if isinstance(head, RequestHead) else RequestHead
+        session = TunnelSession(
+            ws, accepts=accepts, local_window=window, peer_window=window, send_frame_size=size
+        )
+        try:
+            meta = session.check_head("r", head)
+            if whole:
+                session.send_message("r", head, body, meta)
+            else:
+                session.start("r", head, meta)
+                session.send("r", body)
+                session.end("r")
+        except ProtocolError as exc:
+            return ws.out, (exc.code, str(exc))
+        return ws.out, None
+
+    plain = _send(False, head, "r", body, size, window)
+    assert held(True) == held(False) == (plain[0], plain[1])

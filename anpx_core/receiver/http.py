@@ -50,6 +50,9 @@ class HttpCall:
     body_out: int = 0
     done: bool = False  # our response is complete or the stream is gone
     head_flush_due: bool = False
+    # the response head and its meta, checked but not yet started on the stream: held until
+    # its first body part (one frame for a whole response) or flush_heads()
+    pending: tuple[ResponseHead, bytes] | None = None
     gone_reason: str = ""  # why the stream ended before the app did, if it did
 
 
@@ -185,6 +188,14 @@ class HttpStreams:
                     call.head_flush_due = False
                     self.heads_due.pop(call.cid, None)
                 call.body_out += len(part.data)
+                pending = call.pending
+                if pending is not None:
+                    call.pending = None
+                    if not part.more:  # the whole response is known: one call, one frame
+                        session.send_message(call.rid, pending[0], part.data, pending[1])
+                        self._complete(call)
+                        continue
+                    session.start(call.rid, *pending)
                 session.send(call.rid, part.data)
                 if part.more:
                     session.flush(call.rid)
@@ -194,7 +205,8 @@ class HttpStreams:
             elif isinstance(part, ResponseStart):
                 call.response_started = True
                 call.status = part.head.status
-                session.start(call.rid, part.head)
+                # checked now (a head too large fails here), started with its first body part
+                call.pending = (part.head, session.check_head(call.rid, part.head))
                 # Sent with the first body part, or by flush_heads(): the driver's next turn
                 # (heads_pending) or the next timer run (due now: see next_deadline).
                 call.head_flush_due = True
@@ -217,6 +229,9 @@ class HttpStreams:
             if call.head_flush_due and call.link.session is not None and not call.done:
                 call.head_flush_due = False
                 try:
+                    if call.pending is not None:
+                        call.link.session.start(call.rid, *call.pending)
+                        call.pending = None
                     call.link.session.flush(call.rid)
                 except Exception as exc:  # the crash barrier: this stream only
                     self.contain(call, exc, "flush_heads")
