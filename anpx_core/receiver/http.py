@@ -134,7 +134,8 @@ class HttpStreams:
         assert isinstance(call, HttpCall)
         if body:
             self.backend.body(call, body)
-            if link.streams.get(rid) is not call:
+            current: object = link.streams.get(rid)
+            if current is not call:  # refused (cancelled) on its body: end finds no stream
                 return
         self.backend.end(call)
 
