@@ -690,6 +690,26 @@ class HttpFront:
             return 0
         return len(data) if self._write_body(data) else 0
 
+    def send_message(self, head: ResponseHead, body: bytes) -> int:
+        """A whole response: :meth:`send_response`, :meth:`send_data` (when ``body`` is not
+        empty) and :meth:`end_response` in one call; returns what send_data would."""
+        self.send_response(head)
+        if self._closed:  # closed before, or the head was refused (a 502 is queued)
+            return 0
+        queued = 0
+        if body and not self._suppress_body:
+            if len(body) == self._framing:  # the usual: exactly the Content-Length
+                self._out += body
+                self._framing = 0
+                self._finish_cycle()
+                return len(body)
+            if not self._write_body(body):
+                return 0
+            queued = len(body)
+        if self._write_end():
+            self._finish_cycle()
+        return queued
+
     def end_response(self) -> None:
         if self._closed:
             return

@@ -167,11 +167,15 @@ class MessageEncoder:
         max_frame_size: int = DEFAULT_SEND_FRAME_SIZE,
         *,
         chunk_total: int | None = None,
+        meta: bytes | None = None,
     ) -> None:
+        """``meta``: the head's meta (:func:`head_meta`) when already encoded."""
         if isinstance(head, RequestHead):
-            self._type, tag, meta = F.TYPE_REQUEST, F.TAG_HTTP_META, encode_request_meta(head)
+            self._type, tag = F.TYPE_REQUEST, F.TAG_HTTP_META
         else:
-            self._type, tag, meta = F.TYPE_RESPONSE, F.TAG_RESP_META, encode_response_meta(head)
+            self._type, tag = F.TYPE_RESPONSE, F.TAG_RESP_META
+        if meta is None:
+            meta = head_meta(head)
         rid = self._rid = request_id.encode()
         self._max = max_frame_size
         self._total = chunk_total
@@ -312,6 +316,71 @@ class MessageEncoder:
             out.append(self._chunk(min(self._body_room(final=False), self._held), final=False))
         out.append(self._chunk(self._held, final=True))
         return out
+
+
+def head_meta(head: RequestHead | ResponseHead) -> bytes:
+    """The meta TLV's value for ``head``."""
+    if isinstance(head, RequestHead):
+        return encode_request_meta(head)
+    return encode_response_meta(head)
+
+
+def check_head(meta: bytes, request_id: str, max_frame_size: int) -> None:
+    """Raise what ``MessageEncoder(head, request_id, max_frame_size)`` raises for a head
+    whose meta is ``meta`` (the head is too large, or the frames too small)."""
+    rid_len = len(request_id.encode())
+    head_min = F.HEADER_SIZE + 2 * F.TLV_HEADER_SIZE + rid_len + len(meta)
+    if head_min > max_frame_size:
+        raise ProtocolError(
+            "too_large",
+            f"message head needs {head_min} bytes, frames are limited to {max_frame_size}",
+            request_id,
+        )
+    room = max_frame_size - F.HEADER_SIZE - 2 * F.TLV_HEADER_SIZE - rid_len - _CHUNK_TLV
+    if room - _FINAL_TLV < 1:
+        raise ProtocolError(
+            "too_large",
+            f"max_frame_size {max_frame_size} leaves no room for body bytes",
+            request_id,
+        )
+
+
+def whole_frame(
+    head: RequestHead | ResponseHead,
+    request_id: str,
+    body: bytes,
+    max_frame_size: int,
+    meta: bytes | None = None,
+) -> bytes | None:
+    """The one unchunked frame :class:`MessageEncoder` makes of a message given as its head,
+    ``data(body)`` and ``end()``, byte for byte; None when the encoder would make more than
+    one frame of it or refuse it. ``meta``: the head's meta when already encoded."""
+    if isinstance(head, RequestHead):
+        ftype, tag = F.TYPE_REQUEST, F.TAG_HTTP_META
+    else:
+        ftype, tag = F.TYPE_RESPONSE, F.TAG_RESP_META
+    if meta is None:
+        meta = head_meta(head)
+    rid = request_id.encode()
+    size = F.HEADER_SIZE + 2 * F.TLV_HEADER_SIZE + len(rid) + len(meta)
+    if body:
+        # data() holds a body only while chunk 0 could still carry it (room for chunk_idx)
+        size += F.TLV_HEADER_SIZE + len(body)
+        if size + _CHUNK_TLV > max_frame_size:
+            return None
+    # the encoder's own refusal (no room for body bytes in a chunk) comes first: leave it to it
+    room = max_frame_size - F.HEADER_SIZE - F.TLV_HEADER_SIZE - len(rid) - _CHUNK_TLV
+    if size > max_frame_size or room - F.TLV_HEADER_SIZE - _FINAL_TLV < 1:
+        return None
+    pieces: list[bytes | memoryview] = [
+        b"",
+        _TLV_PACK(F.TAG_REQUEST_ID, len(rid)) + rid,
+        _TLV_PACK(tag, len(meta)) + meta,
+    ]
+    if body:
+        pieces.append(_TLV_PACK(F.TAG_HTTP_BODY, len(body)))
+        pieces.append(body)
+    return F.assemble(ftype, 0, pieces)
 
 
 def _count_chunks(meta_len: int, rid_len: int, body_len: int, max_frame_size: int) -> int:

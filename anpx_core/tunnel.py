@@ -98,6 +98,26 @@ class StreamEnd(StreamEvent):
 
 
 @dataclass(slots=True)
+class StreamMessage(StreamEvent):
+    """A whole message that arrived in one frame: what :class:`StreamHead`,
+    :class:`StreamData` (when ``body`` is not empty) and :class:`StreamEnd` report, as one
+    event, so that a consumer handles the usual small message in one dispatch. A consumer
+    without special handling takes the three events of :func:`split_message` instead."""
+
+    request_id: str
+    head: RequestHead | ResponseHead
+    body: bytes
+
+
+def split_message(event: StreamMessage) -> list[StreamEvent]:
+    """The events the three-event path reports for the same message, in order."""
+    rid = event.request_id
+    if event.body:
+        return [StreamHead(rid, event.head), StreamData(rid, event.body), StreamEnd(rid)]
+    return [StreamHead(rid, event.head), StreamEnd(rid)]
+
+
+@dataclass(slots=True)
 class StreamReset(StreamEvent):
     """The peer cancelled or failed the stream (an ERROR frame), or it broke a rule."""
 
@@ -227,14 +247,58 @@ class TunnelSession:
 
     # --- sending -------------------------------------------------------------------------
 
-    def start(self, request_id: str, head: RequestHead | ResponseHead) -> None:
-        """Begin our message on a stream (the gateway opens streams this way)."""
+    def start(
+        self, request_id: str, head: RequestHead | ResponseHead, meta: bytes | None = None
+    ) -> None:
+        """Begin our message on a stream (the gateway opens streams this way). ``meta``:
+        the head's meta, from :meth:`check_head`."""
         stream = self._streams.get(request_id)
         if stream is None:
             stream = self._new_stream(request_id)
-        if stream.encoder is not None:
+        if stream.encoder is not None or stream.sent_end:
             raise RuntimeError(f"stream {request_id} already has a message head")
-        stream.encoder = M.MessageEncoder(head, request_id, self.send_frame_size)
+        stream.encoder = M.MessageEncoder(head, request_id, self.send_frame_size, meta=meta)
+
+    def check_head(self, request_id: str, head: RequestHead | ResponseHead) -> bytes:
+        """Raise what :meth:`start` would raise for ``head`` now, without starting the
+        message; return the head's meta, for the later :meth:`start` or
+        :meth:`send_message` (a head held until its body is known)."""
+        stream = self._streams.get(request_id)
+        if stream is not None and (stream.encoder is not None or stream.sent_end):
+            raise RuntimeError(f"stream {request_id} already has a message head")
+        meta = M.head_meta(head)
+        M.check_head(meta, request_id, self.send_frame_size)
+        return meta
+
+    def send_message(
+        self,
+        request_id: str,
+        head: RequestHead | ResponseHead,
+        body: bytes,
+        meta: bytes | None = None,
+    ) -> None:
+        """:meth:`start`, :meth:`send` (when ``body`` is not empty) and :meth:`end` for a
+        message known whole: the same frames, the usual single one built without a
+        MessageEncoder. ``meta``: the head's meta, from :meth:`check_head`."""
+        stream = self._streams.get(request_id)
+        if stream is not None and (stream.encoder is not None or stream.sent_end):
+            raise RuntimeError(f"stream {request_id} already has a message head")
+        frame = M.whole_frame(head, request_id, body, self.send_frame_size, meta)
+        credit = self.peer_window if stream is None else stream.send_credit
+        if frame is None or (self.flow and len(body) > credit):
+            # more than one frame, more than the credit, or a head the encoder refuses
+            self.start(request_id, head, meta)
+            self.send(request_id, body)
+            self.end(request_id)
+            return
+        if stream is None:
+            stream = self._new_stream(request_id)
+        if self.flow:
+            stream.send_credit -= len(body)
+        self.bytes_out += len(frame)
+        self.ws.send_binary(frame)
+        stream.sent_end = True
+        self._maybe_finish(request_id, stream)
 
     def _emit(self, frames: list[bytes]) -> None:
         for frame in frames:
@@ -389,7 +453,7 @@ class TunnelSession:
     ) -> list[StreamEvent]:
         """A whole message in one frame (frames.whole_message): what receive_binary's general
         path makes of it (the same checks in the same order), without a Frame or the
-        decoder's head, body and end events."""
+        decoder's head, body and end events, reported as one :class:`StreamMessage`."""
         try:
             if self._accepts is ResponseHead:  # see receive_binary
                 if frame_type == F.TYPE_REQUEST:
@@ -413,18 +477,14 @@ class TunnelSession:
                 self._decoder.forget(rid)
                 return []
             stream = self._new_stream(rid)
-        events: list[StreamEvent] = [StreamHead(rid, head)]
-        if body:
-            if self.flow:
-                stream.recv_outstanding -= len(body)
-                if stream.recv_outstanding < 0:
-                    events += self._reset(rid, "peer exceeded its flow-control window")
-                    return events
-            events.append(StreamData(rid, body))
+        if body and self.flow:
+            stream.recv_outstanding -= len(body)
+            if stream.recv_outstanding < 0:
+                events: list[StreamEvent] = [StreamHead(rid, head)]
+                return events + self._reset(rid, "peer exceeded its flow-control window")
         stream.received_end = True
-        events.append(StreamEnd(rid))
         self._maybe_finish(rid, stream)
-        return events
+        return [StreamMessage(rid, head, body)]
 
     def receive_discarded(self, prefix: bytes, size: int) -> list[StreamEvent]:
         """A binary message over the size limit was dropped unread: reset only its stream."""

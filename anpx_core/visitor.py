@@ -46,11 +46,13 @@ from .tunnel import (
     StreamData,
     StreamEnd,
     StreamHead,
+    StreamMessage,
     StreamReset,
     StreamWritable,
     TunnelBroken,
     offer_extensions,
     parse_extensions,
+    split_message,
 )
 from .websocket import Closed, HandshakeAccepted, HandshakeRejected, WsClient, WsLimits
 
@@ -160,6 +162,9 @@ class _Link:
             assert self.ep is not None
             self.ep.ws.close(1002, "bad ANPX frame")
             core.link_down(self, "gateway sent a malformed frame")
+        elif isinstance(event, StreamMessage):  # a whole message: its three events, in order
+            for part in split_message(event):
+                self._event(part, now)
         elif isinstance(event, StreamHead | StreamData | StreamEnd | StreamReset | StreamWritable):
             local = core.streams.get(event.request_id)
             if local is not None:

@@ -21,12 +21,14 @@ from anpx_core.tunnel import (
     StreamData,
     StreamEnd,
     StreamHead,
+    StreamMessage,
     StreamReset,
     StreamWritable,
     TunnelBroken,
     TunnelSession,
     offer_extensions,
     parse_extensions,
+    split_message,
 )
 
 from .hypothesis_profiles import examples
@@ -81,7 +83,9 @@ class Pair:
         events = []
         for message in messages:
             if isinstance(message, bytes):
-                events += to.receive_binary(message)
+                # a whole message as its three events (the split every consumer may ask for)
+                for event in to.receive_binary(message):
+                    events += split_message(event) if isinstance(event, StreamMessage) else [event]
             else:
                 events += to.receive_control(message)
         return events

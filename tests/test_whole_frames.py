@@ -22,7 +22,7 @@ from anpx_core.messages import (
     encode_message,
 )
 from anpx_core.meta import RequestHead, ResponseHead
-from anpx_core.tunnel import TunnelSession
+from anpx_core.tunnel import StreamEvent, StreamMessage, TunnelSession, split_message
 
 from .test_messages import FRAME_SPECS, FUZZ, MESSAGES, MUTATIONS, fix_crcs, mutate
 
@@ -178,6 +178,10 @@ def _frame(rid: str, ftype: int, body: bytes, muts: list[tuple], recrc: bool) ->
     return wire
 
 
+def _split(event: StreamEvent) -> list[StreamEvent]:
+    return split_message(event) if isinstance(event, StreamMessage) else [event]
+
+
 def _run(accepts: type, window: int | None, steps: list[tuple], as_bytes: bool) -> list[str]:
     ws = Recorder()
     session = TunnelSession(ws, accepts=accepts, local_window=window, peer_window=window)
@@ -198,6 +202,11 @@ def _run(accepts: type, window: int | None, steps: list[tuple], as_bytes: bool) 
             else:
                 wire = _frame(rid, *step[2:])
             events = session.receive_binary(wire if as_bytes else bytearray(wire))
+            if as_bytes:  # a StreamMessage stands for its three events, and comes alone
+                assert all(type(e) is not StreamMessage for e in events[1:])
+                events = [p for e in events for p in _split(e)]
+            else:
+                assert all(type(e) is not StreamMessage for e in events)
             seen.append(repr(events))
         seen.append(repr(ws.out))
         seen.append(repr(sorted((r, session.has_stream(r)) for r in "abc")))

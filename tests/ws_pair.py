@@ -30,7 +30,15 @@ from wsproto.events import (
 
 from anpx_core.http1 import FrontLimits, HttpFront, RequestEnded, RequestStarted
 from anpx_core.meta import RequestHead, ResponseHead
-from anpx_core.tunnel import StreamData, StreamEnd, StreamHead, StreamReset, TunnelSession
+from anpx_core.tunnel import (
+    StreamData,
+    StreamEnd,
+    StreamHead,
+    StreamMessage,
+    StreamReset,
+    TunnelSession,
+    split_message,
+)
 from anpx_core.ws_asgi import AsgiWebSocketCall, build_scope
 from anpx_core.ws_forward import ForwardWebSocket
 from anpx_core.ws_gateway import GatewayWebSocket, Open, Refuse, upgrade_decision
@@ -304,7 +312,7 @@ class Pair:
                 if isinstance(item, bytes)
                 else self.rs.receive_control(item)
             )
-            for ev in events:
+            for ev in _split(events):
                 self._receiver_event(ev)
         moved |= self._receiver_side()
         self.rs.flush_credits()
@@ -315,7 +323,7 @@ class Pair:
                 if isinstance(item, bytes)
                 else self.gs.receive_control(item)
             )
-            for ev in events:
+            for ev in _split(events):
                 self._gateway_event(ev)
         self.gs.flush_credits()
         if self.gw is not None:
@@ -436,3 +444,12 @@ def key() -> str:
 
 
 __all__ = ["AppRunner", "Pair", "Pipe", "Service", "StreamCancel", "key"]
+
+
+def _split(events: list) -> list:
+    """The session's events with each whole message as its three events (what the tunnel
+    units do for an owner without a stream_message handler)."""
+    out: list = []
+    for ev in events:
+        out += split_message(ev) if isinstance(ev, StreamMessage) else [ev]
+    return out

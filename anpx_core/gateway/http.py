@@ -30,7 +30,14 @@ from ..meta import RequestHead, ResponseHead
 from ..ratelimit import address_key
 from ..routing import DEFAULT_ROUTE
 from ..tcp import TCP_METHOD
-from ..tunnel import StreamData, StreamEnd, StreamHead, StreamReset, StreamWritable
+from ..tunnel import (
+    StreamData,
+    StreamEnd,
+    StreamHead,
+    StreamMessage,
+    StreamReset,
+    StreamWritable,
+)
 
 if TYPE_CHECKING:
     from .core import GatewayCore
@@ -266,16 +273,7 @@ class ClientConn:
             core.wake(self.cid)
         elif kind is StreamHead:
             assert isinstance(event, StreamHead)
-            head = event.head
-            assert isinstance(head, ResponseHead)
-            self.deadline = None
-            self.response_started = True
-            self.status = head.status
-            if self.request_id and get_header(head.headers, REQUEST_ID_HEADER) is None:
-                head = ResponseHead(
-                    head.status, head.reason, [*head.headers, (REQUEST_ID_HEADER, self.request_id)]
-                )
-            self.front.send_response(head)
+            self.front.send_response(self._response_head(event.head))
             core.wake(self.cid)
         elif kind is StreamEnd:
             self.front.end_response()
@@ -295,6 +293,36 @@ class ClientConn:
                 event.reason,
             )
             self.tunnel_failed("the receiver failed the request")
+
+    def stream_message(self, tunnel: TunnelConn, event: StreamMessage) -> None:
+        """A whole response in one event: what its StreamHead, StreamData and StreamEnd do,
+        with the head, body and end written to the front together."""
+        core = self.core
+        head = self._response_head(event.head)
+        body = event.body
+        queued = self.front.send_message(head, body)
+        if body:
+            self.body_out += queued
+            self.backlog += queued
+            if queued < len(body):  # dropped by the front (HEAD, 204, 304): see stream_event
+                self._consumed(len(body) - queued)
+            core.stats.bytes_out += queued
+            self._update_congestion()
+        core.wake(self.cid)
+        core.defer(self)
+        self._finish(self.status, cancel="response complete")
+
+    def _response_head(self, head: RequestHead | ResponseHead) -> ResponseHead:
+        """The response begins: the head to send the client (with our X-Request-ID)."""
+        assert isinstance(head, ResponseHead)
+        self.deadline = None
+        self.response_started = True
+        self.status = head.status
+        if self.request_id and get_header(head.headers, REQUEST_ID_HEADER) is None:
+            head = ResponseHead(
+                head.status, head.reason, [*head.headers, (REQUEST_ID_HEADER, self.request_id)]
+            )
+        return head
 
     def tunnel_failed(self, why: str) -> None:
         """The receiver side failed the exchange: 502 before the response began, else a cut."""
@@ -427,7 +455,10 @@ class ClientConn:
             self.request_id = rid
             headers.append((REQUEST_ID_HEADER, rid))
         try:
-            tunnel.session.start(rid, event.head)
+            if event.content_length == 0:  # no body: the whole request goes now (the front's
+                tunnel.session.send_message(rid, event.head, b"")  # RequestEnded follows)
+            else:
+                tunnel.session.start(rid, event.head)
         except ProtocolError:
             tunnel.streams.pop(rid, None)
             self.rid = self.tunnel = None

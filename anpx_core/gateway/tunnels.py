@@ -26,11 +26,13 @@ from ..tunnel import (
     StreamData,
     StreamEnd,
     StreamHead,
+    StreamMessage,
     StreamReset,
     StreamWritable,
     TunnelBroken,
     TunnelSession,
     parse_extensions,
+    split_message,
 )
 from ..websocket import Closed, HandshakeAccepted, HandshakeRejected, HandshakeRequested, WsServer
 from ..wsstream import offer_ws_extensions, ws_in_effect
@@ -47,7 +49,12 @@ _OWN_EVENTS = frozenset({StreamHead, StreamData, StreamEnd, StreamReset, StreamW
 
 
 class StreamOwner(Protocol):
-    """The unit side of one stream the gateway opened on a tunnel (one per stream kind)."""
+    """The unit side of one stream the gateway opened on a tunnel (one per stream kind).
+
+    An owner may also define ``stream_message(tunnel, event)`` for a whole
+    :class:`~anpx_core.tunnel.StreamMessage`; one that does not gets its three events
+    (:func:`~anpx_core.tunnel.split_message`), each dispatched as if it came alone.
+    """
 
     @property
     def cid(self) -> int: ...  # the client connection the stream serves
@@ -154,9 +161,20 @@ class TunnelConn:
     def _event(self, event: EndpointEvent, now: float) -> None:
         # No wake(self.cid) here: both callers woke this connection already (the
         # coordinator before receive(), on_timer() after its events).
-        if self.delegate is not None:
+        kind = type(event)
+        if kind is StreamMessage and self.delegate is None:  # the common case first
+            owner = self.streams.get(event.request_id)  # type: ignore[union-attr]
+            if owner is None:  # a stream that ended already, or one we never opened
+                return
+            if hasattr(owner, "stream_message"):
+                self._guarded_stream_event(event, owner)
+                return
+        if kind is StreamMessage:  # for an owner without stream_message, or the delegate
+            for part in split_message(event):  # type: ignore[arg-type]
+                self._event(part, now)
+        elif self.delegate is not None:
             self.delegate.event(event, now)
-        elif type(event) in _OWN_EVENTS:  # the common case first: a stream's event
+        elif kind in _OWN_EVENTS:  # a stream's event
             owner = self.streams.get(event.request_id)  # type: ignore[union-attr]
             if owner is not None:  # else: a stream that ended already, or one we never opened
                 self._guarded_stream_event(event, owner)
@@ -174,10 +192,12 @@ class TunnelConn:
         (and its client connection, whose response is in an unknown state), not the tunnel.
         ``owner``: the stream's owner, looked up already (None: look it up)."""
         try:
-            if owner is not None:
-                owner.stream_event(self, event)
-            else:
+            if owner is None:
                 self._stream_event(event)
+            elif type(event) is StreamMessage:
+                owner.stream_message(self, event)  # type: ignore[attr-defined]
+            else:
+                owner.stream_event(self, event)
         except Exception as exc:
             core = self.unit.core
             rid = getattr(event, "request_id", None)

@@ -20,9 +20,11 @@ from ..tunnel import (
     StreamEnd,
     StreamEvent,
     StreamHead,
+    StreamMessage,
     StreamReset,
     StreamWritable,
     TunnelBroken,
+    split_message,
 )
 from .asgi_calls import AsgiCalls, Message
 from .context import ReceiverContext, Scope, StreamKind, Timed
@@ -339,6 +341,21 @@ class ReceiverCore(CrashBarrier):
                 self._contain(link.cid, exc, "a tunnel event")
 
     def _dispatch(self, link: GatewayLink, event: StreamEvent, now: float) -> None:
+        if type(event) is StreamMessage:  # the usual request: a whole one in one frame
+            head = event.head
+            assert isinstance(head, RequestHead)
+            for kind in self._kinds:
+                if kind.claims(link, head):
+                    message = getattr(kind, "message", None)
+                    if message is not None:
+                        message(link, event.request_id, head, event.body, now)
+                        return
+                    break
+            # A kind without message(): the three events, each as if it came alone (and
+            # with its own crash barrier).
+            for part in split_message(event):
+                self.stream_event(link, part, now)
+            return
         if isinstance(event, StreamHead):
             head = event.head
             assert isinstance(head, RequestHead)

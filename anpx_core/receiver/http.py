@@ -50,6 +50,9 @@ class HttpCall:
     body_out: int = 0
     done: bool = False  # our response is complete or the stream is gone
     head_flush_due: bool = False
+    # the response head and its meta, checked but not yet started on the stream: held until
+    # its first body part (one frame for a whole response) or flush_heads()
+    pending: tuple[ResponseHead, bytes] | None = None
     gone_reason: str = ""  # why the stream ended before the app did, if it did
 
 
@@ -119,6 +122,23 @@ class HttpStreams:
             return
         self.backend.start(call, server, scheme, client_of(fields))
 
+    def message(
+        self, link: GatewayLink, rid: str, head: RequestHead, body: bytes, now: float
+    ) -> None:
+        """A whole request in one event: what open(), data() (when ``body`` is not empty)
+        and end() do for its three events."""
+        self.open(link, rid, head, now)
+        call = link.streams.get(rid)
+        if call is None:  # refused in open(): its data and end would find no stream
+            return
+        assert isinstance(call, HttpCall)
+        if body:
+            self.backend.body(call, body)
+            current: object = link.streams.get(rid)
+            if current is not call:  # refused (cancelled) on its body: end finds no stream
+                return
+        self.backend.end(call)
+
     def data(self, stream: HttpCall, data: bytes, now: float) -> None:
         self.backend.body(stream, data)
 
@@ -169,6 +189,14 @@ class HttpStreams:
                     call.head_flush_due = False
                     self.heads_due.pop(call.cid, None)
                 call.body_out += len(part.data)
+                pending = call.pending
+                if pending is not None:
+                    call.pending = None
+                    if not part.more:  # the whole response is known: one call, one frame
+                        session.send_message(call.rid, pending[0], part.data, pending[1])
+                        self._complete(call)
+                        continue
+                    session.start(call.rid, *pending)
                 session.send(call.rid, part.data)
                 if part.more:
                     session.flush(call.rid)
@@ -178,7 +206,8 @@ class HttpStreams:
             elif isinstance(part, ResponseStart):
                 call.response_started = True
                 call.status = part.head.status
-                session.start(call.rid, part.head)
+                # checked now (a head too large fails here), started with its first body part
+                call.pending = (part.head, session.check_head(call.rid, part.head))
                 # Sent with the first body part, or by flush_heads(): the driver's next turn
                 # (heads_pending) or the next timer run (due now: see next_deadline).
                 call.head_flush_due = True
@@ -201,6 +230,9 @@ class HttpStreams:
             if call.head_flush_due and call.link.session is not None and not call.done:
                 call.head_flush_due = False
                 try:
+                    if call.pending is not None:
+                        call.link.session.start(call.rid, *call.pending)
+                        call.pending = None
                     call.link.session.flush(call.rid)
                 except Exception as exc:  # the crash barrier: this stream only
                     self.contain(call, exc, "flush_heads")
