@@ -254,8 +254,14 @@ class GatewayCore(CrashBarrier):
     def _receive(self, cid: int, data: bytes, now: float) -> None:
         conn = self._conns.get(cid)
         if conn is not None:
-            self.wake(cid)
+            self._touched.add(cid)
+            wants_write = getattr(conn, "wants_write", None)
             conn.receive(data, now)
+            # The driver's writer for ``cid`` wakes only when it has something to do: a
+            # connection that can tell (wants_write) saves a wake-up per request that would
+            # find nothing to write; any other connection is woken after every read.
+            if wants_write is None or wants_write():
+                self._wakeups.add(cid)
 
     def lost(self, cid: int, now: float, reason: str = "") -> None:
         """The socket failed (``reason``: the error, for logs): EOF, after telling a

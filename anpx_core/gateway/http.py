@@ -178,6 +178,11 @@ class ClientConn:
             self._event(event, now)
         self._flush_upload()
 
+    def wants_write(self) -> bool:
+        """Has the front something for the driver's writer (bytes, or the close)?"""
+        front = self.front
+        return bool(front.output_pending) or front.closed
+
     def take_output(self) -> tuple[bytes, bool]:
         # In pieces, so that send_timeout measures a client's reading, not one large write.
         data = self.front.data_to_send(WRITE_CHUNK)
